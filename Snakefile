@@ -1,0 +1,22 @@
+# usae: Universal Sparse Autoencoders as a Snakemake pipeline.
+# Stages: manifest -> extract -> prepare (train, evaluate and report follow).
+# Run: snakemake --cores N   (see README.md)
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/manifest.smk"
+include: "workflow/rules/extract.smk"
+include: "workflow/rules/prepare.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        aligned_stores(),

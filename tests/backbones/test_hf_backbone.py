@@ -1,0 +1,171 @@
+"""transformers adapter: offline tiny models, layouts, final/intermediate layers, preprocessing."""
+
+import logging
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from usae.backbones import TokenLayout, create_backbone  # noqa: E402
+from usae.backbones.hf_backbone import IMAGENET_MEAN, IMAGENET_STD, HFBackbone  # noqa: E402
+from usae.config import BackboneSpec  # noqa: E402
+
+TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+VIT = {"model_type": "vit", **TINY, "image_size": 32, "patch_size": 8}
+
+
+def _spec(hf_config: dict, image_size: int = 32, layer="final", **extra) -> BackboneSpec:
+    return BackboneSpec(key="m", library="transformers", name=f"tiny-{hf_config['model_type']}",
+                        pretrained=False, layer=layer, image_size=image_size, hf_config=hf_config, **extra)
+
+
+def _pixels(backbone, n: int = 2) -> torch.Tensor:
+    torch.manual_seed(0)
+    size = backbone.preprocessing.image_size
+    return torch.randn(n, 3, size, size)
+
+
+def _module(model: torch.nn.Module, suffix: str) -> torch.nn.Module:
+    """The submodule whose name ends with ``suffix`` (module paths differ across versions)."""
+    (found,) = [m for n, m in model.named_modules() if n == suffix or n.endswith("." + suffix)]
+    return found
+
+
+def _blocks(model: torch.nn.Module, depth: int) -> torch.nn.ModuleList:
+    """The transformer block list (``layers`` or ``encoder.layer``, depending on the version)."""
+    (found,) = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == depth]
+    return found
+
+
+def _run(backbone, x):
+    with torch.inference_mode():
+        tokens = backbone.forward_tokens(x)
+        out = backbone.model(pixel_values=x, output_hidden_states=True)
+    return tokens, out
+
+
+def test_vit_final_is_last_hidden_state():
+    backbone = create_backbone(_spec(VIT))
+    assert isinstance(backbone, HFBackbone)
+    assert backbone.layout == TokenLayout(n_prefix=1, grid=(4, 4), d_model=32)
+    x = _pixels(backbone)
+    (prefix, patches), out = _run(backbone, x)
+    assert prefix.shape == (2, 1, 32) and patches.shape == (2, 16, 32)
+    torch.testing.assert_close(prefix, out.last_hidden_state[:, :1], rtol=0, atol=0)
+    torch.testing.assert_close(patches, out.last_hidden_state[:, 1:], rtol=0, atol=0)
+    # ViT's last_hidden_state is the final layernorm of the last block output.
+    final_norm = _module(backbone.model, "layernorm")
+    torch.testing.assert_close(out.last_hidden_state, final_norm(out.hidden_states[-1]))
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+def test_vit_block_equals_hidden_state_and_hook(layer):
+    backbone = create_backbone(_spec(VIT, layer=layer))
+    x = _pixels(backbone)
+    seen = []
+    handle = _blocks(backbone.model, 2)[layer].register_forward_hook(lambda _m, _i, o: seen.append(o))
+    try:
+        (prefix, patches), out = _run(backbone, x)
+    finally:
+        handle.remove()
+    block_out = seen[0][0] if isinstance(seen[0], tuple) else seen[0]
+    torch.testing.assert_close(patches, out.hidden_states[layer + 1][:, 1:], rtol=0, atol=0)
+    torch.testing.assert_close(prefix, block_out[:, :1])
+    torch.testing.assert_close(patches, block_out[:, 1:])
+
+
+def test_layer_past_depth_raises():
+    with pytest.raises(ValueError, match=r"layer 2 .*tiny-vit.*depth 2"):
+        create_backbone(_spec(VIT, layer=2))
+
+
+def test_hf_config_with_pretrained_raises():
+    spec = BackboneSpec(key="m", library="transformers", name="x", pretrained=True, hf_config=VIT)
+    with pytest.raises(ValueError, match="pretrained"):
+        create_backbone(spec)
+
+
+def test_hf_config_without_model_type_raises():
+    spec = BackboneSpec(key="m", library="transformers", name="x", pretrained=False,
+                        hf_config={"hidden_size": 32})
+    with pytest.raises(ValueError, match="model_type"):
+        create_backbone(spec)
+
+
+def test_config_image_size_follows_spec():
+    backbone = create_backbone(_spec({**VIT, "image_size": 224}, image_size=48))
+    assert backbone.config.image_size == 48
+    assert backbone.layout == TokenLayout(n_prefix=1, grid=(6, 6), d_model=32)
+
+
+def test_dinov2_with_registers():
+    cfg = {"model_type": "dinov2_with_registers", **TINY, "patch_size": 14, "num_register_tokens": 4}
+    cfg.pop("intermediate_size")
+    backbone = create_backbone(_spec(cfg, image_size=56))
+    assert backbone.layout == TokenLayout(n_prefix=5, grid=(4, 4), d_model=32)
+    x = _pixels(backbone)
+    (prefix, patches), out = _run(backbone, x)
+    torch.testing.assert_close(prefix, out.last_hidden_state[:, :5], rtol=0, atol=0)
+    torch.testing.assert_close(patches, out.last_hidden_state[:, 5:], rtol=0, atol=0)
+    final_norm = _module(backbone.model, "layernorm")
+    torch.testing.assert_close(out.last_hidden_state, final_norm(out.hidden_states[-1]))
+
+
+def test_siglip_vision_model_has_no_prefix_and_post_norm():
+    cfg = {"model_type": "siglip_vision_model", **TINY, "patch_size": 8}
+    backbone = create_backbone(_spec(cfg))
+    assert backbone.layout == TokenLayout(n_prefix=0, grid=(4, 4), d_model=32)
+    x = _pixels(backbone)
+    (prefix, patches), out = _run(backbone, x)
+    assert prefix.shape == (2, 0, 32)
+    torch.testing.assert_close(patches, out.last_hidden_state, rtol=0, atol=0)
+    post = _module(backbone.model, "post_layernorm")
+    torch.testing.assert_close(patches, post(out.hidden_states[-1]))
+
+
+def test_clip_keeps_vision_tower_and_applies_post_layernorm():
+    cfg = {"model_type": "clip", "vision_config": {**TINY, "patch_size": 8},
+           "text_config": {**TINY, "num_hidden_layers": 1}}
+    backbone = create_backbone(_spec(cfg))
+    assert not any("text" in name for name, _ in backbone.named_parameters())
+    assert backbone.layout == TokenLayout(n_prefix=1, grid=(4, 4), d_model=32)
+    x = _pixels(backbone)
+    (prefix, patches), out = _run(backbone, x)
+    # CLIP's last_hidden_state skips post_layernorm (only the pooled token gets it).
+    assert torch.equal(out.last_hidden_state, out.hidden_states[-1])
+    normed = _module(backbone.model, "post_layernorm")(out.last_hidden_state)
+    torch.testing.assert_close(prefix, normed[:, :1])
+    torch.testing.assert_close(patches, normed[:, 1:])
+
+
+def test_clip_block_layer_is_raw_hidden_state():
+    cfg = {"model_type": "clip", "vision_config": {**TINY, "patch_size": 8}}
+    backbone = create_backbone(_spec(cfg, layer=1))
+    x = _pixels(backbone)
+    (prefix, patches), out = _run(backbone, x)
+    torch.testing.assert_close(patches, out.hidden_states[2][:, 1:], rtol=0, atol=0)
+
+
+def test_imagenet_default_normalisation_warns(caplog):
+    with caplog.at_level(logging.WARNING, logger="usae.backbones.hf_backbone"):
+        backbone = create_backbone(_spec(VIT))
+    assert backbone.preprocessing.mean == IMAGENET_MEAN
+    assert backbone.preprocessing.std == IMAGENET_STD
+    assert backbone.preprocessing.image_size == 32
+    assert any("ImageNet" in r.getMessage() for r in caplog.records)
+
+
+def test_spec_normalisation_override(caplog):
+    with caplog.at_level(logging.WARNING, logger="usae.backbones.hf_backbone"):
+        backbone = create_backbone(_spec(VIT, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)))
+    assert backbone.preprocessing.mean == (0.5, 0.5, 0.5)
+    assert backbone.preprocessing.std == (0.25, 0.25, 0.25)
+    assert not caplog.records
+
+
+def test_frozen_and_float32():
+    backbone = create_backbone(_spec(VIT))
+    assert not backbone.training
+    assert all(not p.requires_grad and p.dtype == torch.float32 for p in backbone.parameters())

@@ -1,0 +1,162 @@
+"""timm adapter: layouts, final/intermediate layers and preprocessing of tiny random models."""
+
+import json
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+import timm.data  # noqa: E402
+import torch  # noqa: E402
+
+from usae.backbones import TokenLayout, create_backbone  # noqa: E402
+from usae.backbones.timm_backbone import TimmBackbone  # noqa: E402
+from usae.config import BackboneSpec  # noqa: E402
+
+TINY_VIT = {"depth": 2, "embed_dim": 64, "num_heads": 2}
+
+
+def _spec(name: str, image_size: int, layer="final", **extra) -> BackboneSpec:
+    return BackboneSpec(key="m", library="timm", name=name, pretrained=False, layer=layer,
+                        image_size=image_size, **extra)
+
+
+def _pixels(backbone, n: int = 2) -> torch.Tensor:
+    torch.manual_seed(0)
+    size = backbone.preprocessing.image_size
+    return torch.randn(n, 3, size, size)
+
+
+def _hooked(module: torch.nn.Module, run) -> torch.Tensor:
+    """Output of ``module`` during ``run()``, captured with a forward hook."""
+    seen = []
+    handle = module.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    try:
+        with torch.inference_mode():
+            run()
+    finally:
+        handle.remove()
+    assert len(seen) == 1
+    return seen[0]
+
+
+def test_vit_final_layout_and_output():
+    backbone = create_backbone(_spec("vit_small_patch16_224", 112, kwargs=TINY_VIT))
+    assert isinstance(backbone, TimmBackbone)
+    assert backbone.layout == TokenLayout(n_prefix=1, grid=(7, 7), d_model=64)
+    x = _pixels(backbone)
+    with torch.inference_mode():
+        prefix, patches = backbone.forward_tokens(x)
+        expected = backbone.model.forward_features(x)  # post final norm
+    assert prefix.shape == (2, 1, 64) and patches.shape == (2, 49, 64)
+    torch.testing.assert_close(prefix, expected[:, :1], rtol=0, atol=0)
+    torch.testing.assert_close(patches, expected[:, 1:], rtol=0, atol=0)
+    # The final norm really was applied: tokens are standardised along the channel axis.
+    assert patches.mean(-1).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+def test_vit_block_equals_hook_on_block(layer):
+    backbone = create_backbone(_spec("vit_small_patch16_224", 112, layer=layer, kwargs=TINY_VIT))
+    assert backbone.layout == TokenLayout(n_prefix=1, grid=(7, 7), d_model=64)
+    x = _pixels(backbone)
+    block_out = _hooked(backbone.model.blocks[layer], lambda: backbone.model.forward_features(x))
+    with torch.inference_mode():
+        prefix, patches = backbone.forward_tokens(x)
+    torch.testing.assert_close(prefix, block_out[:, :1])
+    torch.testing.assert_close(patches, block_out[:, 1:])
+
+
+def test_dinov2_registers_layout_and_block():
+    kwargs = {"depth": 2, "embed_dim": 32, "num_heads": 2}
+    final = create_backbone(_spec("vit_small_patch14_reg4_dinov2", 112, kwargs=kwargs))
+    assert final.layout == TokenLayout(n_prefix=5, grid=(8, 8), d_model=32)
+    block = create_backbone(_spec("vit_small_patch14_reg4_dinov2", 112, layer=1, kwargs=kwargs))
+    block.model.load_state_dict(final.model.state_dict())
+    x = _pixels(final)
+    block_out = _hooked(block.model.blocks[1], lambda: block.model.forward_features(x))
+    with torch.inference_mode():
+        prefix, patches = block.forward_tokens(x)
+        f_prefix, f_patches = final.forward_tokens(x)
+    assert prefix.shape == (2, 5, 32) and patches.shape == (2, 64, 32)
+    torch.testing.assert_close(prefix, block_out[:, :5])
+    torch.testing.assert_close(patches, block_out[:, 5:])
+    # 'final' is the last block's output passed through the final norm.
+    torch.testing.assert_close(f_patches, final.model.norm(block_out)[:, 5:])
+    torch.testing.assert_close(f_prefix, final.model.norm(block_out)[:, :5])
+
+
+def test_dinov2_is_built_at_the_requested_size():
+    backbone = create_backbone(_spec("vit_small_patch14_reg4_dinov2", 224,
+                                     kwargs={"depth": 1, "embed_dim": 32, "num_heads": 2}))
+    assert backbone.layout == TokenLayout(n_prefix=5, grid=(16, 16), d_model=32)
+    assert tuple(backbone.model.patch_embed.img_size) == (224, 224)  # timm default is 518
+
+
+def test_cnn_final_feature_map():
+    backbone = create_backbone(_spec("resnet18", 64))
+    assert backbone.layout == TokenLayout(n_prefix=0, grid=(2, 2), d_model=512)
+    x = _pixels(backbone)
+    with torch.inference_mode():
+        prefix, patches = backbone.forward_tokens(x)
+        fmap = backbone.model.forward_features(x)
+    assert prefix.shape == (2, 0, 512) and patches.shape == (2, 4, 512)
+    # Row-major order: token h * W + w is the feature-map pixel (h, w).
+    torch.testing.assert_close(patches[:, 1], fmap[:, :, 0, 1], rtol=0, atol=0)
+    torch.testing.assert_close(patches, fmap.flatten(2).transpose(1, 2), rtol=0, atol=0)
+
+
+def test_cnn_stage_equals_hook():
+    backbone = create_backbone(_spec("resnet18", 64, layer=2))
+    assert backbone.layout == TokenLayout(n_prefix=0, grid=(8, 8), d_model=128)
+    x = _pixels(backbone)
+    stage = _hooked(backbone.model.layer2, lambda: backbone.model.forward_features(x))
+    with torch.inference_mode():
+        prefix, patches = backbone.forward_tokens(x)
+    assert prefix.shape == (2, 0, 128)
+    torch.testing.assert_close(patches, stage.flatten(2).transpose(1, 2))
+
+
+@pytest.mark.parametrize(("name", "layer", "depth", "kwargs"), [
+    ("vit_small_patch16_224", 2, 2, TINY_VIT),
+    ("resnet18", 5, 5, {}),
+])
+def test_layer_past_depth_raises(name, layer, depth, kwargs):
+    with pytest.raises(ValueError, match=rf"layer {layer} .*{name}.*depth {depth}"):
+        create_backbone(_spec(name, 64, layer=layer, kwargs=kwargs))
+
+
+def test_preprocessing_from_pretrained_cfg():
+    spec = _spec("vit_base_patch16_siglip_224.webli", 64,
+                 kwargs={"depth": 1, "embed_dim": 32, "num_heads": 2})
+    backbone = create_backbone(spec)
+    pre = backbone.preprocessing
+    assert pre.mean == (0.5, 0.5, 0.5) and pre.std == (0.5, 0.5, 0.5)
+    assert pre.image_size == 64 and pre.interpolation == "bicubic"
+    assert backbone.layout == TokenLayout(n_prefix=0, grid=(4, 4), d_model=32)  # SigLIP: no CLS
+
+    cnn = create_backbone(_spec("resnet18", 64))
+    cfg = timm.data.resolve_model_data_config(cnn.model)
+    assert cnn.preprocessing.mean == pytest.approx(cfg["mean"])
+    assert cnn.preprocessing.std == pytest.approx(cfg["std"])
+    assert cnn.preprocessing.mean == pytest.approx((0.485, 0.456, 0.406))
+
+
+def test_preprocessing_spec_override():
+    spec = _spec("vit_base_patch16_siglip_224.webli", 64, mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6),
+                 kwargs={"depth": 1, "embed_dim": 32, "num_heads": 2})
+    pre = create_backbone(spec).preprocessing
+    assert pre.mean == (0.1, 0.2, 0.3) and pre.std == (0.4, 0.5, 0.6)
+
+
+def test_conflicting_img_size_kwarg_raises():
+    with pytest.raises(ValueError, match="img_size"):
+        create_backbone(_spec("vit_small_patch16_224", 112, kwargs={**TINY_VIT, "img_size": 224}))
+
+
+def test_describe_is_json_friendly():
+    backbone = create_backbone(_spec("vit_small_patch16_224", 112, layer=1, kwargs=TINY_VIT))
+    desc = json.loads(json.dumps(backbone.describe()))
+    assert desc["layer"] == "block1"
+    assert desc["layout"] == {"n_prefix": 1, "grid": [7, 7], "d_model": 64}
+    assert desc["preprocessing"]["image_size"] == 112

@@ -1,0 +1,10 @@
+"""Universal Sparse Autoencoders: concepts shared by several vision models (arXiv 2502.03714).
+
+Importing ``usae`` is cheap (no torch); stages live in their own modules.
+"""
+
+__version__ = "0.1.0"
+
+# Bumped when a stage's output changes meaning or format. The workflow passes these as
+# params, so upgrading usae reruns exactly the stages whose code changed.
+STAGE_VERSIONS = {"manifest": 1, "extract": 1, "prepare": 1}

@@ -1,0 +1,128 @@
+"""Stage 3: align one model's patch grid to the common grid, standardise, write per split.
+
+Input: the extraction parts of one (model, layer). Output: one aligned store whose
+``train`` and ``val`` groups hold (images, grid*grid, d) float16 tokens in manifest order,
+identical in row order for every model, plus the statistics as JSON beside the store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import zarr
+from tqdm.auto import tqdm
+
+from usae.activations.align import resize_grid
+from usae.activations.standardize import Standardization, compute_standardization, sample_images
+from usae.activations.store import ChunkWriter, atomic_store, base_attrs, create_array, open_store
+from usae.atomic import atomic_path
+from usae.config import PrepareConfig, to_dict
+from usae.data.manifest import SPLITS, manifest_hash, read_manifest
+
+logger = logging.getLogger(__name__)
+
+
+def open_parts(part_paths: list[str | Path], expected_hash: str | None = None) -> list[zarr.Group]:
+    """Open every extraction part of one (model, layer) and check that they belong together.
+
+    Raises:
+        FileNotFoundError: listing every missing part.
+        ValueError: parts from different manifests, models, layers or part counts, or a gap.
+    """
+    missing = [str(p) for p in part_paths if not Path(p).exists()]
+    if missing:
+        raise FileNotFoundError("missing extraction part(s): " + ", ".join(missing))
+    groups = [open_store(p) for p in part_paths]
+    attrs = [g.attrs.asdict() for g in groups]
+    for key in ("manifest_hash", "layer", "grid", "d_model", "n_parts"):
+        values = {json.dumps(a.get(key)) for a in attrs}
+        if len(values) > 1:
+            raise ValueError(f"extraction parts disagree on {key}: {sorted(values)} ({part_paths})")
+    if {json.dumps(a["model"]) for a in attrs}.__len__() > 1:
+        raise ValueError(f"extraction parts come from different models: {part_paths}")
+    parts = sorted(a["part"] for a in attrs)
+    if parts != list(range(attrs[0]["n_parts"])):
+        raise ValueError(f"extraction parts {parts} do not cover 0..{attrs[0]['n_parts'] - 1}")
+    if expected_hash is not None and attrs[0]["manifest_hash"] != expected_hash:
+        raise ValueError(f"extraction parts were made from another manifest "
+                         f"({attrs[0]['manifest_hash'][:12]} != {expected_hash[:12]}); rerun extraction")
+    return sorted(groups, key=lambda g: g.attrs["part"])
+
+
+def prepare_activations(part_paths: list[str | Path], manifest_path: str | Path, cfg: PrepareConfig,
+                        out_path: str | Path, stats_path: str | Path, *, num_workers: int = 1) -> Standardization:
+    """Align, standardise and write one model's tokens; return the statistics used.
+
+    Args:
+        part_paths: all extraction parts of one (model, layer), any order.
+        manifest_path: the manifest they were extracted from.
+        cfg: common grid, standardisation kind, sample size, seed, chunking.
+        out_path: the aligned store to write (published atomically).
+        stats_path: JSON file for the statistics (written after the store).
+        num_workers: threads for dask reads and reductions.
+    """
+    logger.info("prepare %s: cfg=%s", out_path, to_dict(cfg))
+    table = read_manifest(manifest_path)
+    groups = open_parts(part_paths, expected_hash=manifest_hash(table))
+    head = groups[0].attrs.asdict()
+    src_grid, dst_grid = tuple(head["grid"]), (cfg.grid, cfg.grid)
+    if cfg.grid > min(src_grid):
+        raise ValueError(f"prepare.grid = {cfg.grid} is larger than {head['model']['key']}'s patch grid "
+                         f"{src_grid[0]}x{src_grid[1]}; choose prepare.grid <= {min(src_grid)}")
+    patches = da.concatenate([da.from_zarr(g["patches"], chunks=g["patches"].chunks) for g in groups])
+    rows = np.concatenate([g["rows"][:] for g in groups])
+    valid = np.concatenate([g["valid"][:] for g in groups])
+    split_of_row = table.set_index("index")["split"]
+    splits = split_of_row.loc[rows].to_numpy()
+
+    def aligned(x: np.ndarray) -> np.ndarray:
+        return resize_grid(x, src_grid, dst_grid).numpy()
+
+    train_pos = np.flatnonzero((splits == "train") & valid)
+    if len(train_pos) == 0:
+        raise ValueError(f"no valid training image in {part_paths}; check dataset.val_fraction")
+    sample = train_pos[sample_images(len(train_pos), cfg.stats_images, cfg.seed)]
+    sampled = patches[sample].rechunk((cfg.images_per_chunk, -1, -1))
+    sampled = sampled.map_blocks(aligned, chunks=(sampled.chunks[0], (cfg.grid * cfg.grid,), sampled.chunks[2]),
+                                 dtype=np.float32)
+    stats = compute_standardization(sampled, cfg.standardize, seed=cfg.seed, num_workers=num_workers)
+    logger.info("statistics (%s over %d images): mean %s, std %.5f", stats.kind, stats.n_images,
+                np.round(stats.mean, 5) if stats.mean.ndim == 0 else f"vector of {stats.mean.size}", stats.std)
+
+    attrs = base_attrs(stage="prepare", model=head["model"], layer=head["layer"], grid=list(dst_grid),
+                       source_grid=list(src_grid), d_model=head["d_model"], manifest_hash=head["manifest_hash"],
+                       standardization=stats.to_dict(), config=to_dict(cfg), dtype="float16")
+    with atomic_store(out_path) as group:
+        group.attrs.update(attrs)
+        for split in SPLITS:
+            positions = np.flatnonzero(splits == split)
+            _write_split(group.create_group(split), patches, positions, rows, valid, aligned, stats, cfg,
+                         label=f"{head['model']['key']} {split}")
+    _write_json_atomic(stats_path, {"store": str(out_path), **attrs, "complete": True})
+    return stats
+
+
+def _write_split(group: zarr.Group, patches: da.Array, positions: np.ndarray, rows: np.ndarray,
+                 valid: np.ndarray, aligned, stats: Standardization, cfg: PrepareConfig, label: str) -> None:
+    n, d = len(positions), patches.shape[2]
+    tokens = create_array(group, "tokens", (n, cfg.grid * cfg.grid, d), dtype="float16",
+                          chunk_rows=cfg.images_per_chunk, compressor=cfg.compressor)
+    group.create_array("rows", data=rows[positions].astype(np.int64))
+    group.create_array("valid", data=valid[positions])
+    writer = ChunkWriter(tokens)
+    step = cfg.images_per_chunk
+    for start in tqdm(range(0, n, step), desc=f"prepare {label}", unit="chunk", mininterval=2.0):
+        block_pos = positions[start:start + step]
+        block = stats.apply(aligned(patches[block_pos].compute(scheduler="threads")))
+        block[~valid[block_pos]] = 0.0
+        writer.write(block.astype(np.float16))
+    writer.close()
+
+
+def _write_json_atomic(path: str | Path, data: dict) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True))

@@ -1,0 +1,203 @@
+"""Hugging Face ``transformers`` vision models behind the :class:`Backbone` interface."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any
+
+import torch
+import transformers
+from packaging.version import Version
+from torch import Tensor, nn
+
+from usae.backbones.base import Backbone, Preprocessing
+from usae.backbones.registry import register_backbone
+from usae.config import FINAL_LAYER, BackboneSpec
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Always load float32: transformers 5 defaults to the checkpoint's dtype (often bf16), and
+# renamed ``torch_dtype`` to ``dtype`` in 4.56.
+_DTYPE = {"dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype": torch.float32}
+
+
+@register_backbone("transformers")
+class HFBackbone(Backbone):
+    """A ``transformers`` vision model (ViT, DINOv2, SigLIP/CLIP vision tower, ...).
+
+    * Built offline from ``spec.hf_config`` (random init), from the hub config of
+      ``spec.name`` (random init) or with the released weights (``pretrained``).
+      ``spec.kwargs`` are config overrides (e.g. ``num_hidden_layers``). For models with
+      a ``vision_config`` (CLIP, SigLIP) only the vision tower is kept.
+    * ``layer: final`` is ``last_hidden_state``, which is post final-norm for ViT,
+      DINOv2 and SigLIP. Where it is not (CLIP applies ``post_layernorm`` only to the
+      pooled token) the model's ``post_layernorm`` is applied to every token.
+    * An integer layer ``i`` is ``hidden_states[i + 1]``, the raw output of block ``i``.
+    * Token sequences hold ``seq_len - grid**2`` prefix tokens (CLS, registers) first,
+      with ``grid = image_size // patch_size``; feature maps (B, C, H, W) have none.
+    """
+
+    def __init__(self, spec: BackboneSpec) -> None:
+        """Build the model of a spec and probe its depth, final norm and token layout.
+
+        Args:
+            spec: Hub id or offline config, pretrained flag, layer, input size,
+                normalisation and config overrides.
+
+        Raises:
+            ValueError: If ``hf_config`` is combined with ``pretrained``, lacks a
+                ``model_type``, or the layer index is past the model's depth.
+        """
+        super().__init__()
+        self.spec = spec
+        model, config = _build(spec)
+        vision_config = getattr(config, "vision_config", None)
+        if vision_config is not None and hasattr(model, "vision_model"):
+            model, config = model.vision_model, vision_config
+        self.model: nn.Module = model.eval()
+        self.config = config
+        self._forward_kwargs = self._extra_kwargs()
+        self._final_norm: nn.Module | None = None
+        self._inspect()
+        mean, std = _norm_stats(spec)
+        self.preprocessing = Preprocessing(image_size=spec.image_size, mean=mean, std=std,
+                                           interpolation="bicubic")
+        self.layout = self._probe_layout()
+
+    def _extra_kwargs(self) -> dict[str, Any]:
+        """``interpolate_pos_encoding`` when pretrained weights run at another input size."""
+        native = getattr(self.config, "image_size", None)
+        accepts = "interpolate_pos_encoding" in inspect.signature(self.model.forward).parameters
+        if accepts and native is not None and native != self.spec.image_size:
+            logger.info("models.%s: interpolating position embeddings from %s to %s px",
+                        self.spec.key, native, self.spec.image_size)
+            return {"interpolate_pos_encoding": True}
+        return {}
+
+    def _inspect(self) -> None:
+        """One forward pass to read the depth and whether ``last_hidden_state`` is normed."""
+        size = self.spec.image_size
+        with torch.inference_mode():
+            out = self.model(pixel_values=torch.zeros(1, 3, size, size), output_hidden_states=True,
+                             **self._forward_kwargs)
+        depth = len(out.hidden_states) - 1
+        self.depth = depth
+        layer = self.spec.layer
+        if layer != FINAL_LAYER and layer >= depth:
+            raise ValueError(f"models.{self.spec.key}: layer {layer} is out of range for transformers "
+                             f"model {self.spec.name!r}, which has depth {depth} (indices 0..{depth - 1})")
+        if layer == FINAL_LAYER and torch.equal(out.last_hidden_state, out.hidden_states[-1]):
+            norm = next((m for n, m in self.model.named_modules() if n.endswith("post_layernorm")), None)
+            if norm is None:
+                logger.warning("models.%s: last_hidden_state of %s is not normalised and no "
+                               "post_layernorm was found; 'final' is the raw last block output",
+                               self.spec.key, self.spec.name)
+            else:
+                logger.info("models.%s: applying post_layernorm to last_hidden_state for 'final'",
+                            self.spec.key)
+            self._final_norm = norm
+
+    def forward_tokens(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
+        """Prefix and patch tokens of the configured layer.
+
+        Args:
+            pixels: (batch, 3, image_size, image_size) preprocessed images.
+
+        Returns:
+            prefix (batch, n_prefix, d_model) and patches (batch, grid_h * grid_w, d_model).
+        """
+        final = self.spec.layer == FINAL_LAYER
+        out = self.model(pixel_values=pixels, output_hidden_states=not final, **self._forward_kwargs)
+        if final:
+            tokens = out.last_hidden_state
+            if self._final_norm is not None:
+                tokens = self._final_norm(tokens)
+        else:
+            tokens = out.hidden_states[self.spec.layer + 1]
+        return self._split(tokens)
+
+    def _split(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        if tokens.ndim == 4:
+            patches = tokens.flatten(2).transpose(1, 2)
+            return patches[:, :0], patches
+        if tokens.ndim != 3:
+            raise ValueError(f"models.{self.spec.key}: unexpected hidden state shape {tuple(tokens.shape)}")
+        grid = self.spec.image_size // _patch_size(self.config, self.spec)
+        n_prefix = tokens.shape[1] - grid * grid
+        if n_prefix < 0:
+            raise ValueError(f"models.{self.spec.key}: {tokens.shape[1]} tokens are fewer than the "
+                             f"{grid}x{grid} patch grid expected at {self.spec.image_size} px")
+        return tokens[:, :n_prefix], tokens[:, n_prefix:]
+
+
+def _build(spec: BackboneSpec) -> tuple[nn.Module, Any]:
+    """The model (float32) and its top-level config, as the spec asks."""
+    overrides = dict(spec.kwargs)
+    if spec.hf_config is not None:
+        if spec.pretrained:
+            raise ValueError(f"models.{spec.key}: hf_config builds a randomly initialised model; "
+                             "set pretrained: false (or drop hf_config to load released weights)")
+        fields = dict(spec.hf_config)
+        model_type = fields.pop("model_type", None)
+        if not model_type:
+            raise ValueError(f"models.{spec.key}.hf_config needs a 'model_type' (e.g. 'vit')")
+        try:
+            config = transformers.AutoConfig.for_model(model_type, **{**fields, **overrides})
+        except ValueError as err:
+            raise ValueError(f"models.{spec.key}.hf_config: {err}") from None
+    else:
+        config = transformers.AutoConfig.from_pretrained(spec.name, **overrides)
+    if spec.pretrained:
+        model = transformers.AutoModel.from_pretrained(spec.name, config=config, **_DTYPE)
+        return model, config
+    vision = getattr(config, "vision_config", None) or config
+    if hasattr(vision, "image_size"):
+        if vision.image_size != spec.image_size:
+            logger.info("models.%s: config image_size %s set to %s", spec.key, vision.image_size,
+                        spec.image_size)
+        vision.image_size = spec.image_size
+    return transformers.AutoModel.from_config(config, **_DTYPE), config
+
+
+def _patch_size(config: Any, spec: BackboneSpec) -> int:
+    patch = getattr(config, "patch_size", None)
+    if isinstance(patch, (tuple, list)):
+        if len(set(patch)) != 1:
+            raise ValueError(f"models.{spec.key}: non-square patch size {patch} is not supported")
+        patch = patch[0]
+    if not isinstance(patch, int) or patch <= 0:
+        raise ValueError(f"models.{spec.key}: config of {spec.name!r} has no usable patch_size ({patch!r})")
+    return patch
+
+
+def _norm_stats(spec: BackboneSpec) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Normalisation mean/std: the spec's, else the hub image processor's, else ImageNet's."""
+    mean, std = spec.mean, spec.std
+    if mean is not None and std is not None:
+        return mean, std
+    found = None
+    if spec.pretrained and spec.hf_config is None:
+        try:
+            processor = transformers.AutoImageProcessor.from_pretrained(spec.name)
+            found = (_rgb(processor.image_mean), _rgb(processor.image_std))
+        except (OSError, ValueError, KeyError, AttributeError, TypeError) as err:
+            logger.warning("models.%s: no image processor for %s (%s)", spec.key, spec.name, err)
+    if found is None:
+        logger.warning("models.%s: normalisation not given and not known for %s; using ImageNet "
+                       "mean/std", spec.key, spec.name)
+        found = (IMAGENET_MEAN, IMAGENET_STD)
+    return (mean if mean is not None else found[0]), (std if std is not None else found[1])
+
+
+def _rgb(value: Any) -> tuple[float, float, float]:
+    values = [float(value)] * 3 if isinstance(value, (int, float)) else [float(v) for v in value]
+    if len(values) != 3:
+        raise ValueError(f"expected 3 (RGB) normalisation values, got {value!r}")
+    return values[0], values[1], values[2]
+
+
+__all__ = ["HFBackbone", "IMAGENET_MEAN", "IMAGENET_STD"]

@@ -1,0 +1,143 @@
+"""timm models (ViTs and CNNs) behind the :class:`Backbone` interface."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any
+
+import timm
+import timm.data
+from torch import Tensor, nn
+
+from usae.backbones.base import Backbone, Preprocessing
+from usae.backbones.registry import register_backbone
+from usae.config import FINAL_LAYER, BackboneSpec
+
+logger = logging.getLogger(__name__)
+
+
+@register_backbone("timm")
+class TimmBackbone(Backbone):
+    """A timm model; tokens of its ``forward_features`` output or of one block/stage.
+
+    * ``layer: final`` is the ``forward_features`` output (after the final norm). Token
+      sequences (B, N, D) put the model's ``num_prefix_tokens`` (CLS, registers) first;
+      feature maps (B, C, H, W) (or NHWC for models whose ``output_fmt`` says so) give
+      H*W patch tokens and no prefix tokens.
+    * An integer layer is the raw output (no final norm) of that entry of the model's
+      ``feature_info``, taken with ``forward_intermediates``: block ``i`` for ViTs, and
+      for CNNs the stem (0) then each stage (1, 2, ...), as timm counts them.
+
+    Models that accept ``img_size`` (ViT-style) are built at ``spec.image_size``, so that
+    their position embeddings match the input (e.g. DINOv2, built at 518 by default).
+    """
+
+    def __init__(self, spec: BackboneSpec) -> None:
+        """Build the timm model of a spec and probe its token layout.
+
+        Args:
+            spec: Model name, pretrained flag, layer, input size, normalisation and
+                extra ``timm.create_model`` kwargs.
+
+        Raises:
+            ValueError: If the layer index is past the model's depth, the model has no
+                ``forward_intermediates`` for an integer layer, or ``kwargs`` holds an
+                ``img_size`` that contradicts ``image_size``.
+        """
+        super().__init__()
+        self.spec = spec
+        self.model = self._create(spec)
+        self.model.eval()
+        self._prefix_api = False
+        if spec.layer != FINAL_LAYER:
+            self._check_layer(spec.layer)
+        self.preprocessing = self._preprocessing(spec, self.model)
+        self.layout = self._probe_layout()
+
+    @staticmethod
+    def _create(spec: BackboneSpec) -> nn.Module:
+        kwargs: dict[str, Any] = dict(spec.kwargs)
+        if kwargs.get("img_size", spec.image_size) != spec.image_size:
+            raise ValueError(f"models.{spec.key}: kwargs.img_size = {kwargs['img_size']!r} differs from "
+                             f"image_size = {spec.image_size}; set image_size only")
+        kwargs.pop("img_size", None)
+        base = dict(pretrained=spec.pretrained, num_classes=0, **kwargs)
+        try:
+            return timm.create_model(spec.name, img_size=spec.image_size, **base)
+        except TypeError as err:
+            if "img_size" not in str(err):
+                raise
+        logger.debug("%s does not accept img_size; building at its native geometry", spec.name)
+        return timm.create_model(spec.name, **base)
+
+    def _check_layer(self, layer: int) -> None:
+        model = self.model
+        if not hasattr(model, "forward_intermediates"):
+            raise ValueError(f"models.{self.spec.key}: timm model {self.spec.name!r} has no "
+                             "forward_intermediates, so only layer 'final' is supported")
+        depth = self.depth
+        if layer >= depth:
+            raise ValueError(f"models.{self.spec.key}: layer {layer} is out of range for timm model "
+                             f"{self.spec.name!r}, which has depth {depth} (indices 0..{depth - 1})")
+        params = inspect.signature(model.forward_intermediates).parameters
+        self._prefix_api = "return_prefix_tokens" in params
+
+    @property
+    def depth(self) -> int:
+        """Number of selectable integer layers (entries of the model's ``feature_info``)."""
+        info = getattr(self.model, "feature_info", None)
+        if info:
+            return len(info)
+        blocks = getattr(self.model, "blocks", None)
+        if blocks is None:
+            raise ValueError(f"models.{self.spec.key}: cannot tell the depth of timm model "
+                             f"{self.spec.name!r}")
+        return len(blocks)
+
+    @staticmethod
+    def _preprocessing(spec: BackboneSpec, model: nn.Module) -> Preprocessing:
+        cfg = timm.data.resolve_model_data_config(model)
+        mean = spec.mean if spec.mean is not None else tuple(float(v) for v in cfg["mean"])
+        std = spec.std if spec.std is not None else tuple(float(v) for v in cfg["std"])
+        return Preprocessing(image_size=spec.image_size, mean=mean, std=std, interpolation="bicubic")
+
+    def forward_tokens(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
+        """Prefix and patch tokens of the configured layer.
+
+        Args:
+            pixels: (batch, 3, image_size, image_size) preprocessed images.
+
+        Returns:
+            prefix (batch, n_prefix, d_model) and patches (batch, grid_h * grid_w, d_model).
+        """
+        if self.spec.layer == FINAL_LAYER:
+            out = self.model.forward_features(pixels)
+            if out.ndim == 4 and getattr(self.model, "output_fmt", "NCHW") == "NHWC":
+                out = out.permute(0, 3, 1, 2)
+            return _split(out, int(getattr(self.model, "num_prefix_tokens", 0) or 0))
+        if self._prefix_api:
+            (out,) = self.model.forward_intermediates(
+                pixels, indices=[self.spec.layer], return_prefix_tokens=True, norm=False,
+                stop_early=True, output_fmt="NLC", intermediates_only=True)
+            if isinstance(out, (tuple, list)):
+                patches, prefix = out
+                return prefix, patches
+            return _split(out, 0)
+        (out,) = self.model.forward_intermediates(
+            pixels, indices=[self.spec.layer], stop_early=True, intermediates_only=True)
+        return _split(out, 0)
+
+
+def _split(out: Tensor, n_prefix: int) -> tuple[Tensor, Tensor]:
+    """Split a (B, N, D) sequence or a (B, C, H, W) map into prefix and patch tokens."""
+    if out.ndim == 4:
+        patches = out.flatten(2).transpose(1, 2)
+        return patches[:, :0], patches
+    if out.ndim != 3:
+        raise ValueError(f"unexpected timm feature shape {tuple(out.shape)}; "
+                         "expected (B, N, D) or (B, C, H, W)")
+    return out[:, :n_prefix], out[:, n_prefix:]
+
+
+__all__ = ["TimmBackbone"]

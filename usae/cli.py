@@ -1,0 +1,110 @@
+"""The ``usae`` command: run any stage by hand, outside Snakemake, with the workflow's paths.
+
+    usae manifest -c config.yaml
+    usae extract  -c config.yaml [--model dinov2] [--part 0]
+    usae prepare  -c config.yaml [--model dinov2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from usae import paths
+from usae.config import PipelineConfig, load_config
+from usae.runlog import configure_logging
+
+logger = logging.getLogger("usae")
+
+
+def read_config(path: str | Path) -> PipelineConfig:
+    """Parse and validate a config file (the same file Snakemake reads)."""
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    with path.open() as fh:
+        data: dict[str, Any] = yaml.safe_load(fh) or {}
+    return load_config(data)
+
+
+def _models(cfg: PipelineConfig, chosen: list[str] | None) -> list[str]:
+    unknown = sorted(set(chosen or []) - set(cfg.models))
+    if unknown:
+        raise ValueError(f"--model {unknown} not in the config's models {sorted(cfg.models)}")
+    return chosen or list(cfg.models)
+
+
+def cmd_manifest(cfg: PipelineConfig, args: argparse.Namespace) -> None:
+    from usae.data.manifest import build_manifest
+
+    out = paths.stage_path(paths.MANIFEST, cfg.results, dataset=cfg.dataset.name)
+    table = build_manifest(cfg.dataset, out, workers=args.threads)
+    print(f"{out}: {int((table['status'] == 'ok').sum())} usable of {len(table)} images")
+
+
+def cmd_extract(cfg: PipelineConfig, args: argparse.Namespace) -> None:
+    from usae.activations.extract import extract_activations
+
+    manifest = paths.stage_path(paths.MANIFEST, cfg.results, dataset=cfg.dataset.name)
+    parts = [args.part] if args.part is not None else range(cfg.extract.n_parts)
+    for key in _models(cfg, args.model):
+        spec = cfg.models[key]
+        for part in parts:
+            out = paths.stage_path(paths.EXTRACT_PART, cfg.results, dataset=cfg.dataset.name, model=key,
+                                   layer=spec.layer_tag, part=part)
+            result = extract_activations(manifest, spec, cfg.extract, part, out)
+            print(f"{out}: {result.n_images} images, {result.images_per_s:.1f} images/s")
+
+
+def cmd_prepare(cfg: PipelineConfig, args: argparse.Namespace) -> None:
+    from usae.activations.prepare import prepare_activations
+
+    manifest = paths.stage_path(paths.MANIFEST, cfg.results, dataset=cfg.dataset.name)
+    for key in _models(cfg, args.model):
+        fields = {"dataset": cfg.dataset.name, "model": key, "layer": cfg.models[key].layer_tag}
+        parts = [paths.stage_path(paths.EXTRACT_PART, cfg.results, part=k, **fields)
+                 for k in range(cfg.extract.n_parts)]
+        out = paths.stage_path(paths.ALIGNED, cfg.results, **fields)
+        prepare_activations(parts, manifest, cfg.prepare, out, paths.stage_path(paths.ALIGNED_STATS, cfg.results,
+                                                                               **fields),
+                            num_workers=args.threads)
+        print(f"{out}: done")
+
+
+COMMANDS = {"manifest": cmd_manifest, "extract": cmd_extract, "prepare": cmd_prepare}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="usae", description="Universal Sparse Autoencoders pipeline stages.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMANDS:
+        p = sub.add_parser(name, help=f"run the {name} stage")
+        p.add_argument("-c", "--config", default="config.yaml", help="config file (default: config.yaml)")
+        p.add_argument("--threads", type=int, default=2, help="CPU threads for decoding and statistics")
+        if name in ("extract", "prepare"):
+            p.add_argument("--model", action="append", help="only this model (repeatable)")
+        if name == "extract":
+            p.add_argument("--part", type=int, help="only this manifest part")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(level=logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        cfg = read_config(args.config)
+        COMMANDS[args.command](cfg, args)
+    except (ValueError, FileNotFoundError) as err:
+        logger.error("%s", err)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

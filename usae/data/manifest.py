@@ -1,0 +1,205 @@
+"""Stage 1: the image manifest, one row per image with a stable id, split, label and status.
+
+Sources: a folder tree (class subfolders become labels; ``train``/``val`` top folders
+become splits), a CSV/Parquet list, or the built-in generated set with planted factors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from usae.atomic import atomic_path
+from usae.config import ManifestConfig, to_dict
+from usae.data.images import IMAGE_SUFFIXES, ImageReadError, check_image
+
+logger = logging.getLogger(__name__)
+
+COLUMNS = ("index", "image_id", "path", "split", "label", "width", "height", "status", "reason")
+SPLITS = ("train", "val")
+_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
+                  "validation": "val", "test": "val"}
+
+
+def build_manifest(cfg: ManifestConfig, out_path: str | Path, *, workers: int = 4) -> pd.DataFrame:
+    """Build, check and write the manifest of ``cfg``'s image source.
+
+    Every image is decoded once; unreadable ones stay in the table with
+    ``status="unreadable"`` and the reason, and are excluded downstream.
+
+    Args:
+        cfg: dataset settings.
+        out_path: the Parquet file to write (written atomically).
+        workers: threads decoding images during the check.
+
+    Returns:
+        The manifest table (columns ``COLUMNS``), sorted by ``image_id``.
+
+    Raises:
+        FileNotFoundError: the source does not exist.
+        ValueError: the source holds no usable image, or its list file is malformed.
+    """
+    out_path = Path(out_path)
+    logger.info("manifest: %s", to_dict(cfg))
+    rows = _list_source(cfg, out_path.parent)
+    if rows.empty:
+        raise ValueError(f"no image files found in {_where(cfg)} (looked for {sorted(IMAGE_SUFFIXES)})")
+    rows = rows.sort_values("image_id", kind="stable").reset_index(drop=True)
+    dupes = rows["image_id"][rows["image_id"].duplicated()]
+    if not dupes.empty:
+        raise ValueError(f"duplicate image ids in {_where(cfg)}: {sorted(set(dupes))[:5]}")
+    rows = _assign_splits(rows, cfg)
+    table = _check_all(rows, workers)
+    n_bad = int((table["status"] != "ok").sum())
+    if n_bad == len(table):
+        raise ValueError(f"none of the {n_bad} files in {_where(cfg)} is a readable image; "
+                         f"first reason: {table['path'].iloc[0]}: {table['reason'].iloc[0]}")
+    if n_bad:
+        bad = table[table["status"] != "ok"]
+        listing = "\n".join(f"  {p}: {r}" for p, r in zip(bad["path"], bad["reason"]))
+        logger.warning("%d of %d images are unreadable and excluded:\n%s", n_bad, len(table), listing)
+    counts = table[table["status"] == "ok"]["split"].value_counts().to_dict()
+    logger.info("manifest: %d usable images (%s), %d excluded", len(table) - n_bad, counts, n_bad)
+    _write_atomic(table, out_path)
+    return table
+
+
+def manifest_hash(table: pd.DataFrame) -> str:
+    """SHA-256 of what defines the data (ids, splits, labels, status), not of file locations."""
+    keys = table[["image_id", "split", "label", "status"]].astype(str)
+    payload = "\n".join("\t".join(row) for row in keys.itertuples(index=False, name=None))
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    """Read a manifest written by :func:`build_manifest`, checking its columns."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"manifest {path} does not exist; run `usae manifest` first")
+    table = pd.read_parquet(path)
+    missing = [c for c in COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"{path} is not a usae manifest: missing columns {missing}")
+    return table
+
+
+def usable(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows that extraction uses: readable images, in manifest order."""
+    return table[table["status"] == "ok"]
+
+
+def _where(cfg: ManifestConfig) -> str:
+    return "the generated image set" if cfg.source == "synthetic" else f"{cfg.source} source {cfg.path}"
+
+
+def _list_source(cfg: ManifestConfig, out_dir: Path) -> pd.DataFrame:
+    if cfg.source == "synthetic":
+        return _list_synthetic(cfg, out_dir)
+    path = Path(cfg.path)
+    if not path.exists():
+        raise FileNotFoundError(f"dataset.path {path} does not exist (dataset.source = {cfg.source})")
+    return _list_folder(path) if cfg.source == "folder" else _list_file(path)
+
+
+def _list_synthetic(cfg: ManifestConfig, out_dir: Path) -> pd.DataFrame:
+    from usae.data.synthetic_images import generate_images
+
+    syn = cfg.synthetic
+    image_set = generate_images(out_dir / "synthetic", n_images=syn.n_images, image_size=syn.image_size,
+                                max_objects=syn.max_objects, seed=cfg.seed)
+    paths = [Path(p).resolve() for p in image_set.paths]
+    return pd.DataFrame({"image_id": [p.stem for p in paths], "path": [str(p) for p in paths],
+                         "split": None, "label": None})
+
+
+def _list_folder(root: Path) -> pd.DataFrame:
+    if not root.is_dir():
+        raise ValueError(f"dataset.path {root} is not a folder (dataset.source = folder)")
+    split_dirs = [d for d in sorted(root.iterdir()) if d.is_dir() and d.name.lower() in _SPLIT_ALIASES]
+    with_splits = bool(split_dirs) and all(d.name.lower() in _SPLIT_ALIASES
+                                           for d in root.iterdir() if d.is_dir())
+    records = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            file = Path(dirpath) / name
+            if name.startswith(".") or file.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            rel = file.relative_to(root)
+            parts = rel.parts[1:] if with_splits else rel.parts
+            split = _SPLIT_ALIASES[rel.parts[0].lower()] if with_splits else None
+            label = parts[0] if len(parts) > 1 else None
+            records.append({"image_id": rel.as_posix(), "path": str(file.resolve()),
+                            "split": split, "label": label})
+    return pd.DataFrame(records, columns=["image_id", "path", "split", "label"])
+
+
+def _list_file(path: Path) -> pd.DataFrame:
+    if path.suffix.lower() == ".csv":
+        table = pd.read_csv(path)
+    elif path.suffix.lower() in (".parquet", ".pq"):
+        table = pd.read_parquet(path)
+    else:
+        raise ValueError(f"dataset.path {path}: a list must be .csv or .parquet")
+    if "path" not in table.columns:
+        raise ValueError(f"{path} has no 'path' column (columns: {list(table.columns)})")
+    base = path.parent
+    files = [Path(p) if Path(p).is_absolute() else (base / p) for p in table["path"].astype(str)]
+    ids = table["image_id"].astype(str) if "image_id" in table.columns else table["path"].astype(str)
+    split = table["split"] if "split" in table.columns else None
+    if split is not None:
+        split = split.astype(str).str.lower()
+        unknown = sorted(set(split) - set(_SPLIT_ALIASES))
+        if unknown:
+            raise ValueError(f"{path}: unknown split value(s) {unknown}; use train or val")
+        split = split.map(_SPLIT_ALIASES)
+    label = table["label"].astype(str) if "label" in table.columns else None
+    return pd.DataFrame({"image_id": ids.values, "path": [str(f.resolve()) for f in files],
+                         "split": split.values if split is not None else None,
+                         "label": label.values if label is not None else None})
+
+
+def _assign_splits(rows: pd.DataFrame, cfg: ManifestConfig) -> pd.DataFrame:
+    """Keep the source's split; else a seeded hash of the id decides, stable as images are added."""
+    rows = rows.copy()
+    missing = rows["split"].isna()
+    rows.loc[missing, "split"] = [
+        "val" if _unit_hash(cfg.seed, image_id) < cfg.val_fraction else "train"
+        for image_id in rows.loc[missing, "image_id"]
+    ]
+    return rows
+
+
+def _unit_hash(seed: int, image_id: str) -> float:
+    digest = hashlib.sha256(f"{seed}:{image_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def _check_all(rows: pd.DataFrame, workers: int) -> pd.DataFrame:
+    def check(path: str) -> tuple[int, int, str, str]:
+        try:
+            info = check_image(path)
+            return info.width, info.height, "ok", ""
+        except ImageReadError as err:
+            return -1, -1, "unreadable", str(err)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = list(tqdm(pool.map(check, rows["path"]), total=len(rows), desc="checking images",
+                            unit="img", mininterval=2.0))
+    table = rows.copy()
+    table[["width", "height", "status", "reason"]] = pd.DataFrame(results, index=table.index)
+    table.insert(0, "index", range(len(table)))
+    table["label"] = table["label"].astype("string")
+    table["split"] = table["split"].astype("string")
+    return table[list(COLUMNS)]
+
+
+def _write_atomic(table: pd.DataFrame, out_path: Path) -> None:
+    with atomic_path(out_path) as tmp:
+        table.to_parquet(tmp, index=False)

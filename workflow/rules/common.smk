@@ -1,0 +1,61 @@
+# Config validation, path patterns and input functions shared by every rule file.
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+import usae
+from usae import paths
+from usae.config import load_config, to_dict
+
+validate(config, "../schemas/config.schema.yaml")
+try:
+    PIPE = load_config(config)
+except ValueError as err:
+    raise WorkflowError(f"invalid config: {err}") from None
+
+RESULTS = PIPE.results
+DATASET = PIPE.dataset.name
+
+
+def stage_pattern(pattern, **fields):
+    """A usae.paths pattern with the fixed fields filled and the wildcards left open."""
+    keep = {"dataset": DATASET, "model": "{model}", "layer": "{layer}", "part": "{part}",
+            "rule": "{rule}", "name": "{name}"}
+    keep.update(fields)
+    return pattern.format(root=RESULTS, **keep)
+
+
+def log_path(rule, name):
+    return stage_pattern(paths.LOG, rule=rule, name=name)
+
+
+def benchmark_path(rule, name):
+    return stage_pattern(paths.BENCHMARK, rule=rule, name=name)
+
+
+wildcard_constraints:
+    model="|".join(sorted(PIPE.models)),
+    layer=r"final|block\d+",
+    part=r"\d+",
+
+
+def model_spec(wildcards):
+    """The one model's settings, as a plain dict in a fixed key order."""
+    spec = PIPE.models[wildcards.model]
+    if spec.layer_tag != wildcards.layer:
+        raise WorkflowError(f"{wildcards.model}: layer {wildcards.layer} is not the configured {spec.layer_tag}")
+    return to_dict(spec)
+
+
+def extraction_parts(wildcards):
+    return [
+        stage_pattern(paths.EXTRACT_PART, model=wildcards.model, layer=wildcards.layer, part=k)
+        for k in range(PIPE.extract.n_parts)
+    ]
+
+
+def aligned_stores():
+    return [
+        stage_pattern(paths.ALIGNED, model=key, layer=spec.layer_tag)
+        for key, spec in sorted(PIPE.models.items())
+    ]

@@ -1,0 +1,23 @@
+# Stage 2: one job per (model, layer, part), each writing its own float16 Zarr store.
+
+
+rule extract_activations:
+    input:
+        manifest=stage_pattern(paths.MANIFEST),
+    output:
+        store=directory(stage_pattern(paths.EXTRACT_PART)),
+    params:
+        spec=model_spec,
+        cfg=to_dict(PIPE.extract),
+        version=usae.STAGE_VERSIONS["extract"],
+    log:
+        log_path("extract_activations", "{model}_{layer}_part{part}"),
+    benchmark:
+        benchmark_path("extract_activations", "{model}_{layer}_part{part}")
+    threads: 2
+    resources:
+        gpu=1 if PIPE.extract.device != "cpu" else 0,
+        mem_mb=16000,
+        runtime=240,
+    script:
+        "../scripts/extract_activations.py"

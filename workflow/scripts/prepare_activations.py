@@ -1,0 +1,14 @@
+"""Rule prepare_activations: align one model's grid, standardise, write the aligned store."""
+
+import torch
+
+from usae.activations.prepare import prepare_activations
+from usae.config import PrepareConfig, from_dict
+from usae.runlog import configure_logging
+
+snakemake = globals()["snakemake"]  # injected by Snakemake
+configure_logging(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+cfg = from_dict(PrepareConfig, snakemake.params.cfg, section="prepare")
+prepare_activations(list(snakemake.input.parts), snakemake.input.manifest, cfg, snakemake.output.store,
+                    snakemake.output.stats, num_workers=snakemake.threads)
