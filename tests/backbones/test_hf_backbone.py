@@ -18,7 +18,8 @@ VIT = {"model_type": "vit", **TINY, "image_size": 32, "patch_size": 8}
 
 def _spec(hf_config: dict, image_size: int = 32, layer="final", **extra) -> BackboneSpec:
     return BackboneSpec(key="m", library="transformers", name=f"tiny-{hf_config['model_type']}",
-                        pretrained=False, layer=layer, image_size=image_size, hf_config=hf_config, **extra)
+                        pretrained=False, layer=layer, image_size=image_size, hf_config=hf_config,
+                        **extra)
 
 
 def _pixels(backbone, n: int = 2) -> torch.Tensor:
@@ -169,3 +170,50 @@ def test_frozen_and_float32():
     backbone = create_backbone(_spec(VIT))
     assert not backbone.training
     assert all(not p.requires_grad and p.dtype == torch.float32 for p in backbone.parameters())
+
+
+@pytest.fixture
+def saved_vit(tmp_path):
+    """A tiny ViT (32 px native) and its image processor saved as a local 'hub' folder."""
+    import transformers
+
+    config = transformers.AutoConfig.for_model(**VIT)
+    torch.manual_seed(1)
+    transformers.AutoModel.from_config(config).save_pretrained(tmp_path)
+    processor = transformers.ViTImageProcessor(image_mean=[0.1, 0.2, 0.3], image_std=[0.7, 0.8, 0.9])
+    processor.save_pretrained(tmp_path)
+    return tmp_path
+
+
+def test_pretrained_from_local_folder(saved_vit):
+    import transformers
+
+    spec = BackboneSpec(key="m", library="transformers", name=str(saved_vit), pretrained=True,
+                        image_size=32)
+    backbone = create_backbone(spec)
+    assert backbone.preprocessing.mean == pytest.approx((0.1, 0.2, 0.3))
+    assert backbone.preprocessing.std == pytest.approx((0.7, 0.8, 0.9))
+    assert backbone.layout == TokenLayout(n_prefix=1, grid=(4, 4), d_model=32)
+    reference = transformers.AutoModel.from_pretrained(saved_vit).eval()
+    x = _pixels(backbone)
+    with torch.inference_mode():
+        _, patches = backbone.forward_tokens(x)
+        expected = reference(pixel_values=x).last_hidden_state[:, 1:]
+    torch.testing.assert_close(patches, expected, rtol=0, atol=0)
+
+
+def test_pretrained_at_other_size_interpolates_position_embeddings(saved_vit):
+    spec = BackboneSpec(key="m", library="transformers", name=str(saved_vit), pretrained=True,
+                        image_size=48, std=(0.5, 0.5, 0.5))
+    backbone = create_backbone(spec)
+    assert backbone.layout == TokenLayout(n_prefix=1, grid=(6, 6), d_model=32)
+    assert backbone.preprocessing.mean == pytest.approx((0.1, 0.2, 0.3))  # processor fills the gap
+    assert backbone.preprocessing.std == (0.5, 0.5, 0.5)
+
+
+def test_random_init_from_named_config(saved_vit):
+    spec = BackboneSpec(key="m", library="transformers", name=str(saved_vit), pretrained=False,
+                        image_size=64, kwargs={"num_hidden_layers": 1})
+    backbone = create_backbone(spec)
+    assert backbone.depth == 1
+    assert backbone.layout == TokenLayout(n_prefix=1, grid=(8, 8), d_model=32)

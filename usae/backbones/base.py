@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import zlib
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -48,6 +49,15 @@ class TokenLayout:
         return {"n_prefix": self.n_prefix, "grid": list(self.grid), "d_model": self.d_model}
 
 
+def init_seed(spec: BackboneSpec) -> int:
+    """Seed of a randomly initialised backbone: a stable hash of its library and name.
+
+    Every job that builds the model (parts of one extraction run in separate processes)
+    then gets the same random weights.
+    """
+    return zlib.crc32(f"{spec.library}:{spec.name}".encode())
+
+
 class Backbone(nn.Module, abc.ABC):
     """A frozen vision model that maps preprocessed pixels to (prefix, patch) tokens."""
 
@@ -69,6 +79,10 @@ class Backbone(nn.Module, abc.ABC):
     def forward(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
         return self.forward_tokens(pixels)
 
+    def train(self, mode: bool = True) -> Backbone:
+        """Backbones are frozen feature extractors: always stay in eval mode (no dropout)."""
+        return super().train(False)
+
     def describe(self) -> dict[str, Any]:
         """JSON-friendly provenance: what was run, which layer, which token layout."""
         return {
@@ -76,6 +90,7 @@ class Backbone(nn.Module, abc.ABC):
             "library": self.spec.library,
             "name": self.spec.name,
             "pretrained": self.spec.pretrained,
+            "init_seed": None if self.spec.pretrained else init_seed(self.spec),
             "layer": self.spec.layer_tag,
             "layout": self.layout.to_dict(),
             "preprocessing": self.preprocessing.to_dict(),

@@ -22,7 +22,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Always load float32: transformers 5 defaults to the checkpoint's dtype (often bf16), and
 # renamed ``torch_dtype`` to ``dtype`` in 4.56.
-_DTYPE = {"dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype": torch.float32}
+_DTYPE_KEY = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+_DTYPE = {_DTYPE_KEY: torch.float32}
 
 
 @register_backbone("transformers")
@@ -88,8 +89,9 @@ class HFBackbone(Backbone):
         self.depth = depth
         layer = self.spec.layer
         if layer != FINAL_LAYER and layer >= depth:
-            raise ValueError(f"models.{self.spec.key}: layer {layer} is out of range for transformers "
-                             f"model {self.spec.name!r}, which has depth {depth} (indices 0..{depth - 1})")
+            raise ValueError(f"models.{self.spec.key}: layer {layer} is out of range for "
+                             f"transformers model {self.spec.name!r}, which has depth {depth} "
+                             f"(indices 0..{depth - 1})")
         if layer == FINAL_LAYER and torch.equal(out.last_hidden_state, out.hidden_states[-1]):
             norm = next((m for n, m in self.model.named_modules() if n.endswith("post_layernorm")), None)
             if norm is None:
@@ -125,7 +127,8 @@ class HFBackbone(Backbone):
             patches = tokens.flatten(2).transpose(1, 2)
             return patches[:, :0], patches
         if tokens.ndim != 3:
-            raise ValueError(f"models.{self.spec.key}: unexpected hidden state shape {tuple(tokens.shape)}")
+            raise ValueError(f"models.{self.spec.key}: unexpected hidden state shape "
+                             f"{tuple(tokens.shape)}")
         grid = self.spec.image_size // _patch_size(self.config, self.spec)
         n_prefix = tokens.shape[1] - grid * grid
         if n_prefix < 0:
@@ -170,7 +173,8 @@ def _patch_size(config: Any, spec: BackboneSpec) -> int:
             raise ValueError(f"models.{spec.key}: non-square patch size {patch} is not supported")
         patch = patch[0]
     if not isinstance(patch, int) or patch <= 0:
-        raise ValueError(f"models.{spec.key}: config of {spec.name!r} has no usable patch_size ({patch!r})")
+        raise ValueError(f"models.{spec.key}: config of {spec.name!r} has no usable patch_size "
+                         f"({patch!r})")
     return patch
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Callable, TypeVar
 
-from usae.backbones.base import Backbone
+import torch
+
+from usae.backbones.base import Backbone, init_seed
 from usae.config import BackboneSpec
 
 logger = logging.getLogger(__name__)
@@ -68,7 +70,11 @@ def create_backbone(spec: BackboneSpec) -> Backbone:
     except KeyError:
         raise ValueError(f"models.{spec.key}.library = {spec.library!r} is unknown; "
                          f"available: {list_backbones()}") from None
-    backbone = cls(spec)
+    # Random weights must be the same in every job (parts of one extraction run in
+    # separate processes), so they come from a seed fixed by the model's name.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed(spec))
+        backbone = cls(spec)
     backbone.eval()
     backbone.requires_grad_(False)
     logger.info("built backbone %s (%s:%s, layer %s): %s", spec.key, spec.library, spec.name,

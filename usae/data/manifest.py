@@ -72,7 +72,7 @@ def build_manifest(cfg: ManifestConfig, out_path: str | Path, *, workers: int = 
 
 def manifest_hash(table: pd.DataFrame) -> str:
     """SHA-256 of what defines the data (ids, splits, labels, status), not of file locations."""
-    keys = table[["image_id", "split", "label", "status"]].astype(str)
+    keys = table[["image_id", "split", "label", "status"]].astype("string").fillna("<NA>")
     payload = "\n".join("\t".join(row) for row in keys.itertuples(index=False, name=None))
     return hashlib.sha256(payload.encode()).hexdigest()
 
@@ -121,9 +121,8 @@ def _list_synthetic(cfg: ManifestConfig, out_dir: Path) -> pd.DataFrame:
 def _list_folder(root: Path) -> pd.DataFrame:
     if not root.is_dir():
         raise ValueError(f"dataset.path {root} is not a folder (dataset.source = folder)")
-    split_dirs = [d for d in sorted(root.iterdir()) if d.is_dir() and d.name.lower() in _SPLIT_ALIASES]
-    with_splits = bool(split_dirs) and all(d.name.lower() in _SPLIT_ALIASES
-                                           for d in root.iterdir() if d.is_dir())
+    top_dirs = [d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    with_splits = bool(top_dirs) and all(d.name.lower() in _SPLIT_ALIASES for d in top_dirs)
     records = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -154,12 +153,13 @@ def _list_file(path: Path) -> pd.DataFrame:
     ids = table["image_id"].astype(str) if "image_id" in table.columns else table["path"].astype(str)
     split = table["split"] if "split" in table.columns else None
     if split is not None:
-        split = split.astype(str).str.lower()
-        unknown = sorted(set(split) - set(_SPLIT_ALIASES))
+        given = split.notna()  # blank cells: no split given, the seeded hash decides
+        split = split.astype(str).str.lower().where(given)
+        unknown = sorted(set(split[given]) - set(_SPLIT_ALIASES))
         if unknown:
             raise ValueError(f"{path}: unknown split value(s) {unknown}; use train or val")
         split = split.map(_SPLIT_ALIASES)
-    label = table["label"].astype(str) if "label" in table.columns else None
+    label = table["label"].astype("string") if "label" in table.columns else None
     return pd.DataFrame({"image_id": ids.values, "path": [str(f.resolve()) for f in files],
                          "split": split.values if split is not None else None,
                          "label": label.values if label is not None else None})

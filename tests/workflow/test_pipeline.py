@@ -1,0 +1,136 @@
+"""End-to-end Snakemake runs of a tiny config: outputs, logs, and which jobs a change reruns."""
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from usae.activations.store import open_store
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = Path(__file__).with_name("tiny_config.yaml")
+pytestmark = pytest.mark.slow
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+           "--cores", "2", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
+    """Jobs a dry run would execute, by rule (the 'Job stats' table)."""
+    out = snakemake(workdir, "-n", *args).stdout
+    if "Nothing to be done" in out:
+        return {}
+    table = out.split("Job stats:")[1].split("total")[0]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
+
+
+def write_config(workdir: Path, **changes) -> None:
+    cfg = yaml.safe_load(TINY.read_text())
+    for dotted, value in changes.items():
+        *parents, key = dotted.split(".")
+        node = cfg
+        for p in parents:
+            node = node[p]
+        node[key] = value
+    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("pipeline")
+    write_config(workdir)
+    snakemake(workdir)
+    return workdir
+
+
+def test_default_target_builds_aligned_stores(built):
+    results = built / "results" / "tiny"
+    a, b = (open_store(results / "aligned" / m / "final.zarr") for m in ("a14", "b16"))
+    assert a.attrs["source_grid"] == [8, 8] and b.attrs["source_grid"] == [7, 7]
+    for split in ("train", "val"):
+        assert a[split]["tokens"].shape[:2] == b[split]["tokens"].shape[:2]
+        assert a[split]["tokens"].shape[1] == 49
+        np.testing.assert_array_equal(a[split]["rows"][:], b[split]["rows"][:])
+    assert a["train"]["tokens"].shape[0] + a["val"]["tokens"].shape[0] == 24
+    assert a["train"]["tokens"].shape[2] == 32 and b["train"]["tokens"].shape[2] == 48
+    train = a["train"]["tokens"][:].astype(np.float64)
+    assert abs(train.mean()) < 0.2 and 0.8 < train.std() < 1.2
+    assert (results / "aligned" / "a14" / "final.stats.json").exists()
+
+
+def test_every_job_wrote_its_log_and_benchmark(built):
+    logs = sorted(p.relative_to(built / "results" / "logs").as_posix()
+                  for p in (built / "results" / "logs").rglob("*.log"))
+    assert "build_manifest/tiny.log" in logs
+    assert len([p for p in logs if p.startswith("extract_activations/")]) == 4
+    assert len([p for p in logs if p.startswith("prepare_activations/")]) == 2
+    assert len(list((built / "results" / "benchmarks").rglob("*.tsv"))) == len(logs)
+    assert "images/s" in (built / "results/logs/extract_activations/a14_final_part0.log").read_text()
+
+
+def test_nothing_reruns_when_nothing_changed(built):
+    assert planned_jobs(built) == {}
+
+
+def test_layer_change_reruns_only_that_model(built):
+    write_config(built, **{"models.a14.layer": 0})
+    try:
+        assert planned_jobs(built) == {"extract_activations": 2, "prepare_activations": 1, "all": 1}
+        out = snakemake(built, "-n").stdout
+        assert "a14/block0" in out and "b16" not in out.split("Job stats:")[0]
+    finally:
+        write_config(built)
+
+
+def test_standardization_change_reruns_only_prepare(built):
+    extract = built / "results/tiny/acts/b16/final/part0.zarr"
+    before = extract.stat().st_mtime_ns
+    write_config(built, **{"prepare.standardize": "per_dim"})
+    try:
+        assert planned_jobs(built) == {"prepare_activations": 2, "all": 1}
+        snakemake(built)
+        stats = open_store(built / "results/tiny/aligned/b16/final.zarr").attrs["standardization"]
+        assert stats["kind"] == "per_dim" and len(stats["mean"]) == 48
+        assert extract.stat().st_mtime_ns == before
+    finally:
+        write_config(built)
+
+
+def test_bad_value_stops_before_any_job(tmp_path):
+    write_config(tmp_path, **{"prepare.standardize": "zscore"})
+    proc = snakemake(tmp_path, check=False)
+    assert proc.returncode != 0
+    message = proc.stdout + proc.stderr
+    assert "standardize" in message and "scalar" in message and "zscore" in message
+    assert not (tmp_path / "results").exists()
+
+
+def test_cross_field_error_names_the_key(tmp_path):
+    write_config(tmp_path, **{"models.a14.layer": "last"})
+    proc = snakemake(tmp_path, check=False)
+    assert proc.returncode != 0 and "layer" in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_usae_command_matches_the_workflow(built, tmp_path):
+    snakemake(built)  # bring the workflow's outputs back to the tiny config after the tests above
+    shutil.copy(built / "config.yaml", tmp_path / "config.yaml")
+    for stage in ("manifest", "extract", "prepare"):
+        proc = subprocess.run([sys.executable, "-m", "usae.cli", stage, "-c", "config.yaml"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+    by_hand = open_store(tmp_path / "results/tiny/aligned/b16/final.zarr")
+    by_rule = open_store(built / "results/tiny/aligned/b16/final.zarr")
+    np.testing.assert_array_equal(by_hand["val"]["tokens"][:], by_rule["val"]["tokens"][:])
+    assert by_hand.attrs["standardization"] == by_rule.attrs["standardization"]
