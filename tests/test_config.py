@@ -1,0 +1,100 @@
+"""The schema, the dataclasses and the shipped configs agree; bad values are named."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.utils import validate
+
+from usae.config import (
+    BackboneSpec, ExtractConfig, ManifestConfig, PipelineConfig, PrepareConfig, SyntheticImagesConfig, load_config,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+PROPS = SCHEMA["properties"]
+MODEL_PROPS = next(iter(PROPS["models"]["patternProperties"].values()))["properties"]
+
+SECTIONS = [
+    (PROPS["dataset"]["properties"], ManifestConfig),
+    (PROPS["dataset"]["properties"]["synthetic"]["properties"], SyntheticImagesConfig),
+    (MODEL_PROPS, BackboneSpec),
+    (PROPS["extract"]["properties"], ExtractConfig),
+    (PROPS["prepare"]["properties"], PrepareConfig),
+]
+
+
+def _defaults(cls):
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+@pytest.mark.parametrize(("props", "cls"), SECTIONS, ids=lambda x: getattr(x, "__name__", ""))
+def test_schema_keys_and_defaults_match_dataclasses(props, cls):
+    fields = {f.name for f in dataclasses.fields(cls)} - {"key"}
+    assert set(props) == fields
+    for name, default in _defaults(cls).items():
+        if dataclasses.is_dataclass(default):
+            continue
+        assert props[name].get("default") == default, name
+    for name, prop in props.items():
+        assert prop.get("description"), f"{cls.__name__}.{name} has no description"
+
+
+def test_top_level_matches_pipeline_config():
+    assert set(PROPS) == {f.name for f in dataclasses.fields(PipelineConfig)}
+    assert SCHEMA["additionalProperties"] is False
+
+
+@pytest.mark.parametrize("path", ["config.yaml", "presets/paper.yaml", "tests/workflow/tiny_config.yaml"])
+def test_shipped_configs_validate(path):
+    cfg = yaml.safe_load((REPO / path).read_text())
+    validate(cfg, str(REPO / "workflow/schemas/config.schema.yaml"))
+    if cfg["dataset"].get("source") != "synthetic" and not cfg["dataset"].get("path"):
+        with pytest.raises(ValueError, match="dataset.path is required"):
+            load_config(cfg)
+    else:
+        assert load_config(cfg).models
+
+
+def test_schema_fills_defaults():
+    cfg = {"models": {"m": {"name": "vit_small_patch16_224"}}}
+    validate(cfg, str(REPO / "workflow/schemas/config.schema.yaml"))
+    assert cfg["prepare"]["grid"] == 14 and cfg["extract"]["n_parts"] == 2
+    assert cfg["models"]["m"]["layer"] == "final" and cfg["dataset"]["synthetic"]["n_images"] == 256
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"prepare": {"standardize": "zscore"}}, r"prepare.standardize = 'zscore' is not allowed; choose one of"),
+    ({"prepare": {"grid": 0}}, r"prepare.grid = 0 is out of range; it must be >= 1"),
+    ({"extract": {"device": "tpu"}}, r"extract.device = 'tpu'"),
+    ({"extract": {"batch_sizes": 3}}, r"extract: unknown key\(s\) \['batch_sizes'\]"),
+    ({"dataset": {"source": "folder"}}, r"dataset.path is required"),
+    ({"dataset": {"val_fraction": 1.5}}, r"dataset.val_fraction = 1.5 is out of range"),
+    ({"models": {}}, r"models: at least one model"),
+    ({"models": {"m": {"name": "x", "layer": -1}}}, r"models.m.layer = -1"),
+    ({"models": {"m": {"name": "x", "mean": [0.5, 0.5]}}}, r"models.m.mean .* must have 3 values"),
+    ({"models": {"m": {"name": "x", "colour": 1}}}, r"models.m: unknown key\(s\) \['colour'\]"),
+    ({"models": {"a/b": {"name": "x"}}}, r"models: names \['a/b'\]"),
+])
+def test_bad_values_name_the_key(change, message):
+    cfg = {"models": {"m": {"name": "vit_small_patch16_224"}}}
+    cfg.update(change)
+    with pytest.raises(ValueError, match=message):
+        load_config(cfg)
+
+
+def test_schema_rejects_what_the_dataclasses_reject():
+    from snakemake.exceptions import WorkflowError
+
+    with pytest.raises(WorkflowError, match="'zscore' is not one of"):
+        validate({"models": {"m": {"name": "x"}}, "prepare": {"standardize": "zscore"}},
+                 str(REPO / "workflow/schemas/config.schema.yaml"))
+    with pytest.raises(WorkflowError, match="bogus"):
+        validate({"models": {"m": {"name": "x"}}, "bogus": 1}, str(REPO / "workflow/schemas/config.schema.yaml"))

@@ -1,0 +1,46 @@
+"""Workflow conventions: thin scripts named after their rules, log and benchmark on every rule."""
+
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+RULE_FILES = sorted((REPO / "workflow/rules").glob("*.smk"))
+
+
+def rules():
+    for path in RULE_FILES:
+        text = path.read_text()
+        for match in re.finditer(r"^rule (\w+):\n((?:[ \t]+.*\n|\n)+)", text, re.M):
+            yield path, match.group(1), match.group(2)
+
+
+def test_every_rule_has_log_benchmark_params_and_its_script():
+    found = list(rules())
+    assert {name for _, name, _ in found} >= {"build_manifest", "extract_activations", "prepare_activations"}
+    for path, name, body in found:
+        for directive in ("log:", "benchmark:", "params:", "threads:", "resources:", "script:"):
+            assert directive in body, f"{path.name}: rule {name} lacks {directive}"
+        assert f'"../scripts/{name}.py"' in body, f"rule {name} must run workflow/scripts/{name}.py"
+        assert "version=usae.STAGE_VERSIONS" in body, f"rule {name} must pass its stage version"
+
+
+def test_scripts_are_thin_and_read_only_params():
+    for script in (REPO / "workflow/scripts").glob("*.py"):
+        text = script.read_text()
+        assert len(text.splitlines()) <= 40, script.name
+        assert "snakemake.config" not in text, f"{script.name} reads config behind Snakemake's back"
+        assert "configure_logging(snakemake.log[0])" in text
+
+
+def test_snakefile_is_thin():
+    text = (REPO / "Snakefile").read_text()
+    assert len(text.splitlines()) <= 60 and "def " not in text
+
+
+def test_library_has_no_snakemake_or_prints():
+    for module in (REPO / "usae").rglob("*.py"):
+        text = module.read_text()
+        assert "import snakemake" not in text and "from snakemake" not in text, module
+        if module.name != "cli.py":
+            assert not re.search(r"^\s*print\(", text, re.M), f"print in {module}"
+        assert len(text.splitlines()) <= 400, f"{module} is over 400 lines"
