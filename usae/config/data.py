@@ -1,38 +1,17 @@
-"""Typed, validated settings of every stage: one frozen dataclass per config section.
-
-The YAML schema (``workflow/schemas/config.schema.yaml``) and these classes describe the
-same keys; ``tests/test_config.py`` fails when they drift apart.
-"""
+"""Settings of the data stages: image source, backbones, extraction, preparation."""
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-T = TypeVar("T")
+from usae.config.base import check_choice, check_range
 
 SOURCES = ("synthetic", "folder", "list")
 STANDARDIZATIONS = ("scalar", "per_dim", "none")
 COMPRESSORS = ("none", "zstd", "blosc-lz4")
 DEVICES = ("auto", "cpu", "cuda")
 FINAL_LAYER = "final"
-
-
-def _check_choice(section: str, key: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ValueError(f"{section}.{key} = {value!r} is not allowed; choose one of {list(allowed)}")
-
-
-def _check_range(section: str, key: str, value: Any, lo: float | None = None,
-                 hi: float | None = None, lo_open: bool = False) -> None:
-    bad = (lo is not None and (value <= lo if lo_open else value < lo)) or (hi is not None and value > hi)
-    if bad:
-        low = "" if lo is None else (f"> {lo}" if lo_open else f">= {lo}")
-        high = "" if hi is None else f"<= {hi}"
-        raise ValueError(f"{section}.{key} = {value!r} is out of range; it must be {' and '.join(filter(None, (low, high)))}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,9 +26,9 @@ class SyntheticImagesConfig:
     """Each image holds 1..max_objects objects."""
 
     def __post_init__(self) -> None:
-        _check_range("dataset.synthetic", "n_images", self.n_images, 1)
-        _check_range("dataset.synthetic", "image_size", self.image_size, 32)
-        _check_range("dataset.synthetic", "max_objects", self.max_objects, 1, 8)
+        check_range("dataset.synthetic", "n_images", self.n_images, 1)
+        check_range("dataset.synthetic", "image_size", self.image_size, 32)
+        check_range("dataset.synthetic", "max_objects", self.max_objects, 1, 8)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,8 +49,8 @@ class ManifestConfig:
     """Generator settings, used when ``source: synthetic``."""
 
     def __post_init__(self) -> None:
-        _check_choice("dataset", "source", self.source, SOURCES)
-        _check_range("dataset", "val_fraction", self.val_fraction, 0.0, 1.0)
+        check_choice("dataset", "source", self.source, SOURCES)
+        check_range("dataset", "val_fraction", self.val_fraction, 0.0, 1.0)
         if self.source != "synthetic" and not self.path:
             raise ValueError(f"dataset.path is required when dataset.source = {self.source!r}")
         if not self.name or "/" in self.name:
@@ -107,7 +86,7 @@ class BackboneSpec:
         section = f"models.{self.key}"
         if self.layer != FINAL_LAYER and not (isinstance(self.layer, int) and self.layer >= 0):
             raise ValueError(f"{section}.layer = {self.layer!r}; use 'final' or a block index >= 0")
-        _check_range(section, "image_size", self.image_size, 16)
+        check_range(section, "image_size", self.image_size, 16)
         for key in ("mean", "std"):
             value = getattr(self, key)
             if value is not None:
@@ -148,12 +127,12 @@ class ExtractConfig:
     """Also store CLS/register tokens (in their own array)."""
 
     def __post_init__(self) -> None:
-        _check_range("extract", "n_parts", self.n_parts, 1)
-        _check_range("extract", "batch_size", self.batch_size, 1)
-        _check_range("extract", "num_workers", self.num_workers, 0)
-        _check_range("extract", "images_per_chunk", self.images_per_chunk, 1)
-        _check_choice("extract", "device", self.device, DEVICES)
-        _check_choice("extract", "compressor", self.compressor, COMPRESSORS)
+        check_range("extract", "n_parts", self.n_parts, 1)
+        check_range("extract", "batch_size", self.batch_size, 1)
+        check_range("extract", "num_workers", self.num_workers, 0)
+        check_range("extract", "images_per_chunk", self.images_per_chunk, 1)
+        check_choice("extract", "device", self.device, DEVICES)
+        check_choice("extract", "compressor", self.compressor, COMPRESSORS)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -174,91 +153,8 @@ class PrepareConfig:
     """Codec of the aligned stores: ``none``, ``zstd`` or ``blosc-lz4``."""
 
     def __post_init__(self) -> None:
-        _check_range("prepare", "grid", self.grid, 1)
-        _check_choice("prepare", "standardize", self.standardize, STANDARDIZATIONS)
-        _check_range("prepare", "stats_images", self.stats_images, 1)
-        _check_range("prepare", "images_per_chunk", self.images_per_chunk, 1)
-        _check_choice("prepare", "compressor", self.compressor, COMPRESSORS)
-
-
-def from_dict(cls: type[T], data: dict[str, Any] | None, *, section: str = "", **extra: Any) -> T:
-    """Build a config dataclass from a plain dict, rejecting unknown keys by name.
-
-    Nested dataclass fields are built recursively; lists become tuples where the field
-    is annotated as a tuple.
-    """
-    where = section or cls.__name__
-    if data is not None and not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping, got {data!r}")
-    data = dict(data or {})
-    data.update(extra)
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(names - set(extra))}")
-    kwargs = {}
-    for key, value in data.items():
-        sub = _dataclass_in(hints[key])
-        if sub is not None and isinstance(value, dict):
-            value = from_dict(sub, value, section=f"{section}.{key}" if section else key)
-        kwargs[key] = value
-    try:
-        return cls(**kwargs)
-    except TypeError as err:
-        raise ValueError(f"{where}: {err}") from None
-
-
-def _dataclass_in(hint: Any) -> type | None:
-    if dataclasses.is_dataclass(hint):
-        return hint
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        return next((a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)), None)
-    return None
-
-
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain, JSON-friendly dict of a config dataclass (tuples become lists)."""
-    return _plain(dataclasses.asdict(cfg))
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-
-@dataclass(frozen=True, kw_only=True)
-class PipelineConfig:
-    """The whole ``config.yaml``: dataset, models, and the settings of each stage."""
-
-    results: str = "results"
-    """Folder every output goes under."""
-    dataset: ManifestConfig = field(default_factory=ManifestConfig)
-    """Image source and split (stage ``manifest``)."""
-    models: dict[str, BackboneSpec]
-    """Backbones, by short name."""
-    extract: ExtractConfig = field(default_factory=ExtractConfig)
-    """Stage ``extract``."""
-    prepare: PrepareConfig = field(default_factory=PrepareConfig)
-    """Stage ``prepare``."""
-
-    def __post_init__(self) -> None:
-        if not self.models:
-            raise ValueError("models: at least one model is required")
-        bad = [k for k in self.models if not k.replace("_", "").replace("-", "").isalnum()]
-        if bad:
-            raise ValueError(f"models: names {bad} must use only letters, digits, '_' and '-'")
-
-
-def load_config(data: dict[str, Any]) -> PipelineConfig:
-    """Build and check the pipeline config from a parsed ``config.yaml`` dict."""
-    data = dict(data)
-    models = data.pop("models", None) or {}
-    if not isinstance(models, dict):
-        raise ValueError("models: expected a mapping of name -> model settings")
-    specs = {key: from_dict(BackboneSpec, value, section=f"models.{key}", key=key) for key, value in models.items()}
-    return from_dict(PipelineConfig, data, models=specs)
+        check_range("prepare", "grid", self.grid, 1)
+        check_choice("prepare", "standardize", self.standardize, STANDARDIZATIONS)
+        check_range("prepare", "stats_images", self.stats_images, 1)
+        check_range("prepare", "images_per_chunk", self.images_per_chunk, 1)
+        check_choice("prepare", "compressor", self.compressor, COMPRESSORS)

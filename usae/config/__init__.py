@@ -1,0 +1,18 @@
+"""Typed, validated settings of every stage: one frozen dataclass per config section.
+
+The YAML schema (``workflow/schemas/config.schema.yaml``) and these classes describe the
+same keys; ``tests/test_config.py`` fails when they drift apart.
+"""
+
+from usae.config.base import from_dict, to_dict
+from usae.config.data import (
+    COMPRESSORS, DEVICES, FINAL_LAYER, SOURCES, STANDARDIZATIONS, BackboneSpec, ExtractConfig, ManifestConfig,
+    PrepareConfig, SyntheticImagesConfig, layer_tag,
+)
+from usae.config.pipeline import PipelineConfig, load_config
+
+__all__ = [
+    "COMPRESSORS", "DEVICES", "FINAL_LAYER", "SOURCES", "STANDARDIZATIONS", "BackboneSpec", "ExtractConfig",
+    "ManifestConfig", "PipelineConfig", "PrepareConfig", "SyntheticImagesConfig", "from_dict", "layer_tag",
+    "load_config", "to_dict",
+]
