@@ -1,0 +1,246 @@
+"""TokenLoader on planted stores: aligned pairs, epoch coverage, determinism, resuming, block reads, threads."""
+
+import gc
+import threading
+import time
+from itertools import islice
+
+import numpy as np
+import pytest
+import torch
+
+from usae.activations.loader import TokenLoader
+from usae.activations.sources import TokenSource, open_aligned, open_arrays
+from usae.activations.store import atomic_store, base_attrs, create_array
+
+ROWS, TOKENS, CHUNK = 20, 16, 3
+INVALID = [4, 11]
+BATCH, BUFFER = 64, 5 * CHUNK * TOKENS  # 5 blocks of 3 rows per buffer: 2 buffers per epoch (7 blocks)
+
+
+def planted(d, offset):
+    """Row r, token t holds (r, t, r, ...) + offset, so every vector names its position."""
+    out = np.empty((ROWS, TOKENS, d), np.float32)
+    out[:] = np.arange(ROWS)[:, None, None]
+    out[:, :, 1] = np.arange(TOKENS)
+    return (out + offset).astype(np.float16)
+
+
+def write_store(path, d, offset, chunk_rows, valid):
+    with atomic_store(path) as group:
+        group.attrs.update(base_attrs(stage="prepare", manifest_hash="h", grid=[4, 4], d_model=d))
+        for split, n in [("train", ROWS), ("val", 0)]:
+            sub = group.create_group(split)
+            tokens = create_array(sub, "tokens", (n, TOKENS, d), dtype="float16", chunk_rows=chunk_rows)
+            tokens[:] = planted(d, offset)[:n]
+            sub.create_array("rows", data=np.arange(n, dtype=np.int64))
+            sub.create_array("valid", data=valid[:n])
+    return path
+
+
+@pytest.fixture
+def sources(tmp_path):
+    valid = np.ones(ROWS, bool)
+    valid[INVALID] = False
+    return open_aligned({"a": write_store(tmp_path / "a.zarr", 4, 0.0, CHUNK, valid),
+                         "b": write_store(tmp_path / "b.zarr", 6, 0.5, 2, np.ones(ROWS, bool))})
+
+
+def positions(batch):
+    """(row, token) of each vector of a batch, checked to be the same position in both models."""
+    a, b = batch["a"].float().numpy(), batch["b"].float().numpy()
+    np.testing.assert_array_equal(b[:, :2], a[:, :2] + 0.5)
+    np.testing.assert_array_equal(a[:, 2:], np.repeat(a[:, :1], 2, axis=1))
+    np.testing.assert_array_equal(b[:, 2:], np.repeat(b[:, :1], 4, axis=1))
+    return [tuple(p) for p in a[:, :2].astype(int)]
+
+
+def buffer_tokens_of_epoch(seed, epoch):
+    """Valid tokens of each buffer, from the documented block order (7 blocks, 5 per buffer)."""
+    valid = np.ones(ROWS, bool)
+    valid[INVALID] = False
+    order = np.random.default_rng([seed, epoch]).permutation(7)
+    return [sum(int(valid[k * CHUNK:(k + 1) * CHUNK].sum()) * TOKENS for k in order[i:i + 5]) for i in (0, 5)], order
+
+
+def test_batches_pair_the_same_positions_in_every_model(sources):
+    loader = TokenLoader(sources, BATCH, BUFFER, seed=0)
+    assert loader.block_rows == CHUNK and loader.blocks_per_buffer == 5
+    for batch in islice(loader.batches(), 3 * loader.steps_per_epoch):
+        assert batch["a"].shape == (BATCH, 4) and batch["b"].shape == (BATCH, 6)
+        assert batch["a"].dtype == batch["b"].dtype == torch.float16
+        assert not {row for row, _ in positions(batch)} & set(INVALID)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_an_epoch_visits_every_valid_token_once_except_dropped_remainders(sources, seed):
+    loader = TokenLoader(sources, BATCH, BUFFER, seed=seed)
+    tokens, order = buffer_tokens_of_epoch(seed, 0)
+    assert loader.steps_per_epoch == sum(n // BATCH for n in tokens)
+    stream = loader.batches()
+    seen = []
+    for b, n in enumerate(tokens):  # batches of buffer b come from its blocks only
+        rows = {r for k in order[b * 5:(b + 1) * 5] for r in range(k * CHUNK, min((k + 1) * CHUNK, ROWS))}
+        got = [p for batch in islice(stream, n // BATCH) for p in positions(batch)]
+        assert {row for row, _ in got} <= rows - set(INVALID)
+        seen += got
+    stream.close()
+    assert len(seen) == len(set(seen)) == loader.tokens_per_epoch - sum(n % BATCH for n in tokens)
+    assert loader.tokens_per_epoch == (ROWS - len(INVALID)) * TOKENS
+
+
+def test_same_seed_same_stream_other_seed_other_stream(sources):
+    n = 3 * TokenLoader(sources, BATCH, BUFFER, seed=3).steps_per_epoch
+    first = [positions(b) for b in islice(TokenLoader(sources, BATCH, BUFFER, seed=3).batches(), n)]
+    again = [positions(b) for b in islice(TokenLoader(sources, BATCH, BUFFER, seed=3, prefetch=3).batches(), n)]
+    other = [positions(b) for b in islice(TokenLoader(sources, BATCH, BUFFER, seed=4).batches(), n)]
+    assert first == again
+    assert first != other
+    epochs = [first[:n // 3], first[n // 3:2 * n // 3]]
+    assert epochs[0] != epochs[1]  # each epoch is shuffled anew
+
+
+def test_resuming_gives_the_batches_of_the_uninterrupted_stream(sources):
+    loader = TokenLoader(sources, BATCH, BUFFER, seed=5)
+    per_epoch = [loader.steps_in_epoch(e) for e in range(3)]
+    full = [positions(b) for b in islice(loader.batches(), sum(per_epoch))]
+    first_buffer = buffer_tokens_of_epoch(5, 0)[0][0] // BATCH
+    starts = {1, first_buffer - 1, first_buffer, per_epoch[0] - 1, per_epoch[0], per_epoch[0] + 2}
+    for k in sorted(starts):
+        resumed = [positions(b) for b in islice(loader.batches(start_step=k), 4)]
+        assert resumed == full[k:k + 4], k
+    assert loader.locate(per_epoch[0]) == (1, 0, 0)
+    with pytest.raises(ValueError, match="step must be >= 0"):
+        loader.batches(start_step=-1)
+
+
+def test_single_buffer_epochs_resume_far_ahead(sources):
+    loader = TokenLoader(sources, BATCH, 10**6, seed=2)
+    assert loader.blocks_per_buffer == loader.n_blocks == 7
+    n = loader.steps_per_epoch
+    assert n == (ROWS - len(INVALID)) * TOKENS // BATCH
+    full = [positions(b) for b in islice(loader.batches(), 4 * n)]
+    assert [positions(b) for b in islice(loader.batches(start_step=3 * n - 1), 2)] == full[3 * n - 1:3 * n + 1]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_batches_mix_tokens_of_many_images(sources, seed):
+    loader = TokenLoader(sources, BATCH, 10**6, seed=seed)  # one buffer: the whole store
+    for batch in islice(loader.batches(), 2 * loader.steps_per_epoch):
+        assert len({row for row, _ in positions(batch)}) > 10
+
+
+def spy_reads(monkeypatch, sources):
+    calls = []
+    for source in sources.values():
+        def read(start, stop, source=source, original=source.read):
+            calls.append((source.name, start, stop))
+            return original(start, stop)
+        monkeypatch.setattr(source, "read", read)
+    return calls
+
+
+def test_reads_are_whole_blocks_and_skip_blocks_without_valid_rows(sources, monkeypatch):
+    sources["a"].valid[:CHUNK] = False  # block 0 has no valid row
+    calls = spy_reads(monkeypatch, sources)
+    loader = TokenLoader(sources, BATCH, BUFFER, seed=0, read_threads=3)
+    assert loader.block_rows == 3  # the largest chunk (a: 3, b: 2)
+    list(islice(loader.batches(), 2 * loader.steps_per_epoch))
+    assert calls
+    for _, start, stop in calls:
+        assert start % loader.block_rows == 0 and stop == min(start + loader.block_rows, ROWS)
+        assert start != 0
+    assert {name for name, _, _ in calls} == {"a", "b"}
+
+
+def test_prefetch_keeps_at_most_one_buffer_ahead(sources, monkeypatch):
+    calls = spy_reads(monkeypatch, sources)
+    loader = TokenLoader(sources, BATCH, 2 * CHUNK * TOKENS, seed=0, prefetch=1)  # 4 buffers of 2 blocks
+    stream = loader.batches()
+    next(stream)
+    time.sleep(0.3)
+    assert len(calls) <= 2 * 2 * len(sources)  # the current buffer and the next, 2 blocks each, per source
+    stream.close()
+
+
+def test_reader_errors_reach_the_consumer(sources, monkeypatch):
+    def broken(start, stop):
+        raise OSError(f"disk gone at rows {start}:{stop}")
+    monkeypatch.setattr(sources["b"], "read", broken)
+    with pytest.raises(OSError, match="disk gone at rows"):
+        next(TokenLoader(sources, BATCH, BUFFER, seed=0).batches())
+
+
+def prefetch_threads():
+    return [t for t in threading.enumerate() if t.name == "TokenLoader-prefetch"]
+
+
+def wait_until_no_prefetch_thread():
+    deadline = time.monotonic() + 3
+    while prefetch_threads() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return not prefetch_threads()
+
+
+def test_the_prefetch_thread_ends_when_the_stream_is_closed_or_dropped(sources):
+    assert wait_until_no_prefetch_thread()
+    loader = TokenLoader(sources, BATCH, BUFFER, seed=0)
+    stream = loader.batches()
+    next(stream)
+    assert prefetch_threads() and all(t.daemon for t in prefetch_threads())
+    stream.close()
+    assert wait_until_no_prefetch_thread()
+    stream = loader.batches(start_step=3)
+    next(stream)
+    del stream
+    gc.collect()
+    assert wait_until_no_prefetch_thread()
+
+
+def test_sizes_and_refusals(sources):
+    loader = TokenLoader(sources, BATCH, BUFFER, seed=0)
+    assert loader.bytes_per_buffer == 5 * CHUNK * TOKENS * (4 + 6) * 2
+    with pytest.raises(ValueError, match="raise buffer_tokens to at least 1008"):
+        TokenLoader(sources, 1000, BUFFER, seed=0)
+    with pytest.raises(ValueError, match="lower batch_tokens"):
+        TokenLoader(sources, ROWS * TOKENS + 1, 10**6, seed=0)
+    with pytest.raises(ValueError, match="batch_tokens must be an integer >= 1"):
+        TokenLoader(sources, 0, BUFFER, seed=0)
+    sources["b"].valid[:] = False
+    with pytest.raises(ValueError, match=r"no row is valid in every source \(a, b\)"):
+        TokenLoader(sources, BATCH, BUFFER, seed=0)
+    other = TokenSource("c", np.zeros((ROWS, 4, 2), np.float16), chunk_rows=4)
+    with pytest.raises(ValueError, match=r"sources differ in \(rows, tokens per row\)"):
+        TokenLoader({"a": sources["a"], "c": other}, BATCH, BUFFER, seed=0)
+
+
+def test_too_few_valid_tokens_per_buffer_is_refused():
+    valid = np.zeros(40, bool)
+    valid[::8] = True  # one valid row per block of 8
+    source = TokenSource("m", np.zeros((40, 2, 3), np.float32), chunk_rows=8, valid=valid)
+    with pytest.raises(ValueError, match="no buffer of epoch 0 holds batch_tokens=8 valid tokens"):
+        TokenLoader({"m": source}, 8, 16, seed=0)
+
+
+def test_two_dimensional_arrays_and_float32(tmp_path):
+    rows = np.arange(500, dtype=np.float32)
+    np.save(tmp_path / "x.npy", np.stack([rows, rows * 2], axis=1))
+    np.save(tmp_path / "y.npy", np.stack([rows + 0.5] * 3, axis=1).astype(np.float16))
+    sources = open_arrays({"x": tmp_path / "x.npy", "y": tmp_path / "y.npy"})
+    loader = TokenLoader(sources, 50, 200, seed=1)
+    assert loader.block_rows == 500 and loader.steps_per_epoch == 10
+    seen = []
+    for batch in islice(loader.batches(), 10):
+        x, y = batch["x"].numpy(), batch["y"].float().numpy()
+        assert batch["x"].dtype == torch.float32 and batch["y"].dtype == torch.float16
+        np.testing.assert_array_equal(x[:, 1], 2 * x[:, 0])
+        np.testing.assert_array_equal(y, np.repeat(x[:, :1] + 0.5, 3, axis=1))
+        seen += x[:, 0].astype(int).tolist()
+    assert sorted(seen) == list(range(500))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs CUDA")
+def test_pinned_batches(sources):
+    batch = next(TokenLoader(sources, BATCH, BUFFER, seed=0, pin_memory=True).batches())
+    assert batch["a"].is_pinned() and batch["b"].is_pinned()
+    positions(batch)

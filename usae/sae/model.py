@@ -1,0 +1,211 @@
+"""The Universal Sparse Autoencoder: one shared code space, an encoder and a decoder per model.
+
+Thasarathan et al. 2025 (arXiv 2502.03714), Eqs. 3-4. For model i with activations a:
+
+    pre_i(a) = W_i (a - b_i) + c_i                     (encoder with pre-bias b_i)
+    Z        = TopK_K(ReLU(pre_i(a)))                   (shared code, m latents)
+    A_hat_j  = Z D_j + b_j                              (decode into any model j)
+
+Decoder rows D_j[k] have unit L2 norm; b_i is model i's decoder bias, reused as its
+encoder pre-bias (Gao et al. 2024). Codes travel as (values, indices) pairs of the K
+active latents, so decoding gathers K rows instead of multiplying an m-wide dense code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from usae.config import SAEConfig
+
+
+@dataclass
+class Codes:
+    """Sparse codes of a batch: the active latents of each token.
+
+    ``values`` and ``indices`` are (n, k). With BatchTopK a token may keep fewer than k
+    latents; its unused slots hold value 0.
+    """
+
+    values: Tensor
+    indices: Tensor
+    pre: Tensor | None = None
+    """Dense pre-activations (n, m), kept for the auxiliary losses during training."""
+
+    def dense(self, n_latents: int) -> Tensor:
+        """(n, m) dense code matrix."""
+        out = self.values.new_zeros(self.values.shape[0], n_latents)
+        return out.scatter_(1, self.indices, self.values)
+
+
+class USAE(nn.Module):
+    """Universal SAE over several models (encoders/decoders keyed by model name)."""
+
+    def __init__(self, dims: dict[str, int], cfg: SAEConfig, *, seed: int = 0) -> None:
+        super().__init__()
+        if not dims:
+            raise ValueError("a USAE needs at least one model")
+        self.cfg = cfg
+        self.dims = dict(dims)
+        self.names = list(dims)
+        m = cfg.n_latents
+        gen = torch.Generator().manual_seed(seed)
+        self.W_dec = nn.ParameterDict()
+        self.W_enc = nn.ParameterDict()
+        self.b_dec = nn.ParameterDict()
+        self.b_enc = nn.ParameterDict()
+        for name, d in dims.items():
+            rows = F.normalize(torch.randn(m, d, generator=gen), dim=1)
+            self.W_dec[name] = nn.Parameter(rows)
+            self.W_enc[name] = nn.Parameter(rows.t().clone())  # encoder = decoder transposed
+            self.b_dec[name] = nn.Parameter(torch.zeros(d))
+            self.b_enc[name] = nn.Parameter(torch.zeros(m))
+        self.bn = nn.ModuleDict({n: nn.BatchNorm1d(m) for n in self.names}) if cfg.batchnorm else None
+        # BatchTopK: per-model running threshold used at evaluation (EMA of the batch thresholds).
+        for name in self.names:
+            self.register_buffer(f"threshold_{name}", torch.zeros(()))
+        # Standardisation of the training data, (x - mean) / std per model; identity until set.
+        for name, d in dims.items():
+            self.register_buffer(f"std_mean_{name}", torch.zeros(d))
+            self.register_buffer(f"std_scale_{name}", torch.ones(()))
+        self.sparse_decode = cfg.decode != "dense"
+        self.meta: dict = {}
+
+    # -- encoding ---------------------------------------------------------------------------
+    def pre_codes(self, name: str, acts: Tensor) -> Tensor:
+        """pre_i(a) = W_i (a - b_i) + c_i, then BatchNorm if configured. (n, d_i) -> (n, m)."""
+        pre = torch.addmm(self.b_enc[name], acts - self.b_dec[name], self.W_enc[name])
+        return self.bn[name](pre) if self.bn is not None else pre
+
+    def encode_sparse(self, name: str, acts: Tensor, *, keep_pre: bool = False) -> Codes:
+        """Codes of ``acts`` (n, d_i) from model ``name``'s encoder."""
+        pre = self.pre_codes(name, acts)
+        k = self.cfg.k
+        if self.cfg.activation == "topk":
+            values, indices = pre.topk(k, dim=1, sorted=False)
+            values = F.relu(values)  # ReLU and TopK commute: top-k of ReLU(pre) = ReLU(top-k of pre)
+        else:
+            values, indices = self._batch_topk(name, pre)
+        return Codes(values, indices, pre if keep_pre else None)
+
+    def _batch_topk(self, name: str, pre: Tensor) -> tuple[Tensor, Tensor]:
+        """BatchTopK (Bussmann et al. 2024): the k*n largest activations of the whole batch.
+
+        Each token keeps at most 2k latents (its slots past the threshold are zeroed).
+        At evaluation a running threshold replaces the batch's.
+        """
+        relu = F.relu(pre)
+        threshold = getattr(self, f"threshold_{name}")
+        if self.training:
+            flat = relu.flatten()
+            kth = flat.topk(self.cfg.k * relu.shape[0], sorted=False).values.min()
+            with torch.no_grad():
+                threshold.mul_(0.99).add_(0.01 * kth.detach())
+            cut = kth
+        else:
+            cut = threshold
+        values, indices = relu.topk(min(2 * self.cfg.k, relu.shape[1]), dim=1, sorted=False)
+        return values * (values >= cut) * (values > 0), indices
+
+    def encode(self, name: str, acts: Tensor, *, standardized: bool = False) -> Tensor:
+        """Dense codes (n, m) of model ``name``'s activations (..., d_i).
+
+        Raw activations are standardised with the statistics saved with the model unless
+        ``standardized=True`` says they already are.
+        """
+        self._check_model(name, acts)
+        x = acts if standardized else self.standardize(name, acts)
+        flat = x.reshape(-1, self.dims[name]).to(self.W_enc[name].dtype)
+        return self.encode_sparse(name, flat).dense(self.cfg.n_latents).reshape(*acts.shape[:-1], -1)
+
+    # -- decoding ---------------------------------------------------------------------------
+    def decode_sparse(self, name: str, codes: Codes, *, detach: bool = False) -> Tensor:
+        """A_hat_j = Z D_j + b_j for model ``name``; ``detach`` blocks gradients into D_j, b_j."""
+        weight, bias = self.W_dec[name], self.b_dec[name]
+        if detach:
+            weight, bias = weight.detach(), bias.detach()
+        if self.sparse_decode:
+            out = F.embedding_bag(codes.indices, weight, per_sample_weights=codes.values, mode="sum")
+        else:
+            out = codes.dense(self.cfg.n_latents) @ weight
+        return out + bias
+
+    def decode(self, name: str, codes: Tensor, *, standardized: bool = False) -> Tensor:
+        """Decode dense codes (..., m) into model ``name``'s activations (..., d_i).
+
+        The result is in the model's raw activation space unless ``standardized=True``.
+        """
+        if name not in self.dims:
+            raise KeyError(f"unknown model {name!r}; this USAE spans {self.names}")
+        out = codes.to(self.W_dec[name].dtype) @ self.W_dec[name] + self.b_dec[name]
+        return out if standardized else self.unstandardize(name, out)
+
+    # -- standardisation --------------------------------------------------------------------
+    def set_standardization(self, name: str, mean: Tensor | float, std: float) -> None:
+        """Record model ``name``'s data standardisation (scalar or per-dimension mean)."""
+        getattr(self, f"std_mean_{name}").copy_(torch.as_tensor(mean, dtype=torch.float32).expand(self.dims[name]))
+        getattr(self, f"std_scale_{name}").fill_(float(std))
+
+    def standardize(self, name: str, acts: Tensor) -> Tensor:
+        return (acts.float() - getattr(self, f"std_mean_{name}")) / getattr(self, f"std_scale_{name}")
+
+    def unstandardize(self, name: str, acts: Tensor) -> Tensor:
+        return acts * getattr(self, f"std_scale_{name}") + getattr(self, f"std_mean_{name}")
+
+    def _check_model(self, name: str, acts: Tensor) -> None:
+        if name not in self.dims:
+            raise KeyError(f"unknown model {name!r}; this USAE spans {self.names}")
+        if acts.shape[-1] != self.dims[name]:
+            raise ValueError(f"{name} activations must have {self.dims[name]} dims, got shape {tuple(acts.shape)}")
+
+    def dictionary(self, name: str) -> Tensor:
+        """Model ``name``'s decoder atoms, (m, d_i) with unit rows (standardised space)."""
+        if name not in self.dims:
+            raise KeyError(f"unknown model {name!r}; this USAE spans {self.names}")
+        return self.W_dec[name].detach()
+
+    # -- persistence ------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write ``model.safetensors`` and ``config.json`` into ``directory`` (atomically)."""
+        from usae.sae.io import save_usae
+
+        return save_usae(self, directory)
+
+    @classmethod
+    def load(cls, directory: str | Path, *, device: str | torch.device = "cpu") -> USAE:
+        """Load a model written by :meth:`save`."""
+        from usae.sae.io import load_usae
+
+        return load_usae(directory, device=device)
+
+    # -- constraints ------------------------------------------------------------------------
+    @torch.no_grad()
+    def remove_parallel_grads(self, names: list[str] | None = None) -> None:
+        """Drop the gradient component along each decoder row (it would only change the norm)."""
+        for name in names or self.names:
+            w = self.W_dec[name]
+            if w.grad is not None:
+                w.grad.sub_((w.grad * w).sum(dim=1, keepdim=True) * w)
+
+    @torch.no_grad()
+    def normalize_decoders(self, names: list[str] | None = None) -> None:
+        """Project decoder rows back to unit L2 norm."""
+        for name in names or self.names:
+            self.W_dec[name].div_(self.W_dec[name].norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+    @torch.no_grad()
+    def init_decoder_bias(self, means: dict[str, Tensor]) -> None:
+        """Set b_j to model j's mean activation (the SAE literature's initialisation)."""
+        for name, mean in means.items():
+            self.b_dec[name].copy_(mean.to(self.b_dec[name]))
+
+    def source_params(self, name: str) -> list[nn.Parameter]:
+        """The parameters the paper's scheme updates when ``name`` is the source."""
+        params = [self.W_enc[name], self.b_enc[name], self.W_dec[name], self.b_dec[name]]
+        if self.bn is not None:
+            params += list(self.bn[name].parameters())
+        return params

@@ -1,0 +1,56 @@
+"""Pick the faster decoding for this machine and shape, by timing both (``sae.decode: auto``)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from usae.activations.loader import TokenLoader
+from usae.config import SAEConfig
+from usae.sae.model import USAE
+
+logger = logging.getLogger(__name__)
+
+
+def choose_decode(model: USAE, loader: TokenLoader, cfg: SAEConfig, device: torch.device, repeats: int = 3) -> str:
+    """``sparse`` or ``dense``: the configured choice, or for ``auto`` the faster one measured.
+
+    Times a forward and backward of every decoder on one real batch with each method;
+    the choice is recorded in checkpoints so a resumed run keeps it.
+    """
+    if cfg.decode != "auto":
+        return cfg.decode
+    if cfg.activation == "batchtopk":
+        return "sparse"  # BatchTopK codes are padded to 2k slots; gathering stays cheaper
+    stream = loader.batches(0)
+    batch = {n: t.to(device).float() for n, t in next(stream).items()}
+    stream.close()
+    source = model.names[0]
+    with torch.no_grad():
+        codes = model.encode_sparse(source, batch[source])
+    timings = {}
+    for method in ("sparse", "dense"):
+        model.sparse_decode = method == "sparse"
+        times = []
+        for _ in range(repeats + 1):
+            values = codes.values.clone().requires_grad_(True)
+            probe = type(codes)(values, codes.indices)
+            _sync(device)
+            start = time.perf_counter()
+            loss = sum(model.decode_sparse(n, probe).square().mean() for n in model.names)
+            loss.backward()
+            _sync(device)
+            times.append(time.perf_counter() - start)
+        timings[method] = min(times[1:])
+    model.zero_grad(set_to_none=True)
+    choice = min(timings, key=timings.get)
+    logger.info("decode timing on %s: sparse %.2f ms, dense %.2f ms -> %s", device.type,
+                1e3 * timings["sparse"], 1e3 * timings["dense"], choice)
+    return choice
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
