@@ -1,5 +1,5 @@
 # usae: Universal Sparse Autoencoders as a Snakemake pipeline.
-# Stages: manifest -> extract -> prepare (train, evaluate and report follow).
+# Stages: manifest -> extract -> prepare -> train (evaluate and report follow).
 # Run: snakemake --cores N   (see README.md)
 
 from snakemake.utils import min_version
@@ -14,9 +14,11 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/manifest.smk"
 include: "workflow/rules/extract.smk"
 include: "workflow/rules/prepare.smk"
+include: "workflow/rules/train.smk"
 
 
 rule all:
     default_target: True
     input:
         aligned_stores(),
+        trained_models(),

@@ -8,7 +8,8 @@ import yaml
 from snakemake.utils import validate
 
 from usae.config import (
-    BackboneSpec, ExtractConfig, ManifestConfig, PipelineConfig, PrepareConfig, SyntheticImagesConfig, load_config,
+    BackboneSpec, ExtractConfig, ManifestConfig, PipelineConfig, PrepareConfig, SAEConfig, SyntheticImagesConfig,
+    TrainConfig, load_config,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,6 +23,8 @@ SECTIONS = [
     (MODEL_PROPS, BackboneSpec),
     (PROPS["extract"]["properties"], ExtractConfig),
     (PROPS["prepare"]["properties"], PrepareConfig),
+    (PROPS["sae"]["properties"], SAEConfig),
+    (PROPS["train"]["properties"], TrainConfig),
 ]
 
 
@@ -82,6 +85,11 @@ def test_schema_fills_defaults():
     ({"models": {"m": {"name": "x", "mean": [0.5, 0.5]}}}, r"models.m.mean .* must have 3 values"),
     ({"models": {"m": {"name": "x", "colour": 1}}}, r"models.m: unknown key\(s\) \['colour'\]"),
     ({"models": {"a/b": {"name": "x"}}}, r"models: names \['a/b'\]"),
+    ({"sae": {"n_latents": 64, "k": 64}}, r"sae.k = 64 must be smaller than sae.n_latents = 64"),
+    ({"train": {"scheme": "random"}}, r"train.scheme = 'random' is not allowed"),
+    ({"runs": {"r": {"models": ["zz"]}}}, r"runs.r.models: \['zz'\] are not in models"),
+    ({"runs": {"r": {"sea": {}}}}, r"runs.r: unknown key\(s\) \['sea'\]"),
+    ({"runs": {"r": {"train": {"lr": -1}}}}, r"train.lr = -1 is out of range"),
 ])
 def test_bad_values_name_the_key(change, message):
     cfg = {"models": {"m": {"name": "vit_small_patch16_224"}}}
@@ -98,3 +106,12 @@ def test_schema_rejects_what_the_dataclasses_reject():
                  str(REPO / "workflow/schemas/config.schema.yaml"))
     with pytest.raises(WorkflowError, match="bogus"):
         validate({"models": {"m": {"name": "x"}}, "bogus": 1}, str(REPO / "workflow/schemas/config.schema.yaml"))
+
+
+def test_runs_override_shared_sections():
+    cfg = load_config({"models": {"a": {"name": "x"}, "b": {"name": "y"}}, "sae": {"n_latents": 64, "k": 8},
+                       "train": {"lr": 0.01}, "runs": {"base": {}, "k4": {"sae": {"k": 4}, "models": ["b"]}}})
+    assert cfg.runs["base"].sae.k == 8 and cfg.runs["k4"].sae.k == 4
+    assert cfg.runs["k4"].sae.n_latents == 64 and cfg.runs["k4"].train.lr == 0.01
+    assert cfg.runs["base"].models == ("a", "b") and cfg.runs["k4"].models == ("b",)
+    assert list(load_config({"models": {"a": {"name": "x"}}}).runs) == ["usae"]

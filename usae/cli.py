@@ -3,6 +3,8 @@
     usae manifest -c config.yaml
     usae extract  -c config.yaml [--model dinov2] [--part 0]
     usae prepare  -c config.yaml [--model dinov2]
+    usae train    -c config.yaml [--run usae]
+    usae train    --acts dinov2=a.npy --acts siglip=b.zarr --out runs/mine [-c config.yaml --run usae]
 """
 
 from __future__ import annotations
@@ -76,7 +78,44 @@ def cmd_prepare(cfg: PipelineConfig, args: argparse.Namespace) -> None:
         print(f"{out}: done")
 
 
-COMMANDS = {"manifest": cmd_manifest, "extract": cmd_extract, "prepare": cmd_prepare}
+def cmd_train(cfg: PipelineConfig | None, args: argparse.Namespace) -> None:
+    from usae.config import RunConfig
+    from usae.training.loop import train_from_stores, train_usae
+
+    if cfg is not None:
+        runs = [args.run] if args.run else list(cfg.runs)
+        unknown = sorted(set(runs) - set(cfg.runs))
+        if unknown:
+            raise ValueError(f"--run {unknown} not in the config's runs {sorted(cfg.runs)}")
+    if args.acts:
+        from usae.activations.sources import open_arrays
+
+        if not args.out:
+            raise ValueError("--acts needs --out, the folder the run is written to")
+        pairs = dict(_name_path(a) for a in args.acts)
+        run = cfg.runs[runs[0]] if cfg is not None else RunConfig(key="external", models=tuple(pairs))
+        result = train_usae(open_arrays(pairs), run.sae, run.train, args.out,
+                            provenance={"arrays": {n: str(p) for n, p in pairs.items()}})
+        print(f"{result.model_dir}: {result.steps} steps, {result.tokens_per_s:.0f} tokens/s")
+        return
+    if cfg is None:
+        raise ValueError("give a config (-c) or activations (--acts name=path ...)")
+    for key in runs:
+        run = cfg.runs[key]
+        stores = {m: paths.stage_path(paths.ALIGNED, cfg.results, dataset=cfg.dataset.name, model=m,
+                                      layer=cfg.models[m].layer_tag) for m in run.models}
+        result = train_from_stores(stores, run.sae, run.train, paths.stage_path(paths.RUN_DIR, cfg.results, run=key))
+        print(f"{result.model_dir}: {result.steps} steps, {result.tokens_per_s:.0f} tokens/s")
+
+
+def _name_path(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise ValueError(f"--acts {text!r}: expected NAME=PATH")
+    return name, Path(path)
+
+
+COMMANDS = {"manifest": cmd_manifest, "extract": cmd_extract, "prepare": cmd_prepare, "train": cmd_train}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,12 +124,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         p = sub.add_parser(name, help=f"run the {name} stage")
-        p.add_argument("-c", "--config", default="config.yaml", help="config file (default: config.yaml)")
+        p.add_argument("-c", "--config", default=None if name == "train" else "config.yaml",
+                       help="config file (default: config.yaml)")
         p.add_argument("--threads", type=int, default=2, help="CPU threads for decoding and statistics")
         if name in ("extract", "prepare"):
             p.add_argument("--model", action="append", help="only this model (repeatable)")
         if name == "extract":
             p.add_argument("--part", type=int, help="only this manifest part")
+        if name == "train":
+            p.add_argument("--run", help="only this run of the config (default: all)")
+            p.add_argument("--acts", action="append", metavar="NAME=PATH",
+                           help="train on these arrays (.npy or Zarr, (images, tokens, d) or (rows, d)), one per model")
+            p.add_argument("--out", help="run folder for --acts")
     return parser
 
 
@@ -98,7 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(level=logging.DEBUG if args.verbose else logging.INFO)
     try:
-        cfg = read_config(args.config)
+        config = args.config
+        if config is None and not getattr(args, "acts", None):
+            config = "config.yaml"
+        cfg = read_config(config) if config else None
         COMMANDS[args.command](cfg, args)
     except (ValueError, FileNotFoundError) as err:
         logger.error("%s", err)

@@ -53,7 +53,10 @@ def load_usae(directory: str | Path, *, device: str | torch.device = "cpu") -> U
     dims = {name: int(config["dims"][name]) for name in config["models"]}
     model = USAE(dims, from_dict(SAEConfig, config["sae"], section="sae"))
     state = load_file(str(directory / WEIGHTS))
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shapes that disagree with config.json's dims or settings
+        raise ValueError(f"{directory}: weights do not match config.json: {err}") from None
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(f"{directory}: weights do not match config.json (missing {result.missing_keys}, "
                          f"unexpected {result.unexpected_keys})")

@@ -48,11 +48,23 @@ def latest_checkpoint(directory: Path, expected_fingerprint: str) -> dict[str, A
             logger.warning("skipping unreadable checkpoint %s: %s", path, err)
             continue
         if state.get("fingerprint") != expected_fingerprint:
-            logger.warning("checkpoint %s belongs to other settings or data; starting afresh", path)
-            return None
+            logger.warning("ignoring checkpoint %s: it belongs to other settings or data", path)
+            continue
         logger.info("resuming from %s (step %d)", path, step)
         return state
     return None
+
+
+def remove_stale(directory: Path, expected_fingerprint: str) -> None:
+    """Delete checkpoints of other settings, so they never shadow this run's own."""
+    for _, path in _checkpoints(directory):
+        try:
+            stale = torch.load(path, map_location="cpu", weights_only=False).get("fingerprint") != expected_fingerprint
+        except Exception:  # unreadable: useless either way
+            stale = True
+        if stale:
+            logger.info("removing checkpoint %s of earlier settings", path)
+            path.unlink(missing_ok=True)
 
 
 def _checkpoints(directory: Path) -> list[tuple[int, Path]]:

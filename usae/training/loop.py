@@ -26,7 +26,7 @@ from usae.activations.sources import TokenSource
 from usae.atomic import atomic_path
 from usae.config import SAEConfig, TrainConfig, to_dict
 from usae.sae.model import USAE
-from usae.training.checkpoint import fingerprint, latest_checkpoint, save_checkpoint
+from usae.training.checkpoint import fingerprint, latest_checkpoint, remove_stale, save_checkpoint
 from usae.training.schedule import learning_rate
 from usae.training.speed import choose_decode
 from usae.training.step import DeadLatents, training_step
@@ -97,6 +97,7 @@ def train_usae(sources: dict[str, TokenSource], sae_cfg: SAEConfig, cfg: TrainCo
     rows: list[dict[str, Any]] = []
     if state is None:
         start = 0
+        remove_stale(out_dir / "checkpoints", key)
         model.init_decoder_bias(_mean_activation(loader, device))
         decode = choose_decode(model, loader, sae_cfg, device)
     else:
@@ -212,3 +213,22 @@ def _log_row(step: int, lr: float, window: torch.Tensor, l0: torch.Tensor, dead:
 def _write_log(rows: list[dict[str, Any]], path: Path) -> None:
     with atomic_path(path) as tmp:
         pd.DataFrame(rows).to_parquet(tmp, index=False)
+
+
+def train_from_stores(store_paths: dict[str, str | Path], sae_cfg: SAEConfig, cfg: TrainConfig,
+                      out_dir: str | Path, **kwargs: Any) -> TrainResult:
+    """Train on the ``train`` split of aligned stores (stage 3 outputs), one per model.
+
+    The stores' standardisation statistics and provenance are saved with the model, so
+    ``USAE.load(...).encode(model, raw_activations)`` works on raw activations.
+    """
+    from usae.activations.sources import open_aligned
+
+    sources = open_aligned({n: Path(p) for n, p in store_paths.items()}, split="train")
+    standardization = {n: s.attrs["standardization"] for n, s in sources.items()}
+    first = next(iter(sources.values()))
+    provenance = {"stores": {n: str(p) for n, p in store_paths.items()},
+                  "manifest_hash": first.attrs.get("manifest_hash"), "grid": first.attrs.get("grid"),
+                  "backbones": {n: s.attrs.get("model") for n, s in sources.items()}}
+    return train_usae(sources, sae_cfg, cfg, out_dir, standardization=standardization, provenance=provenance,
+                      **kwargs)

@@ -20,7 +20,7 @@ DATASET = PIPE.dataset.name
 def stage_pattern(pattern, **fields):
     """A usae.paths pattern with the fixed fields filled and the wildcards left open."""
     keep = {"dataset": DATASET, "model": "{model}", "layer": "{layer}", "part": "{part}",
-            "rule": "{rule}", "name": "{name}"}
+            "rule": "{rule}", "name": "{name}", "run": "{run}"}
     keep.update(fields)
     return pattern.format(root=RESULTS, **keep)
 
@@ -37,6 +37,7 @@ wildcard_constraints:
     model="|".join(sorted(PIPE.models)),
     layer=r"final|block\d+",
     part=r"\d+",
+    run="|".join(sorted(PIPE.runs)),
 
 
 def model_spec(wildcards):
@@ -59,3 +60,19 @@ def aligned_stores():
         stage_pattern(paths.ALIGNED, model=key, layer=spec.layer_tag)
         for key, spec in sorted(PIPE.models.items())
     ]
+
+
+def run_stores(wildcards):
+    """Aligned stores of the run's models, in the run's model order."""
+    run = PIPE.runs[wildcards.run]
+    return [stage_pattern(paths.ALIGNED, model=m, layer=PIPE.models[m].layer_tag) for m in run.models]
+
+
+def run_params(wildcards):
+    """Exactly what one run's training depends on, as plain data in a fixed key order."""
+    run = PIPE.runs[wildcards.run]
+    return {"models": list(run.models), "sae": to_dict(run.sae), "train": to_dict(run.train)}
+
+
+def trained_models():
+    return [stage_pattern(paths.RUN_MODEL, run=key) for key in sorted(PIPE.runs)]

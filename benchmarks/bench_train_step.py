@@ -1,0 +1,334 @@
+"""Training-step speed: our USAE step vs the reference code's, against the encoder-GEMM bound.
+
+    python benchmarks/bench_train_step.py [--device cpu|cuda] [--quick]
+
+Measures in one run, on synthetic seeded activations already on the device (no I/O):
+
+1. Our optimiser step, the sequence of ``usae.training.loop``: zero_grad(set_to_none) ->
+   ``training_step`` (paper scheme, one source, loss mse) -> backward ->
+   ``remove_parallel_grads([source])`` -> clip_grad_norm_ -> optimizer.step() ->
+   ``normalize_decoders([source])`` -> dead-latent update; with AuxK off and on, decoding
+   sparse and dense.
+2. The reference code's step (``benchmarks/reference_step.py``).
+3. The encoder-GEMM bound: the time of the two dense matmuls no TopK SAE step can avoid,
+   the encoder forward (n x d) @ (d x m) and its weight gradient (d x n) @ (n x m), fp32,
+   at the exact shapes, timed on this device in this run.
+
+Each step uses one source model; sources go round-robin so each model is the source equally
+often (the expectation of the paper's uniform draw). A variant's ms/step is the mean over
+sources of the median time of that source's steps, after warm-up steps for every source.
+Results are printed as a table and written to ``benchmarks/results/train_step_<device>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # reference_step.py, when run as a script from anywhere
+
+from reference_step import PATCH_GRID_MODELS, ReferenceTrainer  # noqa: E402
+
+from usae.config import SAEConfig  # noqa: E402
+from usae.sae.model import USAE  # noqa: E402
+from usae.training.step import DeadLatents, training_step  # noqa: E402
+
+SEED = 0
+MODELS = {"DinoV2": 384, "SigLIP": 768, "ViT": 768}
+"""The paper's three models: DINOv2 ViT-S/14 (16x16 patch grid), SigLIP and ViT-B/16 (14x14)."""
+
+FULL = {"images": 32, "grid": 14, "grid_dino": 16, "n_latents": 6144, "k": 32, "aux_k": 256,
+        "warmup": 1, "repeats": 3, "gemm_repeats": 5}
+"""Paper shapes: 32 images x 196 tokens = 6,272 tokens a step, m = 6144, K = 32."""
+QUICK = {**FULL, "images": 4, "n_latents": 1536, "repeats": 2, "gemm_repeats": 3}
+"""Smoke test: 784 tokens, m = 1536 (same widths, K, grids)."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--quick", action="store_true", help="small shapes, for a smoke test (< 30 s)")
+    parser.add_argument("--repeats", type=int, help="timed steps per source model (default: 3, quick: 2)")
+    parser.add_argument("--warmup", type=int, help="untimed steps per source model first (default: 1)")
+    parser.add_argument("--out", type=Path, help="JSON path (default: benchmarks/results/train_step_<device>.json)")
+    args = parser.parse_args(argv)
+
+    shape = dict(QUICK if args.quick else FULL)
+    if args.repeats is not None:
+        shape["repeats"] = args.repeats
+    if args.warmup is not None:
+        shape["warmup"] = args.warmup
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but no CUDA device is available")
+    device = torch.device(args.device)
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    seed_everything(SEED)
+
+    n_tokens = shape["images"] * shape["grid"] ** 2
+    m, k = shape["n_latents"], shape["k"]
+    print(f"device {describe_device(device)}, {threads} threads, torch {torch.__version__}")
+    print(f"shapes: models {MODELS}, m = {m}, K = {k}, {n_tokens} tokens a step "
+          f"({shape['images']} images x {shape['grid']}x{shape['grid']}); "
+          f"{shape['warmup']} warm-up + {shape['repeats']} timed steps per source model")
+
+    started = time.perf_counter()
+    gemm = measure_gemm(device, n_tokens, m, shape["gemm_repeats"])
+    bound_ms = statistics.fmean(g["fwd_ms"] + g["wgrad_ms"] for g in gemm["per_width"].values())
+    print(f"GEMM: peak {gemm['peak_gflops']:.1f} GFLOP/s; encoder bound {bound_ms:.1f} ms/step")
+
+    rows = []
+    ref_batch, our_batch = make_batches(shape, device)
+    rows.append(bench_reference(ref_batch, shape, device))
+    print_row(rows[-1])
+    for aux_k in (0, shape["aux_k"]):
+        for decode in ("sparse", "dense"):
+            rows.append(bench_ours(our_batch, shape, device, aux_k=aux_k, decode=decode))
+            print_row(rows[-1])
+    del ref_batch, our_batch
+
+    ref_ms = rows[0]["ms_per_step"]
+    for row in rows:
+        row["tokens_per_s"] = n_tokens / (row["ms_per_step"] / 1e3)
+        row["ratio_vs_reference"] = ref_ms / row["ms_per_step"]
+        row["share_of_encoder_gemm_bound"] = bound_ms / row["ms_per_step"]
+    bound = {"ms_per_step": bound_ms, "tokens_per_s": n_tokens / (bound_ms / 1e3),
+             "flops_per_token": statistics.fmean(4 * d * m for d in MODELS.values())}
+    print()
+    print_table(rows, bound)
+    print(f"(total {time.perf_counter() - started:.0f} s)")
+
+    out = args.out or HERE / "results" / f"train_step_{device.type}{'_quick' if args.quick else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(device, threads),
+        "git": git_state(),
+        "quick": args.quick,
+        "shapes": {"models": MODELS, "n_tokens": n_tokens, **shape},
+        "timing": "ms_per_step = mean over source models of the median of that source's timed steps",
+        "gemm": gemm,
+        "encoder_gemm_bound": bound,
+        "variants": rows,
+    }
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+# -- measuring ----------------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(step: Callable[[str], torch.Tensor], sources: list[str], device: torch.device, warmup: int,
+               repeats: int) -> tuple[dict[str, list[float]], float]:
+    """Per source, the seconds of each timed step; and the last step's loss (checked finite)."""
+    loss = None
+    for _ in range(warmup):
+        for source in sources:
+            loss = step(source)
+    sync(device)
+    times: dict[str, list[float]] = {s: [] for s in sources}
+    for _ in range(repeats):
+        for source in sources:
+            sync(device)
+            start = time.perf_counter()
+            loss = step(source)
+            sync(device)
+            times[source].append(time.perf_counter() - start)
+    value = float(loss)
+    if not math.isfinite(value):
+        raise FloatingPointError(f"non-finite loss {value}")
+    return times, value
+
+
+def summarise(name: str, description: str, times: dict[str, list[float]], loss: float) -> dict:
+    medians = {s: 1e3 * statistics.median(t) for s, t in times.items()}
+    return {"variant": name, "description": description, "ms_per_step": statistics.fmean(medians.values()),
+            "median_ms_by_source": medians, "all_ms_by_source": {s: [1e3 * x for x in t] for s, t in times.items()},
+            "last_loss": loss}
+
+
+def measure_gemm(device: torch.device, n: int, m: int, repeats: int) -> dict:
+    """fp32 time of the encoder's forward and weight-gradient matmuls, for each model width."""
+    gen = torch.Generator(device=device).manual_seed(SEED)
+    per_width = {}
+    for d in sorted(set(MODELS.values())):
+        x = torch.randn(n, d, device=device, generator=gen)
+        w = torch.randn(d, m, device=device, generator=gen)
+        g = torch.randn(n, m, device=device, generator=gen)
+        out = torch.empty(n, m, device=device)
+        wgrad = torch.empty(d, m, device=device)
+        entry = {}
+        for label, fn in (("fwd", lambda: torch.mm(x, w, out=out)), ("wgrad", lambda: torch.mm(x.t(), g, out=wgrad))):
+            fn()
+            times = []
+            for _ in range(repeats):
+                sync(device)
+                start = time.perf_counter()
+                fn()
+                sync(device)
+                times.append(time.perf_counter() - start)
+            seconds = statistics.median(times)
+            entry[f"{label}_ms"] = 1e3 * seconds
+            entry[f"{label}_gflops"] = 2 * n * d * m / seconds / 1e9
+        per_width[str(d)] = entry
+        del x, w, g, out, wgrad
+    peak = max(max(e["fwd_gflops"], e["wgrad_gflops"]) for e in per_width.values())
+    return {"dtype": "float32", "float32_matmul_precision": torch.get_float32_matmul_precision(),
+            "per_width": per_width, "peak_gflops": peak}
+
+
+def make_batches(shape: dict, device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Seeded standard-normal activations: the reference's (images, tokens, d) layout, and ours.
+
+    The reference reads the DINOv2-like model's 16x16 grid and resizes it each step; our
+    pipeline stores tokens already aligned, so our batch holds that model's resized tokens.
+    """
+    gen = torch.Generator().manual_seed(SEED)
+    images, grid, grid_dino = shape["images"], shape["grid"], shape["grid_dino"]
+    ref = {}
+    for name, d in MODELS.items():
+        tokens = grid_dino**2 if name in PATCH_GRID_MODELS else grid**2
+        ref[name] = torch.randn(images, tokens, d, generator=gen).to(device)
+    from reference_step import interpolate_patch_tokens
+
+    ours = {}
+    for name, acts in ref.items():
+        if name in PATCH_GRID_MODELS:
+            acts = interpolate_patch_tokens(acts, grid_dino, grid)
+        ours[name] = acts.reshape(-1, acts.shape[-1]).contiguous()
+    return ref, ours
+
+
+def bench_reference(batch: dict[str, torch.Tensor], shape: dict, device: torch.device) -> dict:
+    seed_everything(SEED)
+    dims = {n: t.shape[-1] for n, t in batch.items()}
+    trainer = ReferenceTrainer(dims, shape["n_latents"], shape["k"], device=device, seed=SEED,
+                               grid_in=shape["grid_dino"], grid_out=shape["grid"])
+    times, loss = time_steps(lambda s: trainer.step(batch, s), list(dims), device, shape["warmup"], shape["repeats"])
+    del trainer
+    return summarise("reference", "YorkUCVIL/UniversalSAE step: BN encoder, dense TopK codes, dense decode into "
+                     "every (non-detached) decoder, L1 + 0.1 x dense top-half aux, grid resize, AdamW",
+                     times, loss)
+
+
+def bench_ours(batch: dict[str, torch.Tensor], shape: dict, device: torch.device, *, aux_k: int, decode: str) -> dict:
+    seed_everything(SEED)
+    cfg = SAEConfig(n_latents=shape["n_latents"], k=shape["k"], loss="mse", aux_k=aux_k, decode=decode)
+    model = USAE({n: t.shape[-1] for n, t in batch.items()}, cfg, seed=SEED).to(device).train()
+    model.sparse_decode = decode == "sparse"
+    optimizer = make_optimizer(model)
+    names = model.names
+    dead = DeadLatents(names, cfg.n_latents, device)
+    if aux_k:
+        # Start with a seeded tenth of each model's latents dead, so the AuxK term is live.
+        gen = torch.Generator().manual_seed(SEED)
+        for name in names:
+            idx = torch.randperm(cfg.n_latents, generator=gen)[: cfg.n_latents // 10].to(device)
+            dead.since[name][idx] = cfg.dead_tokens
+    n_tokens = next(iter(batch.values())).shape[0]
+    params = list(model.parameters())
+
+    def step(source: str) -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        out = training_step(model, batch, [source], cfg, dead, update_all=False)
+        out.loss.backward()
+        model.remove_parallel_grads([source])
+        torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], 1.0)
+        optimizer.step()
+        model.normalize_decoders([source])
+        for name, fired in out.fired.items():
+            dead.update(name, fired, n_tokens)
+        return out.loss.detach()
+
+    times, loss = time_steps(step, names, device, shape["warmup"], shape["repeats"])
+    del model, optimizer
+    label = f"ours aux_k={aux_k} {decode}"
+    return summarise(label, f"usae paper scheme, loss mse, aux_k={aux_k}, decode {decode}, full optimiser step",
+                     times, loss)
+
+
+def make_optimizer(model: USAE) -> torch.optim.Optimizer:
+    """The training loop's optimiser for the default TrainConfig (Adam, lr 3e-4)."""
+    try:
+        from usae.config import TrainConfig
+        from usae.training.loop import _optimizer
+
+        return _optimizer(model, TrainConfig())
+    except (ImportError, AttributeError, TypeError):
+        return torch.optim.Adam(model.parameters(), lr=3e-4)
+
+
+# -- reporting ----------------------------------------------------------------------------------
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU {name}"
+
+
+def machine(device: torch.device, threads: int) -> dict:
+    return {"device": describe_device(device), "threads": threads, "cpu_count": os.cpu_count(),
+            "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__}
+
+
+def git_state() -> dict:
+    def run(*cmd: str) -> str:
+        try:
+            return subprocess.run(cmd, cwd=HERE, capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    return {"commit": run("git", "rev-parse", "HEAD"), "dirty": bool(run("git", "status", "--porcelain"))}
+
+
+def print_row(row: dict) -> None:
+    by_source = ", ".join(f"{s} {ms:.0f}" for s, ms in row["median_ms_by_source"].items())
+    print(f"  {row['variant']:<24} {row['ms_per_step']:9.1f} ms/step  (median ms by source: {by_source})", flush=True)
+
+
+def print_table(rows: list[dict], bound: dict) -> None:
+    header = f"{'variant':<24} {'ms/step':>9} {'tokens/s':>10} {'vs reference':>13} {'share of bound':>15}"
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        print(f"{row['variant']:<24} {row['ms_per_step']:9.1f} {row['tokens_per_s']:10.0f} "
+              f"{row['ratio_vs_reference']:12.2f}x {100 * row['share_of_encoder_gemm_bound']:14.1f}%")
+    print(f"{'encoder-GEMM bound':<24} {bound['ms_per_step']:9.1f} {bound['tokens_per_s']:10.0f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+# Stage 4: train one Universal SAE per configured run on the aligned stores of its models.
+
+
+rule train_usae:
+    input:
+        stores=run_stores,
+    output:
+        model=directory(stage_pattern(paths.RUN_MODEL)),
+        log=stage_pattern(paths.RUN_LOG),
+    params:
+        run=run_params,
+        version=usae.STAGE_VERSIONS["train"],
+    log:
+        log_path("train_usae", "{run}"),
+    benchmark:
+        benchmark_path("train_usae", "{run}")
+    threads: 2
+    resources:
+        gpu=lambda wc: 0 if PIPE.runs[wc.run].train.device == "cpu" else 1,
+        mem_mb=32000,
+        runtime=24 * 60,
+    script:
+        "../scripts/train_usae.py"

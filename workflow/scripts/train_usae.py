@@ -1,0 +1,17 @@
+"""Rule train_usae: train (or resume) one run's USAE on the aligned stores of its models."""
+
+import torch
+
+from usae.config import SAEConfig, TrainConfig, from_dict
+from usae.runlog import configure_logging
+from usae.training.loop import train_from_stores
+
+snakemake = globals()["snakemake"]  # injected by Snakemake
+configure_logging(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+run = snakemake.params.run
+section = f"runs.{snakemake.wildcards.run}"
+stores = dict(zip(run["models"], snakemake.input.stores))
+train_from_stores(stores, from_dict(SAEConfig, run["sae"], section=f"{section}.sae"),
+                  from_dict(TrainConfig, run["train"], section=f"{section}.train"),
+                  snakemake.output.model.removesuffix("/model"))
