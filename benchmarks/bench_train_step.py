@@ -88,9 +88,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{shape['warmup']} warm-up + {shape['repeats']} timed steps per source model")
 
     started = time.perf_counter()
-    gemm = measure_gemm(device, n_tokens, m, shape["gemm_repeats"])
-    bound_ms = statistics.fmean(g["fwd_ms"] + g["wgrad_ms"] for g in gemm["per_width"].values())
-    print(f"GEMM: peak {gemm['peak_gflops']:.1f} GFLOP/s; encoder bound {bound_ms:.1f} ms/step")
+    gemm_before = measure_gemm(device, n_tokens, m, shape["gemm_repeats"])
 
     rows = []
     ref_batch, our_batch = make_batches(shape, device)
@@ -101,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(bench_ours(our_batch, shape, device, aux_k=aux_k, decode=decode))
             print_row(rows[-1])
     del ref_batch, our_batch
+    # GEMMs are timed before and after the steps; the faster of the two is the bound.
+    gemm = best_gemm(gemm_before, measure_gemm(device, n_tokens, m, shape["gemm_repeats"]))
+    bound_ms = statistics.fmean(g["fwd_ms"] + g["wgrad_ms"] for g in gemm["per_width"].values())
+    print(f"GEMM: peak {gemm['peak_gflops']:.1f} GFLOP/s; encoder bound {bound_ms:.1f} ms/step")
 
     ref_ms = rows[0]["ms_per_step"]
     for row in rows:
@@ -202,6 +204,21 @@ def measure_gemm(device: torch.device, n: int, m: int, repeats: int) -> dict:
     peak = max(max(e["fwd_gflops"], e["wgrad_gflops"]) for e in per_width.values())
     return {"dtype": "float32", "float32_matmul_precision": torch.get_float32_matmul_precision(),
             "per_width": per_width, "peak_gflops": peak}
+
+
+def best_gemm(first: dict, second: dict) -> dict:
+    """Per matmul, the faster of two measurements."""
+    per_width = {}
+    for d, a in first["per_width"].items():
+        b = second["per_width"][d]
+        per_width[d] = {}
+        for label in ("fwd", "wgrad"):
+            best = a if a[f"{label}_ms"] <= b[f"{label}_ms"] else b
+            per_width[d][f"{label}_ms"] = best[f"{label}_ms"]
+            per_width[d][f"{label}_gflops"] = best[f"{label}_gflops"]
+    peak = max(max(e["fwd_gflops"], e["wgrad_gflops"]) for e in per_width.values())
+    return {**first, "per_width": per_width, "peak_gflops": peak,
+            "measured": "before and after the steps; the faster of the two per matmul"}
 
 
 def make_batches(shape: dict, device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

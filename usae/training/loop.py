@@ -109,9 +109,14 @@ def train_usae(sources: dict[str, TokenSource], sae_cfg: SAEConfig, cfg: TrainCo
     tracker = make_tracker(cfg.tracking, out_dir, settings)
 
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16" and device.type == "cuda")
+    # Per-step figures of the current log window; checkpointed so a resumed row is whole.
     window = torch.zeros(cfg.log_every, len(names), device=device)
     l0_window = torch.zeros(cfg.log_every, device=device)
     counts = np.zeros(len(names), dtype=np.int64)
+    if state is not None:
+        window.copy_(state["window"])
+        l0_window.copy_(state["l0_window"])
+        counts[:] = state["counts"]
     tick, tokens_since = time.perf_counter(), 0
     end = min(total, stop_after + 1) if stop_after is not None else total
     stream = loader.batches(start)
@@ -139,7 +144,7 @@ def train_usae(sources: dict[str, TokenSource], sae_cfg: SAEConfig, cfg: TrainCo
         l0_window[slot] = out.l0
         counts[[names.index(c) for c in chosen]] += 1
         tokens_since += cfg.batch_tokens
-        last = step == end - 1
+        last = step == total - 1
         if slot == cfg.log_every - 1 or last:
             _check_finite(window[: slot + 1], step - slot, names)
             elapsed = time.perf_counter() - tick
@@ -149,10 +154,11 @@ def train_usae(sources: dict[str, TokenSource], sae_cfg: SAEConfig, cfg: TrainCo
             tracker.log(row, step)
             bar.set_postfix(loss=f"{sum(row[f'loss_{n}'] for n in names):.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
             tick, tokens_since, counts[:] = time.perf_counter(), 0, 0
-        if (step + 1) % cfg.checkpoint_every == 0 or last:
+        if (step + 1) % cfg.checkpoint_every == 0 or step == end - 1:
             save_checkpoint(out_dir / "checkpoints", step + 1, {
                 "fingerprint": key, "step": step + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "dead": dead.state_dict(), "decode": decode, "log": rows})
+                "dead": dead.state_dict(), "decode": decode, "log": rows, "window": window.cpu(),
+                "l0_window": l0_window.cpu(), "counts": counts.copy()})
             _write_log(rows, out_dir / "train_log.parquet")
     bar.close()
     tracker.close()

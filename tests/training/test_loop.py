@@ -1,0 +1,120 @@
+"""Training from disk: resume equals uninterrupted, logs, refusals, external arrays."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from usae.activations.sources import open_arrays
+from usae.config import SAEConfig, TrainConfig
+from usae.sae.model import USAE
+from usae.training.loop import source_of_step, train_usae
+
+SAE = SAEConfig(n_latents=48, k=4, aux_k=8, dead_tokens=200, decode="sparse")  # auto would time, not reproduce
+
+
+def arrays(tmp_path, n=600, widths=(6, 10), seed=0, bad=None):
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(n, 4)).astype(np.float32)
+    paths = {}
+    for i, d in enumerate(widths):
+        x = base @ rng.normal(size=(4, d)).astype(np.float32) + 0.1 * rng.normal(size=(n, d)).astype(np.float32)
+        if bad is not None and i == 1:
+            x[bad] = np.nan
+        paths[f"m{i}"] = tmp_path / f"m{i}.npy"
+        np.save(paths[f"m{i}"], x)
+    return paths
+
+
+def config(**kw):
+    base = dict(max_steps=24, batch_tokens=50, buffer_tokens=200, lr=3e-3, log_every=4, checkpoint_every=5,
+                device="cpu", read_threads=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def weights(run_dir):
+    model = USAE.load(run_dir / "model")
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_resumed_run_ends_with_the_same_weights(tmp_path):
+    paths = arrays(tmp_path)
+    full = train_usae(open_arrays(paths), SAE, config(), tmp_path / "full")
+    cut = train_usae(open_arrays(paths), SAE, config(), tmp_path / "cut", stop_after=12)
+    assert cut.steps == 13
+    resumed = train_usae(open_arrays(paths), SAE, config(), tmp_path / "cut")
+    assert resumed.steps == full.steps == 24
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "cut")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    log_full = pd.read_parquet(full.log_path).drop(columns="tokens_per_s")
+    log_cut = pd.read_parquet(resumed.log_path).drop(columns="tokens_per_s")
+    pd.testing.assert_frame_equal(log_full, log_cut)
+
+
+def test_changed_settings_do_not_resume_from_old_checkpoints(tmp_path):
+    paths = arrays(tmp_path)
+    train_usae(open_arrays(paths), SAE, config(), tmp_path / "run", stop_after=12)
+    fresh = train_usae(open_arrays(paths), SAE, config(lr=1e-3), tmp_path / "run")
+    reference = train_usae(open_arrays(paths), SAE, config(lr=1e-3), tmp_path / "ref")
+    a, b = weights(tmp_path / "run"), weights(tmp_path / "ref")
+    assert fresh.steps == 24 and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_log_has_the_promised_columns_and_decoders_stay_unit(tmp_path):
+    cfg = config(max_steps=120, log_every=20, checkpoint_every=50, lr=1e-2)
+    result = train_usae(open_arrays(arrays(tmp_path)), SAE, cfg, tmp_path / "run")
+    log = pd.read_parquet(result.log_path)
+    for col in ("step", "lr", "l0", "tokens_per_s", "loss_m0", "loss_m1", "dead_m0", "dead_m1", "source_m0"):
+        assert col in log.columns, col
+    assert log["step"].tolist() == [19, 39, 59, 79, 99, 119]
+    assert log["lr"].iloc[-1] == pytest.approx(1e-6)
+    assert (log["l0"] <= 4).all() and log[["source_m0", "source_m1"]].to_numpy().sum() == 120
+    assert log["loss_m0"].iloc[-1] < 0.5 * log["loss_m0"].iloc[0]
+    model = USAE.load(result.model_dir)
+    for name in ("m0", "m1"):
+        torch.testing.assert_close(model.dictionary(name).norm(dim=1), torch.ones(48))
+    assert model.meta["scheme"] == "paper" and model.meta["steps"] == 120
+
+
+def test_paper_scheme_source_is_seeded_and_uniform():
+    draws = [source_of_step(0, s, 3) for s in range(3000)]
+    assert draws == [source_of_step(0, s, 3) for s in range(3000)]
+    assert draws != [source_of_step(1, s, 3) for s in range(3000)]
+    assert np.allclose(np.bincount(draws) / 3000, 1 / 3, atol=0.03)
+
+
+def test_nan_input_stops_with_the_step_and_model(tmp_path):
+    paths = arrays(tmp_path, bad=slice(0, 600))
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at step \d+: reconstruction of m\d"):
+        train_usae(open_arrays(paths), SAE, config(scheme="all_sources"), tmp_path / "run")
+
+
+def test_mismatched_arrays_are_refused(tmp_path):
+    np.save(tmp_path / "a.npy", np.zeros((10, 3), np.float32))
+    np.save(tmp_path / "b.npy", np.zeros((11, 3), np.float32))
+    with pytest.raises(ValueError, match="rows"):
+        open_arrays({"a": tmp_path / "a.npy", "b": tmp_path / "b.npy"})
+
+
+def test_cli_trains_on_external_arrays(tmp_path):
+    paths = arrays(tmp_path)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("models: {m0: {name: x}, m1: {name: y}}\n"
+                   "sae: {n_latents: 48, k: 4, aux_k: 0}\n"
+                   "train: {max_steps: 6, batch_tokens: 50, buffer_tokens: 200, device: cpu, log_every: 3}\n")
+    proc = subprocess.run([sys.executable, "-m", "usae.cli", "train", "-c", str(cfg), "--acts", f"m0={paths['m0']}",
+                           "--acts", f"m1={paths['m1']}", "--out", str(tmp_path / "ext")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    model = USAE.load(tmp_path / "ext" / "model")
+    assert model.dims == {"m0": 6, "m1": 10} and model.cfg.k == 4
+    bad = subprocess.run([sys.executable, "-m", "usae.cli", "train", "--acts", f"m0={paths['m0']}", "--acts",
+                          f"m1={tmp_path / 'missing.npy'}", "--out", str(tmp_path / "x")],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "missing.npy" in bad.stderr
