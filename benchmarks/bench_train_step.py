@@ -53,9 +53,12 @@ MODELS = {"DinoV2": 384, "SigLIP": 768, "ViT": 768}
 """The paper's three models: DINOv2 ViT-S/14 (16x16 patch grid), SigLIP and ViT-B/16 (14x14)."""
 
 FULL = {"images": 32, "grid": 14, "grid_dino": 16, "n_latents": 6144, "k": 32, "aux_k": 256,
-        "warmup": 1, "repeats": 3, "gemm_repeats": 5}
-"""Paper shapes: 32 images x 196 tokens = 6,272 tokens a step, m = 6144, K = 32."""
-QUICK = {**FULL, "images": 4, "n_latents": 1536, "repeats": 2, "gemm_repeats": 3}
+        "warmup": 1, "repeats": 3, "gemm_repeats": 3}
+"""Paper shapes: 32 images x 196 tokens = 6,272 tokens a step, m = 6144, K = 32. On a 2-core
+CPU a reference step takes ~10 s, so the run keeps to 1 warm-up step and 3 timed steps per
+source (about 3.5 minutes on an idle machine); on a GPU steps are cheap and CUDA_STEPS applies."""
+CUDA_STEPS = {"warmup": 6, "repeats": 10, "gemm_repeats": 10}
+QUICK = {**FULL, "images": 4, "n_latents": 1536, "warmup": 3, "repeats": 2}
 """Smoke test: 784 tokens, m = 1536 (same widths, K, grids)."""
 
 
@@ -63,12 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--quick", action="store_true", help="small shapes, for a smoke test (< 30 s)")
-    parser.add_argument("--repeats", type=int, help="timed steps per source model (default: 3, quick: 2)")
-    parser.add_argument("--warmup", type=int, help="untimed steps per source model first (default: 1)")
+    parser.add_argument("--repeats", type=int, help="timed steps per source model (default: cpu 3, cuda 10)")
+    parser.add_argument("--warmup", type=int, help="untimed steps first, sources in turn (default: cpu 1, cuda 6)")
     parser.add_argument("--out", type=Path, help="JSON path (default: benchmarks/results/train_step_<device>.json)")
     args = parser.parse_args(argv)
 
     shape = dict(QUICK if args.quick else FULL)
+    if args.device == "cuda":
+        shape.update(CUDA_STEPS)
     if args.repeats is not None:
         shape["repeats"] = args.repeats
     if args.warmup is not None:
@@ -85,9 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device {describe_device(device)}, {threads} threads, torch {torch.__version__}")
     print(f"shapes: models {MODELS}, m = {m}, K = {k}, {n_tokens} tokens a step "
           f"({shape['images']} images x {shape['grid']}x{shape['grid']}); "
-          f"{shape['warmup']} warm-up + {shape['repeats']} timed steps per source model")
+          f"{shape['warmup']} warm-up step(s), then {shape['repeats']} timed steps per source model")
 
     started = time.perf_counter()
+    load_before = load_average()
+    if device.type == "cpu" and load_before is not None and load_before > 0.25 * threads:
+        print(f"warning: load average {load_before:.2f} on {threads} cores; other processes will skew the timings")
     gemm_before = measure_gemm(device, n_tokens, m, shape["gemm_repeats"])
 
     rows = []
@@ -109,8 +117,12 @@ def main(argv: list[str] | None = None) -> int:
         row["tokens_per_s"] = n_tokens / (row["ms_per_step"] / 1e3)
         row["ratio_vs_reference"] = ref_ms / row["ms_per_step"]
         row["share_of_encoder_gemm_bound"] = bound_ms / row["ms_per_step"]
+    flops_per_token = statistics.fmean(4 * d * m for d in MODELS.values())
     bound = {"ms_per_step": bound_ms, "tokens_per_s": n_tokens / (bound_ms / 1e3),
-             "flops_per_token": statistics.fmean(4 * d * m for d in MODELS.values())}
+             "flops_per_token": flops_per_token,
+             "tokens_per_s_at_peak_gflops": gemm["peak_gflops"] * 1e9 / flops_per_token,
+             "definition": "mean over source widths d of the measured time of (n x d)@(d x m) plus "
+                           "(d x n)@(n x m) in fp32: the encoder forward and weight gradient"}
     print()
     print_table(rows, bound)
     print(f"(total {time.perf_counter() - started:.0f} s)")
@@ -120,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(device, threads),
+        "load_average_1min": {"before": load_before, "after": load_average()},
         "git": git_state(),
         "quick": args.quick,
         "shapes": {"models": MODELS, "n_tokens": n_tokens, **shape},
@@ -142,6 +155,13 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
+def load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -149,11 +169,13 @@ def sync(device: torch.device) -> None:
 
 def time_steps(step: Callable[[str], torch.Tensor], sources: list[str], device: torch.device, warmup: int,
                repeats: int) -> tuple[dict[str, list[float]], float]:
-    """Per source, the seconds of each timed step; and the last step's loss (checked finite)."""
+    """Per source, the seconds of each timed step; and the last step's loss (checked finite).
+
+    ``warmup`` untimed steps come first, with the sources in turn.
+    """
     loss = None
-    for _ in range(warmup):
-        for source in sources:
-            loss = step(source)
+    for i in range(warmup):
+        loss = step(sources[i % len(sources)])
     sync(device)
     times: dict[str, list[float]] = {s: [] for s in sources}
     for _ in range(repeats):
@@ -269,6 +291,7 @@ def bench_ours(batch: dict[str, torch.Tensor], shape: dict, device: torch.device
         for name in names:
             idx = torch.randperm(cfg.n_latents, generator=gen)[: cfg.n_latents // 10].to(device)
             dead.since[name][idx] = cfg.dead_tokens
+        dead.refresh(cfg.dead_tokens)  # the loop refreshes the dead lists every log_every steps
     n_tokens = next(iter(batch.values())).shape[0]
     params = list(model.parameters())
 

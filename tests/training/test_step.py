@@ -46,6 +46,7 @@ def params_of(model: USAE, name: str) -> dict[str, torch.nn.Parameter]:
 def test_paper_scheme_updates_only_the_source(loss, aux_k, batchnorm):
     model, cfg, batch, dead = setup(loss=loss, aux_k=aux_k, batchnorm=batchnorm)
     dead.since["vit"].fill_(cfg.dead_tokens)  # make the AuxK term active when aux_k > 0
+    dead.refresh(cfg.dead_tokens)
     out = training_step(model, batch, ["vit"], cfg, dead, update_all=False)
     out.loss.backward()
     for key, p in params_of(model, "vit").items():
@@ -129,6 +130,9 @@ def test_auxk_with_every_latent_dead():
     model, cfg, batch, dead = setup(aux_k=8, aux_coef=0.5, dead_tokens=100)
     dead.since["vit"].fill_(100)
     out = training_step(model, batch, ["vit"], cfg, dead, update_all=False)
+    assert out.loss.item() == out.target_losses.sum().item()  # not refreshed yet: no dead list
+    dead.refresh(100)
+    out = training_step(model, batch, ["vit"], cfg, dead, update_all=False)
     term = expected_auxk(model, cfg, batch["vit"], torch.ones(M, dtype=torch.bool))
     assert term.item() > 0
     assert out.loss.item() > out.target_losses.sum().item()
@@ -141,12 +145,14 @@ def test_auxk_uses_only_dead_latents():
     is_dead[::3] = True
     dead.since["vit"][is_dead] = 100
     dead.since["vit"][~is_dead] = 99  # just short of dead
+    dead.refresh(100)
     out = training_step(model, batch, ["vit"], cfg, dead, update_all=False)
     term = expected_auxk(model, cfg, batch["vit"], is_dead)
     torch.testing.assert_close(out.loss, out.target_losses.sum() + term, rtol=1e-5, atol=1e-6)
     # the source's dead count decides: marking dino's latents dead changes nothing for source vit
     dead2 = DeadLatents(list(DIMS), M, torch.device("cpu"))
     dead2.since["dino"].fill_(100)
+    dead2.refresh(100)
     out2 = training_step(model, batch, ["vit"], cfg, dead2, update_all=False)
     assert out2.loss.item() == out2.target_losses.sum().item()
 
@@ -198,9 +204,11 @@ def test_dead_latents_semantics():
 def test_dead_latents_state_round_trip():
     dead = DeadLatents(["vit"], 3, torch.device("cpu"))
     dead.update("vit", torch.tensor([False, True, False]), 7)
+    dead.refresh(7)
     state = dead.state_dict()
     dead.update("vit", torch.tensor([False, False, False]), 1)
-    assert state["vit"].tolist() == [7, 0, 7]  # a copy
+    assert state["since"]["vit"].tolist() == [7, 0, 7]  # a copy
     other = DeadLatents(["vit"], 3, torch.device("cpu"))
     other.load_state_dict(state)
     assert other.since["vit"].tolist() == [7, 0, 7]
+    assert other.index["vit"].tolist() == [0, 2]

@@ -78,7 +78,10 @@ class USAE(nn.Module):
     # -- encoding ---------------------------------------------------------------------------
     def pre_codes(self, name: str, acts: Tensor) -> Tensor:
         """pre_i(a) = W_i (a - b_i) + c_i, then BatchNorm if configured. (n, d_i) -> (n, m)."""
-        pre = torch.addmm(self.b_enc[name], acts - self.b_dec[name], self.W_enc[name])
+        # W (a - b) + c written as a W + (c - b W): the gradient of the pre-bias b is then a
+        # vector-matrix product instead of a full (n x m) @ (m x d) input-gradient GEMM.
+        weight = self.W_enc[name]
+        pre = torch.addmm(self.b_enc[name] - self.b_dec[name] @ weight, acts, weight)
         return self.bn[name](pre) if self.bn is not None else pre
 
     def encode_sparse(self, name: str, acts: Tensor, *, keep_pre: bool = False) -> Codes:

@@ -99,6 +99,7 @@ def train_usae(sources: dict[str, TokenSource], sae_cfg: SAEConfig, cfg: TrainCo
         start = 0
         remove_stale(out_dir / "checkpoints", key)
         model.init_decoder_bias(_mean_activation(loader, device))
+        dead.refresh(sae_cfg.dead_tokens)
         decode = choose_decode(model, loader, sae_cfg, device)
     else:
         model.load_state_dict(state["model"])
@@ -154,6 +155,7 @@ def train_usae(sources: dict[str, TokenSource], sae_cfg: SAEConfig, cfg: TrainCo
             tracker.log(row, step)
             bar.set_postfix(loss=f"{sum(row[f'loss_{n}'] for n in names):.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
             tick, tokens_since, counts[:] = time.perf_counter(), 0, 0
+            dead.refresh(sae_cfg.dead_tokens)
         if (step + 1) % cfg.checkpoint_every == 0 or step == end - 1:
             save_checkpoint(out_dir / "checkpoints", step + 1, {
                 "fingerprint": key, "step": step + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),

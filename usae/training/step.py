@@ -36,10 +36,16 @@ class StepOutput:
 
 
 class DeadLatents:
-    """Tokens since each latent last fired, per source model (Gao et al.'s dead criterion)."""
+    """Tokens since each latent last fired, per source model (Gao et al.'s dead criterion).
+
+    The list of dead latents AuxK works on is refreshed by :meth:`refresh` (the training loop
+    calls it every ``log_every`` steps, where it syncs anyway), so steps never wait on the host
+    and AuxK costs nothing while no latent is dead.
+    """
 
     def __init__(self, names: list[str], n_latents: int, device: torch.device) -> None:
         self.since = {n: torch.zeros(n_latents, dtype=torch.long, device=device) for n in names}
+        self.index = {n: torch.zeros(0, dtype=torch.long, device=device) for n in names}
 
     def update(self, name: str, fired: Tensor, n_tokens: int) -> None:
         since = self.since[name]
@@ -48,15 +54,21 @@ class DeadLatents:
     def mask(self, name: str, threshold: int) -> Tensor:
         return self.since[name] >= threshold
 
+    def refresh(self, threshold: int) -> None:
+        """Recompute the dead-latent lists used by AuxK (one host sync per model)."""
+        self.index = {n: (s >= threshold).nonzero().flatten() for n, s in self.since.items()}
+
     def fraction(self, threshold: int) -> dict[str, Tensor]:
         return {n: (s >= threshold).float().mean() for n, s in self.since.items()}
 
-    def state_dict(self) -> dict[str, Tensor]:
-        return {n: s.clone() for n, s in self.since.items()}
+    def state_dict(self) -> dict[str, dict[str, Tensor]]:
+        return {"since": {n: s.clone() for n, s in self.since.items()},
+                "index": {n: i.clone() for n, i in self.index.items()}}
 
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        for n, s in state.items():
+    def load_state_dict(self, state: dict[str, dict[str, Tensor]]) -> None:
+        for n, s in state["since"].items():
             self.since[n].copy_(s)
+        self.index = {n: i.to(self.since[n].device) for n, i in state["index"].items()}
 
 
 def source_loss(model: USAE, batch: dict[str, Tensor], source: str, cfg: SAEConfig, dead: DeadLatents,
@@ -92,13 +104,14 @@ def source_loss(model: USAE, batch: dict[str, Tensor], source: str, cfg: SAEConf
 def _auxk_term(model: USAE, x: Tensor, x_hat: Tensor, codes: Codes, source: str, cfg: SAEConfig,
                dead: DeadLatents) -> Tensor:
     """Top-k_aux dead latents of the source reconstruct its residual (0 when none is dead)."""
-    is_dead = dead.mask(source, cfg.dead_tokens)
-    k_aux = min(cfg.aux_k, cfg.n_latents)
-    masked = codes.pre.masked_fill(~is_dead, float("-inf"))
-    values, indices = masked.topk(k_aux, dim=1, sorted=False)
-    values = F.relu(values)  # -inf (alive) and negative pre-activations contribute nothing
-    residual_hat = F.embedding_bag(indices, model.W_dec[source], per_sample_weights=values, mode="sum")
-    return auxk(x - x_hat, residual_hat) * is_dead.any()
+    dead_index = dead.index[source]
+    if len(dead_index) == 0:
+        return x.new_zeros((), dtype=torch.float32)
+    candidates = codes.pre[:, dead_index]
+    values, slots = candidates.topk(min(cfg.aux_k, len(dead_index)), dim=1, sorted=False)
+    values = F.relu(values)  # negative pre-activations contribute nothing
+    residual_hat = F.embedding_bag(dead_index[slots], model.W_dec[source], per_sample_weights=values, mode="sum")
+    return auxk(x - x_hat, residual_hat)
 
 
 def training_step(model: USAE, batch: dict[str, Tensor], sources: list[str], cfg: SAEConfig,
