@@ -54,6 +54,17 @@ def built(tmp_path_factory):
     return workdir
 
 
+def test_default_target_trains_a_model(built):
+    import usae
+
+    model = usae.USAE.load(built / "results/runs/usae/model")
+    assert model.names == ["a14", "b16"] and model.dims == {"a14": 32, "b16": 48}
+    assert model.meta["steps"] == 12 and model.meta["provenance"]["grid"] == [7, 7]
+    stats = open_store(built / "results/tiny/aligned/a14/final.zarr").attrs["standardization"]
+    assert model.meta["standardization"]["a14"]["std"] == stats["std"]
+    assert (built / "results/runs/usae/train_log.parquet").exists()
+
+
 def test_default_target_builds_aligned_stores(built):
     results = built / "results" / "tiny"
     a, b = (open_store(results / "aligned" / m / "final.zarr") for m in ("a14", "b16"))
@@ -75,6 +86,7 @@ def test_every_job_wrote_its_log_and_benchmark(built):
     assert "build_manifest/tiny.log" in logs
     assert len([p for p in logs if p.startswith("extract_activations/")]) == 4
     assert len([p for p in logs if p.startswith("prepare_activations/")]) == 2
+    assert "train_usae/usae.log" in logs
     assert len(list((built / "results" / "benchmarks").rglob("*.tsv"))) == len(logs)
     assert "images/s" in (built / "results/logs/extract_activations/a14_final_part0.log").read_text()
 
@@ -86,7 +98,7 @@ def test_nothing_reruns_when_nothing_changed(built):
 def test_layer_change_reruns_only_that_model(built):
     write_config(built, **{"models.a14.layer": 0})
     try:
-        assert planned_jobs(built) == {"extract_activations": 2, "prepare_activations": 1, "all": 1}
+        assert planned_jobs(built) == {"extract_activations": 2, "prepare_activations": 1, "train_usae": 1, "all": 1}
         out = snakemake(built, "-n").stdout
         assert "a14/block0" in out and "b16" not in out.split("Job stats:")[0]
     finally:
@@ -98,11 +110,20 @@ def test_standardization_change_reruns_only_prepare(built):
     before = extract.stat().st_mtime_ns
     write_config(built, **{"prepare.standardize": "per_dim"})
     try:
-        assert planned_jobs(built) == {"prepare_activations": 2, "all": 1}
+        assert planned_jobs(built) == {"prepare_activations": 2, "train_usae": 1, "all": 1}
         snakemake(built)
         stats = open_store(built / "results/tiny/aligned/b16/final.zarr").attrs["standardization"]
         assert stats["kind"] == "per_dim" and len(stats["mean"]) == 48
         assert extract.stat().st_mtime_ns == before
+    finally:
+        write_config(built)
+
+
+def test_training_change_reruns_only_training(built):
+    snakemake(built)  # bring the outputs back to the tiny config after the tests above
+    write_config(built, **{"train.max_steps": 8})
+    try:
+        assert planned_jobs(built) == {"train_usae": 1, "all": 1}
     finally:
         write_config(built)
 

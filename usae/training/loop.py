@@ -84,9 +84,11 @@ def train_usae(sources: dict[str, TokenSource], sae_cfg: SAEConfig, cfg: TrainCo
     loader = TokenLoader(sources, cfg.batch_tokens, cfg.buffer_tokens, cfg.seed, read_threads=cfg.read_threads,
                          pin_memory=device.type == "cuda")
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * loader.steps_per_epoch))
+    # Everything the trained weights depend on: a checkpoint of other settings or data is never resumed.
     settings = {"sae": to_dict(sae_cfg), "train": to_dict(cfg), "models": names,
-                "dims": {n: s.d_model for n, s in sources.items()}, "provenance": provenance or {}}
-    print_settings = {k: v for k, v in settings.items() if k != "provenance"}
+                "dims": {n: s.d_model for n, s in sources.items()}, "provenance": provenance or {},
+                "standardization": standardization or {}}
+    print_settings = {k: v for k, v in settings.items() if k not in ("provenance", "standardization")}
     logger.info("train: %d steps of %d tokens (%.2f epochs of %d tokens): %s", total, cfg.batch_tokens,
                 total / loader.steps_per_epoch, loader.tokens_per_epoch, json.dumps(print_settings))
     model = USAE({n: s.d_model for n, s in sources.items()}, sae_cfg, seed=cfg.seed).to(device)
@@ -164,6 +166,7 @@ def train_usae(sources: dict[str, TokenSource], sae_cfg: SAEConfig, cfg: TrainCo
             _write_log(rows, out_dir / "train_log.parquet")
     bar.close()
     tracker.close()
+    _write_log(rows, out_dir / "train_log.parquet")
     if end < total:
         logger.info("stopped after step %d of %d (checkpoint written)", end - 1, total)
     model.meta = {"scheme": cfg.scheme, "train": to_dict(cfg), "steps": end, "decode": decode,
