@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -36,5 +38,5 @@ def firing_entropy(fires: Tensor) -> Tensor:
     total = counts.sum(dim=0)
     p = counts / total
     terms = torch.where(counts > 0, p * torch.log(p), torch.zeros_like(p))
-    return torch.where(total > 0, -terms.sum(dim=0) / torch.log(torch.tensor(float(fires.shape[0]))),
+    return torch.where(total > 0, -terms.sum(dim=0) / math.log(fires.shape[0]),
                        torch.full_like(total, float("nan")))

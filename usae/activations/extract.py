@@ -23,6 +23,7 @@ from usae.backbones import Backbone, Preprocessing, create_backbone
 from usae.config import BackboneSpec, ExtractConfig, to_dict
 from usae.data.images import ImageReadError, load_rgb
 from usae.data.manifest import manifest_hash, read_manifest, usable
+from usae.device import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -68,15 +69,6 @@ def part_rows(table: pd.DataFrame, part: int, n_parts: int) -> pd.DataFrame:
     return rows.iloc[bounds[part]:bounds[part + 1]]
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; asking for CUDA without one is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("extract.device = 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
-    return torch.device(name)
-
-
 def extract_activations(manifest_path: str | Path, spec: BackboneSpec, cfg: ExtractConfig,
                         part: int, out_path: str | Path) -> ExtractResult:
     """Extract ``spec``'s tokens for manifest part ``part`` into the store ``out_path``.
@@ -94,7 +86,7 @@ def extract_activations(manifest_path: str | Path, spec: BackboneSpec, cfg: Extr
     logger.info("extract %s part %d/%d: spec=%s cfg=%s", spec.key, part, cfg.n_parts, to_dict(spec), to_dict(cfg))
     table = read_manifest(manifest_path)
     rows = part_rows(table, part, cfg.n_parts)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, "extract.device")
     backbone = create_backbone(spec).to(device)
     layout = backbone.layout
     n = len(rows)

@@ -25,6 +25,7 @@ from usae.activations.loader import TokenLoader
 from usae.activations.sources import TokenSource
 from usae.atomic import atomic_path
 from usae.config import SAEConfig, TrainConfig, to_dict
+from usae.device import resolve_device
 from usae.sae.model import USAE
 from usae.training.checkpoint import fingerprint, latest_checkpoint, remove_stale, save_checkpoint
 from usae.training.schedule import learning_rate
@@ -53,14 +54,6 @@ def source_of_step(seed: int, step: int, n_models: int) -> int:
     return int(np.random.default_rng([seed + SOURCE_SEED_OFFSET, step]).integers(n_models))
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device = 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
-    return torch.device(name)
-
-
 def train_usae(sources: dict[str, TokenSource], sae_cfg: SAEConfig, cfg: TrainConfig, out_dir: str | Path, *,
                standardization: dict[str, dict] | None = None, provenance: dict[str, Any] | None = None,
                stop_after: int | None = None) -> TrainResult:
@@ -79,7 +72,7 @@ def train_usae(sources: dict[str, TokenSource], sae_cfg: SAEConfig, cfg: TrainCo
     """
     out_dir = Path(out_dir)
     names = list(sources)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, "train.device")
     torch.manual_seed(cfg.seed)
     loader = TokenLoader(sources, cfg.batch_tokens, cfg.buffer_tokens, cfg.seed, read_threads=cfg.read_threads,
                          pin_memory=device.type == "cuda")

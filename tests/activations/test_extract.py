@@ -1,0 +1,81 @@
+"""Stage 2 on a tiny random ViT: stored tokens equal the backbone's, parts, bad images."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from usae.activations.extract import extract_activations, part_rows
+from usae.activations.store import open_store
+from usae.backbones import create_backbone
+from usae.config import BackboneSpec, ExtractConfig, ManifestConfig
+from usae.data.manifest import build_manifest, read_manifest
+from usae.device import resolve_device
+
+SPEC = BackboneSpec(key="tiny", name="vit_small_patch16_224", pretrained=False, image_size=64,
+                    kwargs={"depth": 1, "embed_dim": 32, "num_heads": 2})
+
+
+@pytest.fixture
+def manifest(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "imgs" / "cls"
+    folder.mkdir(parents=True)
+    for i in range(7):
+        Image.fromarray(rng.integers(0, 255, (40 + i, 50, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    path = tmp_path / "manifest.parquet"
+    build_manifest(ManifestConfig(source="folder", path=str(tmp_path / "imgs"), val_fraction=0.3), path)
+    return path
+
+
+def test_part_rows_are_contiguous_and_cover_everything(manifest):
+    table = read_manifest(manifest)
+    parts = [part_rows(table, k, 3) for k in range(3)]
+    assert [len(p) for p in parts] == [2, 3, 2]
+    assert np.concatenate([p["index"] for p in parts]).tolist() == list(range(7))
+    with pytest.raises(ValueError, match="part 3 is outside 0..2"):
+        part_rows(table, 3, 3)
+
+
+def test_stored_tokens_equal_the_backbone_output(manifest, tmp_path):
+    cfg = ExtractConfig(n_parts=2, batch_size=2, num_workers=0, device="cpu", images_per_chunk=2)
+    result = extract_activations(manifest, SPEC, cfg, 1, tmp_path / "part1.zarr")
+    store = open_store(tmp_path / "part1.zarr")
+    rows = store["rows"][:]
+    assert rows.tolist() == part_rows(read_manifest(manifest), 1, 2)["index"].tolist() == [4, 5, 6]
+    assert result.n_images == 3 and store["valid"][:].all()
+    assert store["patches"].shape == (3, 16, 32) and store["prefix"].shape == (3, 1, 32)
+    assert store.attrs["grid"] == [4, 4] and store.attrs["part"] == 1
+    backbone = create_backbone(SPEC)
+    table = read_manifest(manifest).set_index("index")
+    prep = backbone.preprocessing
+    for i, row in enumerate(rows):
+        img = Image.open(table.loc[row, "path"]).convert("RGB").resize((64, 64), Image.Resampling.BICUBIC)
+        x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float()[None] / 255.0
+        x = (x - torch.tensor(prep.mean).view(1, 3, 1, 1)) / torch.tensor(prep.std).view(1, 3, 1, 1)
+        with torch.inference_mode():
+            prefix, patches = backbone.forward_tokens(x)
+        np.testing.assert_allclose(store["patches"][i].astype(np.float32), patches[0].numpy(), atol=2e-2, rtol=1e-2)
+        np.testing.assert_allclose(store["prefix"][i].astype(np.float32), prefix[0].numpy(), atol=2e-2, rtol=1e-2)
+
+
+def test_image_deleted_after_the_manifest_is_flagged_not_fatal(manifest, tmp_path, caplog):
+    table = read_manifest(manifest)
+    victim = table["path"].iloc[1]
+    Image.open(victim).load()
+    import os
+
+    os.remove(victim)
+    cfg = ExtractConfig(n_parts=1, batch_size=3, num_workers=0, device="cpu", images_per_chunk=4, keep_prefix=False)
+    result = extract_activations(manifest, SPEC, cfg, 0, tmp_path / "p.zarr")
+    store = open_store(tmp_path / "p.zarr")
+    assert result.n_failed == 1 and store["valid"][:].tolist() == [True, False] + [True] * 5
+    assert victim in store.attrs["failed"] and "prefix" not in store
+    assert victim in caplog.text
+
+
+def test_cuda_request_without_cuda_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="extract.device = 'cuda' but no CUDA"):
+        resolve_device("cuda", "extract.device")
+    assert resolve_device("auto").type == "cpu"
