@@ -158,6 +158,7 @@ def train_usae(sources: dict[str, TokenSource], sae_cfg: SAEConfig, cfg: TrainCo
                 "l0_window": l0_window.cpu(), "counts": counts.copy()})
             _write_log(rows, out_dir / "train_log.parquet")
     bar.close()
+    stream.close()  # stops the loader's background thread
     tracker.close()
     _write_log(rows, out_dir / "train_log.parquet")
     if end < total:
