@@ -31,3 +31,31 @@ def test_firing_entropy_is_scale_free_and_bounded():
     torch.testing.assert_close(firing_entropy(fires * 7), fe, equal_nan=True)
     finite = fe[~fe.isnan()]
     assert (finite >= 0).all() and (finite <= 1 + 1e-12).all()
+
+
+def test_r2_forms_on_a_hand_example():
+    from usae.metrics import r2_global_mean, r2_per_dim
+
+    a = torch.tensor([[1.0, 10.0], [3.0, 14.0]])  # column means 2 and 12; global mean 7
+    sum_x, sum_x2 = a.sum(0), a.pow(2).sum(0)
+    # Per-dimension spread: (1+1) + (4+4) = 10. Global spread: 36+9+16+49 = 110.
+    sse = torch.tensor(5.0)
+    assert r2_per_dim(sse, sum_x, sum_x2, 2).item() == 0.5
+    assert abs(r2_global_mean(sse, sum_x, sum_x2, 2).item() - (1 - 5 / 110)) < 1e-12
+    perfect, mean_only = torch.tensor(0.0), torch.tensor(10.0)
+    assert r2_per_dim(perfect, sum_x, sum_x2, 2).item() == 1.0
+    assert r2_per_dim(mean_only, sum_x, sum_x2, 2).item() == 0.0  # predicting each dimension's mean
+
+
+def test_cofire_proportion_energy_and_pearson():
+    from usae.metrics import cofire_proportion, concept_energy, log_log_pearson
+
+    cfp = cofire_proportion(torch.tensor([2, 0, 1]), torch.tensor([[4, 0, 1], [2, 5, 3]]))
+    assert cfp[0, 0].item() == 0.5 and math.isnan(cfp[0, 1].item()) and cfp[0, 2].item() == 1.0
+    assert cfp[1].tolist()[0] == 1.0 and cfp[1, 1].item() == 0.0 and abs(cfp[1, 2].item() - 1 / 3) < 1e-12
+    energy = concept_energy(torch.tensor([0.5, 2.0]), torch.tensor([[1.0, 0.0], [0.6, 0.8]]))
+    torch.testing.assert_close(energy, torch.tensor([0.25, 4.0], dtype=torch.float64))
+    x = torch.tensor([1.0, 10.0, 100.0, 0.0, 1000.0])
+    assert abs(log_log_pearson(x, x.pow(2)).item() - 1.0) < 1e-12  # log-linear: r = 1
+    assert abs(log_log_pearson(x, 1 / x.clamp_min(1)).item() + 1.0) < 1e-12
+    assert math.isnan(log_log_pearson(torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0])).item())

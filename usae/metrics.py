@@ -40,3 +40,84 @@ def firing_entropy(fires: Tensor) -> Tensor:
     terms = torch.where(counts > 0, p * torch.log(p), torch.zeros_like(p))
     return torch.where(total > 0, -terms.sum(dim=0) / math.log(fires.shape[0]),
                        torch.full_like(total, float("nan")))
+
+
+def r2_global_mean(sse: Tensor, sum_x: Tensor, sum_x2: Tensor, n: int) -> Tensor:
+    """R2 with one global mean, as the reference code (overcomplete ``r2_score``).
+
+    R2 = 1 - SSE / sum((a - a_bar)^2), a_bar the mean over all tokens and dimensions;
+    computed from running sums: sum((a - a_bar)^2) = sum(a^2) - (sum a)^2 / (n d).
+
+    Args:
+        sse: 0-d or (...) sum of squared reconstruction errors.
+        sum_x: (d,) per-dimension sums of the targets. sum_x2: (d,) sums of squares.
+        n: number of tokens.
+
+    Returns:
+        Tensor shaped like ``sse``.
+    """
+    total = sum_x.double().sum()
+    spread = sum_x2.double().sum() - total * total / (n * sum_x.numel())
+    return 1.0 - sse.double() / spread
+
+
+def r2_per_dim(sse: Tensor, sum_x: Tensor, sum_x2: Tensor, n: int) -> Tensor:
+    """R2 as variance explained: per-dimension means (the usual SAE-literature form).
+
+    R2 = 1 - SSE / sum_d sum_t (a_td - mean_d)^2, with
+    sum_t (a_td - mean_d)^2 = sum_t a_td^2 - (sum_t a_td)^2 / n.
+
+    Args:
+        sse: 0-d or (...) sum of squared errors. sum_x, sum_x2: (d,) sums. n: tokens.
+
+    Returns:
+        Tensor shaped like ``sse``.
+    """
+    spread = (sum_x2.double() - sum_x.double().pow(2) / n).sum()
+    return 1.0 - sse.double() / spread
+
+
+def cofire_proportion(cofires: Tensor, fires: Tensor) -> Tensor:
+    """Co-fire proportion CFP_k^(i) = |C_k| / |F_k^(i)| (Thasarathan et al. 2025, Eq. 14).
+
+    Args:
+        cofires: (m,) tokens where concept k fires in every model.
+        fires: (M, m) or (m,) tokens where it fires in model i.
+
+    Returns:
+        Same shape as ``fires``, float64; NaN where the concept never fires in that model.
+    """
+    fires = fires.double()
+    return torch.where(fires > 0, cofires.double() / fires, torch.full_like(fires, float("nan")))
+
+
+def concept_energy(mean_codes: Tensor, dictionary: Tensor) -> Tensor:
+    """Importance of each concept: Energy(k) = || E_x[Z_k(x)] D_k ||_2^2 (paper Eq. 9).
+
+    Args:
+        mean_codes: (m,) mean activation of each concept over tokens.
+        dictionary: (m, d) decoder rows of the model.
+
+    Returns:
+        (m,) float64 energies (the paper's squared form; the reference code omits the square).
+    """
+    return mean_codes.double().pow(2) * dictionary.double().pow(2).sum(dim=1)
+
+
+def log_log_pearson(x: Tensor, y: Tensor) -> Tensor:
+    """Pearson r of log10(x) vs log10(y) over the entries where both are positive.
+
+    Used for co-fire count vs energy (paper Fig. 6c: r = 0.63 over all concepts).
+
+    Args:
+        x, y: (m,) non-negative values.
+
+    Returns:
+        0-d float64 r (NaN with fewer than 3 usable entries).
+    """
+    keep = (x > 0) & (y > 0)
+    if int(keep.sum()) < 3:
+        return torch.tensor(float("nan"), dtype=torch.float64)
+    a, b = x[keep].double().log10(), y[keep].double().log10()
+    a, b = a - a.mean(), b - b.mean()
+    return (a * b).sum() / (a.pow(2).sum().sqrt() * b.pow(2).sum().sqrt())
