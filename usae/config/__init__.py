@@ -9,11 +9,12 @@ from usae.config.data import (
     COMPRESSORS, DEVICES, FINAL_LAYER, SOURCES, STANDARDIZATIONS, BackboneSpec, ExtractConfig, ManifestConfig,
     PrepareConfig, SyntheticImagesConfig, layer_tag,
 )
+from usae.config.evaluate import EvaluateConfig
 from usae.config.pipeline import PipelineConfig, load_config
 from usae.config.train import RunConfig, SAEConfig, TrainConfig
 
 __all__ = [
     "COMPRESSORS", "DEVICES", "FINAL_LAYER", "SOURCES", "STANDARDIZATIONS", "BackboneSpec", "ExtractConfig",
     "ManifestConfig", "PipelineConfig", "PrepareConfig", "SyntheticImagesConfig", "from_dict", "layer_tag",
-    "load_config", "to_dict", "RunConfig", "SAEConfig", "TrainConfig",
+    "load_config", "to_dict", "RunConfig", "SAEConfig", "TrainConfig", "EvaluateConfig",
 ]

@@ -1,0 +1,107 @@
+"""Evaluation on hand-checkable models: perfect reconstruction, the mean, one-model concepts."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import zarr
+
+from usae.activations.sources import TokenSource
+from usae.config import EvaluateConfig, SAEConfig
+from usae.evaluation.evaluate import evaluate_sources
+from usae.sae.model import USAE
+
+N_IMG, T, D = 10, 3, 4
+CPU = torch.device("cpu")
+
+
+def identity_usae(means):
+    """Decoders [I; -I]: TopK_4 of ReLU([x, -x]) keeps |x_i| on the right sign, so decoding is exact."""
+    model = USAE({"a": D, "b": D}, SAEConfig(n_latents=2 * D, k=D, aux_k=0))
+    rows = torch.cat([torch.eye(D), -torch.eye(D)])
+    with torch.no_grad():
+        for name in ("a", "b"):
+            model.W_dec[name].copy_(rows)
+            model.W_enc[name].copy_(rows.t())
+            model.b_dec[name].copy_(torch.as_tensor(means, dtype=torch.float32))
+    return model
+
+
+def sources(x, rows=None):
+    return {n: TokenSource(n, x.copy(), chunk_rows=4, rows=rows) for n in ("a", "b")}
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(0)
+    return (rng.normal(size=(N_IMG, T, D)) + np.array([1.0, -2.0, 0.5, 3.0])).astype(np.float32)
+
+
+def run(model, srcs, tmp_path, **cfg):
+    cfg = EvaluateConfig(top_n=3, batch_images=4, device="cpu", **cfg)
+    metrics = evaluate_sources(model, srcs, cfg, tmp_path / "eval", device=CPU)
+    table = pd.read_parquet(tmp_path / "eval" / "concepts.parquet")
+    assert metrics == json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    return metrics, table
+
+
+def test_perfect_reconstruction_gives_r2_one_and_full_entropy(data, tmp_path):
+    metrics, table = run(identity_usae(data.reshape(-1, D).mean(0)), sources(data), tmp_path)
+    np.testing.assert_allclose(metrics["r2_per_dim"], 1.0, atol=1e-6)
+    np.testing.assert_allclose(metrics["r2_global_mean"], 1.0, atol=1e-6)
+    np.testing.assert_allclose(metrics["mse"], 0.0, atol=1e-10)
+    assert metrics["n_tokens"] == N_IMG * T and metrics["n_images"] == N_IMG
+    fired = table["fires_a"] > 0
+    np.testing.assert_allclose(table.loc[fired, "firing_entropy"], 1.0)  # same tokens in both models
+    assert (table["cofires"] == table["fires_a"]).all() and (table.loc[fired, "cfp_a"] == 1.0).all()
+    assert metrics["l0"]["a"] <= D
+
+
+def test_predicting_the_mean_gives_r2_zero_and_one_model_concepts_entropy_zero(data, tmp_path):
+    model = identity_usae(data.reshape(-1, D).mean(0))
+    with torch.no_grad():
+        model.b_enc["b"].fill_(-1e6)  # model b's encoder never fires: its codes are all zero
+    metrics, table = run(model, sources(data), tmp_path)
+    r2 = np.array(metrics["r2_per_dim"])
+    np.testing.assert_allclose(r2[1], 0.0, atol=1e-6)  # from b: b_dec = per-dimension mean
+    np.testing.assert_allclose(r2[0], 1.0, atol=1e-6)
+    fired = table["fires_a"] > 0
+    assert fired.any() and (table["fires_b"] == 0).all()
+    np.testing.assert_allclose(table.loc[fired, "firing_entropy"], 0.0)
+    assert (table["cofires"] == 0).all() and metrics["dead"]["b"] == 2 * D
+    # The global-mean form counts the spread between dimension means as explained.
+    assert metrics["r2_global_mean"][1][0] > 0.5
+
+
+def test_counts_top_images_and_heatmaps_match_brute_force(data, tmp_path):
+    rows = np.arange(100, 100 + N_IMG)
+    model = identity_usae(np.zeros(D))
+    metrics, table = run(model, sources(data, rows=rows), tmp_path, tau=0.5)
+    z = model.encode("a", torch.from_numpy(data.reshape(-1, D)), standardized=True).detach().numpy()
+    z = z.reshape(N_IMG, T, -1)
+    np.testing.assert_array_equal(table["fires_a"], (z > 0.5).sum(axis=(0, 1)))
+    energy = z.reshape(-1, 2 * D).mean(0) ** 2
+    np.testing.assert_allclose(table["energy_a"], energy, rtol=1e-5)
+    maps = zarr.open_group(tmp_path / "eval" / "heatmaps.zarr")["a"]
+    for concept in range(2 * D):
+        per_image = z[:, :, concept].max(axis=1)
+        order = np.argsort(-per_image, kind="stable")[:3]
+        expected = [rows[i] if per_image[i] > 0 else -1 for i in order]
+        assert sorted(table.loc[concept, "top_rows_a"]) == sorted(expected)
+        for slot, row in enumerate(maps["rows"][concept]):
+            if row >= 0:
+                # float16 storage: about 3 significant digits
+                np.testing.assert_allclose(maps["maps"][concept, slot], z[row - 100, :, concept], rtol=1e-3, atol=1e-3)
+
+
+def test_invalid_images_are_skipped_and_missing_models_refused(data, tmp_path):
+    valid = np.ones(N_IMG, bool)
+    valid[[2, 7]] = False
+    srcs = {n: TokenSource(n, data.copy(), chunk_rows=4, valid=valid) for n in ("a", "b")}
+    metrics, _ = run(identity_usae(np.zeros(D)), srcs, tmp_path)
+    assert metrics["n_images"] == 8 and metrics["n_tokens"] == 8 * T
+    with pytest.raises(ValueError, match=r"no validation tokens for models \['b'\]"):
+        evaluate_sources(identity_usae(np.zeros(D)), {"a": srcs["a"]}, EvaluateConfig(device="cpu"),
+                         tmp_path / "x", device=CPU)

@@ -1,0 +1,113 @@
+"""Running sums of every evaluation metric over batches of tokens, in bounded memory.
+
+Per batch, each model encodes its own activations into sparse codes (k active latents per
+token); nothing of size (tokens x m) is ever built. What is kept: per (source, target)
+squared errors; per target the sums behind both R2 forms; per model firing counts,
+summed codes and L0; co-fire counts; the top-N images per concept and model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from usae.sae.model import USAE, Codes
+
+
+@dataclass
+class TopImages:
+    """The ``n`` images with the largest max-over-tokens activation, per concept."""
+
+    values: Tensor  # (m, n), -inf where empty
+    rows: Tensor  # (m, n) manifest rows, -1 where empty
+
+    @classmethod
+    def empty(cls, m: int, n: int, device: torch.device) -> TopImages:
+        return cls(torch.full((m, n), float("-inf"), device=device), torch.full((m, n), -1, dtype=torch.long,
+                                                                                device=device))
+
+    def update(self, image_max: Tensor, rows: Tensor) -> None:
+        """Merge (m, B) per-image maxima of a block of images with manifest ``rows`` (B,)."""
+        values = torch.cat([self.values, image_max], dim=1)
+        ids = torch.cat([self.rows, rows.to(self.rows.device).expand(image_max.shape[0], -1)], dim=1)
+        self.values, order = values.topk(self.values.shape[1], dim=1)
+        self.rows = ids.gather(1, order)
+
+
+@dataclass
+class Accumulator:
+    """Everything :func:`usae.evaluation.evaluate.evaluate_sources` reports, as running sums."""
+
+    model: USAE
+    tau: float
+    top_n: int
+    device: torch.device
+    n_tokens: int = 0
+    n_images: int = 0
+    sse: Tensor = field(init=False)
+    sum_x: dict[str, Tensor] = field(init=False)
+    sum_x2: dict[str, Tensor] = field(init=False)
+    fires: Tensor = field(init=False)
+    code_sums: Tensor = field(init=False)
+    l0: Tensor = field(init=False)
+    cofires: Tensor = field(init=False)
+    top: dict[str, TopImages] = field(init=False)
+
+    def __post_init__(self) -> None:
+        names, m, dev = self.model.names, self.model.cfg.n_latents, self.device
+        n_models = len(names)
+        self.sse = torch.zeros(n_models, n_models, dtype=torch.float64, device=dev)
+        self.sum_x = {n: torch.zeros(d, dtype=torch.float64, device=dev) for n, d in self.model.dims.items()}
+        self.sum_x2 = {n: torch.zeros(d, dtype=torch.float64, device=dev) for n, d in self.model.dims.items()}
+        self.fires = torch.zeros(n_models, m, dtype=torch.long, device=dev)
+        self.code_sums = torch.zeros(n_models, m, dtype=torch.float64, device=dev)
+        self.l0 = torch.zeros(n_models, dtype=torch.float64, device=dev)
+        self.cofires = torch.zeros(m, dtype=torch.long, device=dev)
+        self.top = {n: TopImages.empty(m, self.top_n, dev) for n in names}
+
+    @torch.no_grad()
+    def update(self, acts: dict[str, Tensor], rows: Tensor, tokens_per_image: int) -> dict[str, Codes]:
+        """Add a block of whole images: ``acts[name]`` is (B * T, d_name), ``rows`` (B,) manifest rows."""
+        names, m = self.model.names, self.model.cfg.n_latents
+        codes = {n: self.model.encode_sparse(n, acts[n]) for n in names}
+        n_tok = next(iter(acts.values())).shape[0]
+        for j, target in enumerate(names):
+            x = acts[target].double()
+            self.sum_x[target] += x.sum(dim=0)
+            self.sum_x2[target] += x.pow(2).sum(dim=0)
+        fired_keys = []
+        for i, source in enumerate(names):
+            c = codes[source]
+            for j, target in enumerate(names):
+                err = acts[target] - self.model.decode_sparse(target, c)
+                self.sse[i, j] += err.double().pow(2).sum()
+            fired = c.values > self.tau
+            self.fires[i] += torch.bincount(c.indices[fired], minlength=m)
+            self.code_sums[i] += torch.zeros(m, dtype=torch.float64, device=self.device).scatter_add_(
+                0, c.indices.flatten(), c.values.double().flatten())
+            self.l0[i] += (c.values > 0).sum()
+            token = torch.arange(n_tok, device=self.device).unsqueeze(1).expand_as(c.indices)
+            fired_keys.append((token * m + c.indices)[fired])
+            self._update_top(source, c, rows, tokens_per_image)
+        self._update_cofires(fired_keys, m)
+        self.n_tokens += n_tok
+        self.n_images += len(rows)
+        return codes
+
+    def _update_cofires(self, keys: list[Tensor], m: int) -> None:
+        """Co-fire: the (token, concept) pair fires in every model (intersection of sparse keys)."""
+        common = keys[0]
+        for other in keys[1:]:
+            common = common[torch.isin(common, other)]
+        self.cofires += torch.bincount(common % m, minlength=m)
+
+    def _update_top(self, name: str, codes: Codes, rows: Tensor, tokens_per_image: int) -> None:
+        m = self.model.cfg.n_latents
+        n_img = len(rows)
+        image = torch.arange(codes.indices.shape[0], device=self.device) // tokens_per_image
+        keys = (image.unsqueeze(1) * m + codes.indices).flatten()
+        image_max = torch.zeros(n_img * m, device=self.device).scatter_reduce_(
+            0, keys, codes.values.float().flatten(), reduce="amax", include_self=True)
+        self.top[name].update(image_max.view(n_img, m).t(), rows)
