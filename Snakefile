@@ -1,5 +1,5 @@
 # usae: Universal Sparse Autoencoders as a Snakemake pipeline.
-# Stages: manifest -> extract -> prepare -> train (evaluate and report follow).
+# Stages: manifest -> extract -> prepare -> train -> evaluate (the report follows).
 # Run: snakemake --cores N   (see README.md)
 
 from snakemake.utils import min_version
@@ -15,6 +15,7 @@ include: "workflow/rules/manifest.smk"
 include: "workflow/rules/extract.smk"
 include: "workflow/rules/prepare.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 rule all:
@@ -22,3 +23,4 @@ rule all:
     input:
         aligned_stores(),
         trained_models(),
+        evaluations(),

@@ -8,7 +8,7 @@ import yaml
 from snakemake.utils import validate
 
 from usae.config import (
-    BackboneSpec, ExtractConfig, ManifestConfig, PipelineConfig, PrepareConfig, SAEConfig, SyntheticImagesConfig,
+    BackboneSpec, EvaluateConfig, ExtractConfig, ManifestConfig, PipelineConfig, PrepareConfig, SAEConfig, SyntheticImagesConfig,
     TrainConfig, load_config,
 )
 
@@ -25,6 +25,7 @@ SECTIONS = [
     (PROPS["prepare"]["properties"], PrepareConfig),
     (PROPS["sae"]["properties"], SAEConfig),
     (PROPS["train"]["properties"], TrainConfig),
+    (PROPS["evaluate"]["properties"], EvaluateConfig),
 ]
 
 

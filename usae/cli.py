@@ -4,6 +4,7 @@
     usae extract  -c config.yaml [--model dinov2] [--part 0]
     usae prepare  -c config.yaml [--model dinov2]
     usae train    -c config.yaml [--run usae]
+    usae evaluate -c config.yaml [--run usae]
     usae train    --acts dinov2=a.npy --acts siglip=b.zarr --out runs/mine [-c config.yaml --run usae]
 """
 
@@ -108,6 +109,25 @@ def cmd_train(cfg: PipelineConfig | None, args: argparse.Namespace) -> None:
         print(f"{result.model_dir}: {result.steps} steps, {result.tokens_per_s:.0f} tokens/s")
 
 
+def cmd_evaluate(cfg: PipelineConfig, args: argparse.Namespace) -> None:
+    from usae.evaluation.run import evaluate_run
+
+    runs = [args.run] if args.run else list(cfg.runs)
+    unknown = sorted(set(runs) - set(cfg.runs))
+    if unknown:
+        raise ValueError(f"--run {unknown} not in the config's runs {sorted(cfg.runs)}")
+    for key in runs:
+        stores = {m: paths.stage_path(paths.ALIGNED, cfg.results, dataset=cfg.dataset.name, model=m,
+                                      layer=cfg.models[m].layer_tag) for m in cfg.runs[key].models}
+        out = paths.stage_path(paths.RUN_EVAL, cfg.results, run=key)
+        synthetic = (paths.stage_path(paths.SYNTHETIC_DIR, cfg.results, dataset=cfg.dataset.name)
+                     if cfg.dataset.source == "synthetic" else None)
+        metrics = evaluate_run(paths.stage_path(paths.RUN_MODEL, cfg.results, run=key), stores, cfg.evaluate, out,
+                               manifest_path=paths.stage_path(paths.MANIFEST, cfg.results, dataset=cfg.dataset.name),
+                               synthetic_dir=synthetic)
+        print(f"{out}: R2 (per-dim) {metrics['r2_per_dim']}")
+
+
 def _name_path(text: str) -> tuple[str, Path]:
     name, sep, path = text.partition("=")
     if not sep or not name or not path:
@@ -115,7 +135,8 @@ def _name_path(text: str) -> tuple[str, Path]:
     return name, Path(path)
 
 
-COMMANDS = {"manifest": cmd_manifest, "extract": cmd_extract, "prepare": cmd_prepare, "train": cmd_train}
+COMMANDS = {"manifest": cmd_manifest, "extract": cmd_extract, "prepare": cmd_prepare, "train": cmd_train,
+            "evaluate": cmd_evaluate}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,8 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--model", action="append", help="only this model (repeatable)")
         if name == "extract":
             p.add_argument("--part", type=int, help="only this manifest part")
-        if name == "train":
+        if name in ("train", "evaluate"):
             p.add_argument("--run", help="only this run of the config (default: all)")
+        if name == "train":
             p.add_argument("--acts", action="append", metavar="NAME=PATH",
                            help="train on these arrays (.npy or Zarr, (images, tokens, d) or (rows, d)), one per model")
             p.add_argument("--out", help="run folder for --acts")

@@ -15,6 +15,7 @@ ALIGNED_STATS = "{root}/{dataset}/aligned/{model}/{layer}.stats.json"
 RUN_DIR = "{root}/runs/{run}"
 RUN_MODEL = "{root}/runs/{run}/model"
 RUN_LOG = "{root}/runs/{run}/train_log.parquet"
+RUN_EVAL = "{root}/runs/{run}/eval"
 LOG = "{root}/logs/{rule}/{name}.log"
 BENCHMARK = "{root}/benchmarks/{rule}/{name}.tsv"
 

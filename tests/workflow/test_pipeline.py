@@ -98,7 +98,8 @@ def test_nothing_reruns_when_nothing_changed(built):
 def test_layer_change_reruns_only_that_model(built):
     write_config(built, **{"models.a14.layer": 0})
     try:
-        assert planned_jobs(built) == {"extract_activations": 2, "prepare_activations": 1, "train_usae": 1, "all": 1}
+        assert planned_jobs(built) == {"extract_activations": 2, "prepare_activations": 1, "train_usae": 1,
+                                      "evaluate_usae": 1, "all": 1}
         out = snakemake(built, "-n").stdout
         assert "a14/block0" in out and "b16" not in out.split("Job stats:")[0]
     finally:
@@ -110,7 +111,7 @@ def test_standardization_change_reruns_only_prepare(built):
     before = extract.stat().st_mtime_ns
     write_config(built, **{"prepare.standardize": "per_dim"})
     try:
-        assert planned_jobs(built) == {"prepare_activations": 2, "train_usae": 1, "all": 1}
+        assert planned_jobs(built) == {"prepare_activations": 2, "train_usae": 1, "evaluate_usae": 1, "all": 1}
         snakemake(built)
         stats = open_store(built / "results/tiny/aligned/b16/final.zarr").attrs["standardization"]
         assert stats["kind"] == "per_dim" and len(stats["mean"]) == 48
@@ -123,9 +124,31 @@ def test_training_change_reruns_only_training(built):
     snakemake(built)  # bring the outputs back to the tiny config after the tests above
     write_config(built, **{"train.max_steps": 8})
     try:
-        assert planned_jobs(built) == {"train_usae": 1, "all": 1}
+        assert planned_jobs(built) == {"train_usae": 1, "evaluate_usae": 1, "all": 1}
     finally:
         write_config(built)
+
+
+def test_tau_change_reruns_only_evaluation(built):
+    snakemake(built)
+    write_config(built, **{"evaluate.tau": 0.2})
+    try:
+        assert planned_jobs(built) == {"evaluate_usae": 1, "all": 1}
+    finally:
+        write_config(built)
+
+
+def test_evaluation_reports_metrics_and_planted_factors(built):
+    import json
+
+    import pandas as pd
+
+    snakemake(built)
+    metrics = json.loads((built / "results/runs/usae/eval/metrics.json").read_text())
+    assert metrics["models"] == ["a14", "b16"] and len(metrics["r2_per_dim"]) == 2
+    assert metrics["n_tokens"] == 49 * metrics["n_images"] and "firing_entropy" in metrics["definitions"]
+    table = pd.read_parquet(built / "results/runs/usae/eval/concepts.parquet")
+    assert len(table) == 64 and {"factor", "factor_auroc", "firing_entropy", "top_rows_a14"} <= set(table.columns)
 
 
 def test_bad_value_stops_before_any_job(tmp_path):

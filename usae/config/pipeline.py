@@ -7,6 +7,7 @@ from typing import Any
 
 from usae.config.base import from_dict
 from usae.config.data import BackboneSpec, ExtractConfig, ManifestConfig, PrepareConfig
+from usae.config.evaluate import EvaluateConfig
 from usae.config.train import RunConfig, SAEConfig, TrainConfig
 
 
@@ -30,6 +31,8 @@ class PipelineConfig:
     """Training settings shared by every run (runs may override keys)."""
     runs: dict[str, RunConfig] = field(default_factory=dict)
     """Training runs by name; each may override ``sae`` and ``train`` keys and pick models."""
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    """Stage ``evaluate``."""
 
     def __post_init__(self) -> None:
         if not self.models:

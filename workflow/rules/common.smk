@@ -76,3 +76,7 @@ def run_params(wildcards):
 
 def trained_models():
     return [stage_pattern(paths.RUN_MODEL, run=key) for key in sorted(PIPE.runs)]
+
+
+def evaluations():
+    return [stage_pattern(paths.RUN_EVAL, run=key) for key in sorted(PIPE.runs)]
