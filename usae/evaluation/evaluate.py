@@ -30,7 +30,7 @@ from usae.evaluation.accumulate import Accumulator
 from usae.metrics import (
     cofire_proportion, concept_energy, firing_entropy, log_log_pearson, r2_global_mean, r2_per_dim,
 )
-from usae.sae.model import USAE
+from usae.sae.model import USAE, Codes
 
 logger = logging.getLogger(__name__)
 
@@ -192,12 +192,14 @@ def _heatmaps(model: USAE, sources: dict[str, TokenSource], acc: Accumulator, cf
             slots.setdefault(int(rows[concept, slot]), []).append((int(concept), int(slot)))
     for positions, block in blocks(sources, cfg.batch_images, cfg.max_images):
         for name in model.names:
-            for k, position in enumerate(positions):
-                pairs = wanted[name].get(int(rows_of[position]))
-                if not pairs:
-                    continue
-                codes = model.encode_sparse(name, torch.from_numpy(block[name][k]).to(device).float())
-                dense = codes.dense(m)  # one image: (tokens, m)
-                concepts, slot_ids = map(list, zip(*pairs))
+            needed = [k for k, p in enumerate(positions) if int(rows_of[p]) in wanted[name]]
+            if not needed:
+                continue
+            x = torch.from_numpy(block[name][needed].reshape(-1, model.dims[name])).to(device).float()
+            codes = model.encode_sparse(name, x)
+            for j, k in enumerate(needed):
+                image = slice(j * tokens, (j + 1) * tokens)
+                dense = Codes(codes.values[image], codes.indices[image]).dense(m)  # one image: (tokens, m)
+                concepts, slot_ids = map(list, zip(*wanted[name][int(rows_of[positions[k]])]))
                 maps[name][concepts, slot_ids] = dense[:, concepts].t().cpu().numpy()
     return {name: (top_rows[name], maps[name]) for name in model.names}
