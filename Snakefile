@@ -1,10 +1,13 @@
 # usae: Universal Sparse Autoencoders as a Snakemake pipeline.
-# Stages: manifest -> extract -> prepare -> train -> evaluate (the report follows).
+# Stages: manifest -> extract -> prepare -> train -> evaluate -> report.
 # Run: snakemake --cores N   (see README.md)
 
 from snakemake.utils import min_version
 
 min_version("9.0")
+
+
+report: "workflow/report/workflow.rst"
 
 
 configfile: "config.yaml"
@@ -16,6 +19,7 @@ include: "workflow/rules/extract.smk"
 include: "workflow/rules/prepare.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
@@ -24,3 +28,4 @@ rule all:
         aligned_stores(),
         trained_models(),
         evaluations(),
+        reports(),

@@ -16,6 +16,7 @@ RUN_DIR = "{root}/runs/{run}"
 RUN_MODEL = "{root}/runs/{run}/model"
 RUN_LOG = "{root}/runs/{run}/train_log.parquet"
 RUN_EVAL = "{root}/runs/{run}/eval"
+RUN_REPORT = "{root}/runs/{run}/report"
 LOG = "{root}/logs/{rule}/{name}.log"
 BENCHMARK = "{root}/benchmarks/{rule}/{name}.tsv"
 

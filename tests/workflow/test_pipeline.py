@@ -1,57 +1,16 @@
 """End-to-end Snakemake runs of a tiny config: outputs, logs, and which jobs a change reruns."""
 
-import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
+from pipeline_helpers import planned_jobs, snakemake, write_config
 
 from usae.activations.store import open_store
 
-REPO = Path(__file__).resolve().parents[2]
-TINY = Path(__file__).with_name("tiny_config.yaml")
 pytestmark = pytest.mark.slow
-
-
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-           "--cores", "2", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
-    """Jobs a dry run would execute, by rule (the 'Job stats' table)."""
-    out = snakemake(workdir, "-n", *args).stdout
-    if "Nothing to be done" in out:
-        return {}
-    table = out.split("Job stats:")[1].split("total")[0]
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
-
-
-def write_config(workdir: Path, **changes) -> None:
-    cfg = yaml.safe_load(TINY.read_text())
-    for dotted, value in changes.items():
-        *parents, key = dotted.split(".")
-        node = cfg
-        for p in parents:
-            node = node[p]
-        node[key] = value
-    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("pipeline")
-    write_config(workdir)
-    snakemake(workdir)
-    return workdir
 
 
 def test_default_target_trains_a_model(built):
@@ -99,7 +58,7 @@ def test_layer_change_reruns_only_that_model(built):
     write_config(built, **{"models.a14.layer": 0})
     try:
         assert planned_jobs(built) == {"extract_activations": 2, "prepare_activations": 1, "train_usae": 1,
-                                      "evaluate_usae": 1, "all": 1}
+                                      "evaluate_usae": 1, "render_report": 1, "all": 1}
         out = snakemake(built, "-n").stdout
         assert "a14/block0" in out and "b16" not in out.split("Job stats:")[0]
     finally:
@@ -111,7 +70,8 @@ def test_standardization_change_reruns_only_prepare(built):
     before = extract.stat().st_mtime_ns
     write_config(built, **{"prepare.standardize": "per_dim"})
     try:
-        assert planned_jobs(built) == {"prepare_activations": 2, "train_usae": 1, "evaluate_usae": 1, "all": 1}
+        assert planned_jobs(built) == {"prepare_activations": 2, "train_usae": 1, "evaluate_usae": 1,
+                                       "render_report": 1, "all": 1}
         snakemake(built)
         stats = open_store(built / "results/tiny/aligned/b16/final.zarr").attrs["standardization"]
         assert stats["kind"] == "per_dim" and len(stats["mean"]) == 48
@@ -124,16 +84,16 @@ def test_training_change_reruns_only_training(built):
     snakemake(built)  # bring the outputs back to the tiny config after the tests above
     write_config(built, **{"train.max_steps": 8})
     try:
-        assert planned_jobs(built) == {"train_usae": 1, "evaluate_usae": 1, "all": 1}
+        assert planned_jobs(built) == {"train_usae": 1, "evaluate_usae": 1, "render_report": 1, "all": 1}
     finally:
         write_config(built)
 
 
-def test_tau_change_reruns_only_evaluation(built):
+def test_tau_change_reruns_only_evaluation_and_report(built):
     snakemake(built)
     write_config(built, **{"evaluate.tau": 0.2})
     try:
-        assert planned_jobs(built) == {"evaluate_usae": 1, "all": 1}
+        assert planned_jobs(built) == {"evaluate_usae": 1, "render_report": 1, "all": 1}
     finally:
         write_config(built)
 

@@ -47,15 +47,26 @@ class PlantedFactors:
         for name, scorer in self.scorers.items():
             tables[name] = scorer.result()
             best, score = scorer.best()
-            out[f"factor_{name}"] = [self.names[b] if b >= 0 else None for b in best]
+            out[f"factor_{name}"] = [_factor_name(self.names, b, a) for b, a in zip(best, score)]
             out[f"factor_auroc_{name}"] = score
         mean = np.nanmean(np.stack(list(tables.values())), axis=0) if tables else None
         if mean is not None:
             filled = np.where(np.isnan(mean), -np.inf, mean)
             best = filled.argmax(axis=1)
-            out["factor"] = [self.names[b] if np.isfinite(filled[i, b]) else None for i, b in enumerate(best)]
+            out["factor"] = [_factor_name(self.names, b, filled[i, b]) if np.isfinite(filled[i, b]) else None
+                             for i, b in enumerate(best)]
             out["factor_auroc"] = np.where(np.isfinite(filled.max(axis=1)), filled.max(axis=1), np.nan)
         return out
+
+
+BACKGROUND = 0.45
+
+
+def _factor_name(names: list[str], best: int, score: float) -> str | None:
+    """The factor a concept detects best; "background" when it fires less on every factor than off it."""
+    if best < 0 or not np.isfinite(score):
+        return None
+    return "background" if score < BACKGROUND else names[best]
 
 
 def evaluate_run(model_dir: str | Path, store_paths: dict[str, str | Path], cfg: EvaluateConfig,

@@ -80,3 +80,13 @@ def trained_models():
 
 def evaluations():
     return [stage_pattern(paths.RUN_EVAL, run=key) for key in sorted(PIPE.runs)]
+
+
+def reports():
+    return [stage_pattern(paths.RUN_REPORT, run=key) for key in sorted(PIPE.runs)]
+
+
+def all_runs_evaluated(wildcards):
+    """Every run's model and evaluation: each report compares all runs."""
+    keys = sorted(PIPE.runs)
+    return [stage_pattern(paths.RUN_MODEL, run=k) for k in keys] + [stage_pattern(paths.RUN_EVAL, run=k) for k in keys]

@@ -1,0 +1,159 @@
+"""The static concept explorer: files, data scripts, HTML without URLs, static cards with overlays."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+from PIL import Image
+
+from usae.report.explorer import ExplorerIndex, card_html, colorize, write_explorer
+
+MODELS = ["alpha", "beta"]
+GRID = (3, 4)
+TOP_N = 3
+
+
+def _concepts() -> pd.DataFrame:
+    rows = {  # concept -> per model top rows (-1 = empty); row 5 is an unreadable image
+        0: {"alpha": [0, 1, 2], "beta": [3, -1, -1]},
+        1: {"alpha": [4, 5, -1], "beta": [0, 4, 1]},
+        2: {"alpha": [-1, -1, -1], "beta": [-1, -1, -1]},  # never fires
+        3: {"alpha": [2, -1, -1], "beta": [-1, -1, -1]},
+        4: {"alpha": [1, 3, -1], "beta": [2, 3, -1]},
+    }
+    records = []
+    for c, tops in rows.items():
+        fires = {m: sum(r >= 0 for r in tops[m]) for m in MODELS}
+        rec = {"concept": c, "firing_entropy": math.nan if c == 2 else 0.5 + c / 10, "cofires": c,
+               "energy_total": 0.0 if c == 2 else 1e-3 * c, "factor": None if c == 2 else f"colour=c{c}",
+               "factor_auroc": math.nan if c == 2 else 0.6}
+        for m in MODELS:
+            rec |= {f"fires_{m}": fires[m], f"energy_{m}": 0.1 * fires[m], f"cfp_{m}": math.nan if c == 2 else 0.2,
+                    f"top_rows_{m}": np.array(tops[m], dtype=np.int64),
+                    f"top_values_{m}": np.array([1.0 / (i + 1) if r >= 0 else 0.0 for i, r in enumerate(tops[m])]),
+                    f"factor_{m}": "colour=red", f"factor_auroc_{m}": 0.7}
+        records.append(rec)
+    return pd.DataFrame(records)
+
+
+@pytest.fixture()
+def run(tmp_path: Path) -> dict[str, Path]:
+    images = tmp_path / "images"
+    images.mkdir()
+    paths = []
+    for i in range(6):
+        path = images / f"img_{i}.png"
+        if i == 5:
+            path.write_bytes(b"not a png")
+        else:
+            Image.new("RGB", (40 + 8 * i, 32), (40 * i, 100, 200 - 30 * i)).save(path)
+        paths.append(str(path))
+    manifest = tmp_path / "manifest.parquet"
+    pd.DataFrame({"index": range(6), "path": paths}).to_parquet(manifest)
+    eval_dir = tmp_path / "eval"
+    eval_dir.mkdir()
+    table = _concepts()
+    table.to_parquet(eval_dir / "concepts.parquet")
+    group = zarr.open_group(eval_dir / "heatmaps.zarr", mode="w")
+    group.attrs.update({"tokens_per_image": GRID[0] * GRID[1], "grid": list(GRID)})
+    rng = np.random.default_rng(0)
+    for m in MODELS:
+        sub = group.create_group(m)
+        rows = np.stack(table[f"top_rows_{m}"].to_numpy()).astype(np.int64)
+        maps = rng.random((len(table), TOP_N, GRID[0] * GRID[1])).astype(np.float16)
+        sub.create_array("rows", shape=rows.shape, dtype="int64", chunks=(2, TOP_N))[:] = rows
+        sub.create_array("maps", shape=maps.shape, dtype="float16", chunks=(2, TOP_N, maps.shape[2]))[:] = maps
+    return {"eval": eval_dir, "manifest": manifest, "out": tmp_path / "explorer"}
+
+
+def _load_js(path: Path, name: str):
+    text = path.read_text()
+    prefix = f"window.{name} = "
+    assert text.startswith(prefix)
+    return json.loads(text[len(prefix):].strip().rstrip(";"))
+
+
+def test_writes_layout_and_data(run):
+    index = write_explorer(run["eval"], run["manifest"], run["out"], MODELS, thumb_size=32)
+    out = run["out"]
+    assert isinstance(index, ExplorerIndex)
+    assert index.n_concepts == 5 and index.concept_ids == (0, 1, 3, 4)  # concept 2 never fires
+    assert index.thumbnails == (0, 1, 2, 3, 4) and [r for r, _ in index.unreadable] == [5]
+    for name in ("concepts.html", "concept.html", "static/explorer.js", "static/style.css", "data/meta.js"):
+        assert (out / name).is_file(), name
+    assert not (out / "data" / "c2.js").exists()
+    assert Image.open(out / "thumbs" / "4.jpg").size == (32, 32)
+
+    summary = _load_js(out / "data" / "concepts.js", "USAE_CONCEPTS")
+    assert [r["id"] for r in summary] == [0, 1, 2, 3, 4]
+    never = summary[2]
+    assert never["fe"] is None and never["factor"] is None and never["cfp_alpha"] is None
+    assert summary[1]["fires_alpha"] == 2 and summary[1]["energy_beta"] == pytest.approx(0.3)
+    assert _load_js(out / "data" / "meta.js", "USAE_META")["pages"] == [0, 1, 3, 4]
+
+    page = _load_js(out / "data" / "c1.js", "USAE_CONCEPT")
+    assert page["id"] == 1 and page["prev"] == 0 and page["next"] == 3
+    alpha = page["models"]["alpha"]["top"]
+    assert [t["row"] for t in alpha] == [4, 5]
+    assert alpha[1]["thumb"] is None  # the unreadable image keeps its slot without a thumbnail
+    maps = zarr.open_group(run["eval"] / "heatmaps.zarr", mode="r")["alpha"]["maps"][1].astype(np.float64)
+    for t in alpha + page["models"]["beta"]["top"]:
+        grid = np.array(t["heatmap"])
+        assert grid.shape == GRID
+        assert t["thumb"] is None or (out / t["thumb"]).is_file()
+    np.testing.assert_allclose(np.array(alpha[0]["heatmap"]).ravel(), np.round(maps[0], 3), atol=1e-9)
+
+
+def test_html_has_no_urls(run):
+    write_explorer(run["eval"], run["manifest"], run["out"], MODELS, thumb_size=32)
+    for path in [*run["out"].glob("*.html"), *run["out"].glob("static/*")]:
+        text = path.read_text()
+        assert "http://" not in text and "https://" not in text, path
+        assert "fetch(" not in text, path
+
+
+def test_page_concepts_limits_pages_and_thumbnails(run):
+    index = write_explorer(run["eval"], run["manifest"], run["out"], MODELS, thumb_size=16, page_concepts=[3, 2, 99])
+    assert index.concept_ids == (2, 3)
+    assert index.thumbnails == (2,) and index.unreadable == ()
+    assert len(_load_js(run["out"] / "data" / "concepts.js", "USAE_CONCEPTS")) == 5
+    page = _load_js(run["out"] / "data" / "c2.js", "USAE_CONCEPT")
+    assert page["models"]["alpha"]["top"] == [] and page["prev"] is None and page["next"] == 3
+
+
+def test_card_html_renders_overlays(run):
+    index = write_explorer(run["eval"], run["manifest"], run["out"], MODELS, thumb_size=32, page_concepts=[0])
+    table = _concepts().set_index("concept")
+    row = {**table.loc[4].to_dict(), "concept": 4}  # no page: thumbnails are made on demand
+    card = card_html(row, MODELS, "explorer/", index=index)
+    assert card.count('<img class="thumb"') == 4 and card.count('<img class="overlay"') == 4
+    assert 'href="explorer/concept.html' not in card  # concept 4 has no page here
+    assert "http://" not in card and "https://" not in card
+    for m, slots in (("alpha", 2), ("beta", 2)):
+        for slot in range(slots):
+            with Image.open(run["out"] / "overlays" / f"c4_{m}_{slot}.png") as img:
+                img.verify()
+            with Image.open(run["out"] / "overlays" / f"c4_{m}_{slot}.png") as img:
+                assert img.mode == "RGBA" and img.size == (32, 32)
+    for rel in ("thumbs/1.jpg", "thumbs/3.jpg", "thumbs/2.jpg"):
+        assert (run["out"] / rel).is_file()
+
+
+def test_card_html_skips_unreadable_image(run):
+    write_explorer(run["eval"], run["manifest"], run["out"], MODELS, thumb_size=32)
+    row = {**_concepts().set_index("concept").loc[1].to_dict(), "concept": 1}
+    card = card_html(row, MODELS)  # the latest explorer is used
+    assert card.count('<img class="thumb"') == 4  # alpha: 4 (5 unreadable); beta: 0, 4, 1
+    assert "thumbs/5.jpg" not in card and 'href="concept.html?id=1"' in card
+
+
+def test_colorize_is_transparent_where_inactive():
+    grid = np.zeros(GRID)
+    grid[1, 2] = 2.0
+    img = np.asarray(colorize(grid, 24, alpha=0.5))
+    assert img.shape == (24, 24, 4)
+    assert img[0, 0, 3] == 0 and 0 < img[..., 3].max() <= 128

@@ -1,0 +1,134 @@
+"""Stage 6: the report of a run, a static site that opens from disk (no network).
+
+``index.html`` (summary, figures, concept cards, runs compared), ``concepts.html`` (every
+concept, searchable and sortable) and ``concept.html?id=K`` (one page per concept).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import numpy as np
+import pandas as pd
+
+from usae import __version__
+from usae.atomic import atomic_path
+from usae.report.explorer import card_html, write_explorer
+from usae.report.figures import make_figures
+
+logger = logging.getLogger(__name__)
+
+TEMPLATES = Path(__file__).parent / "templates"
+N_CARDS = 12
+
+
+def select_concepts(table: pd.DataFrame, models: list[str], n: int = N_CARDS,
+                    min_fires: int = 10) -> dict[str, list[int]]:
+    """Concept ids for the three galleries: top energy, most universal, most model-specific.
+
+    Universal: highest firing entropy among concepts firing at least ``min_fires`` times in
+    total (ties broken by energy). Model-specific: lowest firing entropy among the same.
+    """
+    total = sum(table[f"fires_{m}"] for m in models)
+    alive = table[(total >= min_fires) & table["firing_entropy"].notna()]
+    by_energy = table.sort_values("energy_total", ascending=False)
+    universal = alive.sort_values(["firing_entropy", "energy_total"], ascending=[False, False])
+    specific = alive.sort_values(["firing_entropy", "energy_total"], ascending=[True, False])
+    return {"energy": by_energy["concept"].head(n).tolist(), "universal": universal["concept"].head(n).tolist(),
+            "specific": specific["concept"].head(n).tolist()}
+
+
+def build_report(run_dir: str | Path, manifest_path: str | Path, out_dir: str | Path, *,
+                 other_runs: dict[str, str | Path] | None = None) -> Path:
+    """Write the report of the run in ``run_dir`` to ``out_dir`` (atomically); return index.html.
+
+    Args:
+        run_dir: ``results/runs/<run>`` with ``model/``, ``train_log.parquet`` and ``eval/``.
+        manifest_path: the manifest the stores were built from (image paths).
+        out_dir: report folder.
+        other_runs: run name -> run folder, compared side by side with this one.
+    """
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    config = json.loads((run_dir / "model" / "config.json").read_text())
+    metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    table = pd.read_parquet(run_dir / "eval" / "concepts.parquet")
+    models = metrics["models"]
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        figures = make_figures(run_dir, tmp / "figures")
+        explorer = write_explorer(run_dir / "eval", Path(manifest_path), tmp, models)
+        galleries = select_concepts(table, models)
+        rows = table.set_index("concept")
+        cards = {name: [card_html(_row(rows, cid), models, index=explorer) for cid in ids]
+                 for name, ids in galleries.items()}
+        context = _context(run_dir, config, metrics, table, figures, cards, explorer, other_runs or {})
+        env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                                 undefined=jinja2.StrictUndefined)
+        (tmp / "index.html").write_text(env.get_template("index.html").render(**context))
+    logger.info("report of %s written to %s", run_dir.name, out_dir)
+    return out_dir / "index.html"
+
+
+def _row(rows: pd.DataFrame, concept: int) -> dict[str, Any]:
+    row = rows.loc[concept].to_dict()
+    row["concept"] = int(concept)
+    return row
+
+
+def _context(run_dir: Path, config: dict[str, Any], metrics: dict[str, Any], table: pd.DataFrame,
+             figures: dict[str, Any], cards: dict[str, list[str]], explorer: Any,
+             other_runs: dict[str, str | Path]) -> dict[str, Any]:
+    meta = config.get("meta", {})
+    models = metrics["models"]
+    backbones = meta.get("provenance", {}).get("backbones") or {}
+    random_init = sorted(m for m, b in backbones.items() if b and not b.get("pretrained", True))
+    per_model = []
+    for i, m in enumerate(models):
+        backbone = backbones.get(m) or {}
+        per_model.append({
+            "name": m, "backbone": backbone.get("name", "?"), "layer": backbone.get("layer", "?"),
+            "pretrained": backbone.get("pretrained"), "width": config["dims"][m],
+            "l0": metrics["l0"][m], "dead": metrics["dead"][m], "dead_fraction": metrics["dead_fraction"][m],
+            "cfp": metrics["cofire_proportion_mean"][m], "r2_self": metrics["r2_per_dim"][i][i],
+        })
+    runs = {run_dir.name: run_dir, **{k: Path(v) for k, v in other_runs.items() if Path(v) != run_dir}}
+    return {
+        "run": run_dir.name, "models": models, "per_model": per_model, "metrics": metrics,
+        "sae": config["sae"], "train": meta.get("train", {}), "scheme": meta.get("scheme"), "steps": meta.get("steps"),
+        "random_init": random_init, "figures": figures, "cards": cards, "explorer": explorer,
+        "n_concepts": len(table), "comparison": [_run_summary(name, path) for name, path in sorted(runs.items())],
+        "usae_version": __version__, "fmt": _fmt,
+        "grid": meta.get("provenance", {}).get("grid"), "manifest_hash": meta.get("provenance", {}).get("manifest_hash"),
+    }
+
+
+def _run_summary(name: str, run_dir: Path) -> dict[str, Any]:
+    config = json.loads((run_dir / "model" / "config.json").read_text())
+    metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    r2 = np.array(metrics["r2_per_dim"], dtype=float)
+    off = r2[~np.eye(len(r2), dtype=bool)]
+    return {"name": name, "scheme": config["meta"].get("scheme"), "n_latents": config["sae"]["n_latents"],
+            "k": config["sae"]["k"], "steps": config["meta"].get("steps"),
+            "r2_diag": float(np.mean(np.diag(r2))), "r2_off": float(off.mean()) if off.size else None,
+            "dead": float(np.mean(list(metrics["dead_fraction"].values()))),
+            "cfp": _mean(metrics["cofire_proportion_mean"].values()),
+            "pearson": metrics["pearson_log_cofires_log_energy"]}
+
+
+def _mean(values: Any) -> float | None:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    """Numbers for humans: fixed digits, '-' for missing."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    if isinstance(value, (int, np.integer)):
+        return f"{int(value):,}"
+    return f"{float(value):.{digits}f}"

@@ -1,0 +1,282 @@
+"""Static PNG figures for a trained Universal SAE run folder.
+
+Uses matplotlib's object API (``matplotlib.figure.Figure`` rendered by the Agg
+canvas), so no pyplot global state is touched. PNGs are written with
+``metadata={"Software": None}`` so the bytes are identical between runs given
+the same inputs and matplotlib/freetype versions (nothing is random).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure as MplFigure
+
+logger = logging.getLogger(__name__)
+
+DPI = 110
+TOP_RANK = 1000
+SMOOTH = 25
+_PALETTE = matplotlib.colormaps["tab10"].colors
+_RC = {"font.size": 9, "axes.titlesize": 10, "axes.spines.top": False, "axes.spines.right": False,
+       "axes.grid": True, "grid.alpha": 0.3, "legend.fontsize": 8, "legend.frameon": False}
+_DEFAULT_DEFS = {
+    "r2_global_mean": "1 - SSE / sum((a - mean over all tokens and dims)^2)",
+    "r2_per_dim": "1 - SSE / sum((a - per-dimension mean)^2) (variance explained)",
+    "firing_entropy": "FE_k = -(1/log M) sum_i p_i log p_i, p_i = fires_i / sum_j fires_j",
+    "cofire_proportion": "CFP_k^(i) = cofires_k / fires_k^(i)",
+    "energy": "||E[Z_k] D_k||^2 per model; energy_total sums the models",
+}
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A written figure.
+
+    Attributes:
+        path: File name of the PNG, relative to the output folder.
+        title: Short human-readable title.
+        caption: Caption stating the definitions used.
+    """
+
+    path: Path
+    title: str
+    caption: str
+
+
+@dataclass(frozen=True)
+class _Run:
+    models: list[str]
+    metrics: dict[str, Any]
+    log: pd.DataFrame | None
+    concepts: pd.DataFrame | None
+
+    def colour(self, model: str) -> tuple[float, float, float]:
+        return _PALETTE[self.models.index(model) % len(_PALETTE)] if model in self.models else (0.4, 0.4, 0.4)
+
+    def define(self, key: str) -> str:
+        return str(self.metrics.get("definitions", {}).get(key, _DEFAULT_DEFS.get(key, key)))
+
+
+def _read_parquet(path: Path) -> pd.DataFrame | None:
+    if not path.exists():
+        logger.warning("missing %s; its figures will be empty", path)
+        return None
+    return pd.read_parquet(path)
+
+
+def _load(run_dir: Path) -> _Run:
+    mpath = run_dir / "eval" / "metrics.json"
+    metrics: dict[str, Any] = json.loads(mpath.read_text()) if mpath.exists() else {}
+    log = _read_parquet(run_dir / "train_log.parquet")
+    concepts = _read_parquet(run_dir / "eval" / "concepts.parquet")
+    models = [str(m) for m in metrics.get("models", [])]
+    if not models and log is not None:
+        models = [c[len("loss_"):] for c in log.columns if c.startswith("loss_")]
+    return _Run(models, metrics, log, concepts)
+
+
+def _empty(ax: Axes, note: str) -> None:
+    """Mark ``ax`` as an empty panel carrying ``note``."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+    ax.text(0.5, 0.5, note, ha="center", va="center", transform=ax.transAxes, color="0.4", wrap=True)
+
+
+def _column(df: pd.DataFrame | None, name: str) -> np.ndarray | None:
+    if df is None or name not in df.columns:
+        return None
+    return pd.to_numeric(df[name], errors="coerce").to_numpy(dtype=float)
+
+
+def _training(run: _Run, fig: MplFigure) -> str:
+    ax_loss, ax_dead, ax_lr = fig.subplots(3, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2, 1]})
+    step = _column(run.log, "step")
+    if step is None or len(step) == 0:
+        for ax in (ax_loss, ax_dead, ax_lr):
+            _empty(ax, "no training log")
+        return "no training log"
+    for m in run.models:
+        loss, dead = _column(run.log, f"loss_{m}"), _column(run.log, f"dead_{m}")
+        if loss is not None:
+            ax_loss.plot(step, np.where(loss > 0, loss, np.nan), color=run.colour(m), lw=1.3, label=m)
+        if dead is not None:
+            ax_dead.plot(step, dead, color=run.colour(m), lw=1.3, label=m)
+    if ax_loss.lines and np.isfinite(np.concatenate([ln.get_ydata() for ln in ax_loss.lines])).any():
+        ax_loss.set_yscale("log")
+        ax_loss.legend(title="target model", loc="upper right")
+    else:
+        _empty(ax_loss, "no positive loss values")
+    ax_loss.set_ylabel("loss (per target)")
+    ax_dead.set_ylabel("dead fraction")
+    if not ax_dead.lines:
+        _empty(ax_dead, "no dead-fraction columns")
+    lr = _column(run.log, "lr")
+    if lr is not None:
+        ax_lr.plot(step, lr, color="0.3", lw=1.0)
+    else:
+        _empty(ax_lr, "no lr column")
+    ax_lr.set_ylabel("lr")
+    ax_lr.set_xlabel("step")
+    return ""
+
+
+def _r2(run: _Run, fig: MplFigure) -> str:
+    axes = fig.subplots(1, 2)
+    cmap = matplotlib.colormaps["viridis"].with_extremes(under="0.8", bad="white")
+    image = None
+    for ax, key, label in zip(axes, ("r2_per_dim", "r2_global_mean"), ("R2 per-dimension", "R2 global-mean")):
+        ax.set_title(label)
+        ax.grid(False)
+        mat = np.asarray(run.metrics.get(key, []), dtype=float)
+        n = len(run.models)
+        if mat.ndim != 2 or mat.shape != (n, n) or n == 0:
+            _empty(ax, f"{key} missing or not {n}x{n}")
+            continue
+        image = ax.imshow(mat, cmap=cmap, vmin=0.0, vmax=1.0)
+        for (i, j), v in np.ndenumerate(mat):
+            text = "nan" if not np.isfinite(v) else (f"{v:.2f}" if v >= 0 else f"{v:.2f}\n(<0)")
+            ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                    color="black" if (not np.isfinite(v) or v < 0 or v > 0.6) else "white")
+        ax.set_xticks(range(n), run.models, rotation=30, ha="right")
+        ax.set_yticks(range(n), run.models)
+        ax.set_xlabel("target model")
+        ax.set_ylabel("source model")
+    if image is not None:
+        fig.colorbar(image, ax=list(axes), shrink=0.85, extend="min", label="R2 (values < 0 in grey)")
+    return ""
+
+
+def _entropy(run: _Run, fig: MplFigure) -> str:
+    ax = fig.subplots()
+    fe = _column(run.concepts, "firing_entropy")
+    fe = fe[np.isfinite(fe)] if fe is not None else np.array([])
+    ax.set_xlabel("firing entropy FE_k")
+    ax.set_ylabel("concepts")
+    if len(run.models) < 2:
+        _empty(ax, "firing entropy needs at least 2 models")
+        return "single model: FE undefined"
+    if fe.size == 0:
+        _empty(ax, "no concept fires")
+        return "no concept fires"
+    ax.hist(np.clip(fe, 0.0, 1.0), bins=np.linspace(0.0, 1.0, 21), color="#4c72b0", edgecolor="white")
+    high = int((fe >= 0.99).sum())
+    ax.set_xlim(0, 1)
+    ax.set_title(f"{fe.size} firing concepts; {high} with FE >= 0.99")
+    return f"{fe.size} concepts fire; {high} have FE >= 0.99"
+
+
+def _cofire(run: _Run, fig: MplFigure) -> str:
+    ax = fig.subplots()
+    means = run.metrics.get("cofire_proportion_mean", {}) or {}
+    for m in run.models:
+        energy, cfp = _column(run.concepts, f"energy_{m}"), _column(run.concepts, f"cfp_{m}")
+        if energy is None or cfp is None:
+            continue
+        order = np.argsort(-np.nan_to_num(energy, nan=-np.inf), kind="stable")[:TOP_RANK]
+        y = cfp[order]
+        if not np.isfinite(y).any():
+            continue
+        mean = means.get(m)
+        mean = float(np.nanmean(cfp)) if mean is None or not np.isfinite(mean) else float(mean)
+        rank = np.arange(1, len(y) + 1)
+        ax.plot(rank, y, color=run.colour(m), lw=0.6, alpha=0.25)
+        smooth = pd.Series(y).rolling(SMOOTH, min_periods=1, center=True).mean().to_numpy()
+        ax.plot(rank, smooth, color=run.colour(m), lw=1.6, label=f"{m} (mean CFP {mean:.3f})")
+    ax.set_xlabel(f"concept rank by that model's energy (top {TOP_RANK} or all)")
+    ax.set_ylabel("co-fire proportion CFP")
+    if not ax.lines:
+        _empty(ax, "no concept fires")
+        return "no concept fires"
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(loc="upper right")
+    return ""
+
+
+def _scatter(run: _Run, fig: MplFigure) -> str:
+    ax = fig.subplots()
+    cof, energy = _column(run.concepts, "cofires"), _column(run.concepts, "energy_total")
+    ax.set_xlabel("log10 energy_total")
+    ax.set_ylabel("log10 co-fires")
+    if cof is None or energy is None:
+        _empty(ax, "no concept table")
+        return "no concept table"
+    keep = np.isfinite(cof) & np.isfinite(energy) & (cof > 0) & (energy > 0)
+    x, y = np.log10(energy[keep]), np.log10(cof[keep])
+    if x.size == 0:
+        _empty(ax, "no concept co-fires")
+        return "no concept co-fires"
+    ax.scatter(x, y, s=8, alpha=0.5, color="#4c72b0", linewidths=0)
+    if x.size >= 2 and np.ptp(x) > 0 and np.ptp(y) > 0:
+        r = float(np.corrcoef(x, y)[0, 1])
+        slope, icept = np.polyfit(x, y, 1)
+        xs = np.array([x.min(), x.max()])
+        ax.plot(xs, slope * xs + icept, color="#c44e52", lw=1.5, label=f"fit: slope {slope:.2f}")
+        ax.legend(loc="lower right")
+        ax.set_title(f"Pearson r = {r:.3f} (n = {x.size})")
+        return f"Pearson r = {r:.3f} over {x.size} concepts"
+    ax.set_title(f"Pearson r undefined (n = {x.size})")
+    return f"Pearson r undefined over {x.size} concepts"
+
+
+def _captions(run: _Run) -> dict[str, tuple[str, str, int, int]]:
+    """Title, caption, width and height (inches * 10) for each figure key."""
+    return {
+        "training": ("Training curves", "Reconstruction loss per target model (log scale), dead fraction per model "
+                     "(concepts inactive over the dead-token window) and learning rate vs optimiser step.", 70, 68),
+        "r2": ("Cross-model reconstruction R2", f"Entry (i, j): target model j (column) reconstructed from source "
+               f"model i's (row) codes. Per-dimension R2 = {run.define('r2_per_dim')}; global-mean R2 = "
+               f"{run.define('r2_global_mean')}. Colour scale 0..1; values below 0 are grey.", 100, 45),
+        "entropy": ("Firing entropy", f"{run.define('firing_entropy')}, over concepts that fire (20 bins on 0..1); "
+                    "paper: bimodal with peaks at 1 and ~0.6.", 65, 42),
+        "cofire": ("Co-fire proportion by energy rank", f"{run.define('cofire_proportion')}; a co-fire is a token on "
+                   f"which the concept fires in every model. Concepts ranked by that model's energy "
+                   f"({run.define('energy')}), top {TOP_RANK} or all; NaN where the concept never fires. Faint: raw; "
+                   f"solid: centred rolling mean over {SMOOTH} ranks.", 70, 42),
+        "scatter": ("Co-fires vs energy", "log10 co-fires vs log10 energy_total over concepts with co-fires > 0 and "
+                    "energy_total > 0, with the Pearson correlation r and least-squares regression line; "
+                    f"energy: {run.define('energy')}.", 60, 48),
+    }
+
+
+_DRAW: dict[str, Callable[[_Run, MplFigure], str]] = {
+    "training": _training, "r2": _r2, "entropy": _entropy, "cofire": _cofire, "scatter": _scatter,
+}
+
+
+def make_figures(run_dir: Path, out_dir: Path) -> dict[str, Figure]:
+    """Render the report figures of one run folder as PNGs.
+
+    Args:
+        run_dir: ``results/runs/<run>/`` holding ``train_log.parquet`` and ``eval/``.
+        out_dir: Folder the PNGs are written to (created if needed).
+
+    Returns:
+        Figure records keyed by ``training``, ``r2``, ``entropy``, ``cofire`` and
+        ``scatter``; each ``path`` is relative to ``out_dir``.
+    """
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run = _load(run_dir)
+    figures: dict[str, Figure] = {}
+    with matplotlib.rc_context(_RC):
+        for key, (title, caption, width, height) in _captions(run).items():
+            fig = MplFigure(figsize=(width / 10, height / 10), dpi=DPI, layout="constrained")
+            FigureCanvasAgg(fig)
+            note = _DRAW[key](run, fig)
+            fig.suptitle(title, fontsize=11)
+            name = Path(f"{key}.png")
+            fig.savefig(out_dir / name, dpi=DPI, metadata={"Software": None})
+            figures[key] = Figure(name, title, f"{caption} {note}." if note else caption)
+            logger.info("wrote %s", out_dir / name)
+    return figures
