@@ -138,3 +138,13 @@ def test_usae_command_matches_the_workflow(built, tmp_path):
     by_rule = open_store(built / "results/tiny/aligned/b16/final.zarr")
     np.testing.assert_array_equal(by_hand["val"]["tokens"][:], by_rule["val"]["tokens"][:])
     assert by_hand.attrs["standardization"] == by_rule.attrs["standardization"]
+
+
+def test_snakemake_report_lists_the_run_report(built, tmp_path):
+    import zipfile
+
+    snakemake(built)
+    snakemake(built, "--report", str(tmp_path / "report.zip"))
+    names = zipfile.ZipFile(tmp_path / "report.zip").namelist()
+    assert any(n.endswith("report.html") for n in names)
+    assert any(n.endswith("runs/usae/report/index.html") for n in names)
