@@ -48,6 +48,7 @@ def test_report_pages_render_without_errors(built, browser, tmp_path):
     assert errors == [] and failed == []
     assert page.evaluate("document.images.length") > 10 and broken_images(page) == 0
     assert page.locator("#random-init-banner").count() == 1
+    assert page.locator("#runs ~ table tr").count() == 3  # header + the two runs of the config
     assert (tmp_path / "index.png").stat().st_size > 10_000
     index, errors, failed = load(browser, report / "concepts.html")
     assert errors == [] and failed == []
