@@ -59,3 +59,22 @@ def test_cofire_proportion_energy_and_pearson():
     assert abs(log_log_pearson(x, x.pow(2)).item() - 1.0) < 1e-12  # log-linear: r = 1
     assert abs(log_log_pearson(x, 1 / x.clamp_min(1)).item() + 1.0) < 1e-12
     assert math.isnan(log_log_pearson(torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0])).item())
+
+
+def test_firing_entropy_needs_two_models():
+    assert torch.isnan(firing_entropy(torch.tensor([[3, 0, 1]]))).all()
+
+
+def test_hungarian_consistency_known_answers():
+    from usae.metrics import hungarian_consistency
+
+    eye = torch.eye(4)
+    share, matched = hungarian_consistency(eye, eye[[2, 0, 3, 1]])  # a permutation: every atom found
+    assert share == 1.0 and torch.allclose(matched, torch.ones(4, dtype=torch.float64))
+    # One-to-one: two USAE atoms equal to the same solo atom cannot both match it.
+    usae = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    solo = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    share, matched = hungarian_consistency(usae, solo)
+    assert share == 0.5 and sorted(matched.tolist()) == [0.0, 1.0]
+    share, matched = hungarian_consistency(torch.eye(3), torch.eye(3)[:2])  # more USAE atoms than solo ones
+    assert share == 2 / 3 and int(torch.isnan(matched).sum()) == 1

@@ -32,10 +32,12 @@ def firing_entropy(fires: Tensor) -> Tensor:
         fires: (M, m) firing counts per model and concept.
 
     Returns:
-        (m,) float64 entropies in [0, 1] (NaN where no model fires).
+        (m,) float64 entropies in [0, 1] (NaN where no model fires, and everywhere for M = 1).
     """
     counts = fires.double()
     total = counts.sum(dim=0)
+    if fires.shape[0] < 2:  # entropy across models needs at least two models
+        return torch.full_like(total, float("nan"))
     p = counts / total
     terms = torch.where(counts > 0, p * torch.log(p), torch.zeros_like(p))
     return torch.where(total > 0, -terms.sum(dim=0) / math.log(fires.shape[0]),
@@ -121,3 +123,29 @@ def log_log_pearson(x: Tensor, y: Tensor) -> Tensor:
     a, b = x[keep].double().log10(), y[keep].double().log10()
     a, b = a - a.mean(), b - b.mean()
     return (a * b).sum() / (a.pow(2).sum().sqrt() * b.pow(2).sum().sqrt())
+
+
+def hungarian_consistency(usae_atoms: Tensor, solo_atoms: Tensor, threshold: float = 0.5) -> tuple[float, Tensor]:
+    """Share of USAE atoms matched to an independent SAE's atom with cosine > threshold.
+
+    One-to-one matching of the two dictionaries of a model maximising total cosine
+    (Hungarian algorithm, ``scipy.optimize.linear_sum_assignment``), as the paper's Fig. 7:
+    share = |{k : cos(D_usae[k], D_solo[pi(k)]) > threshold}| / m_usae.
+
+    Args:
+        usae_atoms: (m, d) the USAE's decoder rows for one model.
+        solo_atoms: (m2, d) decoder rows of an SAE trained on that model alone.
+        threshold: cosine a match must exceed (paper: 0.5).
+
+    Returns:
+        The share, and (m,) the matched cosine of every USAE atom (NaN when m > m2 left it out).
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    a = torch.nn.functional.normalize(usae_atoms.double(), dim=1)
+    b = torch.nn.functional.normalize(solo_atoms.double(), dim=1)
+    cos = (a @ b.t()).numpy()
+    rows, cols = linear_sum_assignment(cos, maximize=True)
+    matched = torch.full((a.shape[0],), float("nan"), dtype=torch.float64)
+    matched[torch.as_tensor(rows)] = torch.as_tensor(cos[rows, cols])
+    return float((matched > threshold).sum()) / a.shape[0], matched

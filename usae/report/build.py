@@ -102,9 +102,44 @@ def _context(run_dir: Path, config: dict[str, Any], metrics: dict[str, Any], tab
         "sae": config["sae"], "train": meta.get("train", {}), "scheme": meta.get("scheme"), "steps": meta.get("steps"),
         "random_init": random_init, "figures": figures, "cards": cards, "explorer": explorer,
         "n_concepts": len(table), "comparison": [_run_summary(name, path) for name, path in sorted(runs.items())],
+        "consistency": consistency_with_solo_runs(run_dir, models, table, runs),
         "usae_version": __version__, "fmt": _fmt,
         "grid": meta.get("provenance", {}).get("grid"), "manifest_hash": meta.get("provenance", {}).get("manifest_hash"),
     }
+
+
+def consistency_with_solo_runs(run_dir: Path, models: list[str], table: pd.DataFrame,
+                               runs: dict[str, Path], top: int = 1000) -> list[dict[str, Any]]:
+    """Compare this USAE's dictionaries with SAEs trained on one model alone (paper Fig. 7).
+
+    For every run of the config that spans exactly one of this run's models: the share of
+    USAE atoms whose Hungarian-matched independent atom has cosine > 0.5, the same share
+    for random atoms drawn with the independent dictionary's per-dimension mean and std
+    (baseline), and the mean matched cosine over the ``top`` most co-firing concepts.
+    """
+    import torch
+
+    from usae.metrics import hungarian_consistency
+    from usae.sae.model import USAE
+
+    if len(models) < 2:
+        return []
+    usae = USAE.load(run_dir / "model")
+    busiest = table.sort_values("cofires", ascending=False)["concept"].head(top).to_numpy()
+    rows = []
+    for name, path in sorted(runs.items()):
+        config = json.loads((path / "model" / "config.json").read_text())
+        if config["models"] != [m for m in config["models"] if m in models] or len(config["models"]) != 1:
+            continue
+        model = config["models"][0]
+        solo = USAE.load(path / "model").dictionary(model)
+        share, matched = hungarian_consistency(usae.dictionary(model), solo)
+        gen = torch.Generator().manual_seed(20250205)  # not any model's initialisation seed
+        noise = torch.randn(usae.cfg.n_latents, solo.shape[1], generator=gen, dtype=solo.dtype)
+        baseline, _ = hungarian_consistency(noise * solo.std(dim=0) + solo.mean(dim=0), solo)
+        rows.append({"model": model, "run": name, "share": share, "baseline": baseline,
+                     "top_cos": float(np.nanmean(matched.numpy()[busiest])), "top": len(busiest)})
+    return rows
 
 
 def _run_summary(name: str, run_dir: Path) -> dict[str, Any]:

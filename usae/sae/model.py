@@ -13,6 +13,7 @@ active latents, so decoding gathers K rows instead of multiplying an m-wide dens
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,12 +54,14 @@ class USAE(nn.Module):
         self.dims = dict(dims)
         self.names = list(dims)
         m = cfg.n_latents
-        gen = torch.Generator().manual_seed(seed)
         self.W_dec = nn.ParameterDict()
         self.W_enc = nn.ParameterDict()
         self.b_dec = nn.ParameterDict()
         self.b_enc = nn.ParameterDict()
         for name, d in dims.items():
+            # Each model's init depends on the seed and on the set of models, so an SAE trained
+            # on one model alone never starts from the same atoms as the USAE it is compared with.
+            gen = torch.Generator().manual_seed(zlib.crc32(f"{seed}|{','.join(dims)}|{name}".encode()))
             rows = F.normalize(torch.randn(m, d, generator=gen), dim=1)
             self.W_dec[name] = nn.Parameter(rows)
             self.W_enc[name] = nn.Parameter(rows.t().clone())  # encoder = decoder transposed
