@@ -118,3 +118,13 @@ def test_cli_trains_on_external_arrays(tmp_path):
                           f"m1={tmp_path / 'missing.npy'}", "--out", str(tmp_path / "x")],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "missing.npy" in bad.stderr
+
+
+def test_a_new_training_code_version_does_not_resume_old_checkpoints(tmp_path, monkeypatch):
+    import usae
+
+    paths = arrays(tmp_path)
+    train_usae(open_arrays(paths), SAE, config(), tmp_path / "run", stop_after=12)
+    monkeypatch.setitem(usae.STAGE_VERSIONS, "train", usae.STAGE_VERSIONS["train"] + 1)
+    fresh = train_usae(open_arrays(paths), SAE, config(), tmp_path / "run", stop_after=3)
+    assert fresh.steps == 4  # started again from step 0, not from the checkpoint at step 13

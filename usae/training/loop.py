@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from usae import __version__
+from usae import STAGE_VERSIONS, __version__
 from usae.activations.loader import TokenLoader
 from usae.activations.sources import TokenSource
 from usae.atomic import atomic_path
@@ -80,8 +80,9 @@ def train_usae(sources: dict[str, TokenSource], sae_cfg: SAEConfig, cfg: TrainCo
     # Everything the trained weights depend on: a checkpoint of other settings or data is never resumed.
     settings = {"sae": to_dict(sae_cfg), "train": to_dict(cfg), "models": names,
                 "dims": {n: s.d_model for n, s in sources.items()}, "provenance": provenance or {},
-                "standardization": standardization or {}}
-    print_settings = {k: v for k, v in settings.items() if k not in ("provenance", "standardization")}
+                "standardization": standardization or {},
+                "code": {"usae": __version__, "train_stage": STAGE_VERSIONS["train"]}}
+    print_settings = {k: v for k, v in settings.items() if k not in ("provenance", "standardization", "code")}
     logger.info("train: %d steps of %d tokens (%.2f epochs of %d tokens): %s", total, cfg.batch_tokens,
                 total / loader.steps_per_epoch, loader.tokens_per_epoch, json.dumps(print_settings))
     model = USAE({n: s.d_model for n, s in sources.items()}, sae_cfg, seed=cfg.seed).to(device)
