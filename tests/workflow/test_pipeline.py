@@ -58,7 +58,7 @@ def test_layer_change_reruns_only_that_model(built):
     write_config(built, **{"models.a14.layer": 0})
     try:
         assert planned_jobs(built) == {"extract_activations": 2, "prepare_activations": 1, "train_usae": 2,
-                                      "evaluate_usae": 2, "render_report": 2, "all": 1}
+                                      "evaluate_usae": 2, "render_report": 3, "all": 1}
         out = snakemake(built, "-n").stdout
         assert "a14/block0" in out and "b16" not in out.split("Job stats:")[0]
     finally:
@@ -70,8 +70,8 @@ def test_standardization_change_reruns_only_prepare(built):
     before = extract.stat().st_mtime_ns
     write_config(built, **{"prepare.standardize": "per_dim"})
     try:
-        assert planned_jobs(built) == {"prepare_activations": 2, "train_usae": 2, "evaluate_usae": 2,
-                                       "render_report": 2, "all": 1}
+        assert planned_jobs(built) == {"prepare_activations": 2, "train_usae": 3, "evaluate_usae": 3,
+                                       "render_report": 3, "all": 1}
         snakemake(built)
         stats = open_store(built / "results/tiny/aligned/b16/final.zarr").attrs["standardization"]
         assert stats["kind"] == "per_dim" and len(stats["mean"]) == 48
@@ -85,7 +85,7 @@ def test_training_change_reruns_only_training(built):
     write_config(built, **{"train.max_steps": 8})
     try:
         # Both runs inherit train.max_steps; each run's report compares all runs.
-        assert planned_jobs(built) == {"train_usae": 2, "evaluate_usae": 2, "render_report": 2, "all": 1}
+        assert planned_jobs(built) == {"train_usae": 3, "evaluate_usae": 3, "render_report": 3, "all": 1}
     finally:
         write_config(built)
 
@@ -94,7 +94,7 @@ def test_tau_change_reruns_only_evaluation_and_report(built):
     snakemake(built)
     write_config(built, **{"evaluate.tau": 0.2})
     try:
-        assert planned_jobs(built) == {"evaluate_usae": 2, "render_report": 2, "all": 1}
+        assert planned_jobs(built) == {"evaluate_usae": 3, "render_report": 3, "all": 1}
     finally:
         write_config(built)
 
@@ -150,13 +150,13 @@ def test_snakemake_report_lists_the_run_report(built, tmp_path):
     names = archive.namelist()
     assert any(n.endswith("report.html") for n in names)
     titles = [archive.read(n).decode() for n in names if n.endswith("/index.html")]
-    assert sum("Universal SAE report: run" in t for t in titles) == 2  # one site per run
+    assert sum("Universal SAE report: run" in t for t in titles) == 3  # one site per run
 
 
 def test_a_run_override_changes_only_that_run(built):
     snakemake(built)
     write_config(built, **{"runs.k2.sae.k": 3})
     try:
-        assert planned_jobs(built) == {"train_usae": 1, "evaluate_usae": 1, "render_report": 2, "all": 1}
+        assert planned_jobs(built) == {"train_usae": 1, "evaluate_usae": 1, "render_report": 3, "all": 1}
     finally:
         write_config(built)
