@@ -84,10 +84,7 @@ def cmd_train(cfg: PipelineConfig | None, args: argparse.Namespace) -> None:
     from usae.training.loop import train_from_stores, train_usae
 
     if cfg is not None:
-        runs = [args.run] if args.run else list(cfg.runs)
-        unknown = sorted(set(runs) - set(cfg.runs))
-        if unknown:
-            raise ValueError(f"--run {unknown} not in the config's runs {sorted(cfg.runs)}")
+        runs = _runs(cfg, args.run)
     if args.acts:
         from usae.activations.sources import open_arrays
 
@@ -103,22 +100,16 @@ def cmd_train(cfg: PipelineConfig | None, args: argparse.Namespace) -> None:
         raise ValueError("give a config (-c) or activations (--acts name=path ...)")
     for key in runs:
         run = cfg.runs[key]
-        stores = {m: paths.stage_path(paths.ALIGNED, cfg.results, dataset=cfg.dataset.name, model=m,
-                                      layer=cfg.models[m].layer_tag) for m in run.models}
-        result = train_from_stores(stores, run.sae, run.train, paths.stage_path(paths.RUN_DIR, cfg.results, run=key))
+        out = paths.stage_path(paths.RUN_DIR, cfg.results, run=key)
+        result = train_from_stores(_run_stores(cfg, key), run.sae, run.train, out)
         print(f"{result.model_dir}: {result.steps} steps, {result.tokens_per_s:.0f} tokens/s")
 
 
 def cmd_evaluate(cfg: PipelineConfig, args: argparse.Namespace) -> None:
     from usae.evaluation.run import evaluate_run
 
-    runs = [args.run] if args.run else list(cfg.runs)
-    unknown = sorted(set(runs) - set(cfg.runs))
-    if unknown:
-        raise ValueError(f"--run {unknown} not in the config's runs {sorted(cfg.runs)}")
-    for key in runs:
-        stores = {m: paths.stage_path(paths.ALIGNED, cfg.results, dataset=cfg.dataset.name, model=m,
-                                      layer=cfg.models[m].layer_tag) for m in cfg.runs[key].models}
+    for key in _runs(cfg, args.run):
+        stores = _run_stores(cfg, key)
         out = paths.stage_path(paths.RUN_EVAL, cfg.results, run=key)
         synthetic = (paths.stage_path(paths.SYNTHETIC_DIR, cfg.results, dataset=cfg.dataset.name)
                      if cfg.dataset.source == "synthetic" else None)
@@ -126,6 +117,19 @@ def cmd_evaluate(cfg: PipelineConfig, args: argparse.Namespace) -> None:
                                manifest_path=paths.stage_path(paths.MANIFEST, cfg.results, dataset=cfg.dataset.name),
                                synthetic_dir=synthetic)
         print(f"{out}: R2 (per-dim) {metrics['r2_per_dim']}")
+
+
+def _runs(cfg: PipelineConfig, chosen: str | None) -> list[str]:
+    """The runs a command works on: ``--run`` if given (checked), else every run of the config."""
+    if chosen is not None and chosen not in cfg.runs:
+        raise ValueError(f"--run {chosen!r} not in the config's runs {sorted(cfg.runs)}")
+    return [chosen] if chosen else list(cfg.runs)
+
+
+def _run_stores(cfg: PipelineConfig, key: str) -> dict[str, Path]:
+    """Aligned store of each model of run ``key``, in the run's model order."""
+    return {m: paths.stage_path(paths.ALIGNED, cfg.results, dataset=cfg.dataset.name, model=m,
+                                layer=cfg.models[m].layer_tag) for m in cfg.runs[key].models}
 
 
 def _name_path(text: str) -> tuple[str, Path]:

@@ -73,7 +73,7 @@ class Accumulator:
         names, m = self.model.names, self.model.cfg.n_latents
         codes = {n: self.model.encode_sparse(n, acts[n]) for n in names}
         n_tok = next(iter(acts.values())).shape[0]
-        for j, target in enumerate(names):
+        for target in names:
             x = acts[target].double()
             self.sum_x[target] += x.sum(dim=0)
             self.sum_x2[target] += x.pow(2).sum(dim=0)
