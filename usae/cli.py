@@ -173,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
         if config is None and not getattr(args, "acts", None):
             config = "config.yaml"
         cfg = read_config(config) if config else None
+        if cfg is not None and args.command in ("extract", "prepare"):
+            from usae.backbones.geometry import check_geometry
+
+            check_geometry(cfg)
         COMMANDS[args.command](cfg, args)
     except (ValueError, FileNotFoundError) as err:
         logger.error("%s", err)

@@ -1,5 +1,6 @@
 """End-to-end Snakemake runs of a tiny config: outputs, logs, and which jobs a change reruns."""
 
+import re
 import shutil
 import subprocess
 import sys
@@ -125,6 +126,28 @@ def test_cross_field_error_names_the_key(tmp_path):
     write_config(tmp_path, **{"models.a14.layer": "last"})
     proc = snakemake(tmp_path, check=False)
     assert proc.returncode != 0 and "layer" in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"models.b16.layer": 7}, r"models.b16: layer 7 is out of range .* depth 2"),
+    ({"prepare.grid": 8}, r"prepare.grid = 8 is larger than models.b16's patch grid 7x7"),
+    ({"sae.k": 64}, r"sae.k = 64 must be smaller than sae.n_latents = 64"),
+    ({"extract.batch_sise": 8}, r"batch_sise"),
+    ({"train.lr": "fast"}, r"'fast' is not of type 'number'"),
+])
+def test_impossible_config_stops_before_any_job(tmp_path, changes, message):
+    write_config(tmp_path, **changes)
+    proc = snakemake(tmp_path, check=False)
+    assert proc.returncode != 0
+    assert re.search(message, proc.stdout + proc.stderr), proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_config_without_models_stops_before_any_job(tmp_path):
+    write_config(tmp_path, models={}, runs=None)
+    proc = snakemake(tmp_path, check=False)
+    assert proc.returncode != 0 and "models" in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists()
 
 

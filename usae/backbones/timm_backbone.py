@@ -62,6 +62,9 @@ class TimmBackbone(Backbone):
             raise ValueError(f"models.{spec.key}: kwargs.img_size = {kwargs['img_size']!r} differs from "
                              f"image_size = {spec.image_size}; set image_size only")
         kwargs.pop("img_size", None)
+        if not timm.is_model(spec.name):
+            raise ValueError(f"models.{spec.key}: {spec.name!r} is not a timm model "
+                             "(see timm.list_models(); for the Hugging Face hub use library: transformers)")
         base = dict(pretrained=spec.pretrained, num_classes=0, **kwargs)
         try:
             return timm.create_model(spec.name, img_size=spec.image_size, **base)

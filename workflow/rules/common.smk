@@ -5,11 +5,13 @@ from snakemake.utils import validate
 
 import usae
 from usae import paths
+from usae.backbones.geometry import check_geometry
 from usae.config import load_config, to_dict
 
 validate(config, "../schemas/config.schema.yaml")
 try:
     PIPE = load_config(config)
+    check_geometry(PIPE)  # shapes from weightless models: layer depth, common grid
 except ValueError as err:
     raise WorkflowError(f"invalid config: {err}") from None
 
