@@ -244,3 +244,17 @@ def test_pinned_batches(sources):
     batch = next(TokenLoader(sources, BATCH, BUFFER, seed=0, pin_memory=True).batches())
     assert batch["a"].is_pinned() and batch["b"].is_pinned()
     positions(batch)
+
+
+@pytest.mark.parametrize("bad_value", [np.nan, np.inf])
+def test_nan_or_inf_in_a_store_is_refused_naming_store_and_image(tmp_path, bad_value):
+    valid = np.ones(ROWS, bool)
+    bad = write_store(tmp_path / "b.zarr", 6, 0.5, 2, valid)
+    import zarr
+
+    zarr.open_group(bad, mode="r+")["train/tokens"][13, 5, 2] = bad_value
+    sources = open_aligned({"a": write_store(tmp_path / "a.zarr", 4, 0.0, CHUNK, valid), "b": bad})
+    loader = TokenLoader(sources, BATCH, BUFFER, seed=0)
+    with pytest.raises(ValueError, match=r"b \(.*b.zarr\): NaN or inf in 1 row\(s\) of rows 12:15 "
+                                         r"\(first: row 13, manifest index 13\)"):
+        list(islice(loader.batches(0), loader.steps_per_epoch))

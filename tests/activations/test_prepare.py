@@ -129,3 +129,24 @@ def test_refuses_missing_parts_and_grid_too_large(setup):
     with pytest.raises(ValueError, match="prepare.grid = 9 is larger"):
         prepare_activations(parts, root / "manifest.parquet", PrepareConfig(grid=9), root / "o.zarr", root / "o.json")
     assert not (root / "o.zarr").exists()
+
+
+def test_refuses_nan_in_parts_naming_the_model(setup):
+    root, table, tokens, _ = setup
+    broken = tokens.copy()
+    broken[3, 5, 1] = np.nan  # a training image: the statistics see it
+    parts = write_parts(root / "nan", table, broken, 8, [(0, 10)])
+    with pytest.raises(ValueError, match=r"m: standardisation statistics are not finite .*rerun its extraction"):
+        prepare_activations(parts, root / "manifest.parquet", PrepareConfig(grid=8), root / "o.zarr", root / "o.json")
+    assert not (root / "o.zarr").exists()
+
+
+def test_refuses_tokens_beyond_float16_naming_the_image(setup):
+    root, table, tokens, _ = setup
+    broken = (tokens.astype(np.float32) * 1e-3).astype(np.float16)  # training tokens: std about 0.01
+    broken[4, :, :] = 1000.0  # a validation outlier: about 1e5 standard deviations, past float16's 65504
+    parts = write_parts(root / "big", table, broken, 8, [(0, 10)])
+    cfg = PrepareConfig(grid=8, standardize="scalar")
+    with pytest.raises(ValueError, match=r"m val: standardised tokens of manifest index 4 are NaN or inf"):
+        prepare_activations(parts, root / "manifest.parquet", cfg, root / "o.zarr", root / "o.json")
+    assert not (root / "o.zarr").exists()

@@ -76,3 +76,14 @@ def test_open_store_refuses_missing_foreign_and_incomplete(tmp_path):
     (tmp_path / "junk.zarr").mkdir()
     with pytest.raises(ValueError):
         open_store(tmp_path / "junk.zarr")
+
+
+def test_stores_record_code_and_stage_versions_and_completeness(tmp_path):
+    from usae import STAGE_VERSIONS, __version__
+
+    with atomic_store(tmp_path / "s.zarr") as group:
+        group.attrs.update(base_attrs(stage="prepare", manifest_hash="f" * 64))
+        assert group.attrs["complete"] is False  # not complete while being written
+    attrs = open_store(tmp_path / "s.zarr").attrs.asdict()
+    assert attrs["usae_version"] == __version__ and attrs["stage_version"] == STAGE_VERSIONS["prepare"]
+    assert attrs["complete"] is True and attrs["manifest_hash"] == "f" * 64

@@ -89,10 +89,21 @@ def test_paper_scheme_source_is_seeded_and_uniform():
     assert np.allclose(np.bincount(draws) / 3000, 1 / 3, atol=0.03)
 
 
-def test_nan_input_stops_with_the_step_and_model(tmp_path):
-    paths = arrays(tmp_path, bad=slice(0, 600))
-    with pytest.raises(FloatingPointError, match=r"non-finite loss at step \d+: reconstruction of m\d"):
+def test_nan_input_is_refused_naming_the_array_and_row(tmp_path):
+    paths = arrays(tmp_path, bad=slice(317, 319))
+    with pytest.raises(ValueError, match=r"m1 \(.*m1.npy\): NaN or inf in 2 row\(s\) .*first: row 317\)"):
         train_usae(open_arrays(paths), SAE, config(scheme="all_sources"), tmp_path / "run")
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_a_diverging_loss_stops_with_the_step_and_model():
+    from usae.training.loop import _check_finite
+
+    window = torch.ones(4, 3)
+    _check_finite(window, 100, ["a", "b", "c"])
+    window[2, 1] = float("inf")
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at step 102: reconstruction of b is inf"):
+        _check_finite(window, 100, ["a", "b", "c"])
 
 
 def test_mismatched_arrays_are_refused(tmp_path):

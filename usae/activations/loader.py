@@ -270,7 +270,22 @@ def _read_into(source: TokenSource, out: np.ndarray, offset: int, start: int, st
     if block.shape != (stop - start,) + out.shape[1:]:
         raise ValueError(f"{source.name}: read({start}, {stop}) gave shape {block.shape}, "
                          f"expected {(stop - start,) + out.shape[1:]}")
+    _check_finite(source, block, start)
     out[offset:offset + stop - start] = block
+
+
+def _check_finite(source: TokenSource, block: np.ndarray, start: int) -> None:
+    """Refuse NaN/inf as it is read: one bad value would make every later step non-finite."""
+    finite = np.isfinite(block).reshape(len(block), -1).all(axis=1)
+    if finite.all():
+        return
+    bad = np.flatnonzero(~finite)
+    first = start + int(bad[0])
+    image = f", manifest index {int(source.rows[first])}" if source.rows is not None else ""
+    where = f"{source.name} ({source.path})" if source.path is not None else source.name
+    raise ValueError(f"{where}: NaN or inf in {len(bad)} row(s) of rows {start}:{start + len(block)} "
+                     f"(first: row {first}{image}); the store is corrupt or its activations overflowed. "
+                     "Recompute it (rerun its extraction and preparation) before training")
 
 
 def _try_put(ready: queue.Queue, item: object) -> bool:

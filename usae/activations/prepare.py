@@ -90,6 +90,9 @@ def prepare_activations(part_paths: list[str | Path], manifest_path: str | Path,
     sampled = sampled.map_blocks(aligned, chunks=(sampled.chunks[0], (cfg.grid * cfg.grid,), sampled.chunks[2]),
                                  dtype=np.float32)
     stats = compute_standardization(sampled, cfg.standardize, seed=cfg.seed, num_workers=num_workers)
+    if not (np.isfinite(stats.mean).all() and np.isfinite(stats.std)):
+        raise ValueError(f"{head['model']['key']}: standardisation statistics are not finite (NaN or inf in the "
+                         f"extracted activations of {part_paths}); rerun its extraction")
     logger.info("statistics (%s over %d images): mean %s, std %.5f", stats.kind, stats.n_images,
                 np.round(stats.mean, 5) if stats.mean.ndim == 0 else f"vector of {stats.mean.size}", stats.std)
 
@@ -119,7 +122,14 @@ def _write_split(group: zarr.Group, patches: da.Array, positions: np.ndarray, ro
         block_pos = positions[start:start + step]
         block = stats.apply(aligned(patches[block_pos].compute(scheduler="threads")))
         block[~valid[block_pos]] = 0.0
-        writer.write(block.astype(np.float16))
+        with np.errstate(over="ignore"):  # overflow is checked just below, with the image named
+            block = block.astype(np.float16)
+        finite = np.isfinite(block).reshape(len(block), -1).all(axis=1)
+        if not finite.all():
+            first = int(rows[block_pos[np.flatnonzero(~finite)[0]]])
+            raise ValueError(f"{label}: standardised tokens of manifest index {first} are NaN or inf "
+                             "(beyond float16's range?); check the extraction or use prepare.standardize: scalar")
+        writer.write(block)
     writer.close()
 
 

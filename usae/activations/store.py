@@ -17,7 +17,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
 
-from usae import __version__
+from usae import STAGE_VERSIONS, __version__
 from usae.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -59,8 +59,10 @@ def atomic_store(path: str | Path) -> Iterator[zarr.Group]:
 
 
 def base_attrs(**extra: Any) -> dict[str, Any]:
-    """Attributes every store carries: protocol, code version, completeness (set at publish)."""
-    return {"protocol": PROTOCOL, "usae_version": __version__, "complete": False, **extra}
+    """Attributes every store carries: protocol, code and stage versions, completeness (set at publish)."""
+    stage = extra.get("stage")
+    return {"protocol": PROTOCOL, "usae_version": __version__, "stage_version": STAGE_VERSIONS.get(stage),
+            "complete": False, **extra}
 
 
 def open_store(path: str | Path) -> zarr.Group:
