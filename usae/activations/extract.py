@@ -6,7 +6,10 @@ side on a cluster and a failed job loses one part at most.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +21,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from usae.activations.store import ChunkWriter, atomic_store, base_attrs, create_array
+from usae.activations.store import ChunkWriter, ResumableStore, base_attrs, create_array
 from usae.backbones import Backbone, Preprocessing, create_backbone
 from usae.config import BackboneSpec, ExtractConfig, to_dict
 from usae.data.images import ImageReadError, load_rgb
@@ -73,6 +76,12 @@ def extract_activations(manifest_path: str | Path, spec: BackboneSpec, cfg: Extr
                         part: int, out_path: str | Path) -> ExtractResult:
     """Extract ``spec``'s tokens for manifest part ``part`` into the store ``out_path``.
 
+    The store is written at a hidden ``.partial`` sibling and renamed when complete. A
+    killed job leaves the partial store with its committed chunks; rerunning the same job
+    (same settings, manifest and code) resumes after them and writes exactly the store an
+    uninterrupted job writes (batches start at the same images, so every forward pass sees
+    the same inputs).
+
     Args:
         manifest_path: manifest Parquet from stage 1.
         spec: which model and layer.
@@ -81,7 +90,7 @@ def extract_activations(manifest_path: str | Path, spec: BackboneSpec, cfg: Extr
         out_path: the store to write (published atomically).
 
     Returns:
-        A summary with images/s over the whole job.
+        A summary with images/s over the images computed by this call.
     """
     logger.info("extract %s part %d/%d: spec=%s cfg=%s", spec.key, part, cfg.n_parts, to_dict(spec), to_dict(cfg))
     table = read_manifest(manifest_path)
@@ -96,45 +105,68 @@ def extract_activations(manifest_path: str | Path, spec: BackboneSpec, cfg: Extr
         manifest_hash=manifest_hash(table), part=part, n_parts=cfg.n_parts, n_images=n,
         dtype="float16", device=str(device),
     )
-    start = time.perf_counter()
-    with atomic_store(out_path) as group:
+    store = ResumableStore(out_path, _resume_key(attrs, spec, cfg, device, rows))
+    group = store.group
+    shapes = {"patches": (n, layout.n_patches, layout.d_model), "prefix": (n, layout.n_prefix, layout.d_model)}
+    names = ["patches", "prefix"] if cfg.keep_prefix else ["patches"]
+    if store.progress is None:
         group.attrs.update(attrs)
-        arrays = {"patches": create_array(group, "patches", (n, layout.n_patches, layout.d_model),
-                                          dtype="float16", chunk_rows=cfg.images_per_chunk,
-                                          compressor=cfg.compressor)}
-        if cfg.keep_prefix:
-            arrays["prefix"] = create_array(group, "prefix", (n, layout.n_prefix, layout.d_model),
-                                            dtype="float16", chunk_rows=cfg.images_per_chunk,
-                                            compressor=cfg.compressor)
+        arrays = {k: create_array(group, k, shapes[k], dtype="float16", chunk_rows=cfg.images_per_chunk,
+                                  compressor=cfg.compressor) for k in names}
         group.create_array("rows", data=rows["index"].to_numpy(np.int64))
-        valid, failures = _run(backbone, rows, cfg, device, {k: ChunkWriter(a) for k, a in arrays.items()})
-        group.create_array("valid", data=valid)
-        elapsed = time.perf_counter() - start
-        rate = n / elapsed if elapsed > 0 else float("nan")
-        group.attrs.update({"failed": failures, "images_per_s": rate})
-    if failures:
-        listing = "\n".join(f"  {path}: {why}" for path, why in failures.items())
+    else:
+        arrays = {k: group[k] for k in names}
+    # Resume where both the chunk grid and the batch grid restart, so batches match an uninterrupted run.
+    step = math.lcm(cfg.batch_size, cfg.images_per_chunk)
+    first = store.rows_done // step * step
+    failures = {int(i): tuple(v) for i, v in (store.progress or {}).get("failures", {}).items() if int(i) < first}
+    if first:
+        logger.info("%s part %d: resuming a killed job at image %d of %d (%d were committed)",
+                    spec.key, part, first, n, store.rows_done)
+    writers = {k: ChunkWriter(a, start=first) for k, a in arrays.items()}
+    start = time.perf_counter()
+    _run(backbone, rows, cfg, device, writers, first, failures, store)
+    elapsed = time.perf_counter() - start
+    rate = (n - first) / elapsed if elapsed > 0 else float("nan")
+    valid = np.ones(n, dtype=bool)
+    valid[list(failures)] = False
+    group.create_array("valid", data=valid, overwrite=True)
+    failed = {path: why for path, why in failures.values()}
+    group.attrs.update({"failed": failed, "images_per_s": rate, "resumed_at": first})
+    store.publish()
+    if failed:
+        listing = "\n".join(f"  {path}: {why}" for path, why in failed.items())
         logger.warning("%s part %d: %d image(s) could not be read and are marked invalid:\n%s",
-                       spec.key, part, len(failures), listing)
-    logger.info("%s part %d: %d images in %.1f s (%.1f images/s) -> %s", spec.key, part, n, elapsed, rate, out_path)
-    return ExtractResult(path=Path(out_path), n_images=n, n_failed=len(failures), images_per_s=rate)
+                       spec.key, part, len(failed), listing)
+    logger.info("%s part %d: %d images computed in %.1f s (%.1f images/s) -> %s", spec.key, part, n - first,
+                elapsed, rate, out_path)
+    return ExtractResult(path=Path(out_path), n_images=n, n_failed=len(failed), images_per_s=rate)
+
+
+def _resume_key(attrs: dict, spec: BackboneSpec, cfg: ExtractConfig, device: torch.device,
+                rows: pd.DataFrame) -> str:
+    """Everything the stored values depend on; worker count and the device string do not matter."""
+    settings = {k: v for k, v in to_dict(cfg).items() if k not in ("num_workers", "device")}
+    payload = {"attrs": {k: v for k, v in attrs.items() if k != "device"}, "spec": to_dict(spec),
+               "cfg": settings, "device_type": device.type, "rows": rows["index"].tolist()}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _run(backbone: Backbone, rows: pd.DataFrame, cfg: ExtractConfig, device: torch.device,
-         writers: dict[str, ChunkWriter]) -> tuple[np.ndarray, dict[str, str]]:
+         writers: dict[str, ChunkWriter], first: int, failures: dict[int, tuple[str, str]],
+         store: ResumableStore) -> None:
+    """Extract rows ``first:`` into ``writers``, committing progress after every written chunk."""
     paths = rows["path"].tolist()
-    loader = DataLoader(ImageDataset(paths, backbone.preprocessing), batch_size=cfg.batch_size,
+    loader = DataLoader(ImageDataset(paths[first:], backbone.preprocessing), batch_size=cfg.batch_size,
                         num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
                         persistent_workers=False)
     prep = backbone.preprocessing
     mean = torch.tensor(prep.mean, device=device).view(1, 3, 1, 1) * 255.0
     std = torch.tensor(prep.std, device=device).view(1, 3, 1, 1) * 255.0
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    valid = np.zeros(len(paths), dtype=bool)
-    failures: dict[str, str] = {}
-    seen = 0
-    with torch.inference_mode(), tqdm(total=len(paths), desc=f"extract {backbone.spec.key}", unit="img",
-                                      mininterval=2.0) as bar:
+    seen, committed = first, first
+    with torch.inference_mode(), tqdm(total=len(paths), initial=first, desc=f"extract {backbone.spec.key}",
+                                      unit="img", mininterval=2.0) as bar:
         for pixels, ok, why in loader:
             pixels = (pixels.to(device, non_blocking=True).float() - mean) / std
             with autocast:
@@ -144,13 +176,15 @@ def _run(backbone: Backbone, rows: pd.DataFrame, cfg: ExtractConfig, device: tor
             for key, writer in writers.items():
                 writer.write(outputs[key].cpu().numpy())
             ok_np = ok.numpy()
-            valid[seen:seen + len(ok_np)] = ok_np
-            failures.update({paths[seen + i]: why[i] for i in np.flatnonzero(~ok_np)})
+            failures.update({seen + int(i): (paths[seen + int(i)], why[int(i)]) for i in np.flatnonzero(~ok_np)})
             seen += len(ok_np)
             bar.update(len(ok_np))
+            written = min(w.position for w in writers.values())
+            if written > committed:
+                store.commit(written, failures={i: v for i, v in failures.items() if i < written})
+                committed = written
     for writer in writers.values():
         writer.close()
-    return valid, failures
 
 
 def _check_finite(tokens: torch.Tensor, key: str, first_path: str) -> None:

@@ -8,7 +8,10 @@ temporary name, then renamed), so an interrupted job never leaves a store that l
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -58,6 +61,80 @@ def atomic_store(path: str | Path) -> Iterator[zarr.Group]:
         group.attrs.update({"complete": True})
 
 
+PROGRESS_FILE = "usae_progress.json"
+
+
+def partial_path(path: str | Path) -> Path:
+    """Where a resumable store is written until complete: a hidden sibling of ``path``."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.partial")
+
+
+class ResumableStore:
+    """A store written in row order that survives a kill: committed rows are kept for a rerun.
+
+    It lives at :func:`partial_path` until :meth:`publish` renames it to its final path.
+    :meth:`commit` records (atomically, in a small JSON file) how many leading rows are
+    written, plus any small state the writer wants back. A rerun with the same
+    ``resume_key`` reopens it and reads :attr:`progress`; another key (settings, data or
+    code changed) or an unreadable progress file starts it afresh.
+    """
+
+    def __init__(self, path: str | Path, resume_key: str) -> None:
+        self.path = Path(path)
+        self.partial = partial_path(path)
+        self.key = resume_key
+        self.progress = self._read_progress()
+        if self.progress is None:
+            _remove_tree(self.partial)
+            self.partial.parent.mkdir(parents=True, exist_ok=True)
+            self.group = zarr.open_group(self.partial, mode="w", zarr_format=3)
+        else:
+            self.group = zarr.open_group(self.partial, mode="r+")
+
+    @property
+    def rows_done(self) -> int:
+        """Leading rows committed by an earlier, interrupted attempt (0 for a fresh store)."""
+        return int(self.progress["rows_done"]) if self.progress else 0
+
+    def commit(self, rows_done: int, **state: Any) -> None:
+        """Record that rows ``0:rows_done`` are written (call only after their chunks are)."""
+        with atomic_path(self.partial / PROGRESS_FILE) as tmp:
+            tmp.write_text(json.dumps({"key": self.key, "rows_done": int(rows_done), **state}))
+
+    def publish(self) -> Path:
+        """Mark the store complete and move it to its final path (replacing an older store)."""
+        self.group.attrs.update({"complete": True})
+        (self.partial / PROGRESS_FILE).unlink(missing_ok=True)
+        if self.path.exists():
+            _remove_tree(self.path)
+        os.replace(self.partial, self.path)
+        return self.path
+
+    def _read_progress(self) -> dict[str, Any] | None:
+        file = self.partial / PROGRESS_FILE
+        if not file.exists():
+            return None
+        try:
+            progress = json.loads(file.read_text())
+            zarr.open_group(self.partial, mode="r")
+        except Exception as err:  # a progress file or store cut short by the kill
+            logger.warning("discarding unreadable partial store %s: %s", self.partial, err)
+            return None
+        if progress.get("key") != self.key:
+            logger.info("discarding partial store %s: it was written with other settings, data or code",
+                        self.partial)
+            return None
+        return progress
+
+
+def _remove_tree(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
 def base_attrs(**extra: Any) -> dict[str, Any]:
     """Attributes every store carries: protocol, code and stage versions, completeness (set at publish)."""
     stage = extra.get("stage")
@@ -91,13 +168,17 @@ class ChunkWriter:
     """Buffers row blocks and writes them to ``array`` in whole, chunk-aligned pieces.
 
     Zarr rewrites a whole chunk for every partial write; aligning writes to chunks
-    makes each chunk file be written exactly once.
+    makes each chunk file be written exactly once. ``position`` counts the rows written
+    so far (``start`` for a resumed store).
     """
 
-    def __init__(self, array: zarr.Array) -> None:
+    def __init__(self, array: zarr.Array, start: int = 0) -> None:
         self.array = array
         self.rows = array.chunks[0]
-        self.position = 0
+        if start % self.rows:
+            raise ValueError(f"a resumed write must start on a chunk boundary; {start} is not a multiple "
+                             f"of {self.rows}")
+        self.position = start
         self._pending: list[np.ndarray] = []
         self._n_pending = 0
 
