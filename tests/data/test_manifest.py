@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import math
@@ -19,8 +20,11 @@ from usae.data.manifest import COLUMNS, build_manifest, manifest_hash, read_mani
 SIDE = 16
 
 
-def _img(path: Path, w: int = SIDE, h: int = SIDE, seed: int = 0) -> Path:
+def _img(path: Path, w: int = SIDE, h: int = SIDE, seed: int | None = None) -> Path:
+    """A random image; by default its pixels depend on its path, so no two files are byte-identical."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if seed is None:
+        seed = int.from_bytes(hashlib.sha256(str(path).encode()).digest()[:8], "big")
     arr = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
     Image.fromarray(arr).save(path)
     return path

@@ -30,8 +30,10 @@ _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": 
 def build_manifest(cfg: ManifestConfig, out_path: str | Path, *, workers: int = 4) -> pd.DataFrame:
     """Build, check and write the manifest of ``cfg``'s image source.
 
-    Every image is decoded once; unreadable ones stay in the table with
-    ``status="unreadable"`` and the reason, and are excluded downstream.
+    Every image is decoded once and its bytes hashed; unreadable ones stay in the table
+    with ``status="unreadable"`` and the reason, byte-identical copies of an earlier image
+    (in ``image_id`` order) with ``status="duplicate"`` and ``reason="same content as
+    <image_id>"``; both are excluded downstream and listed in the log.
 
     Args:
         cfg: dataset settings.
@@ -43,27 +45,27 @@ def build_manifest(cfg: ManifestConfig, out_path: str | Path, *, workers: int = 
 
     Raises:
         FileNotFoundError: the source does not exist.
-        ValueError: the source holds no usable image, or its list file is malformed.
+        ValueError: the source holds no usable image, or its list file is malformed
+            (e.g. repeated image ids; the message names them and the list).
     """
     out_path = Path(out_path)
     logger.info("manifest: %s", to_dict(cfg))
     rows = _list_source(cfg, out_path.parent)
     if rows.empty:
         raise ValueError(f"no image files found in {_where(cfg)} (looked for {sorted(IMAGE_SUFFIXES)})")
+    _refuse_repeated_ids(rows, cfg)
     rows = rows.sort_values("image_id", kind="stable").reset_index(drop=True)
-    dupes = rows["image_id"][rows["image_id"].duplicated()]
-    if not dupes.empty:
-        raise ValueError(f"duplicate image ids in {_where(cfg)}: {sorted(set(dupes))[:5]}")
     rows = _assign_splits(rows, cfg)
     table = _check_all(rows, workers)
     n_bad = int((table["status"] != "ok").sum())
     if n_bad == len(table):
         raise ValueError(f"none of the {n_bad} files in {_where(cfg)} is a readable image; "
                          f"first reason: {table['path'].iloc[0]}: {table['reason'].iloc[0]}")
-    if n_bad:
-        bad = table[table["status"] != "ok"]
-        listing = "\n".join(f"  {p}: {r}" for p, r in zip(bad["path"], bad["reason"]))
-        logger.warning("%d of %d images are unreadable and excluded:\n%s", n_bad, len(table), listing)
+    for status, what in (("unreadable", "unreadable"), ("duplicate", "byte-identical copies of an earlier image")):
+        bad = table[table["status"] == status]
+        if len(bad):
+            listing = "\n".join(f"  {p}: {r}" for p, r in zip(bad["path"], bad["reason"]))
+            logger.warning("%d of %d images are %s and excluded:\n%s", len(bad), len(table), what, listing)
     counts = table[table["status"] == "ok"]["split"].value_counts().to_dict()
     logger.info("manifest: %d usable images (%s), %d excluded", len(table) - n_bad, counts, n_bad)
     _write_atomic(table, out_path)
@@ -96,6 +98,20 @@ def usable(table: pd.DataFrame) -> pd.DataFrame:
 
 def _where(cfg: ManifestConfig) -> str:
     return "the generated image set" if cfg.source == "synthetic" else f"{cfg.source} source {cfg.path}"
+
+
+def _refuse_repeated_ids(rows: pd.DataFrame, cfg: ManifestConfig, shown: int = 10) -> None:
+    """Image ids must be unique: name every repeated id with its rows in the source."""
+    repeated = rows["image_id"][rows["image_id"].duplicated(keep=False)]
+    if repeated.empty:
+        return
+    positions = pd.Series(range(len(rows)), index=rows.index)[repeated.index].groupby(repeated.values).agg(list)
+    listing = [f"{image_id!r} (rows {', '.join(str(p + 1) for p in pos)})" for image_id, pos in positions.items()]
+    more = f" and {len(listing) - shown} more" if len(listing) > shown else ""
+    hint = (" (rows counted from 1, header excluded); give each row its own image_id, or remove the repeated rows"
+            if cfg.source == "list" else "")
+    raise ValueError(f"{len(listing)} duplicate image id(s) in {_where(cfg)}: {'; '.join(listing[:shown])}{more}"
+                     f"{hint}")
 
 
 def _list_source(cfg: ManifestConfig, out_dir: Path) -> pd.DataFrame:
@@ -182,22 +198,44 @@ def _unit_hash(seed: int, image_id: str) -> float:
 
 
 def _check_all(rows: pd.DataFrame, workers: int) -> pd.DataFrame:
-    def check(path: str) -> tuple[int, int, str, str]:
+    def check(path: str) -> tuple[int, int, str, str, str]:
         try:
             info = check_image(path)
-            return info.width, info.height, "ok", ""
+            return info.width, info.height, "ok", "", content_hash(path)
         except ImageReadError as err:
-            return -1, -1, "unreadable", str(err)
+            return -1, -1, "unreadable", err.reason, ""
+        except OSError as err:  # the hash's read failed after the check's succeeded
+            return -1, -1, "unreadable", f"corrupt or truncated: {err}", ""
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results = list(tqdm(pool.map(check, rows["path"]), total=len(rows), desc="checking images",
                             unit="img", mininterval=2.0))
     table = rows.copy()
-    table[["width", "height", "status", "reason"]] = pd.DataFrame(results, index=table.index)
+    checked = pd.DataFrame(results, index=table.index, columns=["width", "height", "status", "reason", "content"])
+    table[["width", "height", "status", "reason"]] = checked[["width", "height", "status", "reason"]]
+    _mark_duplicates(table, checked["content"])
     table.insert(0, "index", range(len(table)))
     table["label"] = table["label"].astype("string")
     table["split"] = table["split"].astype("string")
     return table[list(COLUMNS)]
+
+
+def content_hash(path: str | Path, block: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes (as ``sha256sum``), read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _mark_duplicates(table: pd.DataFrame, content: pd.Series) -> None:
+    """Every readable image whose bytes equal an earlier one's (rows in image_id order) -> duplicate."""
+    readable = table["status"] == "ok"
+    first_id = table["image_id"][readable].groupby(content[readable].values).transform("first")
+    later = first_id[first_id != table["image_id"][readable]]
+    table.loc[later.index, "status"] = "duplicate"
+    table.loc[later.index, "reason"] = "same content as " + later
 
 
 def _write_atomic(table: pd.DataFrame, out_path: Path) -> None:

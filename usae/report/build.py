@@ -1,7 +1,8 @@
 """Stage 6: the report of a run, a static site that opens from disk (no network).
 
-``index.html`` (summary, figures, concept cards, runs compared), ``concepts.html`` (every
-concept, searchable and sortable) and ``concept.html?id=K`` (one page per concept).
+``index.html`` (summary, images excluded and why, figures, concept cards, runs compared),
+``concepts.html`` (every concept, searchable and sortable) and ``concept.html?id=K`` (one
+page per concept).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pandas as pd
 
 from usae import __version__
 from usae.atomic import atomic_path
+from usae.data.images import reason_kind
 from usae.report.explorer import card_html, write_explorer
 from usae.report.figures import make_figures
 
@@ -25,6 +27,9 @@ logger = logging.getLogger(__name__)
 
 TEMPLATES = Path(__file__).parent / "templates"
 N_CARDS = 12
+MAX_EXCLUDED_LISTED = 200  # rows of the excluded-images list on index.html; the rest are counted
+FOLD_EXCLUDED_AFTER = 20  # longer lists start folded (<details>)
+AT_EXTRACTION = "unreadable at extraction"
 
 
 def select_concepts(table: pd.DataFrame, models: list[str], n: int = N_CARDS,
@@ -67,11 +72,113 @@ def build_report(run_dir: str | Path, manifest_path: str | Path, out_dir: str | 
         cards = {name: [card_html(_row(rows, cid), models, index=explorer) for cid in ids]
                  for name, ids in galleries.items()}
         context = _context(run_dir, config, metrics, table, figures, cards, explorer, other_runs or {})
+        stores = config.get("meta", {}).get("provenance", {}).get("stores") or {}
+        context["excluded"] = excluded_images(manifest_path, stores, limit=MAX_EXCLUDED_LISTED,
+                                              fold_after=FOLD_EXCLUDED_AFTER)
         env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                                  undefined=jinja2.StrictUndefined)
         (tmp / "index.html").write_text(env.get_template("index.html").render(**context))
     logger.info("report of %s written to %s", run_dir.name, out_dir)
     return out_dir / "index.html"
+
+
+def excluded_images(manifest_path: str | Path, stores: dict[str, str | Path] | None = None, *,
+                    limit: int = MAX_EXCLUDED_LISTED, fold_after: int = FOLD_EXCLUDED_AFTER) -> dict[str, Any] | None:
+    """The manifest's images that the run did not use, and why.
+
+    Excluded are rows whose manifest ``status`` is not ``ok`` (``unreadable``, ``duplicate``)
+    and rows that were ``ok`` in the manifest but are marked invalid (``valid`` false) in
+    any of ``stores`` (aligned stores, model -> path), e.g. images deleted after the
+    manifest was built; their reason comes from the extraction parts' ``failed`` attribute
+    when those parts are still beside the stores.
+
+    Returns:
+        ``None`` when the manifest has no ``status`` column, else ``n_manifest``,
+        ``n_excluded``, ``by_status`` and ``by_kind`` (label -> count, largest first),
+        ``rows`` (the first ``limit`` of ``{index, image_id, path, status, reason}`` in
+        manifest order), ``n_more`` (rows not listed), ``folded`` (more than ``fold_after``
+        excluded: the list starts folded) and ``manifest`` (its path).
+    """
+    columns = ["index", "image_id", "path", "status", "reason"]
+    try:
+        table = pd.read_parquet(manifest_path, columns=columns)
+    except (OSError, ValueError, KeyError) as err:
+        logger.warning("report: no excluded-images section (manifest %s has no status: %s)", manifest_path, err)
+        return None
+    table = table.astype({"status": "string", "reason": "string"}).fillna({"reason": ""})
+    excluded = table[table["status"] != "ok"].copy()
+    failed_late, reasons = _failed_at_extraction(stores or {}, set(table.loc[table["status"] == "ok", "index"]))
+    if failed_late:
+        late = table.set_index("index").loc[sorted(failed_late)].reset_index()
+        late["status"] = AT_EXTRACTION
+        late["reason"] = [_late_reason(path, reasons.get(path, ""), failed_late[i])
+                          for i, path in zip(late["index"], late["path"])]
+        excluded = pd.concat([excluded, late[columns]], ignore_index=True)
+    excluded = excluded.sort_values("index", kind="stable")
+    kinds = [s if s == "duplicate" else f"{s}: {reason_kind(r)}"
+             for s, r in zip(excluded["status"], excluded["reason"])]
+    by_kind = pd.Series(kinds, dtype="object").value_counts()
+    by_kind = by_kind.loc[sorted(by_kind.index, key=lambda k: (-by_kind[k], k))]
+    by_status = excluded["status"].value_counts()
+    order = ["unreadable", "duplicate", AT_EXTRACTION]
+    by_status = by_status.loc[sorted(by_status.index, key=lambda s: (order.index(s) if s in order else 3, s))]
+    if len(excluded):
+        logger.info("report: %d of %d images excluded (%s)", len(excluded), len(table),
+                    ", ".join(f"{n} {k}" for k, n in by_kind.items()))
+    listed = excluded.head(limit)
+    return {
+        "n_manifest": len(table), "n_excluded": len(excluded), "manifest": str(manifest_path),
+        "by_status": {str(k): int(v) for k, v in by_status.items()},
+        "by_kind": {str(k): int(v) for k, v in by_kind.items()},
+        "rows": [{"index": int(r.index), "image_id": str(r.image_id), "path": str(r.path),
+                  "status": str(r.status), "reason": str(r.reason)} for r in listed.itertuples(index=False)],
+        "n_more": len(excluded) - len(listed), "folded": len(excluded) > fold_after,
+    }
+
+
+def _failed_at_extraction(stores: dict[str, str | Path],
+                          ok_rows: set[int]) -> tuple[dict[int, list[str]], dict[str, str]]:
+    """Manifest index -> models whose store marks it invalid; and ``{path: reason}`` from their parts."""
+    import zarr
+
+    failed: dict[int, list[str]] = {}
+    reasons: dict[str, str] = {}
+    for model, store in sorted(stores.items()):
+        store = Path(store)
+        try:
+            group = zarr.open_group(str(store), mode="r")
+            invalid = [group[split]["rows"][:][~group[split]["valid"][:].astype(bool)]
+                       for split in ("train", "val") if split in group]
+        except Exception as err:  # noqa: BLE001 - a missing or foreign store only loses this section's part
+            logger.warning("report: cannot read the valid rows of %s's store %s: %s", model, store, err)
+            continue
+        rows = [int(r) for split_rows in invalid for r in split_rows if int(r) in ok_rows]
+        if rows:
+            reasons.update(_part_failures(store))
+        for row in rows:
+            failed.setdefault(row, []).append(model)
+    return failed, reasons
+
+
+def _part_failures(aligned_store: Path) -> dict[str, str]:
+    """``{path: reason}`` of the extraction parts of an aligned store (``acts/<model>/<layer>/part*.zarr``)."""
+    import zarr
+
+    if len(aligned_store.parents) < 3:
+        return {}
+    parts_dir = aligned_store.parents[2] / "acts" / aligned_store.parent.name / aligned_store.name.removesuffix(".zarr")
+    reasons: dict[str, str] = {}
+    for part in sorted(parts_dir.glob("part*.zarr")):
+        try:
+            reasons.update(zarr.open_group(str(part), mode="r").attrs.get("failed") or {})
+        except Exception as err:  # noqa: BLE001 - the reason is optional
+            logger.debug("report: no failures read from %s: %s", part, err)
+    return reasons
+
+
+def _late_reason(path: str, reason: str, models: list[str]) -> str:
+    reason = reason.removeprefix(f"{path}: ") if reason else "flagged invalid in the stores (reason not recorded)"
+    return f"{reason} (models: {', '.join(models)})"
 
 
 def _row(rows: pd.DataFrame, concept: int) -> dict[str, Any]:

@@ -1,0 +1,186 @@
+"""build_report on a real tiny run: the excluded images (unreadable, duplicate, unreadable at extraction) on index.html."""
+
+from __future__ import annotations
+
+import html
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+pytest.importorskip("matplotlib")
+
+from usae import paths  # noqa: E402
+from usae.config import (  # noqa: E402
+    BackboneSpec,
+    EvaluateConfig,
+    ExtractConfig,
+    ManifestConfig,
+    PrepareConfig,
+    SAEConfig,
+    TrainConfig,
+)
+from usae.report import build  # noqa: E402
+from usae.report.build import build_report, excluded_images  # noqa: E402
+
+MODELS = {
+    "p16": BackboneSpec(key="p16", name="vit_small_patch16_224", pretrained=False, image_size=32,
+                        kwargs={"depth": 1, "embed_dim": 16, "num_heads": 2}),
+    "p8": BackboneSpec(key="p8", name="vit_small_patch16_224", pretrained=False, image_size=32,
+                       kwargs={"depth": 1, "embed_dim": 24, "num_heads": 2, "patch_size": 8}),
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Manifest -> extraction -> aligned stores -> training -> evaluation, on a folder with bad files.
+
+    The folder holds 14 readable images, an empty file, a text file named .jpg, a byte-identical
+    copy of one image, and one image deleted after the manifest was built.
+    """
+    from usae.activations.extract import extract_activations
+    from usae.activations.prepare import prepare_activations
+    from usae.data.manifest import build_manifest
+    from usae.evaluation.run import evaluate_run
+    from usae.training.loop import train_from_stores
+
+    base = tmp_path_factory.mktemp("report_run")
+    images = base / "images"
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 10), ("val", 4)):
+        folder = images / split / "things"
+        folder.mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{split}_{i:02d}.png")
+    (images / "train" / "things" / "empty.jpg").write_bytes(b"")
+    (images / "val" / "things" / "notes.jpg").write_text("not a picture\n")
+    shutil.copyfile(images / "train" / "things" / "train_03.png", images / "val" / "things" / "val_copy.png")
+    root = base / "results"
+    manifest = paths.stage_path(paths.MANIFEST, root, dataset="bad")
+    build_manifest(ManifestConfig(name="bad", source="folder", path=str(images)), manifest)
+    deleted = images / "train" / "things" / "train_05.png"
+    deleted.unlink()
+
+    extract = ExtractConfig(n_parts=2, batch_size=4, num_workers=0, device="cpu", images_per_chunk=4,
+                            keep_prefix=False)
+    stores = {}
+    for key, spec in MODELS.items():
+        fields = {"dataset": "bad", "model": key, "layer": spec.layer_tag}
+        parts = [paths.stage_path(paths.EXTRACT_PART, root, part=k, **fields) for k in range(extract.n_parts)]
+        for k, part in enumerate(parts):
+            extract_activations(manifest, spec, extract, k, part)
+        stores[key] = paths.stage_path(paths.ALIGNED, root, **fields)
+        prepare_activations(parts, manifest, PrepareConfig(grid=2, stats_images=8, images_per_chunk=4), stores[key],
+                            paths.stage_path(paths.ALIGNED_STATS, root, **fields))
+    run_dir = paths.stage_path(paths.RUN_DIR, root, run="usae")
+    train_from_stores(stores, SAEConfig(n_latents=16, k=2, aux_k=4, dead_tokens=100, decode="sparse"),
+                      TrainConfig(max_steps=4, batch_tokens=16, buffer_tokens=64, device="cpu", log_every=2,
+                                  checkpoint_every=10, read_threads=1), run_dir)
+    evaluate_run(run_dir / "model", stores, EvaluateConfig(tau=0.1, top_n=2, batch_images=4, device="cpu"),
+                 run_dir / "eval")
+    return {"run": run_dir, "manifest": manifest, "images": images, "deleted": deleted}
+
+
+def _text(html_text: str) -> str:
+    """index.html as plain text: tags dropped, entities decoded, white space collapsed."""
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", html_text)))
+
+
+def test_index_lists_the_excluded_images(tiny_run: dict[str, Path], tmp_path: Path) -> None:
+    index = build_report(tiny_run["run"], tiny_run["manifest"], tmp_path / "report")
+    page = index.read_text()
+    text = _text(page)
+    assert 'id="excluded"' in page and 'href="#excluded"' in page
+    assert "4 of 17 images excluded (2 unreadable, 1 duplicate, 1 unreadable at extraction)" in text
+    things = tiny_run["images"]
+    kinds = _text(page.split('id="excluded-kinds"')[1].split("</table>")[0])
+    for kind in ("unreadable: empty file 1", "unreadable: not an image 1", "duplicate 1",
+                 "unreadable at extraction: file not found 1"):
+        assert kind in kinds
+    listing = page.split('id="excluded-list"')[1].split("</table>")[0]
+    rows = [_text(r) for r in listing.split("<tr>")[2:]]
+    assert len(rows) == 4
+    expected = {
+        things / "train" / "things" / "empty.jpg": "unreadable empty file (0 bytes)",
+        things / "val" / "things" / "notes.jpg": "unreadable not an image (unknown format; the file starts with "
+                                                  "b'not a picture\\n')",
+        things / "val" / "things" / "val_copy.png": "duplicate same content as train/things/train_03.png",
+        tiny_run["deleted"]: "unreadable at extraction file not found (deleted or moved after the manifest was "
+                             "built?) (models: p16, p8)",
+    }
+    for path, reason in expected.items():
+        assert any(row.strip() == f"{path} {reason}" for row in rows), (path, rows)
+    assert "<details class=\"excluded\" open>" in page  # short lists are shown unfolded
+    assert "more: the manifest" not in page
+
+
+def test_long_list_is_folded_and_capped(tiny_run: dict[str, Path], tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(build, "MAX_EXCLUDED_LISTED", 2)
+    monkeypatch.setattr(build, "FOLD_EXCLUDED_AFTER", 3)
+    page = build_report(tiny_run["run"], tiny_run["manifest"], tmp_path / "report").read_text()
+    listing = page.split('id="excluded-list"')[1].split("</table>")[0]
+    assert listing.count("<tr>") == 3  # header + 2
+    assert "The first 2 of 4 excluded images" in page
+    assert f"and 2 more: the manifest <code>{tiny_run['manifest']}</code>" in page
+    things = tiny_run["images"]
+    assert str(things / "train" / "things" / "empty.jpg") in listing and str(tiny_run["deleted"]) in listing
+    for left_out in ("val/things/notes.jpg", "val/things/val_copy.png"):  # the last in manifest order
+        assert str(things / left_out) not in listing
+    assert '<details class="excluded">' in page  # folded
+    assert "4 of 17 images excluded" in _text(page)
+
+
+def test_excluded_images_from_the_manifest_alone(tmp_path: Path) -> None:
+    n = 1000
+    status = ["ok"] * 500 + ["unreadable"] * 300 + ["duplicate"] * 200
+    reason = ([""] * 500 + ["empty file (0 bytes)"] * 100 + ["corrupt or truncated: x"] * 150
+              + ["too large: 1 pixels exceeds the decompression-bomb guard of 0 pixels"] * 50
+              + ["same content as a"] * 200)
+    table = pd.DataFrame({"index": range(n), "image_id": [f"i{k:04d}" for k in range(n)],
+                          "path": [f"/data/i{k:04d}.jpg" for k in range(n)], "split": "train", "label": None,
+                          "width": 8, "height": 8, "status": status, "reason": reason})
+    manifest = tmp_path / "m.parquet"
+    table.to_parquet(manifest)
+    found = excluded_images(manifest, {}, limit=200)
+    assert (found["n_manifest"], found["n_excluded"], found["n_more"]) == (1000, 500, 300)
+    assert found["folded"] and not excluded_images(manifest, {}, fold_after=500)["folded"]
+    assert found["by_status"] == {"unreadable": 300, "duplicate": 200}
+    assert found["by_kind"] == {"duplicate": 200, "unreadable: corrupt or truncated": 150,
+                                "unreadable: empty file": 100, "unreadable: too large": 50}
+    assert [r["index"] for r in found["rows"]] == list(range(500, 700))
+    assert found["rows"][0] == {"index": 500, "image_id": "i0500", "path": "/data/i0500.jpg",
+                                "status": "unreadable", "reason": "empty file (0 bytes)"}
+
+
+def test_excluded_images_without_status_column_is_skipped(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.parquet"
+    pd.DataFrame({"index": [0], "path": ["/x.png"]}).to_parquet(manifest)
+    assert excluded_images(manifest, {}) is None
+
+
+def test_unreadable_store_only_loses_the_extraction_part(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    manifest = tmp_path / "m.parquet"
+    pd.DataFrame({"index": [0, 1], "image_id": ["a", "b"], "path": ["/a.png", "/b.png"],
+                  "status": ["ok", "unreadable"], "reason": ["", "empty file (0 bytes)"]}).to_parquet(manifest)
+    found = excluded_images(manifest, {"m": tmp_path / "missing.zarr"})
+    assert found["n_excluded"] == 1 and found["rows"][0]["path"] == "/b.png"
+    assert "missing.zarr" in caplog.text
+
+
+def test_extraction_failure_without_its_parts_still_listed(tiny_run: dict[str, Path],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stores' valid flags alone find the row; the reason falls back when the parts are gone."""
+    import json
+
+    stores = json.loads((tiny_run["run"] / "model" / "config.json").read_text())["meta"]["provenance"]["stores"]
+    monkeypatch.setattr(build, "_part_failures", lambda store: {})
+    found = excluded_images(tiny_run["manifest"], stores)
+    late = [r for r in found["rows"] if r["status"] == "unreadable at extraction"]
+    assert [r["path"] for r in late] == [str(tiny_run["deleted"])]
+    assert late[0]["reason"] == "flagged invalid in the stores (reason not recorded) (models: p16, p8)"
+    assert found["by_kind"]["unreadable at extraction: other"] == 1
