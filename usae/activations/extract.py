@@ -59,7 +59,7 @@ class ImageDataset(Dataset):
         try:
             img = load_rgb(self.paths[i]).resize((self.size, self.size), Image.Resampling.BICUBIC)
         except ImageReadError as err:
-            return torch.zeros(3, self.size, self.size, dtype=torch.uint8), False, str(err)
+            return torch.zeros(3, self.size, self.size, dtype=torch.uint8), False, err.reason
         return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1), True, ""
 
 

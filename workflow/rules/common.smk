@@ -11,7 +11,8 @@ from usae.config import load_config, to_dict
 validate(config, "../schemas/config.schema.yaml")
 try:
     PIPE = load_config(config)
-    check_geometry(PIPE)  # shapes from weightless models: layer depth, common grid
+    if workflow.is_main_process:  # once, in the driver; cluster jobs re-read the Snakefile
+        check_geometry(PIPE)  # shapes from weightless models: layer depth, common grid
 except ValueError as err:
     raise WorkflowError(f"invalid config: {err}") from None
 

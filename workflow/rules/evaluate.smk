@@ -19,7 +19,7 @@ rule evaluate_usae:
         benchmark_path("evaluate_usae", "{run}")
     threads: 2
     resources:
-        gpu=0,
+        gpu=0 if PIPE.evaluate.device == "cpu" else 1,
         mem_mb=8000,
         runtime=120,
     script:

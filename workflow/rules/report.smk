@@ -6,6 +6,7 @@ rule render_report:
         runs=all_runs_evaluated,
         log=stage_pattern(paths.RUN_LOG),
         manifest=stage_pattern(paths.MANIFEST),
+        stores=run_stores,  # images flagged invalid at extraction are listed in the report
     output:
         report(
             directory(stage_pattern(paths.RUN_REPORT)),
