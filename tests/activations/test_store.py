@@ -87,3 +87,14 @@ def test_stores_record_code_and_stage_versions_and_completeness(tmp_path):
     attrs = open_store(tmp_path / "s.zarr").attrs.asdict()
     assert attrs["usae_version"] == __version__ and attrs["stage_version"] == STAGE_VERSIONS["prepare"]
     assert attrs["complete"] is True and attrs["manifest_hash"] == "f" * 64
+
+
+def test_temporary_stores_of_killed_attempts_are_removed(tmp_path):
+    stale = tmp_path / ".s.zarr.tmp-999999"  # a SIGKILLed job cannot clean up after itself
+    (stale / "tokens").mkdir(parents=True)
+    (stale / "tokens" / "c0").write_bytes(b"\0" * 1024)
+    other = tmp_path / ".t.zarr.tmp-999999"  # another store's: not ours to remove
+    other.mkdir()
+    with atomic_store(tmp_path / "s.zarr") as group:
+        group.attrs.update(base_attrs(version=1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".t.zarr.tmp-999999", "s.zarr"]

@@ -54,7 +54,13 @@ def atomic_store(path: str | Path) -> Iterator[zarr.Group]:
 
     An existing store at ``path`` is replaced only after the new one is complete.
     On an exception the temporary store is removed and nothing at ``path`` changes.
+    Temporary stores left by killed attempts (other pids) are deleted first: one job
+    writes a given store, so they can only be stale, and they may be large.
     """
+    path = Path(path)
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        logger.info("removing %s, left by an interrupted attempt", stale)
+        _remove_tree(stale)
     with atomic_path(path) as tmp:
         group = zarr.open_group(tmp, mode="w", zarr_format=3)
         yield group
