@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -14,22 +17,28 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; on success it replaces ``path``, on error it is removed.
 
     Works for files and directories (an existing directory at ``path`` is replaced only
-    once the new one is complete).
+    once the new one is complete). One writer per path is assumed (Snakemake gives each
+    output one job), so temporary siblings of other processes can only be leftovers of
+    killed attempts: they are removed first, as they may be large stores.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    _remove(tmp)
+    prefix = f".{path.name}.tmp-"
+    for stale in (p for p in path.parent.iterdir() if p.name.startswith(prefix)):
+        logger.info("removing %s, left by an interrupted attempt", stale)
+        remove_path(stale)
+    tmp = path.with_name(f"{prefix}{os.getpid()}")
     try:
         yield tmp
         if path.is_dir() and tmp.is_dir():
-            _remove(path)
+            remove_path(path)
         os.replace(tmp, path)
     finally:
-        _remove(tmp)
+        remove_path(tmp)
 
 
-def _remove(path: Path) -> None:
+def remove_path(path: Path) -> None:
+    """Delete a file, a symlink or a whole folder; nothing if ``path`` does not exist."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     elif path.exists() or path.is_symlink():

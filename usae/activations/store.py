@@ -11,7 +11,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import zarr
 from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
 
 from usae import STAGE_VERSIONS, __version__
-from usae.atomic import atomic_path
+from usae.atomic import atomic_path, remove_path
 
 logger = logging.getLogger(__name__)
 
@@ -54,13 +53,8 @@ def atomic_store(path: str | Path) -> Iterator[zarr.Group]:
 
     An existing store at ``path`` is replaced only after the new one is complete.
     On an exception the temporary store is removed and nothing at ``path`` changes.
-    Temporary stores left by killed attempts (other pids) are deleted first: one job
-    writes a given store, so they can only be stale, and they may be large.
+    Temporary stores left by killed attempts are deleted first (see ``atomic_path``).
     """
-    path = Path(path)
-    for stale in path.parent.glob(f".{path.name}.tmp-*"):
-        logger.info("removing %s, left by an interrupted attempt", stale)
-        _remove_tree(stale)
     with atomic_path(path) as tmp:
         group = zarr.open_group(tmp, mode="w", zarr_format=3)
         yield group
@@ -92,7 +86,7 @@ class ResumableStore:
         self.key = resume_key
         self.progress = self._read_progress()
         if self.progress is None:
-            _remove_tree(self.partial)
+            remove_path(self.partial)
             self.partial.parent.mkdir(parents=True, exist_ok=True)
             self.group = zarr.open_group(self.partial, mode="w", zarr_format=3)
         else:
@@ -113,7 +107,7 @@ class ResumableStore:
         self.group.attrs.update({"complete": True})
         (self.partial / PROGRESS_FILE).unlink(missing_ok=True)
         if self.path.exists():
-            _remove_tree(self.path)
+            remove_path(self.path)
         os.replace(self.partial, self.path)
         return self.path
 
@@ -132,13 +126,6 @@ class ResumableStore:
                         self.partial)
             return None
         return progress
-
-
-def _remove_tree(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
 
 
 def base_attrs(**extra: Any) -> dict[str, Any]:
