@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import usae.training.checkpoint as ckpt
-from usae.training.checkpoint import KEEP, fingerprint, latest_checkpoint, save_checkpoint
+from usae.fingerprint import fingerprint
+from usae.training.checkpoint import KEEP, latest_checkpoint, save_checkpoint
 
 FP = fingerprint({"lr": 3e-4, "models": ["vit", "dino"]})
 

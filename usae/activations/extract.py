@@ -6,8 +6,6 @@ side on a cluster and a failed job loses one part at most.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import time
@@ -27,6 +25,7 @@ from usae.config import BackboneSpec, ExtractConfig, to_dict
 from usae.data.images import ImageReadError, load_rgb
 from usae.data.manifest import manifest_hash, read_manifest, usable
 from usae.device import resolve_device
+from usae.fingerprint import fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +148,7 @@ def _resume_key(attrs: dict, spec: BackboneSpec, cfg: ExtractConfig, device: tor
     settings = {k: v for k, v in to_dict(cfg).items() if k not in ("num_workers", "device")}
     payload = {"attrs": {k: v for k, v in attrs.items() if k != "device"}, "spec": to_dict(spec),
                "cfg": settings, "device_type": device.type, "rows": rows["index"].tolist()}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    return fingerprint(payload)
 
 
 def _run(backbone: Backbone, rows: pd.DataFrame, cfg: ExtractConfig, device: torch.device,

@@ -6,8 +6,6 @@ data); a restart resumes only from a checkpoint with the same fingerprint.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import re
 from pathlib import Path
@@ -21,11 +19,6 @@ logger = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^step_(\d{9})\.pt$")
 KEEP = 2
-
-
-def fingerprint(settings: dict[str, Any]) -> str:
-    """SHA-256 of the canonical JSON of ``settings``."""
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def save_checkpoint(directory: Path, step: int, state: dict[str, Any]) -> Path:

@@ -27,7 +27,8 @@ from usae.atomic import atomic_path
 from usae.config import SAEConfig, TrainConfig, to_dict
 from usae.device import resolve_device
 from usae.sae.model import USAE
-from usae.training.checkpoint import fingerprint, latest_checkpoint, remove_stale, save_checkpoint
+from usae.fingerprint import fingerprint
+from usae.training.checkpoint import latest_checkpoint, remove_stale, save_checkpoint
 from usae.training.schedule import learning_rate
 from usae.training.speed import choose_decode
 from usae.training.step import DeadLatents, training_step
