@@ -172,13 +172,18 @@ def test_unreadable_store_only_loses_the_extraction_part(tmp_path: Path, caplog:
     assert "missing.zarr" in caplog.text
 
 
-def test_extraction_failure_without_its_parts_still_listed(tiny_run: dict[str, Path],
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """The stores' valid flags alone find the row; the reason falls back when the parts are gone."""
+def test_extraction_failure_without_a_recorded_reason_still_listed(tiny_run: dict[str, Path],
+                                                                   tmp_path: Path) -> None:
+    """The stores' valid flags alone find the row; the reason falls back when no store records one."""
     import json
 
+    import zarr
+
     stores = json.loads((tiny_run["run"] / "model" / "config.json").read_text())["meta"]["provenance"]["stores"]
-    monkeypatch.setattr(build, "_part_failures", lambda store: {})
+    for model, store in stores.items():  # copies without the `failed` attribute, the fixture's stay intact
+        stores[model] = tmp_path / f"{model}.zarr"
+        shutil.copytree(store, stores[model])
+        zarr.open_group(str(stores[model]), mode="r+").attrs["failed"] = {}
     found = excluded_images(tiny_run["manifest"], stores)
     late = [r for r in found["rows"] if r["status"] == "unreadable at extraction"]
     assert [r["path"] for r in late] == [str(tiny_run["deleted"])]

@@ -89,8 +89,8 @@ def excluded_images(manifest_path: str | Path, stores: dict[str, str | Path] | N
     Excluded are rows whose manifest ``status`` is not ``ok`` (``unreadable``, ``duplicate``)
     and rows that were ``ok`` in the manifest but are marked invalid (``valid`` false) in
     any of ``stores`` (aligned stores, model -> path), e.g. images deleted after the
-    manifest was built; their reason comes from the extraction parts' ``failed`` attribute
-    when those parts are still beside the stores.
+    manifest was built; their reason comes from the stores' ``failed`` attribute (collected
+    from the extraction parts by ``prepare``).
 
     Returns:
         ``None`` when the manifest has no ``status`` column, else ``n_manifest``,
@@ -111,7 +111,7 @@ def excluded_images(manifest_path: str | Path, stores: dict[str, str | Path] | N
     if failed_late:
         late = table.set_index("index").loc[sorted(failed_late)].reset_index()
         late["status"] = AT_EXTRACTION
-        late["reason"] = [_late_reason(path, reasons.get(path, ""), failed_late[i])
+        late["reason"] = [_late_reason(reasons.get(path, ""), failed_late[i])
                           for i, path in zip(late["index"], late["path"])]
         excluded = pd.concat([excluded, late[columns]], ignore_index=True)
     excluded = excluded.sort_values("index", kind="stable")
@@ -138,13 +138,12 @@ def excluded_images(manifest_path: str | Path, stores: dict[str, str | Path] | N
 
 def _failed_at_extraction(stores: dict[str, str | Path],
                           ok_rows: set[int]) -> tuple[dict[int, list[str]], dict[str, str]]:
-    """Manifest index -> models whose store marks it invalid; and ``{path: reason}`` from their parts."""
+    """Manifest index -> models whose store marks it invalid; and the stores' ``{path: reason}``."""
     import zarr
 
     failed: dict[int, list[str]] = {}
     reasons: dict[str, str] = {}
     for model, store in sorted(stores.items()):
-        store = Path(store)
         try:
             group = zarr.open_group(str(store), mode="r")
             invalid = [group[split]["rows"][:][~group[split]["valid"][:].astype(bool)]
@@ -152,33 +151,14 @@ def _failed_at_extraction(stores: dict[str, str | Path],
         except Exception as err:  # noqa: BLE001 - a missing or foreign store only loses this section's part
             logger.warning("report: cannot read the valid rows of %s's store %s: %s", model, store, err)
             continue
-        rows = [int(r) for split_rows in invalid for r in split_rows if int(r) in ok_rows]
-        if rows:
-            reasons.update(_part_failures(store))
-        for row in rows:
+        reasons.update(group.attrs.get("failed") or {})
+        for row in (int(r) for split_rows in invalid for r in split_rows if int(r) in ok_rows):
             failed.setdefault(row, []).append(model)
     return failed, reasons
 
 
-def _part_failures(aligned_store: Path) -> dict[str, str]:
-    """``{path: reason}`` of the extraction parts of an aligned store (``acts/<model>/<layer>/part*.zarr``)."""
-    import zarr
-
-    if len(aligned_store.parents) < 3:
-        return {}
-    parts_dir = aligned_store.parents[2] / "acts" / aligned_store.parent.name / aligned_store.name.removesuffix(".zarr")
-    reasons: dict[str, str] = {}
-    for part in sorted(parts_dir.glob("part*.zarr")):
-        try:
-            reasons.update(zarr.open_group(str(part), mode="r").attrs.get("failed") or {})
-        except Exception as err:  # noqa: BLE001 - the reason is optional
-            logger.debug("report: no failures read from %s: %s", part, err)
-    return reasons
-
-
-def _late_reason(path: str, reason: str, models: list[str]) -> str:
-    reason = reason.removeprefix(f"{path}: ") if reason else "flagged invalid in the stores (reason not recorded)"
-    return f"{reason} (models: {', '.join(models)})"
+def _late_reason(reason: str, models: list[str]) -> str:
+    return f"{reason or 'flagged invalid in the stores (reason not recorded)'} (models: {', '.join(models)})"
 
 
 def _row(rows: pd.DataFrame, concept: int) -> dict[str, Any]:
