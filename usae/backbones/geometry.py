@@ -10,26 +10,18 @@ instead of hours later in the preparation job.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 
+from usae.backbones.base import TokenLayout
 from usae.backbones.registry import create_backbone
 from usae.config import BackboneSpec, PipelineConfig
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Geometry:
-    """A model's token shapes at its configured input size and layer."""
-
-    grid: tuple[int, int]
-    d_model: int
-    n_prefix: int
-
-
-def probe_geometry(spec: BackboneSpec) -> Geometry:
+def probe_geometry(spec: BackboneSpec) -> TokenLayout:
     """Build ``spec``'s model without weights and read its token layout.
 
     Randomly initialised on the meta device where the adapter allows it, else on the CPU.
@@ -45,11 +37,10 @@ def probe_geometry(spec: BackboneSpec) -> Geometry:
             backbone = create_backbone(weightless)
     except NotImplementedError:  # an adapter that inspects values (transformers): build it for real
         backbone = create_backbone(weightless)
-    layout = backbone.layout
-    return Geometry(grid=tuple(layout.grid), d_model=layout.d_model, n_prefix=layout.n_prefix)
+    return backbone.layout
 
 
-def check_geometry(cfg: PipelineConfig) -> dict[str, Geometry]:
+def check_geometry(cfg: PipelineConfig) -> dict[str, TokenLayout]:
     """Check every model's layer and the common grid of ``cfg``; return what was measured.
 
     A model whose shapes cannot be read here (e.g. a Hugging Face model whose config
@@ -61,7 +52,7 @@ def check_geometry(cfg: PipelineConfig) -> dict[str, Geometry]:
             grid is smaller than ``prepare.grid``.
     """
     problems: list[str] = []
-    found: dict[str, Geometry] = {}
+    found: dict[str, TokenLayout] = {}
     for key, spec in sorted(cfg.models.items()):
         try:
             geometry = probe_geometry(spec)
