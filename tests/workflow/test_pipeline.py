@@ -55,49 +55,35 @@ def test_nothing_reruns_when_nothing_changed(built):
     assert planned_jobs(built) == {}
 
 
-def test_layer_change_reruns_only_that_model(built):
-    write_config(built, **{"models.a14.layer": 0})
-    try:
-        assert planned_jobs(built) == {"extract_activations": 2, "prepare_activations": 1, "train_usae": 2,
-                                      "evaluate_usae": 2, "render_report": 3, "all": 1}
-        out = snakemake(built, "-n").stdout
-        assert "a14/block0" in out and "b16" not in out.split("Job stats:")[0]
-    finally:
-        write_config(built)
+def test_layer_change_reruns_only_that_model(pipeline_copy):
+    write_config(pipeline_copy, **{"models.a14.layer": 0})
+    assert planned_jobs(pipeline_copy) == {"extract_activations": 2, "prepare_activations": 1, "train_usae": 2,
+                                           "evaluate_usae": 2, "render_report": 3, "all": 1}
+    out = snakemake(pipeline_copy, "-n").stdout
+    assert "a14/block0" in out and "b16" not in out.split("Job stats:")[0]
 
 
-def test_standardization_change_reruns_only_prepare(built):
-    extract = built / "results/tiny/acts/b16/final/part0.zarr"
+def test_standardization_change_reruns_only_prepare(pipeline_copy):
+    extract = pipeline_copy / "results/tiny/acts/b16/final/part0.zarr"
     before = extract.stat().st_mtime_ns
-    write_config(built, **{"prepare.standardize": "per_dim"})
-    try:
-        assert planned_jobs(built) == {"prepare_activations": 2, "train_usae": 3, "evaluate_usae": 3,
-                                       "render_report": 3, "all": 1}
-        snakemake(built)
-        stats = open_store(built / "results/tiny/aligned/b16/final.zarr").attrs["standardization"]
-        assert stats["kind"] == "per_dim" and len(stats["mean"]) == 48
-        assert extract.stat().st_mtime_ns == before
-    finally:
-        write_config(built)
+    write_config(pipeline_copy, **{"prepare.standardize": "per_dim"})
+    assert planned_jobs(pipeline_copy) == {"prepare_activations": 2, "train_usae": 3, "evaluate_usae": 3,
+                                           "render_report": 3, "all": 1}
+    snakemake(pipeline_copy)
+    stats = open_store(pipeline_copy / "results/tiny/aligned/b16/final.zarr").attrs["standardization"]
+    assert stats["kind"] == "per_dim" and len(stats["mean"]) == 48
+    assert extract.stat().st_mtime_ns == before
 
 
-def test_training_change_reruns_only_training(built):
-    snakemake(built)  # bring the outputs back to the tiny config after the tests above
-    write_config(built, **{"train.max_steps": 8})
-    try:
-        # Both runs inherit train.max_steps; each run's report compares all runs.
-        assert planned_jobs(built) == {"train_usae": 3, "evaluate_usae": 3, "render_report": 3, "all": 1}
-    finally:
-        write_config(built)
+def test_training_change_reruns_only_training(pipeline_copy):
+    write_config(pipeline_copy, **{"train.max_steps": 8})
+    # Both runs inherit train.max_steps; each run's report compares all runs.
+    assert planned_jobs(pipeline_copy) == {"train_usae": 3, "evaluate_usae": 3, "render_report": 3, "all": 1}
 
 
-def test_tau_change_reruns_only_evaluation_and_report(built):
-    snakemake(built)
-    write_config(built, **{"evaluate.tau": 0.2})
-    try:
-        assert planned_jobs(built) == {"evaluate_usae": 3, "render_report": 3, "all": 1}
-    finally:
-        write_config(built)
+def test_tau_change_reruns_only_evaluation_and_report(pipeline_copy):
+    write_config(pipeline_copy, **{"evaluate.tau": 0.2})
+    assert planned_jobs(pipeline_copy) == {"evaluate_usae": 3, "render_report": 3, "all": 1}
 
 
 def test_evaluation_reports_metrics_and_planted_factors(built):
@@ -105,7 +91,6 @@ def test_evaluation_reports_metrics_and_planted_factors(built):
 
     import pandas as pd
 
-    snakemake(built)
     metrics = json.loads((built / "results/runs/usae/eval/metrics.json").read_text())
     assert metrics["models"] == ["a14", "b16"] and len(metrics["r2_per_dim"]) == 2
     assert metrics["n_tokens"] == 49 * metrics["n_images"] and "firing_entropy" in metrics["definitions"]
@@ -152,7 +137,6 @@ def test_config_without_models_stops_before_any_job(tmp_path):
 
 
 def test_usae_command_matches_the_workflow(built, tmp_path):
-    snakemake(built)  # bring the workflow's outputs back to the tiny config after the tests above
     shutil.copy(built / "config.yaml", tmp_path / "config.yaml")
     for stage in ("manifest", "extract", "prepare"):
         proc = subprocess.run([sys.executable, "-m", "usae.cli", stage, "-c", "config.yaml"], cwd=tmp_path,
@@ -167,7 +151,6 @@ def test_usae_command_matches_the_workflow(built, tmp_path):
 def test_snakemake_report_lists_the_run_report(built, tmp_path):
     import zipfile
 
-    snakemake(built)
     snakemake(built, "--report", str(tmp_path / "report.zip"))
     archive = zipfile.ZipFile(tmp_path / "report.zip")
     names = archive.namelist()
@@ -176,10 +159,6 @@ def test_snakemake_report_lists_the_run_report(built, tmp_path):
     assert sum("Universal SAE report: run" in t for t in titles) == 3  # one site per run
 
 
-def test_a_run_override_changes_only_that_run(built):
-    snakemake(built)
-    write_config(built, **{"runs.k2.sae.k": 3})
-    try:
-        assert planned_jobs(built) == {"train_usae": 1, "evaluate_usae": 1, "render_report": 3, "all": 1}
-    finally:
-        write_config(built)
+def test_a_run_override_changes_only_that_run(pipeline_copy):
+    write_config(pipeline_copy, **{"runs.k2.sae.k": 3})
+    assert planned_jobs(pipeline_copy) == {"train_usae": 1, "evaluate_usae": 1, "render_report": 3, "all": 1}

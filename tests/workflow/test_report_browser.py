@@ -4,7 +4,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from pipeline_helpers import snakemake
+
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,6 @@ def broken_images(page) -> int:
 
 
 def test_report_pages_render_without_errors(built, browser, tmp_path):
-    snakemake(built)
     report = built / "results/runs/usae/report"
     page, errors, failed = load(browser, report / "index.html", screenshot=tmp_path / "index.png")
     assert errors == [] and failed == []
