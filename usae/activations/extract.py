@@ -105,16 +105,7 @@ def extract_activations(manifest_path: str | Path, spec: BackboneSpec, cfg: Extr
         dtype="float16", device=str(device),
     )
     store = ResumableStore(out_path, _resume_key(attrs, spec, cfg, device, rows))
-    group = store.group
-    shapes = {"patches": (n, layout.n_patches, layout.d_model), "prefix": (n, layout.n_prefix, layout.d_model)}
-    names = ["patches", "prefix"] if cfg.keep_prefix else ["patches"]
-    if store.progress is None:
-        group.attrs.update(attrs)
-        arrays = {k: create_array(group, k, shapes[k], dtype="float16", chunk_rows=cfg.images_per_chunk,
-                                  compressor=cfg.compressor) for k in names}
-        group.create_array("rows", data=rows["index"].to_numpy(np.int64))
-    else:
-        arrays = {k: group[k] for k in names}
+    arrays = _part_arrays(store, attrs, rows, backbone, cfg)
     # Resume where both the chunk grid and the batch grid restart, so batches match an uninterrupted run.
     step = math.lcm(cfg.batch_size, cfg.images_per_chunk)
     first = store.rows_done // step * step
@@ -127,12 +118,7 @@ def extract_activations(manifest_path: str | Path, spec: BackboneSpec, cfg: Extr
     _run(backbone, rows, cfg, device, writers, first, failures, store)
     elapsed = time.perf_counter() - start
     rate = (n - first) / elapsed if elapsed > 0 else float("nan")
-    valid = np.ones(n, dtype=bool)
-    valid[list(failures)] = False
-    group.create_array("valid", data=valid, overwrite=True)
-    failed = {path: why for path, why in failures.values()}
-    group.attrs.update({"failed": failed, "images_per_s": rate, "resumed_at": first})
-    store.publish()
+    failed = _publish(store, n, failures, rate, first)
     if failed:
         listing = "\n".join(f"  {path}: {why}" for path, why in failed.items())
         logger.warning("%s part %d: %d image(s) could not be read and are marked invalid:\n%s",
@@ -140,6 +126,33 @@ def extract_activations(manifest_path: str | Path, spec: BackboneSpec, cfg: Extr
     logger.info("%s part %d: %d images computed in %.1f s (%.1f images/s) -> %s", spec.key, part, n - first,
                 elapsed, rate, out_path)
     return ExtractResult(path=Path(out_path), n_images=n, n_failed=len(failed), images_per_s=rate)
+
+
+def _part_arrays(store: ResumableStore, attrs: dict, rows: pd.DataFrame, backbone: Backbone,
+                 cfg: ExtractConfig) -> dict:
+    """The token arrays of a part store: created in a new store, reopened in a resumed one."""
+    group, layout, n = store.group, backbone.layout, len(rows)
+    names = ["patches", "prefix"] if cfg.keep_prefix else ["patches"]
+    if store.progress is not None:
+        return {k: group[k] for k in names}
+    shapes = {"patches": (n, layout.n_patches, layout.d_model), "prefix": (n, layout.n_prefix, layout.d_model)}
+    group.attrs.update(attrs)
+    arrays = {k: create_array(group, k, shapes[k], dtype="float16", chunk_rows=cfg.images_per_chunk,
+                              compressor=cfg.compressor) for k in names}
+    group.create_array("rows", data=rows["index"].to_numpy(np.int64))
+    return arrays
+
+
+def _publish(store: ResumableStore, n: int, failures: dict[int, tuple[str, str]], rate: float,
+             first: int) -> dict[str, str]:
+    """Write the validity flags and the failures, then publish the store; returns path -> reason."""
+    valid = np.ones(n, dtype=bool)
+    valid[list(failures)] = False
+    store.group.create_array("valid", data=valid, overwrite=True)
+    failed = {path: why for path, why in failures.values()}
+    store.group.attrs.update({"failed": failed, "images_per_s": rate, "resumed_at": first})
+    store.publish()
+    return failed
 
 
 def _resume_key(attrs: dict, spec: BackboneSpec, cfg: ExtractConfig, device: torch.device,
