@@ -8,8 +8,8 @@ from safetensors.torch import load_file, save_file
 
 import usae.sae.io as io
 from usae.config import SAEConfig
-from usae.sae.io import CONFIG, FORMAT, WEIGHTS, load_usae, save_usae
-from usae.sae.model import USAE
+from usae.sae.io import CONFIG, FORMAT, WEIGHTS
+from usae.sae.model import USAE, load_usae, save_usae
 
 DIMS = {"vit": 8, "dino": 12}
 
