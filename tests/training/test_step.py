@@ -6,9 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from usae.config import SAEConfig
-from usae.sae.losses import auxk, l1, mse, paper_dense_aux
+from usae.sae.losses import PAPER_AUX_WEIGHT, auxk, l1, mse, paper_dense_aux
 from usae.sae.model import USAE
-from usae.training.step import PAPER_AUX_WEIGHT, DeadLatents, training_step
+from usae.training.dead import DeadLatents
+from usae.training.step import training_step
 
 DIMS = {"vit": 8, "dino": 12}
 M, K = 32, 4
