@@ -43,6 +43,7 @@ from usae.training.tracking import Tracker, make_tracker
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class TrainResult:
     """Where a finished run put its outputs, and its headline numbers."""

@@ -6,12 +6,19 @@ asks it three things: :meth:`Scheme.sources` (the models that encode at a step: 
 function of (seed, step), so a resumed run draws the same ones), :attr:`Scheme.update_all`
 (whether every decoder learns from a source's codes, or only the source's own, the others
 being detached) and :meth:`Scheme.updated` (the models whose decoder gradients are projected
-and whose decoder rows are renormalised after the step).
+and whose decoder rows are renormalised after the step). A scheme whose codes are not each
+source's own encoding (SPARC-style shared indices: one TopK over the sum of every model's
+pre-activations) also sets :attr:`Scheme.encode`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
+from torch import Tensor
+
+from usae.sae.model import USAE, Codes
 
 SOURCE_SEED_OFFSET = 1_000_003  # keeps the source draw independent of the loader's streams
 
@@ -26,6 +33,9 @@ class Scheme:
 
     update_all: bool = False
     """True: every decoder learns from each source's codes; False: only the source's decoder does."""
+    encode: Callable[[USAE, dict[str, Tensor], str, bool], Codes] | None = None
+    """``encode(model, batch, source, keep_pre)``: the codes of ``source`` at a step; None: the
+    source's own encoder and ``sae.activation`` (``model.encode_sparse``)."""
 
     def __init__(self, names: list[str], seed: int) -> None:
         self.names = list(names)

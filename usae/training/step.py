@@ -10,6 +10,7 @@ are sources and which decoders learn is the scheme's answer (``usae.training.sch
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,9 @@ from usae.sae.losses import DenseActivity, Loss, auxk
 from usae.sae.model import USAE, Codes
 from usae.training.dead import DeadLatents
 from usae.training.schemes import Scheme
+
+Encode = Callable[[USAE, dict[str, Tensor], str, bool], Codes]
+"""A scheme's ``encode(model, batch, source, keep_pre)``: the codes of ``source`` at a step."""
 
 
 @dataclass
@@ -67,7 +71,8 @@ def optimizer_step(model: USAE, optimizer: torch.optim.Optimizer, batch: dict[st
     first = next(iter(batch.values()))
     bf16 = cfg.precision == "bf16" and first.device.type == "cuda"
     with torch.autocast(first.device.type, dtype=torch.bfloat16, enabled=bf16):
-        out = training_step(model, batch, sources, model.cfg, dead, update_all=scheme.update_all)
+        out = training_step(model, batch, sources, model.cfg, dead, update_all=scheme.update_all,
+                            encode=scheme.encode)
     out.loss.backward()
     updated = scheme.updated(sources)
     model.remove_parallel_grads(updated)
@@ -81,12 +86,15 @@ def optimizer_step(model: USAE, optimizer: torch.optim.Optimizer, batch: dict[st
 
 
 def training_step(model: USAE, batch: dict[str, Tensor], sources: list[str], cfg: SAEConfig,
-                  dead: DeadLatents, *, update_all: bool) -> StepOutput:
-    """Losses of one step with the given source model(s); call ``.loss.backward()`` after."""
+                  dead: DeadLatents, *, update_all: bool, encode: Encode | None = None) -> StepOutput:
+    """Losses of one step with the given source model(s); call ``.loss.backward()`` after.
+
+    ``update_all`` and ``encode`` are the scheme's (:class:`usae.training.schemes.Scheme`).
+    """
     total, per_target, l0 = 0.0, 0.0, 0.0
     fired = {}
     for source in sources:
-        loss, targets, codes = source_loss(model, batch, source, cfg, dead, update_all=update_all)
+        loss, targets, codes = source_loss(model, batch, source, cfg, dead, update_all=update_all, encode=encode)
         total = total + loss
         per_target = per_target + targets
         active = codes.values > 0
@@ -98,14 +106,19 @@ def training_step(model: USAE, batch: dict[str, Tensor], sources: list[str], cfg
 
 
 def source_loss(model: USAE, batch: dict[str, Tensor], source: str, cfg: SAEConfig, dead: DeadLatents,
-                *, update_all: bool) -> tuple[Tensor, Tensor, Codes]:
+                *, update_all: bool, encode: Encode | None = None) -> tuple[Tensor, Tensor, Codes]:
     """Encode from ``source``, reconstruct every model; return (loss, per-target (M,), codes).
 
     Args:
         update_all: if False (paper scheme) decoders other than the source's are detached.
+        encode: ``encode(model, batch, source, keep_pre)``; None: the source's own encoder.
     """
     loss: Loss = LOSSES.get(cfg.loss, setting="sae.loss")
-    codes = model.encode_sparse(source, batch[source], keep_pre=loss.dense or cfg.aux_k > 0)
+    keep_pre = loss.dense or cfg.aux_k > 0
+    if encode is None:
+        codes = model.encode_sparse(source, batch[source], keep_pre=keep_pre)
+    else:
+        codes = encode(model, batch, source, keep_pre)
     dense = codes.dense(cfg.n_latents) if loss.dense else None
     per_target = []
     total = batch[source].new_zeros((), dtype=torch.float32)
