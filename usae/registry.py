@@ -102,14 +102,14 @@ ACTIVATIONS = _declare("sparse activation", {
     "topk": "usae.sae.activations:topk",
     "batchtopk": "usae.sae.activations:batch_topk",
 })
-"""``sae.activation``: how the active latents of each token are chosen (:class:`usae.sae.activations.Activation`)."""
+"""``sae.activation``: how the k active latents of each token are chosen."""
 
 LOSSES = _declare("reconstruction loss", {
     "mse": "usae.sae.losses:mse_loss",
     "l1": "usae.sae.losses:l1_loss",
     "paper": "usae.sae.losses:paper_loss",
 })
-"""``sae.loss``: the loss of one target model, as named terms (:class:`usae.sae.losses.Loss`)."""
+"""``sae.loss``: the reconstruction error of one target model (plus any auxiliary term)."""
 
 SCHEMES = _declare("training scheme", {
     "paper": "usae.training.schemes:PaperScheme",
