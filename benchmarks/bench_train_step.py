@@ -4,11 +4,11 @@
 
 Measures in one run, on synthetic seeded activations already on the device (no I/O):
 
-1. Our optimiser step, the sequence of ``usae.training.loop``: zero_grad(set_to_none) ->
-   ``training_step`` (paper scheme, one source, loss mse) -> backward ->
-   ``remove_parallel_grads([source])`` -> clip_grad_norm_ -> optimizer.step() ->
-   ``normalize_decoders([source])`` -> dead-latent update; with AuxK off and on, decoding
-   sparse and dense.
+1. Our optimiser step: ``usae.training.step.optimizer_step``, the function the training loop
+   runs each step (zero_grad -> losses -> backward -> decoder-gradient projection -> grad-norm
+   clip -> optimizer step -> decoder renormalisation -> dead-latent update), with the loop's
+   optimiser (``make_optimizer``) and settings (default ``TrainConfig``: Adam, lr 3e-4, clip
+   1.0, fp32), paper scheme, one source, loss mse; AuxK off and on, decoding sparse and dense.
 2. The reference code's step (``benchmarks/reference_step.py``).
 3. The encoder-GEMM bound: the time of the two dense matmuls no TopK SAE step can avoid,
    the encoder forward (n x d) @ (d x m) and its weight gradient (d x n) @ (n x m), fp32,
@@ -39,14 +39,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+# A script's own folder is first on sys.path, so the reference imports from benchmarks/.
+from reference_step import PATCH_GRID_MODELS, ReferenceTrainer, interpolate_patch_tokens
+
+from usae.config import SAEConfig, TrainConfig
+from usae.registry import SCHEMES
+from usae.sae.model import USAE
+from usae.training.dead import DeadLatents
+from usae.training.step import make_optimizer, optimizer_step
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # reference_step.py, when run as a script from anywhere
-
-from reference_step import PATCH_GRID_MODELS, ReferenceTrainer  # noqa: E402
-
-from usae.config import SAEConfig  # noqa: E402
-from usae.sae.model import USAE  # noqa: E402
-from usae.training.step import DeadLatents, training_step  # noqa: E402
 
 SEED = 0
 MODELS = {"DinoV2": 384, "SigLIP": 768, "ViT": 768}
@@ -63,32 +65,15 @@ QUICK = {**FULL, "images": 4, "n_latents": 1536, "warmup": 3, "repeats": 2}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--quick", action="store_true", help="small shapes, for a smoke test (< 30 s)")
-    parser.add_argument("--repeats", type=int, help="timed steps per source model (default: cpu 3, cuda 10)")
-    parser.add_argument("--warmup", type=int, help="untimed steps first, sources in turn (default: cpu 1, cuda 6)")
-    parser.add_argument("--out", type=Path, help="JSON path (default: benchmarks/results/train_step_<device>.json)")
-    args = parser.parse_args(argv)
-
-    shape = dict(QUICK if args.quick else FULL)
-    if args.device == "cuda":
-        shape.update(CUDA_STEPS)
-    if args.repeats is not None:
-        shape["repeats"] = args.repeats
-    if args.warmup is not None:
-        shape["warmup"] = args.warmup
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda but no CUDA device is available")
+    args = parse_args(argv)
+    shape = run_shape(args)
     device = torch.device(args.device)
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     torch.set_num_threads(threads)
     seed_everything(SEED)
-
     n_tokens = shape["images"] * shape["grid"] ** 2
-    m, k = shape["n_latents"], shape["k"]
     print(f"device {describe_device(device)}, {threads} threads, torch {torch.__version__}")
-    print(f"shapes: models {MODELS}, m = {m}, K = {k}, {n_tokens} tokens a step "
+    print(f"shapes: models {MODELS}, m = {shape['n_latents']}, K = {shape['k']}, {n_tokens} tokens a step "
           f"({shape['images']} images x {shape['grid']}x{shape['grid']}); "
           f"{shape['warmup']} warm-up step(s), then {shape['repeats']} timed steps per source model")
 
@@ -96,33 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     load_before = load_average()
     if device.type == "cpu" and load_before is not None and load_before > 0.25 * threads:
         print(f"warning: load average {load_before:.2f} on {threads} cores; other processes will skew the timings")
-    gemm_before = measure_gemm(device, n_tokens, m, shape["gemm_repeats"])
-
-    rows = []
-    ref_batch, our_batch = make_batches(shape, device)
-    rows.append(bench_reference(ref_batch, shape, device))
-    print_row(rows[-1])
-    for aux_k in (0, shape["aux_k"]):
-        for decode in ("sparse", "dense"):
-            rows.append(bench_ours(our_batch, shape, device, aux_k=aux_k, decode=decode))
-            print_row(rows[-1])
-    del ref_batch, our_batch
-    # GEMMs are timed before and after the steps; the faster of the two is the bound.
-    gemm = best_gemm(gemm_before, measure_gemm(device, n_tokens, m, shape["gemm_repeats"]))
-    bound_ms = statistics.fmean(g["fwd_ms"] + g["wgrad_ms"] for g in gemm["per_width"].values())
-    print(f"GEMM: peak {gemm['peak_gflops']:.1f} GFLOP/s; encoder bound {bound_ms:.1f} ms/step")
-
+    rows, gemm = run_variants(shape, device, n_tokens)
+    bound = encoder_bound(gemm, n_tokens, shape["n_latents"])
     ref_ms = rows[0]["ms_per_step"]
     for row in rows:
         row["tokens_per_s"] = n_tokens / (row["ms_per_step"] / 1e3)
         row["ratio_vs_reference"] = ref_ms / row["ms_per_step"]
-        row["share_of_encoder_gemm_bound"] = bound_ms / row["ms_per_step"]
-    flops_per_token = statistics.fmean(4 * d * m for d in MODELS.values())
-    bound = {"ms_per_step": bound_ms, "tokens_per_s": n_tokens / (bound_ms / 1e3),
-             "flops_per_token": flops_per_token,
-             "tokens_per_s_at_peak_gflops": gemm["peak_gflops"] * 1e9 / flops_per_token,
-             "definition": "mean over source widths d of the measured time of (n x d)@(d x m) plus "
-                           "(d x n)@(n x m) in fp32: the encoder forward and weight gradient"}
+        row["share_of_encoder_gemm_bound"] = bound["ms_per_step"] / row["ms_per_step"]
     print()
     print_table(rows, bound)
     print(f"(total {time.perf_counter() - started:.0f} s)")
@@ -144,6 +109,60 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--quick", action="store_true", help="small shapes, for a smoke test (< 30 s)")
+    parser.add_argument("--repeats", type=int, help="timed steps per source model (default: cpu 3, cuda 10)")
+    parser.add_argument("--warmup", type=int, help="untimed steps first, sources in turn (default: cpu 1, cuda 6)")
+    parser.add_argument("--out", type=Path, help="JSON path (default: benchmarks/results/train_step_<device>.json)")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but no CUDA device is available")
+    return args
+
+
+def run_shape(args: argparse.Namespace) -> dict:
+    """FULL or QUICK, with CUDA_STEPS on a GPU and the command line's step counts."""
+    shape = dict(QUICK if args.quick else FULL)
+    if args.device == "cuda":
+        shape.update(CUDA_STEPS)
+    if args.repeats is not None:
+        shape["repeats"] = args.repeats
+    if args.warmup is not None:
+        shape["warmup"] = args.warmup
+    return shape
+
+
+def run_variants(shape: dict, device: torch.device, n_tokens: int) -> tuple[list[dict], dict]:
+    """The reference step, then ours with AuxK off and on, decoding sparse and dense; and the
+    encoder GEMMs, timed before and after the steps (the faster of the two per matmul)."""
+    gemm_before = measure_gemm(device, n_tokens, shape["n_latents"], shape["gemm_repeats"])
+    rows = []
+    ref_batch, our_batch = make_batches(shape, device)
+    rows.append(bench_reference(ref_batch, shape, device))
+    print_row(rows[-1])
+    for aux_k in (0, shape["aux_k"]):
+        for decode in ("sparse", "dense"):
+            rows.append(bench_ours(our_batch, shape, device, aux_k=aux_k, decode=decode))
+            print_row(rows[-1])
+    del ref_batch, our_batch
+    gemm = best_gemm(gemm_before, measure_gemm(device, n_tokens, shape["n_latents"], shape["gemm_repeats"]))
+    return rows, gemm
+
+
+def encoder_bound(gemm: dict, n_tokens: int, m: int) -> dict:
+    """The step time no TopK SAE step can beat: the encoder's forward and weight-gradient GEMMs."""
+    bound_ms = statistics.fmean(g["fwd_ms"] + g["wgrad_ms"] for g in gemm["per_width"].values())
+    print(f"GEMM: peak {gemm['peak_gflops']:.1f} GFLOP/s; encoder bound {bound_ms:.1f} ms/step")
+    flops_per_token = statistics.fmean(4 * d * m for d in MODELS.values())
+    return {"ms_per_step": bound_ms, "tokens_per_s": n_tokens / (bound_ms / 1e3),
+            "flops_per_token": flops_per_token,
+            "tokens_per_s_at_peak_gflops": gemm["peak_gflops"] * 1e9 / flops_per_token,
+            "definition": "mean over source widths d of the measured time of (n x d)@(d x m) plus "
+                          "(d x n)@(n x m) in fp32: the encoder forward and weight gradient"}
 
 
 # -- measuring ----------------------------------------------------------------------------------
@@ -255,8 +274,6 @@ def make_batches(shape: dict, device: torch.device) -> tuple[dict[str, torch.Ten
     for name, d in MODELS.items():
         tokens = grid_dino**2 if name in PATCH_GRID_MODELS else grid**2
         ref[name] = torch.randn(images, tokens, d, generator=gen).to(device)
-    from reference_step import interpolate_patch_tokens
-
     ours = {}
     for name, acts in ref.items():
         if name in PATCH_GRID_MODELS:
@@ -278,51 +295,31 @@ def bench_reference(batch: dict[str, torch.Tensor], shape: dict, device: torch.d
 
 
 def bench_ours(batch: dict[str, torch.Tensor], shape: dict, device: torch.device, *, aux_k: int, decode: str) -> dict:
+    """``optimizer_step`` as the training loop runs it, with the loop's optimiser and default settings."""
     seed_everything(SEED)
     cfg = SAEConfig(n_latents=shape["n_latents"], k=shape["k"], loss="mse", aux_k=aux_k, decode=decode)
+    train = TrainConfig()  # scheme paper, Adam, lr 3e-4, grad clip 1.0, fp32
     model = USAE({n: t.shape[-1] for n, t in batch.items()}, cfg, seed=SEED).to(device).train()
     model.sparse_decode = decode == "sparse"
-    optimizer = make_optimizer(model)
-    names = model.names
-    dead = DeadLatents(names, cfg.n_latents, device)
+    optimizer = make_optimizer(model, train)
+    scheme = SCHEMES.get(train.scheme, setting="train.scheme")(model.names, SEED)
+    dead = DeadLatents(model.names, cfg.n_latents, device)
     if aux_k:
         # Start with a seeded tenth of each model's latents dead, so the AuxK term is live.
         gen = torch.Generator().manual_seed(SEED)
-        for name in names:
+        for name in model.names:
             idx = torch.randperm(cfg.n_latents, generator=gen)[: cfg.n_latents // 10].to(device)
             dead.since[name][idx] = cfg.dead_tokens
         dead.refresh(cfg.dead_tokens)  # the loop refreshes the dead lists every log_every steps
-    n_tokens = next(iter(batch.values())).shape[0]
-    params = list(model.parameters())
 
     def step(source: str) -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        out = training_step(model, batch, [source], cfg, dead, update_all=False)
-        out.loss.backward()
-        model.remove_parallel_grads([source])
-        torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], 1.0)
-        optimizer.step()
-        model.normalize_decoders([source])
-        for name, fired in out.fired.items():
-            dead.update(name, fired, n_tokens)
+        out = optimizer_step(model, optimizer, batch, [source], scheme=scheme, dead=dead, lr=train.lr, cfg=train)
         return out.loss.detach()
 
-    times, loss = time_steps(step, names, device, shape["warmup"], shape["repeats"])
+    times, loss = time_steps(step, model.names, device, shape["warmup"], shape["repeats"])
     del model, optimizer
-    label = f"ours aux_k={aux_k} {decode}"
-    return summarise(label, f"usae paper scheme, loss mse, aux_k={aux_k}, decode {decode}, full optimiser step",
-                     times, loss)
-
-
-def make_optimizer(model: USAE) -> torch.optim.Optimizer:
-    """The training loop's optimiser for the default TrainConfig (Adam, lr 3e-4)."""
-    try:
-        from usae.config import TrainConfig
-        from usae.training.loop import _optimizer
-
-        return _optimizer(model, TrainConfig())
-    except (ImportError, AttributeError, TypeError):
-        return torch.optim.Adam(model.parameters(), lr=3e-4)
+    return summarise(f"ours aux_k={aux_k} {decode}", f"usae optimizer_step (the training loop's step), paper "
+                     f"scheme, loss mse, aux_k={aux_k}, decode {decode}, full optimiser step", times, loss)
 
 
 # -- reporting ----------------------------------------------------------------------------------

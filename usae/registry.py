@@ -105,9 +105,9 @@ ACTIVATIONS = _declare("sparse activation", {
 """``sae.activation``: how the k active latents of each token are chosen."""
 
 LOSSES = _declare("reconstruction loss", {
-    "mse": "usae.sae.losses:mse",
-    "l1": "usae.sae.losses:l1",
-    "paper": "usae.sae.losses:paper",
+    "mse": "usae.sae.losses:mse_loss",
+    "l1": "usae.sae.losses:l1_loss",
+    "paper": "usae.sae.losses:paper_loss",
 })
 """``sae.loss``: the reconstruction error of one target model (plus any auxiliary term)."""
 

@@ -8,8 +8,8 @@ from safetensors.torch import load_file, save_file
 
 import usae.sae.io as io
 from usae.config import SAEConfig
-from usae.sae.io import CONFIG, FORMAT, WEIGHTS, load_usae, save_usae
-from usae.sae.model import USAE
+from usae.sae.io import CONFIG, FORMAT, WEIGHTS
+from usae.sae.model import USAE, load_usae, save_usae
 
 DIMS = {"vit": 8, "dino": 12}
 
@@ -139,3 +139,15 @@ def test_failed_save_keeps_previous_model(tmp_path, monkeypatch):
         save_usae(trained_like(seed=1), tmp_path / "m")
     assert [p.name for p in tmp_path.iterdir()] == ["m"]
     assert torch.equal(load_usae(tmp_path / "m").W_dec["vit"], first.W_dec["vit"])
+
+
+
+def test_the_format_module_does_not_import_the_model():
+    """usae.sae.model imports usae.sae.io, never the other way round (no import cycle)."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(io))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not any(name.startswith("usae.sae") for name in imported), imported

@@ -1,10 +1,22 @@
-"""Reconstruction and auxiliary losses against hand-computed 2x3 examples and numpy."""
+"""Reconstruction and auxiliary losses against hand-computed 2x3 examples and numpy; the LOSSES entries."""
 
 import numpy as np
 import pytest
 import torch
 
-from usae.sae.losses import RECONSTRUCTION, auxk, l1, mse, paper_dense_aux
+from usae.registry import LOSSES
+from usae.sae.losses import (
+    PAPER_AUX_WEIGHT,
+    RECONSTRUCTION,
+    DenseActivity,
+    auxk,
+    l1,
+    l1_loss,
+    mse,
+    mse_loss,
+    paper_dense_aux,
+    paper_loss,
+)
 
 X = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
 X_HAT = torch.tensor([[1.0, 1.0, 1.0], [4.0, 7.0, 3.0]])  # x - x_hat = [[0, 1, 2], [0, -2, 3]]
@@ -85,3 +97,39 @@ def test_paper_dense_aux_numpy():
     t = torch.from_numpy
     out = paper_dense_aux(t(x), t(x_hat), t(pre), t(z), t(w))
     assert out.item() == pytest.approx(float(expected), rel=1e-5)
+
+
+# -- training losses (LOSSES entries) ----------------------------------------------------------
+
+def dense_example():
+    """The hand example of test_paper_dense_aux_hand: (x, x_hat, activity)."""
+    pre = torch.tensor([[3.0, 1.0, 2.0, 0.5], [-1.0, 0.25, 4.0, 1.0]])
+    z = torch.tensor([[3.0, 0.0, 0.0, 0.0], [0.0, 0.0, 4.0, 0.0]])
+    weight = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, -1.0]])
+    return torch.tensor([[5.0, 4.0], [1.0, 1.0]]), torch.tensor([[1.0, 1.0], [0.0, 0.0]]), DenseActivity(pre, z, weight)
+
+
+@pytest.mark.parametrize("name", LOSSES.names())
+def test_loss_entries_share_one_signature(name):
+    loss = LOSSES.get(name, setting="sae.loss")
+    x, x_hat, activity = dense_example()
+    terms = loss(x, x_hat, activity if loss.dense else None)
+    assert list(terms)[0] == "reconstruction" and all(t.shape == () for t in terms.values())
+    assert terms["reconstruction"].item() == RECONSTRUCTION[name](x, x_hat).item()
+
+
+def test_registry_names_the_entries():
+    assert LOSSES.get("mse") is mse_loss and LOSSES.get("l1") is l1_loss and LOSSES.get("paper") is paper_loss
+    assert not mse_loss.dense and not l1_loss.dense and paper_loss.dense
+    assert list(mse_loss(X, X_HAT, None)) == ["reconstruction"]
+
+
+def test_paper_loss_is_l1_plus_a_tenth_of_the_dense_aux():
+    x, x_hat, activity = dense_example()
+    terms = paper_loss(x, x_hat, activity)
+    assert list(terms) == ["reconstruction", "dense_aux"]
+    assert terms["reconstruction"].item() == pytest.approx((4 + 3 + 1 + 1) / 4)
+    assert PAPER_AUX_WEIGHT == 0.1
+    assert terms["dense_aux"].item() == pytest.approx(0.1 * (2 + 0 + 1 + 1.75) / 4)
+    with pytest.raises(ValueError, match="dense activity"):
+        paper_loss(x, x_hat, None)

@@ -11,7 +11,8 @@ import torch
 from usae.activations.sources import open_arrays
 from usae.config import SAEConfig, TrainConfig
 from usae.sae.model import USAE
-from usae.training.loop import source_of_step, train_usae
+from usae.training.loop import train_usae
+from usae.training.schemes import source_of_step
 
 SAE = SAEConfig(n_latents=48, k=4, aux_k=8, dead_tokens=200, decode="sparse")  # auto would time, not reproduce
 

@@ -1,14 +1,16 @@
 """One training step: which parameters each scheme updates, per-target losses, auxiliary
-terms, fired latents and the dead-latent bookkeeping."""
+terms, fired latents; and the whole optimiser step the loop runs."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from usae.config import SAEConfig
-from usae.sae.losses import auxk, l1, mse, paper_dense_aux
+from usae.config import SAEConfig, TrainConfig
+from usae.sae.losses import PAPER_AUX_WEIGHT, auxk, l1, mse, paper_dense_aux
 from usae.sae.model import USAE
-from usae.training.step import PAPER_AUX_WEIGHT, DeadLatents, training_step
+from usae.training.dead import DeadLatents
+from usae.training.schemes import AllSourcesScheme, PaperScheme
+from usae.training.step import make_optimizer, optimizer_step, training_step
 
 DIMS = {"vit": 8, "dino": 12}
 M, K = 32, 4
@@ -184,31 +186,67 @@ def test_fired_ignores_zero_valued_slots():
     assert list(out.fired) == ["vit"]
 
 
-# -- dead-latent bookkeeping -------------------------------------------------------------------
+# -- the whole optimiser step ------------------------------------------------------------------
 
-def test_dead_latents_semantics():
-    dead = DeadLatents(["vit", "dino"], 4, torch.device("cpu"))
-    assert dead.since["vit"].tolist() == [0, 0, 0, 0]
-    dead.update("vit", torch.tensor([True, False, False, False]), 10)
-    assert dead.since["vit"].tolist() == [0, 10, 10, 10]
-    dead.update("vit", torch.tensor([False, True, False, False]), 5)
-    assert dead.since["vit"].tolist() == [5, 0, 15, 15]
-    assert dead.since["dino"].tolist() == [0, 0, 0, 0]  # per model
-    assert dead.mask("vit", 15).tolist() == [False, False, True, True]  # dead when >= threshold
-    assert dead.mask("vit", 16).tolist() == [False, False, False, False]
-    frac = dead.fraction(5)
-    assert set(frac) == {"vit", "dino"}
-    assert frac["vit"].item() == 0.75 and frac["dino"].item() == 0.0
+def hand_step(model, optimizer, batch, sources, cfg, dead, *, update_all, lr, clip):
+    """The loop's step written out: the sequence optimizer_step must run."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    out = training_step(model, batch, sources, cfg, dead, update_all=update_all)
+    out.loss.backward()
+    model.remove_parallel_grads(None if update_all else sources)
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], clip)
+    optimizer.step()
+    model.normalize_decoders(None if update_all else sources)
+    for source, fired in out.fired.items():
+        dead.update(source, fired, len(batch[source]))
+    return out
 
 
-def test_dead_latents_state_round_trip():
-    dead = DeadLatents(["vit"], 3, torch.device("cpu"))
-    dead.update("vit", torch.tensor([False, True, False]), 7)
-    dead.refresh(7)
-    state = dead.state_dict()
-    dead.update("vit", torch.tensor([False, False, False]), 1)
-    assert state["since"]["vit"].tolist() == [7, 0, 7]  # a copy
-    other = DeadLatents(["vit"], 3, torch.device("cpu"))
-    other.load_state_dict(state)
-    assert other.since["vit"].tolist() == [7, 0, 7]
-    assert other.index["vit"].tolist() == [0, 2]
+@pytest.mark.parametrize("scheme_cls,sources", [(PaperScheme, ["vit"]), (AllSourcesScheme, list(DIMS))])
+@pytest.mark.parametrize("optimizer_name", ["adam", "adamw"])
+def test_optimizer_step_is_the_loops_sequence(scheme_cls, sources, optimizer_name):
+    train = TrainConfig(lr=1e-2, optimizer=optimizer_name, weight_decay=0.01, grad_clip=0.5)
+    runs = []
+    for by_hand in (False, True):
+        model, cfg, batch, dead = setup(aux_k=8, loss="paper", batchnorm=True)
+        dead.since["vit"][::2] = cfg.dead_tokens
+        dead.refresh(cfg.dead_tokens)
+        optimizer = make_optimizer(model, train)
+        for _ in range(3):
+            if by_hand:
+                hand_step(model, optimizer, batch, sources, cfg, dead, update_all=scheme_cls.update_all, lr=1e-2,
+                          clip=0.5)
+            else:
+                optimizer_step(model, optimizer, batch, sources, scheme=scheme_cls(list(DIMS), 0), dead=dead, lr=1e-2,
+                               cfg=train)
+        runs.append((model.state_dict(), dead.state_dict()))
+    (ours, ours_dead), (hand, hand_dead) = runs
+    for key in hand:
+        assert torch.equal(ours[key], hand[key]), key
+    for name in DIMS:
+        assert torch.equal(ours_dead["since"][name], hand_dead["since"][name])
+
+
+def test_optimizer_step_paper_scheme_moves_only_the_source():
+    model, cfg, batch, dead = setup()
+    train = TrainConfig(lr=1e-2)
+    optimizer = make_optimizer(model, train)
+    before = {key: p.detach().clone() for key, p in model.named_parameters()}
+    out = optimizer_step(model, optimizer, batch, ["vit"], scheme=PaperScheme(list(DIMS), 0), dead=dead, lr=5e-3,
+                         cfg=train)
+    for key, p in model.named_parameters():
+        assert torch.equal(p, before[key]) != ("vit" in key.split(".")), key
+    torch.testing.assert_close(model.W_dec["vit"].norm(dim=1), torch.ones(M))
+    assert optimizer.param_groups[0]["lr"] == 5e-3
+    assert torch.equal(dead.since["vit"], torch.where(out.fired["vit"], 0, 16))
+    assert dead.since["dino"].sum() == 0
+
+
+def test_make_optimizer_follows_the_setting():
+    model = setup()[0]
+    adam = make_optimizer(model, TrainConfig(lr=1e-3))
+    assert type(adam) is torch.optim.Adam and adam.param_groups[0]["lr"] == 1e-3
+    adamw = make_optimizer(model, TrainConfig(optimizer="adamw", weight_decay=0.01))
+    assert type(adamw) is torch.optim.AdamW and adamw.param_groups[0]["weight_decay"] == 0.01

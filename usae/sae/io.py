@@ -3,45 +3,43 @@
 ``config.json`` holds ``format``, the models and their widths (in order), the SAE
 settings, and ``meta``: training scheme, standardisation statistics, data provenance,
 code version and a training summary. Documented in README ("Saved model").
+
+This module reads and writes the two files and knows nothing of the model class;
+:mod:`usae.sae.model` turns a USAE into them and back (``USAE.save``, ``USAE.load``).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from usae import __version__
 from usae.atomic import atomic_path
-from usae.config import SAEConfig, from_dict, to_dict
-from usae.sae.model import USAE
 
 FORMAT = "usae-model/1"
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 
 
-def save_usae(model: USAE, directory: str | Path) -> Path:
-    """Write ``model`` to ``directory``; an existing model there is replaced only when done."""
+def write_model_files(directory: str | Path, config: dict[str, Any], state: dict[str, torch.Tensor]) -> Path:
+    """Write ``config`` (``format`` added) and ``state`` to ``directory``, replacing it only when done."""
     directory = Path(directory)
-    config = {"format": FORMAT, "usae_version": __version__, "models": model.names, "dims": model.dims,
-              "sae": to_dict(model.cfg), "meta": model.meta}
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(directory) as tmp:
         tmp.mkdir()
         save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
-        (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
+        (tmp / CONFIG).write_text(json.dumps({"format": FORMAT, **config}, indent=2, sort_keys=True))
     return directory
 
 
-def load_usae(directory: str | Path, *, device: str | torch.device = "cpu") -> USAE:
-    """Load a model written by :func:`save_usae`.
+def read_model_files(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``(config, state)`` of a saved model.
 
     Raises:
-        FileNotFoundError: ``directory`` lacks the weights or the config.
-        ValueError: another format, or weights that do not match the config.
+        FileNotFoundError: ``directory`` lacks the weights or the config (every missing path listed).
+        ValueError: another format.
     """
     directory = Path(directory)
     missing = [str(directory / f) for f in (WEIGHTS, CONFIG) if not (directory / f).exists()]
@@ -50,15 +48,4 @@ def load_usae(directory: str | Path, *, device: str | torch.device = "cpu") -> U
     config = json.loads((directory / CONFIG).read_text())
     if config.get("format") != FORMAT:
         raise ValueError(f"{directory}: format {config.get('format')!r}, expected {FORMAT!r}")
-    dims = {name: int(config["dims"][name]) for name in config["models"]}
-    model = USAE(dims, from_dict(SAEConfig, config["sae"], section="sae"))
-    state = load_file(str(directory / WEIGHTS))
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as err:  # shapes that disagree with config.json's dims or settings
-        raise ValueError(f"{directory}: weights do not match config.json: {err}") from None
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(f"{directory}: weights do not match config.json (missing {result.missing_keys}, "
-                         f"unexpected {result.unexpected_keys})")
-    model.meta = config.get("meta", {})
-    return model.to(device).eval()
+    return config, load_file(str(directory / WEIGHTS))

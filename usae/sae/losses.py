@@ -1,10 +1,30 @@
-"""Reconstruction and auxiliary losses: pure functions of tensors, each returning a 0-d tensor."""
+"""Reconstruction and auxiliary losses, and the training losses built from them (``sae.loss``).
+
+``mse``, ``l1``, ``paper_dense_aux`` and ``auxk`` are pure functions of tensors, each
+returning a 0-d tensor. The entries of :data:`usae.registry.LOSSES` (``mse_loss``,
+``l1_loss``, ``paper_loss``) are the loss of one target model during training, all called
+the same way,
+
+    terms = loss(x, x_hat, activity)
+
+with ``x``, ``x_hat`` the (n, d) target and its reconstruction, and ``activity`` the source's
+dense activity (:class:`DenseActivity`) when the entry's ``dense`` is true, else None. They
+return named 0-d terms, summed in order into the step's loss; ``"reconstruction"`` is the
+error logged per target.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+PAPER_AUX_WEIGHT = 0.1
+"""Weight of the reference code's dense auxiliary term in the ``paper`` loss."""
 
 
 def mse(x: Tensor, x_hat: Tensor) -> Tensor:
@@ -32,6 +52,7 @@ def l1(x: Tensor, x_hat: Tensor) -> Tensor:
 
 
 RECONSTRUCTION = {"mse": mse, "l1": l1, "paper": l1}
+"""The reconstruction error each built-in loss logs per target (its ``"reconstruction"`` term)."""
 
 
 def paper_dense_aux(x: Tensor, x_hat: Tensor, pre: Tensor, codes_dense: Tensor, weight: Tensor) -> Tensor:
@@ -68,3 +89,53 @@ def auxk(residual: Tensor, residual_hat: Tensor) -> Tensor:
     """
     e = residual.detach().float()
     return (e - residual_hat.float()).pow(2).mean() / e.pow(2).mean().clamp_min(1e-12)
+
+
+# -- training losses (sae.loss) ----------------------------------------------------------------
+class DenseActivity(NamedTuple):
+    """What a dense loss term reads besides x and x_hat (for one source and one target model)."""
+
+    pre: Tensor
+    """(n, m) pre-activations of the source model."""
+    codes: Tensor
+    """(n, m) the source's codes, dense."""
+    weight: Tensor
+    """(m, d) the target's decoder (detached when the scheme does not update it)."""
+
+
+class Loss(Protocol):
+    """What a ``LOSSES`` entry is: a callable with :attr:`dense`."""
+
+    dense: bool
+    """True when it reads :class:`DenseActivity` ((n, m) work: the step builds it only then)."""
+
+    def __call__(self, x: Tensor, x_hat: Tensor, activity: DenseActivity | None) -> dict[str, Tensor]: ...
+
+
+@dataclass(frozen=True)
+class ReconstructionLoss:
+    """A loss that is a reconstruction error alone: ``{"reconstruction": error(x, x_hat)}``."""
+
+    error: Callable[[Tensor, Tensor], Tensor]
+    dense: bool = False
+
+    def __call__(self, x: Tensor, x_hat: Tensor, activity: DenseActivity | None = None) -> dict[str, Tensor]:
+        return {"reconstruction": self.error(x, x_hat)}
+
+
+@dataclass(frozen=True)
+class PaperLoss:
+    """The reference code's loss: l1(x, x_hat) + PAPER_AUX_WEIGHT x paper_dense_aux (two terms)."""
+
+    dense: bool = True
+
+    def __call__(self, x: Tensor, x_hat: Tensor, activity: DenseActivity | None) -> dict[str, Tensor]:
+        if activity is None:
+            raise ValueError("the paper loss needs the source's dense activity")
+        aux = paper_dense_aux(x, x_hat, activity.pre, activity.codes, activity.weight)
+        return {"reconstruction": l1(x, x_hat), "dense_aux": PAPER_AUX_WEIGHT * aux}
+
+
+mse_loss = ReconstructionLoss(mse)
+l1_loss = ReconstructionLoss(l1)
+paper_loss = PaperLoss()

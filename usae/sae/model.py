@@ -3,12 +3,14 @@
 Thasarathan et al. 2025 (arXiv 2502.03714), Eqs. 3-4. For model i with activations a:
 
     pre_i(a) = W_i (a - b_i) + c_i                     (encoder with pre-bias b_i)
-    Z        = TopK_K(ReLU(pre_i(a)))                   (shared code, m latents)
+    Z        = TopK_K(ReLU(pre_i(a)))                   (shared code, m latents; sae.activation)
     A_hat_j  = Z D_j + b_j                              (decode into any model j)
 
 Decoder rows D_j[k] have unit L2 norm; b_i is model i's decoder bias, reused as its
 encoder pre-bias (Gao et al. 2024). Codes travel as (values, indices) pairs of the K
 active latents, so decoding gathers K rows instead of multiplying an m-wide dense code.
+The activation is the ``sae.activation`` entry of ``usae.registry.ACTIVATIONS``
+(:mod:`usae.sae.activations`); the saved format is :mod:`usae.sae.io`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from usae.config import SAEConfig
+from usae import __version__
+from usae.config import SAEConfig, from_dict, to_dict
+from usae.registry import ACTIVATIONS
+from usae.sae.activations import Activation, batch_topk
+from usae.sae.io import read_model_files, write_model_files
 
 
 @dataclass
@@ -76,6 +82,7 @@ class USAE(nn.Module):
             self.register_buffer(f"std_mean_{name}", torch.zeros(d))
             self.register_buffer(f"std_scale_{name}", torch.ones(()))
         self.sparse_decode = cfg.decode != "dense"
+        self.activation: Activation = ACTIVATIONS.get(cfg.activation, setting="sae.activation")
         self.meta: dict = {}
 
     # -- encoding ---------------------------------------------------------------------------
@@ -88,34 +95,15 @@ class USAE(nn.Module):
         return self.bn[name](pre) if self.bn is not None else pre
 
     def encode_sparse(self, name: str, acts: Tensor, *, keep_pre: bool = False) -> Codes:
-        """Codes of ``acts`` (n, d_i) from model ``name``'s encoder."""
+        """Codes of ``acts`` (n, d_i) from model ``name``'s encoder and ``sae.activation``."""
         pre = self.pre_codes(name, acts)
-        k = self.cfg.k
-        if self.cfg.activation == "topk":
-            values, indices = pre.topk(k, dim=1, sorted=False)
-            values = F.relu(values)  # ReLU and TopK commute: top-k of ReLU(pre) = ReLU(top-k of pre)
-        else:
-            values, indices = self._batch_topk(name, pre)
+        values, indices = self.activation(pre, self.cfg.k, threshold=getattr(self, f"threshold_{name}"),
+                                          training=self.training)
         return Codes(values, indices, pre if keep_pre else None)
 
     def _batch_topk(self, name: str, pre: Tensor) -> tuple[Tensor, Tensor]:
-        """BatchTopK (Bussmann et al. 2024): the k*n largest activations of the whole batch.
-
-        Each token keeps at most 2k latents (its slots past the threshold are zeroed).
-        At evaluation a running threshold replaces the batch's.
-        """
-        relu = F.relu(pre)
-        threshold = getattr(self, f"threshold_{name}")
-        if self.training:
-            flat = relu.flatten()
-            kth = flat.topk(self.cfg.k * relu.shape[0], sorted=False).values.min()
-            with torch.no_grad():
-                threshold.mul_(0.99).add_(0.01 * kth.detach())
-            cut = kth
-        else:
-            cut = threshold
-        values, indices = relu.topk(min(2 * self.cfg.k, relu.shape[1]), dim=1, sorted=False)
-        return values * (values >= cut) * (values > 0), indices
+        """BatchTopK of ``pre`` with model ``name``'s running threshold, whatever ``sae.activation`` is."""
+        return batch_topk(pre, self.cfg.k, threshold=getattr(self, f"threshold_{name}"), training=self.training)
 
     def encode(self, name: str, acts: Tensor, *, standardized: bool = False) -> Tensor:
         """Dense codes (n, m) of model ``name``'s activations (..., d_i).
@@ -177,15 +165,11 @@ class USAE(nn.Module):
     # -- persistence ------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
         """Write ``model.safetensors`` and ``config.json`` into ``directory`` (atomically)."""
-        from usae.sae.io import save_usae
-
         return save_usae(self, directory)
 
     @classmethod
     def load(cls, directory: str | Path, *, device: str | torch.device = "cpu") -> USAE:
         """Load a model written by :meth:`save`."""
-        from usae.sae.io import load_usae
-
         return load_usae(directory, device=device)
 
     # -- constraints ------------------------------------------------------------------------
@@ -215,3 +199,33 @@ class USAE(nn.Module):
         if self.bn is not None:
             params += list(self.bn[name].parameters())
         return params
+
+
+def save_usae(model: USAE, directory: str | Path) -> Path:
+    """Write ``model`` to ``directory`` (format: :mod:`usae.sae.io`); an existing model there is
+    replaced only when done."""
+    config = {"usae_version": __version__, "models": model.names, "dims": model.dims, "sae": to_dict(model.cfg),
+              "meta": model.meta}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return write_model_files(directory, config, state)
+
+
+def load_usae(directory: str | Path, *, device: str | torch.device = "cpu") -> USAE:
+    """Load a model written by :func:`save_usae`, in evaluation mode.
+
+    Raises:
+        FileNotFoundError: ``directory`` lacks the weights or the config.
+        ValueError: another format, or weights that do not match the config.
+    """
+    config, state = read_model_files(directory)
+    dims = {name: int(config["dims"][name]) for name in config["models"]}
+    model = USAE(dims, from_dict(SAEConfig, config["sae"], section="sae"))
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shapes that disagree with config.json's dims or settings
+        raise ValueError(f"{directory}: weights do not match config.json: {err}") from None
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(f"{directory}: weights do not match config.json (missing {result.missing_keys}, "
+                         f"unexpected {result.unexpected_keys})")
+    model.meta = config.get("meta", {})
+    return model.to(device).eval()

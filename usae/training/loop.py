@@ -1,8 +1,12 @@
 """Training the Universal SAE from disk: resumable, seeded, with a Parquet log.
 
-Everything a step depends on is a pure function of (seed, step): the source model, the
-token batch (``TokenLoader``) and the learning rate. A restart therefore resumes from the
-newest checkpoint and ends with the same weights as an uninterrupted run.
+Everything a step depends on is a pure function of (seed, step): the source model(s) (the
+scheme's), the token batch (``TokenLoader``) and the learning rate. A restart therefore
+resumes from the newest checkpoint and ends with the same weights as an uninterrupted run.
+
+:func:`train_usae` reads top-down: the run's settings and fingerprint, a fresh start or a
+resume (:func:`start_or_resume`), the steps (:func:`optimizer_step` each, a log row per
+window, a checkpoint every ``checkpoint_every`` steps), then the saved model.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +30,18 @@ from usae.activations.sources import TokenSource
 from usae.atomic import atomic_path
 from usae.config import SAEConfig, TrainConfig, to_dict
 from usae.device import resolve_device
-from usae.sae.model import USAE
 from usae.fingerprint import fingerprint
+from usae.registry import SCHEMES
+from usae.sae.model import USAE
 from usae.training.checkpoint import latest_checkpoint, remove_stale, save_checkpoint
+from usae.training.dead import DeadLatents
 from usae.training.schedule import learning_rate
+from usae.training.schemes import Scheme
 from usae.training.speed import choose_decode
-from usae.training.step import DeadLatents, training_step
-from usae.training.tracking import make_tracker
+from usae.training.step import StepOutput, make_optimizer, optimizer_step
+from usae.training.tracking import Tracker, make_tracker
 
 logger = logging.getLogger(__name__)
-
-SOURCE_SEED_OFFSET = 1_000_003  # keeps the source draw independent of the loader's streams
 
 
 @dataclass(frozen=True)
@@ -50,9 +55,79 @@ class TrainResult:
     tokens_per_s: float
 
 
-def source_of_step(seed: int, step: int, n_models: int) -> int:
-    """The paper scheme's source model at ``step``: uniform, a pure function of (seed, step)."""
-    return int(np.random.default_rng([seed + SOURCE_SEED_OFFSET, step]).integers(n_models))
+class LogWindow:
+    """Per-step figures since the last log row, kept on the device (no host sync per step).
+
+    One slot per step of the window: the per-target losses and L0; plus how often each model
+    was a source and the tokens and time since the window opened. Checkpointed, so a row of a
+    resumed run is whole.
+    """
+
+    def __init__(self, names: list[str], log_every: int, device: torch.device) -> None:
+        self.names = names
+        self.losses = torch.zeros(log_every, len(names), device=device)
+        self.l0 = torch.zeros(log_every, device=device)
+        self.counts = np.zeros(len(names), dtype=np.int64)
+        self.restart_clock()
+
+    def restart_clock(self) -> None:
+        self.tick, self.tokens = time.perf_counter(), 0
+
+    def record(self, step: int, out: StepOutput, sources: list[str], n_tokens: int) -> None:
+        slot = step % len(self.l0)
+        self.losses[slot] = out.target_losses
+        self.l0[slot] = out.l0
+        self.counts[[self.names.index(c) for c in sources]] += 1
+        self.tokens += n_tokens
+
+    def close(self, step: int, lr: float, dead: DeadLatents, dead_tokens: int) -> dict[str, Any]:
+        """The log row of the window ending at ``step`` (checked finite); the next window opens."""
+        slot = step % len(self.l0)
+        _check_finite(self.losses[: slot + 1], step - slot, self.names)
+        tokens_per_s = self.tokens / max(time.perf_counter() - self.tick, 1e-9)
+        means = self.losses[: slot + 1].mean(dim=0).tolist()
+        dead_frac = {n: float(v) for n, v in dead.fraction(dead_tokens).items()}
+        row: dict[str, Any] = {"step": step, "lr": lr, "l0": float(self.l0[: slot + 1].mean()),
+                               "tokens_per_s": tokens_per_s}
+        row.update({f"loss_{n}": v for n, v in zip(self.names, means)})
+        row.update({f"dead_{n}": dead_frac[n] for n in self.names})
+        row.update({f"source_{n}": int(c) for n, c in zip(self.names, self.counts)})
+        self.restart_clock()
+        self.counts[:] = 0
+        return row
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"window": self.losses.cpu(), "l0_window": self.l0.cpu(), "counts": self.counts.copy()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.losses.copy_(state["window"])
+        self.l0.copy_(state["l0_window"])
+        self.counts[:] = state["counts"]
+
+
+@dataclass
+class TrainingState:
+    """What a checkpoint holds besides the run's fingerprint; ``step`` is the next step to run."""
+
+    model: USAE
+    optimizer: torch.optim.Optimizer
+    dead: DeadLatents
+    window: LogWindow
+    decode: str = "sparse"
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    step: int = 0
+
+    def checkpoint(self, key: str) -> dict[str, Any]:
+        return {"fingerprint": key, "step": self.step, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "dead": self.dead.state_dict(), "decode": self.decode,
+                "log": self.rows, **self.window.state_dict()}
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.dead.load_state_dict(saved["dead"])
+        self.step, self.decode, self.rows = saved["step"], saved["decode"], saved["log"]
+        self.window.load_state_dict(saved)
 
 
 def train_usae(sources: dict[str, TokenSource], sae_cfg: SAEConfig, cfg: TrainConfig, out_dir: str | Path, *,
@@ -78,112 +153,110 @@ def train_usae(sources: dict[str, TokenSource], sae_cfg: SAEConfig, cfg: TrainCo
     loader = TokenLoader(sources, cfg.batch_tokens, cfg.buffer_tokens, cfg.seed, read_threads=cfg.read_threads,
                          pin_memory=device.type == "cuda")
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * loader.steps_per_epoch))
-    # Everything the trained weights depend on: a checkpoint of other settings or data is never resumed.
-    settings = {"sae": to_dict(sae_cfg), "train": to_dict(cfg), "models": names,
-                "dims": {n: s.d_model for n, s in sources.items()}, "provenance": provenance or {},
-                "standardization": standardization or {},
-                "code": {"usae": __version__, "train_stage": STAGE_VERSIONS["train"]}}
-    print_settings = {k: v for k, v in settings.items() if k not in ("provenance", "standardization", "code")}
-    logger.info("train: %d steps of %d tokens (%.2f epochs of %d tokens): %s", total, cfg.batch_tokens,
-                total / loader.steps_per_epoch, loader.tokens_per_epoch, json.dumps(print_settings))
+    settings = run_settings(sources, sae_cfg, cfg, standardization=standardization, provenance=provenance)
+    _log_plan(settings, total, loader, cfg)
     model = USAE({n: s.d_model for n, s in sources.items()}, sae_cfg, seed=cfg.seed).to(device)
-    optimizer = _optimizer(model, cfg)
-    dead = DeadLatents(names, sae_cfg.n_latents, device)
+    state = TrainingState(model, make_optimizer(model, cfg), DeadLatents(names, sae_cfg.n_latents, device),
+                          LogWindow(names, cfg.log_every, device))
     key = fingerprint(settings)
-    state = latest_checkpoint(out_dir / "checkpoints", key)
-    rows: list[dict[str, Any]] = []
-    if state is None:
-        start = 0
-        remove_stale(out_dir / "checkpoints", key)
-        model.init_decoder_bias(_mean_activation(loader, device))
-        dead.refresh(sae_cfg.dead_tokens)
-        decode = choose_decode(model, loader, sae_cfg, device)
-    else:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        dead.load_state_dict(state["dead"])
-        start, decode, rows = state["step"], state["decode"], state["log"]
-    model.sparse_decode = decode == "sparse"
+    start_or_resume(state, out_dir / "checkpoints", key, loader, device)
     tracker = make_tracker(cfg.tracking, out_dir, settings)
-
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16" and device.type == "cuda")
-    # Per-step figures of the current log window; checkpointed so a resumed row is whole.
-    window = torch.zeros(cfg.log_every, len(names), device=device)
-    l0_window = torch.zeros(cfg.log_every, device=device)
-    counts = np.zeros(len(names), dtype=np.int64)
-    if state is not None:
-        window.copy_(state["window"])
-        l0_window.copy_(state["l0_window"])
-        counts[:] = state["counts"]
-    tick, tokens_since = time.perf_counter(), 0
     end = min(total, stop_after + 1) if stop_after is not None else total
-    stream = loader.batches(start)
-    model.train()
-    bar = tqdm(range(start, end), initial=start, total=total, desc="train", unit="step", mininterval=2.0)
-    for step in bar:
-        batch = {n: t.to(device, non_blocking=True).float() for n, t in next(stream).items()}
-        chosen = names if cfg.scheme == "all_sources" else [names[source_of_step(cfg.seed, step, len(names))]]
-        lr = learning_rate(step, total, lr=cfg.lr, lr_end=cfg.lr_end, warmup=cfg.warmup)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.zero_grad(set_to_none=True)
-        with amp:
-            out = training_step(model, batch, chosen, sae_cfg, dead, update_all=cfg.scheme == "all_sources")
-        out.loss.backward()
-        model.remove_parallel_grads(chosen if cfg.scheme == "paper" else None)
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], cfg.grad_clip)
-        optimizer.step()
-        model.normalize_decoders(chosen if cfg.scheme == "paper" else None)
-        for source, fired in out.fired.items():
-            dead.update(source, fired, cfg.batch_tokens)
-        slot = step % cfg.log_every
-        window[slot] = out.target_losses
-        l0_window[slot] = out.l0
-        counts[[names.index(c) for c in chosen]] += 1
-        tokens_since += cfg.batch_tokens
-        last = step == total - 1
-        if slot == cfg.log_every - 1 or last:
-            _check_finite(window[: slot + 1], step - slot, names)
-            elapsed = time.perf_counter() - tick
-            row = _log_row(step, lr, window[: slot + 1], l0_window[: slot + 1], dead, sae_cfg, names, counts,
-                           tokens_since / max(elapsed, 1e-9))
-            rows.append(row)
-            tracker.log(row, step)
-            bar.set_postfix(loss=f"{sum(row[f'loss_{n}'] for n in names):.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
-            tick, tokens_since, counts[:] = time.perf_counter(), 0, 0
-            dead.refresh(sae_cfg.dead_tokens)
-        if (step + 1) % cfg.checkpoint_every == 0 or step == end - 1:
-            save_checkpoint(out_dir / "checkpoints", step + 1, {
-                "fingerprint": key, "step": step + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "dead": dead.state_dict(), "decode": decode, "log": rows, "window": window.cpu(),
-                "l0_window": l0_window.cpu(), "counts": counts.copy()})
-            _write_log(rows, out_dir / "train_log.parquet")
-    bar.close()
-    stream.close()  # stops the loader's background thread
+    scheme = SCHEMES.get(cfg.scheme, setting="train.scheme")(names, cfg.seed)
+    run_steps(state, scheme, loader, cfg, total=total, end=end, tracker=tracker, key=key, out_dir=out_dir)
     tracker.close()
-    _write_log(rows, out_dir / "train_log.parquet")
+    _write_log(state.rows, out_dir / "train_log.parquet")
     if end < total:
         logger.info("stopped after step %d of %d (checkpoint written)", end - 1, total)
-    model.meta = {"scheme": cfg.scheme, "train": to_dict(cfg), "steps": end, "decode": decode,
-                  "standardization": standardization or {}, "provenance": provenance or {},
-                  "usae_version": __version__, "seed": cfg.seed}
-    for name, stats in (standardization or {}).items():
-        model.set_standardization(name, torch.as_tensor(stats["mean"]), float(stats["std"]))
-    model_dir = model.eval().save(out_dir / "model")
+    model_dir = save_trained_model(model, cfg, steps=end, decode=state.decode, standardization=standardization,
+                                   provenance=provenance, directory=out_dir / "model")
+    rows = state.rows
     final = {n: rows[-1][f"loss_{n}"] for n in names} if rows else {}
     speed = float(np.mean([r["tokens_per_s"] for r in rows[1:]] or [r["tokens_per_s"] for r in rows] or [0.0]))
     return TrainResult(model_dir=model_dir, log_path=out_dir / "train_log.parquet", steps=end,
                        final_losses=final, tokens_per_s=speed)
 
 
-def _optimizer(model: USAE, cfg: TrainConfig) -> torch.optim.Optimizer:
-    # One optimiser over all parameters; parameters without a gradient in a step (other
-    # models in the paper scheme) are skipped by Adam, so each model's moments advance only
-    # when it is the source, as with the paper's per-model optimisers.
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr)
+def run_settings(sources: dict[str, TokenSource], sae_cfg: SAEConfig, cfg: TrainConfig, *,
+                 standardization: dict[str, dict] | None, provenance: dict[str, Any] | None) -> dict[str, Any]:
+    """Everything the trained weights depend on (the checkpoints' fingerprint is made of it):
+    a checkpoint of other settings, data or training code is never resumed."""
+    return {"sae": to_dict(sae_cfg), "train": to_dict(cfg), "models": list(sources),
+            "dims": {n: s.d_model for n, s in sources.items()}, "provenance": provenance or {},
+            "standardization": standardization or {},
+            "code": {"usae": __version__, "train_stage": STAGE_VERSIONS["train"]}}
+
+
+def _log_plan(settings: dict[str, Any], total: int, loader: TokenLoader, cfg: TrainConfig) -> None:
+    shown = {k: v for k, v in settings.items() if k not in ("provenance", "standardization", "code")}
+    logger.info("train: %d steps of %d tokens (%.2f epochs of %d tokens): %s", total, cfg.batch_tokens,
+                total / loader.steps_per_epoch, loader.tokens_per_epoch, json.dumps(shown))
+
+
+def start_or_resume(state: TrainingState, directory: Path, key: str, loader: TokenLoader,
+                    device: torch.device) -> None:
+    """Restore ``state`` from the newest checkpoint in ``directory`` with fingerprint ``key``;
+    without one, delete other runs' checkpoints and start: decoder bias = mean activation,
+    dead-latent lists, decoding method (``sae.decode``, timed when ``auto``)."""
+    saved = latest_checkpoint(directory, key)
+    if saved is not None:
+        state.restore(saved)
+    else:
+        remove_stale(directory, key)
+        state.model.init_decoder_bias(_mean_activation(loader, device))
+        state.dead.refresh(state.model.cfg.dead_tokens)
+        state.decode = choose_decode(state.model, loader, state.model.cfg, device)
+    state.model.sparse_decode = state.decode == "sparse"
+
+
+def run_steps(state: TrainingState, scheme: Scheme, loader: TokenLoader, cfg: TrainConfig, *, total: int, end: int,
+              tracker: Tracker, key: str, out_dir: Path) -> None:
+    """Steps ``state.step`` to ``end - 1`` of ``total``: a log row closes every ``log_every`` steps
+    (and at the last step), a checkpoint is written every ``checkpoint_every`` steps and at ``end``."""
+    device = next(state.model.parameters()).device
+    stream = loader.batches(state.step)
+    state.model.train()
+    state.window.restart_clock()
+    bar = tqdm(range(state.step, end), initial=state.step, total=total, desc="train", unit="step", mininterval=2.0)
+    for step in bar:
+        batch = {n: t.to(device, non_blocking=True).float() for n, t in next(stream).items()}
+        sources = scheme.sources(step)
+        lr = learning_rate(step, total, lr=cfg.lr, lr_end=cfg.lr_end, warmup=cfg.warmup)
+        out = optimizer_step(state.model, state.optimizer, batch, sources, scheme=scheme, dead=state.dead, lr=lr,
+                             cfg=cfg)
+        state.window.record(step, out, sources, cfg.batch_tokens)
+        state.step = step + 1
+        if step % cfg.log_every == cfg.log_every - 1 or step == total - 1:
+            _log_row(state, step, lr, tracker, bar)
+        if state.step % cfg.checkpoint_every == 0 or state.step == end:
+            save_checkpoint(out_dir / "checkpoints", state.step, state.checkpoint(key))
+            _write_log(state.rows, out_dir / "train_log.parquet")
+    bar.close()
+    stream.close()  # stops the loader's background thread
+
+
+def _log_row(state: TrainingState, step: int, lr: float, tracker: Tracker, bar: tqdm) -> None:
+    """Close the log window at ``step``: one row to the log, the tracker and the progress bar;
+    then refresh the dead-latent lists (this is where the loop syncs with the device anyway)."""
+    dead_tokens = state.model.cfg.dead_tokens
+    row = state.window.close(step, lr, state.dead, dead_tokens)
+    state.rows.append(row)
+    tracker.log(row, step)
+    loss = sum(row[f"loss_{n}"] for n in state.window.names)
+    bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
+    state.dead.refresh(dead_tokens)
+
+
+def save_trained_model(model: USAE, cfg: TrainConfig, *, steps: int, decode: str,
+                       standardization: dict[str, dict] | None, provenance: dict[str, Any] | None,
+                       directory: Path) -> Path:
+    """Record the run in ``model.meta`` and the data's standardisation in the model, then save it."""
+    model.meta = {"scheme": cfg.scheme, "train": to_dict(cfg), "steps": steps, "decode": decode,
+                  "standardization": standardization or {}, "provenance": provenance or {},
+                  "usae_version": __version__, "seed": cfg.seed}
+    for name, stats in (standardization or {}).items():
+        model.set_standardization(name, torch.as_tensor(stats["mean"]), float(stats["std"]))
+    return model.eval().save(directory)
 
 
 @torch.no_grad()
@@ -204,17 +277,6 @@ def _check_finite(window: torch.Tensor, first_step: int, names: list[str]) -> No
         raise FloatingPointError(f"non-finite loss at step {first_step + bad_step}: reconstruction of "
                                  f"{names[bad_model]} is {window[bad_step, bad_model].item()}; lower train.lr "
                                  f"or check the data for NaN/inf")
-
-
-def _log_row(step: int, lr: float, window: torch.Tensor, l0: torch.Tensor, dead: DeadLatents, sae_cfg: SAEConfig,
-             names: list[str], counts: np.ndarray, tokens_per_s: float) -> dict[str, Any]:
-    means = window.mean(dim=0).tolist()
-    dead_frac = {n: float(v) for n, v in dead.fraction(sae_cfg.dead_tokens).items()}
-    row: dict[str, Any] = {"step": step, "lr": lr, "l0": float(l0.mean()), "tokens_per_s": tokens_per_s}
-    row.update({f"loss_{n}": v for n, v in zip(names, means)})
-    row.update({f"dead_{n}": dead_frac[n] for n in names})
-    row.update({f"source_{n}": int(c) for n, c in zip(names, counts)})
-    return row
 
 
 def _write_log(rows: list[dict[str, Any]], path: Path) -> None:

@@ -22,8 +22,8 @@ def choose_decode(model: USAE, loader: TokenLoader, cfg: SAEConfig, device: torc
     """
     if cfg.decode != "auto":
         return cfg.decode
-    if cfg.activation == "batchtopk":
-        return "sparse"  # BatchTopK codes are padded to 2k slots; gathering stays cheaper
+    if model.activation.padded:
+        return "sparse"  # codes padded past k slots (BatchTopK: 2k); gathering stays cheaper
     stream = loader.batches(0)
     batch = {n: t.to(device).float() for n, t in next(stream).items()}
     stream.close()

@@ -1,24 +1,31 @@
-"""One optimisation step of the Universal SAE, for each training scheme.
+"""One optimisation step of the Universal SAE: its losses (:func:`training_step`) and the whole
+step the training loop runs (:func:`optimizer_step`), whatever the scheme.
 
-``paper`` (Thasarathan et al. 2025, Fig. 3): pick a source i, Z = E_i(A_i), decode Z with
-every decoder, loss = sum_j err(A_j, Z D_j + b_j); only E_i and D_i are updated. D_j for
-j != i only ever receives gradients that would be thrown away, so they are detached and
-never computed. ``all_sources``: every model is a source, every parameter is updated.
+For each source i: Z = E_i(A_i), decode Z with every decoder, loss = sum_j loss(A_j, Z D_j + b_j)
+(``sae.loss``, a ``usae.registry.LOSSES`` entry), plus AuxK on the source. In the paper's scheme
+(Thasarathan et al. 2025, Fig. 3) only E_i and D_i are updated: D_j for j != i would only ever
+receive gradients that are thrown away, so they are detached and never computed. Which models
+are sources and which decoders learn is the scheme's answer (``usae.training.schemes``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from usae.config import SAEConfig
-from usae.sae.losses import RECONSTRUCTION, auxk, paper_dense_aux
+from usae.config import SAEConfig, TrainConfig
+from usae.registry import LOSSES
+from usae.sae.losses import DenseActivity, Loss, auxk
 from usae.sae.model import USAE, Codes
+from usae.training.dead import DeadLatents
+from usae.training.schemes import Scheme
 
-PAPER_AUX_WEIGHT = 0.1
+Encode = Callable[[USAE, dict[str, Tensor], str, bool], Codes]
+"""A scheme's ``encode(model, batch, source, keep_pre)``: the codes of ``source`` at a step."""
 
 
 @dataclass
@@ -35,65 +42,98 @@ class StepOutput:
     """Per source model, (m,) bool: latents that fired at least once in the batch."""
 
 
-class DeadLatents:
-    """Tokens since each latent last fired, per source model (Gao et al.'s dead criterion).
+def make_optimizer(model: USAE, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The optimiser of ``train.optimizer``: ``adam`` or ``adamw``, over all parameters.
 
-    The list of dead latents AuxK works on is refreshed by :meth:`refresh` (the training loop
-    calls it every ``log_every`` steps, where it syncs anyway), so steps never wait on the host
-    and AuxK costs nothing while no latent is dead.
+    Parameters without a gradient in a step (other models in the paper scheme) are skipped by
+    Adam, so each model's moments advance only when it is the source, as with the paper's
+    per-model optimisers.
     """
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"train.optimizer = {cfg.optimizer!r} is unknown; available: ['adam', 'adamw']")
 
-    def __init__(self, names: list[str], n_latents: int, device: torch.device) -> None:
-        self.since = {n: torch.zeros(n_latents, dtype=torch.long, device=device) for n in names}
-        self.index = {n: torch.zeros(0, dtype=torch.long, device=device) for n in names}
 
-    def update(self, name: str, fired: Tensor, n_tokens: int) -> None:
-        since = self.since[name]
-        since.add_(n_tokens).masked_fill_(fired, 0)
+def optimizer_step(model: USAE, optimizer: torch.optim.Optimizer, batch: dict[str, Tensor], sources: list[str], *,
+                   scheme: Scheme, dead: DeadLatents, lr: float, cfg: TrainConfig) -> StepOutput:
+    """One step of the training loop with ``sources`` encoding; returns its losses (on the device).
 
-    def mask(self, name: str, threshold: int) -> Tensor:
-        return self.since[name] >= threshold
+    Sets ``lr`` -> zero_grad -> :func:`training_step` (bf16 autocast on CUDA with
+    ``cfg.precision = bf16``) -> backward -> drop the gradients' components along the
+    updated decoders' rows -> clip the gradient norm to ``cfg.grad_clip`` -> optimizer step
+    -> renormalise the updated decoders' rows -> advance the dead-latent counters.
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    first = next(iter(batch.values()))
+    bf16 = cfg.precision == "bf16" and first.device.type == "cuda"
+    with torch.autocast(first.device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = training_step(model, batch, sources, model.cfg, dead, update_all=scheme.update_all,
+                            encode=scheme.encode)
+    out.loss.backward()
+    updated = scheme.updated(sources)
+    model.remove_parallel_grads(updated)
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], cfg.grad_clip)
+    optimizer.step()
+    model.normalize_decoders(updated)
+    for source, fired in out.fired.items():
+        dead.update(source, fired, first.shape[0])
+    return out
 
-    def refresh(self, threshold: int) -> None:
-        """Recompute the dead-latent lists used by AuxK (one host sync per model)."""
-        self.index = {n: (s >= threshold).nonzero().flatten() for n, s in self.since.items()}
 
-    def fraction(self, threshold: int) -> dict[str, Tensor]:
-        return {n: (s >= threshold).float().mean() for n, s in self.since.items()}
+def training_step(model: USAE, batch: dict[str, Tensor], sources: list[str], cfg: SAEConfig,
+                  dead: DeadLatents, *, update_all: bool, encode: Encode | None = None) -> StepOutput:
+    """Losses of one step with the given source model(s); call ``.loss.backward()`` after.
 
-    def state_dict(self) -> dict[str, dict[str, Tensor]]:
-        return {"since": {n: s.clone() for n, s in self.since.items()},
-                "index": {n: i.clone() for n, i in self.index.items()}}
-
-    def load_state_dict(self, state: dict[str, dict[str, Tensor]]) -> None:
-        for n, s in state["since"].items():
-            self.since[n].copy_(s)
-        self.index = {n: i.to(self.since[n].device) for n, i in state["index"].items()}
+    ``update_all`` and ``encode`` are the scheme's (:class:`usae.training.schemes.Scheme`).
+    """
+    total, per_target, l0 = 0.0, 0.0, 0.0
+    fired = {}
+    for source in sources:
+        loss, targets, codes = source_loss(model, batch, source, cfg, dead, update_all=update_all, encode=encode)
+        total = total + loss
+        per_target = per_target + targets
+        active = codes.values > 0
+        l0 = l0 + active.sum(dim=1).float().mean()
+        counts = torch.zeros(cfg.n_latents, dtype=torch.long, device=active.device)
+        fired[source] = counts.scatter_add_(0, codes.indices.flatten(), active.flatten().long()) > 0
+    n = len(sources)
+    return StepOutput(loss=total, target_losses=per_target / n, l0=l0 / n, fired=fired)
 
 
 def source_loss(model: USAE, batch: dict[str, Tensor], source: str, cfg: SAEConfig, dead: DeadLatents,
-                *, update_all: bool) -> tuple[Tensor, Tensor, Codes]:
+                *, update_all: bool, encode: Encode | None = None) -> tuple[Tensor, Tensor, Codes]:
     """Encode from ``source``, reconstruct every model; return (loss, per-target (M,), codes).
 
     Args:
         update_all: if False (paper scheme) decoders other than the source's are detached.
+        encode: ``encode(model, batch, source, keep_pre)``; None: the source's own encoder.
     """
-    recon = RECONSTRUCTION[cfg.loss]
-    need_pre = cfg.loss == "paper" or cfg.aux_k > 0
-    codes = model.encode_sparse(source, batch[source], keep_pre=need_pre)
-    dense = codes.dense(cfg.n_latents) if cfg.loss == "paper" else None
+    loss: Loss = LOSSES.get(cfg.loss, setting="sae.loss")
+    keep_pre = loss.dense or cfg.aux_k > 0
+    if encode is None:
+        codes = model.encode_sparse(source, batch[source], keep_pre=keep_pre)
+    else:
+        codes = encode(model, batch, source, keep_pre)
+    dense = codes.dense(cfg.n_latents) if loss.dense else None
     per_target = []
     total = batch[source].new_zeros((), dtype=torch.float32)
     source_hat = None
     for name in model.names:
         detach = not update_all and name != source
         x_hat = model.decode_sparse(name, codes, detach=detach)
-        err = recon(batch[name], x_hat)
-        per_target.append(err.detach())
-        total = total + err
-        if cfg.loss == "paper":
+        activity = None
+        if dense is not None:
             weight = model.W_dec[name].detach() if detach else model.W_dec[name]
-            total = total + PAPER_AUX_WEIGHT * paper_dense_aux(batch[name], x_hat, codes.pre, dense, weight)
+            activity = DenseActivity(codes.pre, dense, weight)
+        terms = loss(batch[name], x_hat, activity)
+        per_target.append(terms["reconstruction"].detach())
+        for term in terms.values():
+            total = total + term
         if name == source:
             source_hat = x_hat
     if cfg.aux_k > 0:
@@ -112,20 +152,3 @@ def _auxk_term(model: USAE, x: Tensor, x_hat: Tensor, codes: Codes, source: str,
     values = F.relu(values)  # negative pre-activations contribute nothing
     residual_hat = F.embedding_bag(dead_index[slots], model.W_dec[source], per_sample_weights=values, mode="sum")
     return auxk(x - x_hat, residual_hat)
-
-
-def training_step(model: USAE, batch: dict[str, Tensor], sources: list[str], cfg: SAEConfig,
-                  dead: DeadLatents, *, update_all: bool) -> StepOutput:
-    """Losses of one step with the given source model(s); call ``.loss.backward()`` after."""
-    total, per_target, l0 = 0.0, 0.0, 0.0
-    fired = {}
-    for source in sources:
-        loss, targets, codes = source_loss(model, batch, source, cfg, dead, update_all=update_all)
-        total = total + loss
-        per_target = per_target + targets
-        active = codes.values > 0
-        l0 = l0 + active.sum(dim=1).float().mean()
-        counts = torch.zeros(cfg.n_latents, dtype=torch.long, device=active.device)
-        fired[source] = counts.scatter_add_(0, codes.indices.flatten(), active.flatten().long()) > 0
-    n = len(sources)
-    return StepOutput(loss=total, target_losses=per_target / n, l0=l0 / n, fired=fired)
