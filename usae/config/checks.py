@@ -126,8 +126,7 @@ def _check_sequence(where: str, value: list | tuple, hint: Any, spec: Spec) -> t
         raise ValueError(f"{where} = {value!r} must have {len(args)} values")
     if not all(conforms(v, item) for v in value):
         raise ValueError(f"{where} = {value!r} is not of type 'array' of {json_type(item)!r}")
-    if len(value) < spec.min_items:
-        raise ValueError(f"{where}: at least {_count(spec.min_items)} {spec.item} is required")
+    _check_count(where, value, spec)
     if spec.unique and len(set(value)) != len(value):
         raise ValueError(f"{where} lists a {spec.item} twice: {list(value)}")
     if item in (int, float):
@@ -136,13 +135,14 @@ def _check_sequence(where: str, value: list | tuple, hint: Any, spec: Spec) -> t
 
 
 def _check_mapping(where: str, value: dict, spec: Spec) -> None:
-    if len(value) < spec.min_items:
-        raise ValueError(f"{where}: at least {_count(spec.min_items)} {spec.item} is required")
+    _check_count(where, value, spec)
     if spec.keys is not None:
         bad = [k for k in value if not (isinstance(k, str) and spec.keys.matches(k))]
         if bad:
             raise ValueError(f"{where}: names {bad} must use {spec.keys.text}")
 
 
-def _count(n: int) -> str:
-    return "one" if n == 1 else str(n)
+def _check_count(where: str, value: dict | list | tuple, spec: Spec) -> None:
+    if len(value) < spec.min_items:
+        need = f"one {spec.item} is" if spec.min_items == 1 else f"{spec.min_items} {spec.item}s are"
+        raise ValueError(f"{where}: at least {need} required")
