@@ -25,7 +25,4 @@ include: "workflow/rules/report.smk"
 rule all:
     default_target: True
     input:
-        aligned_stores(),
-        trained_models(),
-        evaluations(),
-        reports(),
+        paths.all_targets(PIPE),

@@ -116,3 +116,51 @@ def test_runs_override_shared_sections():
     assert cfg.runs["k4"].sae.n_latents == 64 and cfg.runs["k4"].train.lr == 0.01
     assert cfg.runs["base"].models == ("a", "b") and cfg.runs["k4"].models == ("b",)
     assert list(load_config({"models": {"a": {"name": "x"}}}).runs) == ["usae"]
+
+
+def test_generated_schema_and_readme_table_are_current():
+    from usae.config.generate import COMMAND, stale
+
+    out_of_date = [str(p) for p in stale(REPO)]
+    assert not out_of_date, f"{out_of_date} differ from the config declarations; run `{COMMAND}` and commit"
+
+
+def test_every_key_is_declared_once_with_a_description():
+    from usae.config.generate import table_rows
+
+    rows = table_rows()
+    keys = [key for key, *_ in rows]
+    assert len(keys) == len(set(keys)) and all(doc for *_, doc in rows)
+    assert {"train.lr", "models.<name>.layer", "dataset.synthetic.n_images", "runs.<name>.sae"} <= set(keys)
+
+
+def test_choices_come_from_the_registries(monkeypatch):
+    from usae.config.schema import config_schema
+    from usae.registry import DEVICES, SCHEMES
+
+    assert PROPS["train"]["properties"]["scheme"]["enum"] == list(SCHEMES.names())
+    assert all(PROPS[s]["properties"]["device"]["enum"] == list(DEVICES) for s in ("extract", "train", "evaluate"))
+    monkeypatch.setattr(SCHEMES, "_entries", dict(SCHEMES._entries))
+    SCHEMES.register("mine")(object)  # a plugin's scheme is a valid choice at once
+    assert TrainConfig(scheme="mine").scheme == "mine"
+    assert "mine" in config_schema()["properties"]["train"]["properties"]["scheme"]["enum"]
+
+
+def test_the_usae_command_reads_configs_through_load_config(tmp_path):
+    from usae.cli import read_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"models": {"m": {"name": "x"}}, "train": {"lr": "fast"}}))
+    with pytest.raises(ValueError, match=r"train.lr = 'fast' is not of type 'number'"):
+        read_config(path)
+    path.write_text((REPO / "tests/workflow/tiny_config.yaml").read_text())
+    assert read_config(path) == load_config(yaml.safe_load(path.read_text()))
+
+
+def test_reading_the_config_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, usae.config, usae.paths, usae.config.generate; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -24,7 +24,7 @@ logger = logging.getLogger("usae")
 
 
 def read_config(path: str | Path) -> PipelineConfig:
-    """Parse and validate a config file (the same file Snakemake reads)."""
+    """Parse and check a config file with ``load_config``, exactly as the Snakefile does."""
     import yaml
 
     path = Path(path)
@@ -45,7 +45,7 @@ def _models(cfg: PipelineConfig, chosen: list[str] | None) -> list[str]:
 def cmd_manifest(cfg: PipelineConfig, args: argparse.Namespace) -> None:
     from usae.data.manifest import build_manifest
 
-    out = paths.stage_path(paths.MANIFEST, cfg.results, dataset=cfg.dataset.name)
+    out = paths.manifest(cfg)
     table = build_manifest(cfg.dataset, out, workers=args.threads)
     print(f"{out}: {int((table['status'] == 'ok').sum())} usable of {len(table)} images")
 
@@ -53,29 +53,23 @@ def cmd_manifest(cfg: PipelineConfig, args: argparse.Namespace) -> None:
 def cmd_extract(cfg: PipelineConfig, args: argparse.Namespace) -> None:
     from usae.activations.extract import extract_activations
 
-    manifest = paths.stage_path(paths.MANIFEST, cfg.results, dataset=cfg.dataset.name)
     parts = [args.part] if args.part is not None else range(cfg.extract.n_parts)
     for key in _models(cfg, args.model):
         spec = cfg.models[key]
         for part in parts:
-            out = paths.stage_path(paths.EXTRACT_PART, cfg.results, dataset=cfg.dataset.name, model=key,
-                                   layer=spec.layer_tag, part=part)
-            result = extract_activations(manifest, spec, cfg.extract, part, out)
+            out = paths.extract_part(cfg, key, spec.layer_tag, part)
+            result = extract_activations(paths.manifest(cfg), spec, cfg.extract, part, out)
             print(f"{out}: {result.n_images} images, {result.images_per_s:.1f} images/s")
 
 
 def cmd_prepare(cfg: PipelineConfig, args: argparse.Namespace) -> None:
     from usae.activations.prepare import prepare_activations
 
-    manifest = paths.stage_path(paths.MANIFEST, cfg.results, dataset=cfg.dataset.name)
     for key in _models(cfg, args.model):
-        fields = {"dataset": cfg.dataset.name, "model": key, "layer": cfg.models[key].layer_tag}
-        parts = [paths.stage_path(paths.EXTRACT_PART, cfg.results, part=k, **fields)
-                 for k in range(cfg.extract.n_parts)]
-        out = paths.stage_path(paths.ALIGNED, cfg.results, **fields)
-        prepare_activations(parts, manifest, cfg.prepare, out, paths.stage_path(paths.ALIGNED_STATS, cfg.results,
-                                                                               **fields),
-                            num_workers=args.threads)
+        layer = cfg.models[key].layer_tag
+        out = paths.aligned(cfg, key, layer)
+        prepare_activations(paths.extract_parts(cfg, key, layer), paths.manifest(cfg), cfg.prepare, out,
+                            paths.aligned_stats(cfg, key, layer), num_workers=args.threads)
         print(f"{out}: done")
 
 
@@ -100,8 +94,7 @@ def cmd_train(cfg: PipelineConfig | None, args: argparse.Namespace) -> None:
         raise ValueError("give a config (-c) or activations (--acts name=path ...)")
     for key in runs:
         run = cfg.runs[key]
-        out = paths.stage_path(paths.RUN_DIR, cfg.results, run=key)
-        result = train_from_stores(_run_stores(cfg, key), run.sae, run.train, out)
+        result = train_from_stores(paths.run_stores(cfg, key), run.sae, run.train, paths.run_dir(cfg, key))
         print(f"{result.model_dir}: {result.steps} steps, {result.tokens_per_s:.0f} tokens/s")
 
 
@@ -109,13 +102,9 @@ def cmd_evaluate(cfg: PipelineConfig, args: argparse.Namespace) -> None:
     from usae.evaluation.run import evaluate_run
 
     for key in _runs(cfg, args.run):
-        stores = _run_stores(cfg, key)
-        out = paths.stage_path(paths.RUN_EVAL, cfg.results, run=key)
-        synthetic = (paths.stage_path(paths.SYNTHETIC_DIR, cfg.results, dataset=cfg.dataset.name)
-                     if cfg.dataset.source == "synthetic" else None)
-        metrics = evaluate_run(paths.stage_path(paths.RUN_MODEL, cfg.results, run=key), stores, cfg.evaluate, out,
-                               manifest_path=paths.stage_path(paths.MANIFEST, cfg.results, dataset=cfg.dataset.name),
-                               synthetic_dir=synthetic)
+        out = paths.run_eval(cfg, key)
+        metrics = evaluate_run(paths.run_model(cfg, key), paths.run_stores(cfg, key), cfg.evaluate, out,
+                               manifest_path=paths.manifest(cfg), synthetic_dir=paths.synthetic_images(cfg))
         print(f"{out}: R2 (per-dim) {metrics['r2_per_dim']}")
 
 
@@ -124,12 +113,6 @@ def _runs(cfg: PipelineConfig, chosen: str | None) -> list[str]:
     if chosen is not None and chosen not in cfg.runs:
         raise ValueError(f"--run {chosen!r} not in the config's runs {sorted(cfg.runs)}")
     return [chosen] if chosen else list(cfg.runs)
-
-
-def _run_stores(cfg: PipelineConfig, key: str) -> dict[str, Path]:
-    """Aligned store of each model of run ``key``, in the run's model order."""
-    return {m: paths.stage_path(paths.ALIGNED, cfg.results, dataset=cfg.dataset.name, model=m,
-                                layer=cfg.models[m].layer_tag) for m in cfg.runs[key].models}
 
 
 def _name_path(text: str) -> tuple[str, Path]:

@@ -1,11 +1,18 @@
-"""Where every stage writes, as patterns shared by the Snakefile and the ``usae`` command.
+"""Where every stage writes, as functions of the pipeline config: the one copy of the
+results layout, used by the rule files (``workflow/rules/*.smk``) and the ``usae`` command.
 
-Fields in braces are Snakemake wildcards; ``format`` them to get concrete paths.
+A function's wildcard arguments default to Snakemake placeholders (``"{model}"``), so
+``aligned(cfg)`` is a rule's output pattern and ``aligned(cfg, "dino", "final")`` a
+concrete path. The ``{root}``/``{dataset}`` patterns below are the layout itself.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from usae.config import PipelineConfig
 
 MANIFEST = "{root}/{dataset}/manifest.parquet"
 SYNTHETIC_DIR = "{root}/{dataset}/synthetic"
@@ -20,7 +27,90 @@ RUN_REPORT = "{root}/runs/{run}/report"
 LOG = "{root}/logs/{rule}/{name}.log"
 BENCHMARK = "{root}/benchmarks/{rule}/{name}.tsv"
 
+MODEL, LAYER, PART, RUN = "{model}", "{layer}", "{part}", "{run}"
+"""Snakemake wildcard placeholders: the default of every wildcard argument below."""
+
 
 def stage_path(pattern: str, root: str | Path = "results", **fields: object) -> Path:
     """Fill a pattern of this module with concrete values."""
     return Path(pattern.format(root=root, **fields))
+
+
+def _fill(pattern: str, cfg: PipelineConfig, **fields: object) -> str:
+    return pattern.format(root=cfg.results, dataset=cfg.dataset.name, **fields)
+
+
+def manifest(cfg: PipelineConfig) -> str:
+    return _fill(MANIFEST, cfg)
+
+
+def synthetic_images(cfg: PipelineConfig) -> str | None:
+    """Folder of the generated images and their planted factors; None unless the source is synthetic."""
+    return _fill(SYNTHETIC_DIR, cfg) if cfg.dataset.source == "synthetic" else None
+
+
+def extract_part(cfg: PipelineConfig, model: str = MODEL, layer: str = LAYER, part: int | str = PART) -> str:
+    return _fill(EXTRACT_PART, cfg, model=model, layer=layer, part=part)
+
+
+def extract_parts(cfg: PipelineConfig, model: str, layer: str) -> list[str]:
+    """Every extraction part of one model's layer, in part order."""
+    return [extract_part(cfg, model, layer, k) for k in range(cfg.extract.n_parts)]
+
+
+def aligned(cfg: PipelineConfig, model: str = MODEL, layer: str = LAYER) -> str:
+    return _fill(ALIGNED, cfg, model=model, layer=layer)
+
+
+def aligned_stats(cfg: PipelineConfig, model: str = MODEL, layer: str = LAYER) -> str:
+    return _fill(ALIGNED_STATS, cfg, model=model, layer=layer)
+
+
+def model_stores(cfg: PipelineConfig, models: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """Aligned store of each of ``models`` at its configured layer, in the order given."""
+    return {m: aligned(cfg, m, cfg.models[m].layer_tag) for m in models}
+
+
+def run_stores(cfg: PipelineConfig, run: str) -> dict[str, str]:
+    """Aligned store of each model of run ``run``, in the run's model order."""
+    return model_stores(cfg, cfg.runs[run].models)
+
+
+def run_dir(cfg: PipelineConfig, run: str = RUN) -> str:
+    return _fill(RUN_DIR, cfg, run=run)
+
+
+def run_model(cfg: PipelineConfig, run: str = RUN) -> str:
+    return _fill(RUN_MODEL, cfg, run=run)
+
+
+def run_log(cfg: PipelineConfig, run: str = RUN) -> str:
+    return _fill(RUN_LOG, cfg, run=run)
+
+
+def run_eval(cfg: PipelineConfig, run: str = RUN) -> str:
+    return _fill(RUN_EVAL, cfg, run=run)
+
+
+def run_report(cfg: PipelineConfig, run: str = RUN) -> str:
+    return _fill(RUN_REPORT, cfg, run=run)
+
+
+def for_runs(cfg: PipelineConfig, *outputs: Callable[[PipelineConfig, str], str]) -> list[str]:
+    """Each of ``outputs`` (``run_model``, ``run_eval``, ...) of every run: output by output, runs sorted."""
+    return [output(cfg, run) for output in outputs for run in sorted(cfg.runs)]
+
+
+def all_targets(cfg: PipelineConfig) -> list[str]:
+    """What a full run builds: every model's aligned store, then each run's model, evaluation and report."""
+    return list(model_stores(cfg, sorted(cfg.models)).values()) + for_runs(cfg, run_model, run_eval, run_report)
+
+
+def log(cfg: PipelineConfig, rule: str, name: str) -> str:
+    """Log file of one job of ``rule``; ``name`` may hold wildcards (``"{model}_{layer}"``)."""
+    return _fill(LOG, cfg, rule=rule, name=name)
+
+
+def benchmark(cfg: PipelineConfig, rule: str, name: str) -> str:
+    """Benchmark table of one job of ``rule``, named like its log."""
+    return _fill(BENCHMARK, cfg, rule=rule, name=name)

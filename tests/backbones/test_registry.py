@@ -1,6 +1,8 @@
 """Registry of backbone families: registration, lookup and freezing."""
 
 import os
+import subprocess
+import sys
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -10,14 +12,14 @@ from torch import nn  # noqa: E402
 
 from usae.backbones import (Backbone, Preprocessing, TokenLayout, create_backbone,  # noqa: E402
                             list_backbones, register_backbone)
-from usae.backbones import registry  # noqa: E402
 from usae.config import BackboneSpec  # noqa: E402
+from usae.registry import BACKBONES  # noqa: E402
 
 
 @pytest.fixture
 def clean_registry(monkeypatch):
     """A registry copy, so test registrations do not leak into other tests."""
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(BACKBONES, "_entries", dict(BACKBONES._entries))
 
 
 class _Toy(Backbone):
@@ -42,10 +44,27 @@ def test_builtin_libraries_are_registered():
 
 
 def test_unknown_library_lists_available():
+    # The config refuses an unregistered library when it is read, before any job.
+    with pytest.raises(ValueError, match="nope") as err:
+        BackboneSpec(key="m", library="nope", name="x", pretrained=False)
+    assert "timm" in str(err.value) and "transformers" in str(err.value)
+
+
+def test_library_unregistered_after_the_config_was_read_lists_available(clean_registry):
+    register_backbone("nope")(_Toy)
     spec = BackboneSpec(key="m", library="nope", name="x", pretrained=False)
+    del BACKBONES._entries["nope"]
     with pytest.raises(ValueError, match="nope") as err:
         create_backbone(spec)
     assert "timm" in str(err.value) and "transformers" in str(err.value)
+
+
+def test_importing_backbones_or_config_imports_neither_timm_nor_transformers():
+    code = ("import sys, usae.backbones, usae.config, usae.config.generate; "
+            "print(sorted(m for m in ('timm', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    assert set(list_backbones()) >= {"timm", "transformers"}  # declared all the same
 
 
 def test_duplicate_registration_raises(clean_registry):

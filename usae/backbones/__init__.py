@@ -1,8 +1,11 @@
-"""Backbone families behind one interface; importing this registers ``timm`` and ``transformers``."""
+"""Backbone families behind one interface.
+
+The ``timm`` and ``transformers`` adapters are registered lazily (``usae.registry.BACKBONES``):
+their libraries are imported when a model of that family is first built, not here.
+"""
 
 from usae.backbones.base import Backbone, Preprocessing, TokenLayout
 from usae.backbones.registry import create_backbone, list_backbones, register_backbone
-from usae.backbones import hf_backbone, timm_backbone  # noqa: F401  (registers the adapters)
 
 __all__ = ["Backbone", "Preprocessing", "TokenLayout", "create_backbone", "list_backbones",
            "register_backbone"]

@@ -12,7 +12,6 @@ from packaging.version import Version
 from torch import Tensor, nn
 
 from usae.backbones.base import Backbone, Preprocessing
-from usae.backbones.registry import register_backbone
 from usae.config import FINAL_LAYER, BackboneSpec
 
 logger = logging.getLogger(__name__)
@@ -26,7 +25,6 @@ _DTYPE_KEY = "dtype" if Version(transformers.__version__) >= Version("4.56") els
 _DTYPE = {_DTYPE_KEY: torch.float32}
 
 
-@register_backbone("transformers")
 class HFBackbone(Backbone):
     """A ``transformers`` vision model (ViT, DINOv2, SigLIP/CLIP vision tower, ...).
 

@@ -1,4 +1,9 @@
-"""Registry of backbone families: one adapter class per library, picked by ``spec.library``."""
+"""Building backbones by library name: ``spec.library`` picks an adapter in :data:`usae.registry.BACKBONES`.
+
+The built-in adapters are declared there as import strings, so importing
+``usae.backbones`` (or reading a config) imports neither timm nor transformers: an
+adapter's module is imported the first time a spec names its library.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +14,18 @@ import torch
 
 from usae.backbones.base import Backbone, init_seed
 from usae.config import BackboneSpec
+from usae.registry import BACKBONES
 
 logger = logging.getLogger(__name__)
 
 B = TypeVar("B", bound=type[Backbone])
 
-_REGISTRY: dict[str, type[Backbone]] = {}
-
 
 def register_backbone(library: str) -> Callable[[B], B]:
     """Class decorator that registers a :class:`Backbone` subclass under a library name.
 
-    The class is built as ``cls(spec)`` by :func:`create_backbone`.
+    The class is built as ``cls(spec)`` by :func:`create_backbone`; the name becomes an
+    allowed value of ``models.<name>.library``.
 
     Args:
         library: The value of ``BackboneSpec.library`` that selects this class.
@@ -36,20 +41,20 @@ def register_backbone(library: str) -> Callable[[B], B]:
         raise ValueError(f"backbone library name must be a non-empty string, got {library!r}")
 
     def decorator(cls: B) -> B:
-        if not (isinstance(cls, type) and issubclass(cls, Backbone)):
-            raise ValueError(f"register_backbone({library!r}): {cls!r} is not a Backbone subclass")
-        if library in _REGISTRY:
-            raise ValueError(f"backbone library {library!r} is already registered "
-                             f"(by {_REGISTRY[library].__qualname__})")
-        _REGISTRY[library] = cls
-        return cls
+        _check_adapter(library, cls)
+        return BACKBONES.register(library)(cls)
 
     return decorator
 
 
+def _check_adapter(library: str, cls: object) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, Backbone)):
+        raise ValueError(f"register_backbone({library!r}): {cls!r} is not a Backbone subclass")
+
+
 def list_backbones() -> list[str]:
     """Names of the registered backbone libraries, sorted."""
-    return sorted(_REGISTRY)
+    return sorted(BACKBONES.names())
 
 
 def create_backbone(spec: BackboneSpec) -> Backbone:
@@ -65,11 +70,8 @@ def create_backbone(spec: BackboneSpec) -> Backbone:
         ValueError: If ``spec.library`` is not registered (the message lists the
             registered ones), or the adapter rejects the spec.
     """
-    try:
-        cls = _REGISTRY[spec.library]
-    except KeyError:
-        raise ValueError(f"models.{spec.key}.library = {spec.library!r} is unknown; "
-                         f"available: {list_backbones()}") from None
+    cls = BACKBONES.get(spec.library, setting=f"models.{spec.key}.library")
+    _check_adapter(spec.library, cls)  # a lazily declared target is only seen now
     # Random weights must be the same in every job (parts of one extraction run in
     # separate processes), so they come from a seed fixed by the model's name.
     with torch.random.fork_rng(devices=[]):

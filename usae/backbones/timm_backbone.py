@@ -11,13 +11,11 @@ import timm.data
 from torch import Tensor, nn
 
 from usae.backbones.base import Backbone, Preprocessing
-from usae.backbones.registry import register_backbone
 from usae.config import FINAL_LAYER, BackboneSpec
 
 logger = logging.getLogger(__name__)
 
 
-@register_backbone("timm")
 class TimmBackbone(Backbone):
     """A timm model; tokens of its ``forward_features`` output or of one block/stage.
 

@@ -1,7 +1,9 @@
 """Typed, validated settings of every stage: one frozen dataclass per config section.
 
-The YAML schema (``workflow/schemas/config.schema.yaml``) and these classes describe the
-same keys; ``tests/test_config.py`` fails when they drift apart.
+Each key is declared once, with ``setting()`` (default, allowed values, description);
+the checks, ``workflow/schemas/config.schema.yaml`` and the README's configuration table
+all come from that declaration (``python -m usae.config.generate`` rewrites the files).
+``load_config`` is the one reader of a ``config.yaml``, for Snakemake and ``usae`` alike.
 """
 
 from usae.config.base import from_dict, to_dict

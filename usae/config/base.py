@@ -1,4 +1,4 @@
-"""Helpers shared by the config dataclasses: range and choice checks, dict round trips."""
+"""Helpers shared by the config dataclasses: building them from plain dicts and back."""
 
 from __future__ import annotations
 
@@ -10,20 +10,11 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def check_choice(section: str, key: str, value: Any, allowed: tuple) -> None:
-    """Raise ValueError naming ``section.key`` unless ``value`` is one of ``allowed``."""
-    if value not in allowed:
-        raise ValueError(f"{section}.{key} = {value!r} is not allowed; choose one of {list(allowed)}")
-
-
-def check_range(section: str, key: str, value: Any, lo: float | None = None,
-                hi: float | None = None, lo_open: bool = False) -> None:
-    """Raise ValueError naming ``section.key`` and the allowed range when ``value`` is outside it."""
-    bad = (lo is not None and (value <= lo if lo_open else value < lo)) or (hi is not None and value > hi)
-    if bad:
-        low = "" if lo is None else (f"> {lo}" if lo_open else f">= {lo}")
-        high = "" if hi is None else f"<= {hi}"
-        raise ValueError(f"{section}.{key} = {value!r} is out of range; it must be {' and '.join(filter(None, (low, high)))}")
+def as_mapping(where: str, data: Any) -> dict[str, Any]:
+    """A copy of ``data`` as a dict (None counts as empty); ValueError naming ``where`` otherwise."""
+    if data is not None and not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping, got {data!r}")
+    return dict(data or {})
 
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, *, section: str = "", **extra: Any) -> T:
@@ -33,9 +24,7 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, *, section: str = "", *
     is annotated as a tuple.
     """
     where = section or cls.__name__
-    if data is not None and not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping, got {data!r}")
-    data = dict(data or {})
+    data = as_mapping(where, data)
     data.update(extra)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}

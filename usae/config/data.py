@@ -2,99 +2,78 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from usae.config.base import check_choice, check_range
+from usae.config.checks import Section
+from usae.config.settings import REQUIRED, Pattern, setting
+from usae.registry import BACKBONES, DEVICES
 
 SOURCES = ("synthetic", "folder", "list")
 STANDARDIZATIONS = ("scalar", "per_dim", "none")
 COMPRESSORS = ("none", "zstd", "blosc-lz4")
-DEVICES = ("auto", "cpu", "cuda")
 FINAL_LAYER = "final"
 
+__all__ = ["COMPRESSORS", "DEVICES", "FINAL_LAYER", "SOURCES", "STANDARDIZATIONS", "BackboneSpec", "ExtractConfig",
+           "ManifestConfig", "PrepareConfig", "SyntheticImagesConfig", "layer_tag"]
+
 
 @dataclass(frozen=True, kw_only=True)
-class SyntheticImagesConfig:
+class SyntheticImagesConfig(Section):
     """Settings of the built-in generated image set with planted factors."""
 
-    n_images: int = 256
-    """Number of images to generate."""
-    image_size: int = 224
-    """Side of the square images in pixels."""
-    max_objects: int = 3
-    """Each image holds 1..max_objects objects."""
+    section_name = "dataset.synthetic"
 
-    def __post_init__(self) -> None:
-        check_range("dataset.synthetic", "n_images", self.n_images, 1)
-        check_range("dataset.synthetic", "image_size", self.image_size, 32)
-        check_range("dataset.synthetic", "max_objects", self.max_objects, 1, 8)
+    n_images: int = setting(256, "Number of generated images.", minimum=1)
+    image_size: int = setting(224, "Side of the generated square images in pixels.", minimum=32)
+    max_objects: int = setting(3, "Each image holds 1 to `max_objects` objects.", minimum=1, maximum=8)
 
 
 @dataclass(frozen=True, kw_only=True)
-class ManifestConfig:
+class ManifestConfig(Section):
     """Where the images come from and how they are split (config section ``dataset``)."""
 
-    name: str = "synthetic"
-    """Dataset name; outputs go to ``results/<name>/``."""
-    source: str = "synthetic"
-    """``synthetic`` (generated), ``folder`` (class subfolders become labels) or ``list`` (CSV/Parquet)."""
-    path: str | None = None
-    """Folder root or list file; unused for ``synthetic``."""
-    val_fraction: float = 0.2
-    """Share of images put in the validation split when the source gives no split."""
-    seed: int = 0
-    """Seed of the hash split and of the generated images."""
-    synthetic: SyntheticImagesConfig = field(default_factory=SyntheticImagesConfig)
-    """Generator settings, used when ``source: synthetic``."""
+    section_name = "dataset"
 
-    def __post_init__(self) -> None:
-        check_choice("dataset", "source", self.source, SOURCES)
-        check_range("dataset", "val_fraction", self.val_fraction, 0.0, 1.0)
-        if self.source != "synthetic" and not self.path:
-            raise ValueError(f"dataset.path is required when dataset.source = {self.source!r}")
-        if not self.name or "/" in self.name:
-            raise ValueError(f"dataset.name = {self.name!r} must be a non-empty name without '/'")
+    name: str = setting("synthetic", "Dataset name; outputs go to `results/<name>/`.",
+                        pattern=Pattern("[A-Za-z0-9_.-]+", "only letters, digits, '_', '.' and '-'"))
+    source: str = setting(
+        "synthetic", "`synthetic` (generated, with planted factors), `folder` (class subfolders = labels; "
+        "`train`/`val` top folders = splits) or `list` (CSV/Parquet with `path` and optional `label`, `split`, "
+        "`image_id`; relative paths are relative to the list file).", choices=SOURCES)
+    path: str | None = setting(None, "Folder root or list file; required unless `source` is `synthetic`.")
+    val_fraction: float = setting(
+        0.2, "Validation share when the source has no split: a seeded hash of the image id decides, so adding "
+        "images never moves the others.", minimum=0.0, maximum=1.0)
+    seed: int = setting(0, "Seed of that split and of the generated images.")
+    synthetic: SyntheticImagesConfig = setting(SyntheticImagesConfig, "Generated image set (`source: synthetic`).")
 
 
 @dataclass(frozen=True, kw_only=True)
-class BackboneSpec:
+class BackboneSpec(Section):
     """One model whose activations are extracted (an entry of config section ``models``)."""
 
     key: str
-    """Short name used in paths and reports (the key under ``models``)."""
-    library: str = "timm"
-    """Backbone family in the registry: ``timm`` or ``transformers``."""
-    name: str
-    """timm ``arch.tag`` or Hugging Face hub id."""
-    pretrained: bool = True
-    """Load released weights (needs the hub) or initialise randomly."""
-    layer: str | int = FINAL_LAYER
-    """``final`` (post-norm output) or a 0-based block index (that block's output)."""
-    image_size: int = 224
-    """Input side in pixels (square resize, bicubic, no crop, as in the paper)."""
-    mean: tuple[float, float, float] | None = None
-    """Normalisation mean; default: the model's own configuration."""
-    std: tuple[float, float, float] | None = None
-    """Normalisation std; default: the model's own configuration."""
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    """Extra constructor arguments (timm ``create_model`` kwargs)."""
-    hf_config: dict[str, Any] | None = None
-    """transformers only: a model config (``model_type`` plus fields) to build offline."""
+    """Short name used in paths and reports (the key under ``models``; not a setting of its own)."""
+    library: str = setting("timm", "Backbone family (an adapter in `usae.registry.BACKBONES`).", choices=BACKBONES)
+    name: str = setting(REQUIRED, "timm `arch.tag` (e.g. `vit_small_patch14_dinov2.lvd142m`) or Hugging Face hub id.")
+    pretrained: bool = setting(True, "Released weights (needs the hub or its cache), or random weights (seeded by "
+                                     "the name, identical in every job).")
+    layer: str | int = setting(
+        FINAL_LAYER, "`final` (post-norm output, the paper) or a 0-based block index (that block's output; for "
+        "timm CNNs, timm's feature index).", choices=(FINAL_LAYER,), minimum=0)
+    image_size: int = setting(224, "Square input side in pixels: bicubic resize, no crop (as the paper).", minimum=16)
+    mean: tuple[float, float, float] | None = setting(None, "Normalisation mean (RGB); `null` = the model's own "
+                                                            "config.")
+    std: tuple[float, float, float] | None = setting(None, "Normalisation std (RGB); `null` = the model's own config.",
+                                                     exclusive_minimum=0)
+    kwargs: dict[str, Any] = setting({}, "Extra constructor arguments (timm `create_model` kwargs such as `depth`, "
+                                         "transformers config overrides).")
+    hf_config: dict[str, Any] | None = setting(None, "transformers only: a model config (`model_type` plus fields) "
+                                                     "to build offline with random weights.")
 
-    def __post_init__(self) -> None:
-        section = f"models.{self.key}"
-        if self.layer != FINAL_LAYER and not (isinstance(self.layer, int) and self.layer >= 0):
-            raise ValueError(f"{section}.layer = {self.layer!r}; use 'final' or a block index >= 0")
-        check_range(section, "image_size", self.image_size, 16)
-        for key in ("mean", "std"):
-            value = getattr(self, key)
-            if value is not None:
-                if len(value) != 3:
-                    raise ValueError(f"{section}.{key} = {value!r} must have 3 values (RGB)")
-                object.__setattr__(self, key, tuple(float(v) for v in value))
-        if self.std is not None and min(self.std) <= 0:
-            raise ValueError(f"{section}.std = {self.std!r} must be positive")
+    def config_path(self) -> str:
+        return f"models.{self.key}"
 
     @property
     def layer_tag(self) -> str:
@@ -108,53 +87,32 @@ def layer_tag(layer: str | int) -> str:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ExtractConfig:
+class ExtractConfig(Section):
     """How activations are computed and stored (config section ``extract``)."""
 
-    n_parts: int = 2
-    """Manifest parts, one extraction job (and one store) each."""
-    batch_size: int = 32
-    """Images per forward pass."""
-    num_workers: int = 2
-    """DataLoader processes decoding images."""
-    device: str = "auto"
-    """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
-    images_per_chunk: int = 16
-    """Zarr chunk length along the image axis."""
-    compressor: str = "none"
-    """Codec of the float16 stores: ``none``, ``zstd`` or ``blosc-lz4``."""
-    keep_prefix: bool = True
-    """Also store CLS/register tokens (in their own array)."""
+    section_name = "extract"
 
-    def __post_init__(self) -> None:
-        check_range("extract", "n_parts", self.n_parts, 1)
-        check_range("extract", "batch_size", self.batch_size, 1)
-        check_range("extract", "num_workers", self.num_workers, 0)
-        check_range("extract", "images_per_chunk", self.images_per_chunk, 1)
-        check_choice("extract", "device", self.device, DEVICES)
-        check_choice("extract", "compressor", self.compressor, COMPRESSORS)
+    n_parts: int = setting(2, "Manifest parts: one extraction job and one store each.", minimum=1)
+    batch_size: int = setting(32, "Images per forward pass.", minimum=1)
+    num_workers: int = setting(2, "Image-decoding processes per job.", minimum=0)
+    device: str = setting("auto", "`auto` = CUDA when present, else CPU.", choices=DEVICES)
+    images_per_chunk: int = setting(16, "Zarr chunk length along the image axis.", minimum=1)
+    compressor: str = setting("none", "Codec of the float16 stores (measured: float16 activations compress < 10%).",
+                              choices=COMPRESSORS)
+    keep_prefix: bool = setting(True, "Also store CLS/register tokens, in their own array.")
 
 
 @dataclass(frozen=True, kw_only=True)
-class PrepareConfig:
+class PrepareConfig(Section):
     """Patch-grid alignment and standardisation (config section ``prepare``)."""
 
-    grid: int = 14
-    """Common patch grid side every model is resized to (paper: 14)."""
-    standardize: str = "scalar"
-    """``scalar`` (one mean and std per model, the paper), ``per_dim`` or ``none``."""
-    stats_images: int = 1000
-    """Training images sampled (seeded) for the statistics."""
-    seed: int = 0
-    """Seed of the statistics sample."""
-    images_per_chunk: int = 32
-    """Zarr chunk length along the image axis of the aligned stores."""
-    compressor: str = "none"
-    """Codec of the aligned stores: ``none``, ``zstd`` or ``blosc-lz4``."""
+    section_name = "prepare"
 
-    def __post_init__(self) -> None:
-        check_range("prepare", "grid", self.grid, 1)
-        check_choice("prepare", "standardize", self.standardize, STANDARDIZATIONS)
-        check_range("prepare", "stats_images", self.stats_images, 1)
-        check_range("prepare", "images_per_chunk", self.images_per_chunk, 1)
-        check_choice("prepare", "compressor", self.compressor, COMPRESSORS)
+    grid: int = setting(14, "Common patch grid side every model is resized to (paper: 14 × 14); not larger than "
+                            "any model's grid.", minimum=1)
+    standardize: str = setting("scalar", "`scalar` (one mean and std per model, the paper), `per_dim` (mean per "
+                                         "dimension, one global scale) or `none`.", choices=STANDARDIZATIONS)
+    stats_images: int = setting(1000, "Training images sampled (seeded) for the statistics (paper: 1000).", minimum=1)
+    seed: int = setting(0, "Seed of that sample.")
+    images_per_chunk: int = setting(32, "Zarr chunk length along the image axis of the aligned stores.", minimum=1)
+    compressor: str = setting("none", "Codec of the aligned stores.", choices=COMPRESSORS)

@@ -1,79 +1,74 @@
-"""The whole config.yaml: every section, checked together."""
+"""The whole config.yaml: every section, checked together, and the one function that reads it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from typing import Any
 
-from usae.config.base import from_dict
+from usae.config.base import as_mapping, from_dict
+from usae.config.checks import Section
 from usae.config.data import BackboneSpec, ExtractConfig, ManifestConfig, PrepareConfig
 from usae.config.evaluate import EvaluateConfig
+from usae.config.settings import NAME, REQUIRED, file_default, setting
 from usae.config.train import RunConfig, SAEConfig, TrainConfig
 
 
 @dataclass(frozen=True, kw_only=True)
-class PipelineConfig:
+class PipelineConfig(Section):
     """The whole ``config.yaml``: dataset, models, and the settings of each stage."""
 
-    results: str = "results"
-    """Folder every output goes under."""
-    dataset: ManifestConfig = field(default_factory=ManifestConfig)
-    """Image source and split (stage ``manifest``)."""
-    models: dict[str, BackboneSpec]
-    """Backbones, by short name."""
-    extract: ExtractConfig = field(default_factory=ExtractConfig)
-    """Stage ``extract``."""
-    prepare: PrepareConfig = field(default_factory=PrepareConfig)
-    """Stage ``prepare``."""
-    sae: SAEConfig = field(default_factory=SAEConfig)
-    """USAE architecture shared by every run (runs may override keys)."""
-    train: TrainConfig = field(default_factory=TrainConfig)
-    """Training settings shared by every run (runs may override keys)."""
-    runs: dict[str, RunConfig] = field(default_factory=dict)
-    """Training runs by name; each may override ``sae`` and ``train`` keys and pick models."""
-    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
-    """Stage ``evaluate``."""
-
-    def __post_init__(self) -> None:
-        if not self.models:
-            raise ValueError("models: at least one model is required")
-        bad = [k for k in self.models if not k.replace("_", "").replace("-", "").isalnum()]
-        if bad:
-            raise ValueError(f"models: names {bad} must use only letters, digits, '_' and '-'")
-        for run in self.runs.values():
-            unknown = sorted(set(run.models) - set(self.models))
-            if unknown:
-                raise ValueError(f"runs.{run.key}.models: {unknown} are not in models {sorted(self.models)}")
+    results: str = setting("results", "Folder every output goes under.")
+    dataset: ManifestConfig = setting(ManifestConfig, "Image source and train/val split (stage `manifest`).")
+    models: dict[str, BackboneSpec] = setting(
+        REQUIRED, "Backbones by short name; the name is used in paths.", keys=NAME, min_items=1, item="model")
+    extract: ExtractConfig = setting(ExtractConfig, "Activation extraction (stage `extract`).")
+    prepare: PrepareConfig = setting(PrepareConfig, "Patch-grid alignment and standardisation (stage `prepare`).")
+    sae: SAEConfig = setting(SAEConfig, "Universal SAE architecture shared by every run (runs may override keys).")
+    train: TrainConfig = setting(TrainConfig, "Training settings shared by every run (runs may override keys).")
+    runs: dict[str, RunConfig] = setting(
+        REQUIRED, "Training runs by name (`results/runs/<name>/`); `null` = one run named `usae`. Each may pick "
+        "models and override `sae`/`train` keys, e.g. `runs: {k32: {}, k16: {sae: {k: 16}}}`.",
+        keys=NAME, absent={"usae": {}})
+    evaluate: EvaluateConfig = setting(EvaluateConfig, "Evaluation of every run on the validation tokens "
+                                                       "(stage `evaluate`).")
 
 
 def load_config(data: dict[str, Any]) -> PipelineConfig:
-    """Build and check the pipeline config from a parsed ``config.yaml`` dict."""
+    """Build and check the pipeline config from a parsed ``config.yaml`` dict.
+
+    The one way a config is read: ``usae`` commands and the Snakefile both call it, so
+    both accept and refuse exactly the same files, with the same messages.
+
+    Raises:
+        ValueError: naming the first bad key and what it allows.
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f"config: expected a mapping of sections, got {data!r}")
     data = dict(data)
     models = data.pop("models", None) or {}
     if not isinstance(models, dict):
         raise ValueError("models: expected a mapping of name -> model settings")
     specs = {key: from_dict(BackboneSpec, value, section=f"models.{key}", key=key) for key, value in models.items()}
     runs = data.pop("runs", None)
-    runs = {"usae": {}} if runs is None else runs
+    if runs is None:
+        runs = file_default(_field(PipelineConfig, "runs"))
     if not isinstance(runs, dict):
         raise ValueError("runs: expected a mapping of run name -> settings")
-    sae, train = dict(data.get("sae") or {}), dict(data.get("train") or {})
-    built = {key: _run(key, value, sae, train, list(specs)) for key, value in runs.items()}
+    shared = {name: as_mapping(name, data.get(name)) for name in ("sae", "train")}
+    built = {key: _run(key, value, shared, list(specs)) for key, value in runs.items()}
     return from_dict(PipelineConfig, data, models=specs, runs=built)
 
 
-def _run(key: str, value: dict[str, Any] | None, sae: dict[str, Any], train: dict[str, Any],
-         all_models: list[str]) -> RunConfig:
+def _run(key: str, value: dict[str, Any] | None, shared: dict[str, dict[str, Any]], all_models: list[str]) -> RunConfig:
     """A run's settings: the shared ``sae``/``train`` sections updated with the run's own keys."""
-    value = dict(value or {})
-    unknown = sorted(set(value) - {"models", "sae", "train"})
-    if unknown:
-        raise ValueError(f"runs.{key}: unknown key(s) {unknown}; allowed: ['models', 'sae', 'train']")
-    if not key.replace("_", "").replace("-", "").isalnum():
-        raise ValueError(f"runs: name {key!r} must use only letters, digits, '_' and '-'")
-    return RunConfig(
-        key=key,
-        models=tuple(value.get("models") or all_models),
-        sae=from_dict(SAEConfig, {**sae, **(value.get("sae") or {})}, section=f"runs.{key}.sae"),
-        train=from_dict(TrainConfig, {**train, **(value.get("train") or {})}, section=f"runs.{key}.train"),
-    )
+    where = f"runs.{key}"
+    value = as_mapping(where, value)
+    for name, base in shared.items():  # a run's section holds only the keys it changes
+        value[name] = {**base, **as_mapping(f"{where}.{name}", value.get(name))}
+    if value.get("models") is None:
+        value["models"] = all_models
+    return from_dict(RunConfig, value, section=where, key=key)
+
+
+def _field(cls: type, name: str):
+    return next(f for f in fields(cls) if f.name == name)

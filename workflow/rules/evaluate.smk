@@ -3,20 +3,20 @@
 
 rule evaluate_usae:
     input:
-        model=stage_pattern(paths.RUN_MODEL),
+        model=paths.run_model(PIPE),
         stores=run_stores,
-        manifest=stage_pattern(paths.MANIFEST),
+        manifest=paths.manifest(PIPE),
     output:
-        directory(stage_pattern(paths.RUN_EVAL)),
+        directory(paths.run_eval(PIPE)),
     params:
         cfg=to_dict(PIPE.evaluate),
         models=lambda wc: list(PIPE.runs[wc.run].models),
-        synthetic=stage_pattern(paths.SYNTHETIC_DIR) if PIPE.dataset.source == "synthetic" else None,
+        synthetic=paths.synthetic_images(PIPE),
         version=usae.STAGE_VERSIONS["evaluate"],
     log:
-        log_path("evaluate_usae", "{run}"),
+        paths.log(PIPE, "evaluate_usae", "{run}"),
     benchmark:
-        benchmark_path("evaluate_usae", "{run}")
+        paths.benchmark(PIPE, "evaluate_usae", "{run}")
     threads: 2
     resources:
         gpu=0 if PIPE.evaluate.device == "cpu" else 1,

@@ -3,17 +3,17 @@
 
 rule extract_activations:
     input:
-        manifest=stage_pattern(paths.MANIFEST),
+        manifest=paths.manifest(PIPE),
     output:
-        store=directory(stage_pattern(paths.EXTRACT_PART)),
+        store=directory(paths.extract_part(PIPE)),
     params:
         spec=model_spec,
         cfg=to_dict(PIPE.extract),
         version=usae.STAGE_VERSIONS["extract"],
     log:
-        log_path("extract_activations", "{model}_{layer}_part{part}"),
+        paths.log(PIPE, "extract_activations", "{model}_{layer}_part{part}"),
     benchmark:
-        benchmark_path("extract_activations", "{model}_{layer}_part{part}")
+        paths.benchmark(PIPE, "extract_activations", "{model}_{layer}_part{part}")
     threads: 2
     resources:
         gpu=1 if PIPE.extract.device != "cpu" else 0,

@@ -3,14 +3,14 @@
 
 rule build_manifest:
     output:
-        stage_pattern(paths.MANIFEST),
+        paths.manifest(PIPE),
     params:
         cfg=to_dict(PIPE.dataset),
         version=usae.STAGE_VERSIONS["manifest"],
     log:
-        log_path("build_manifest", DATASET),
+        paths.log(PIPE, "build_manifest", PIPE.dataset.name),
     benchmark:
-        benchmark_path("build_manifest", DATASET)
+        paths.benchmark(PIPE, "build_manifest", PIPE.dataset.name)
     threads: 2
     resources:
         mem_mb=4000,

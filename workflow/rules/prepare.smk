@@ -3,18 +3,18 @@
 
 rule prepare_activations:
     input:
-        manifest=stage_pattern(paths.MANIFEST),
+        manifest=paths.manifest(PIPE),
         parts=extraction_parts,
     output:
-        store=directory(stage_pattern(paths.ALIGNED)),
-        stats=stage_pattern(paths.ALIGNED_STATS),
+        store=directory(paths.aligned(PIPE)),
+        stats=paths.aligned_stats(PIPE),
     params:
         cfg=to_dict(PIPE.prepare),
         version=usae.STAGE_VERSIONS["prepare"],
     log:
-        log_path("prepare_activations", "{model}_{layer}"),
+        paths.log(PIPE, "prepare_activations", "{model}_{layer}"),
     benchmark:
-        benchmark_path("prepare_activations", "{model}_{layer}")
+        paths.benchmark(PIPE, "prepare_activations", "{model}_{layer}")
     threads: 2
     resources:
         mem_mb=8000,

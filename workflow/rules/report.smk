@@ -4,12 +4,12 @@
 rule render_report:
     input:
         runs=all_runs_evaluated,
-        log=stage_pattern(paths.RUN_LOG),
-        manifest=stage_pattern(paths.MANIFEST),
+        log=paths.run_log(PIPE),
+        manifest=paths.manifest(PIPE),
         stores=run_stores,  # images flagged invalid at extraction are listed in the report
     output:
         report(
-            directory(stage_pattern(paths.RUN_REPORT)),
+            directory(paths.run_report(PIPE)),
             htmlindex="index.html",
             caption="../report/run.rst",
             category="Runs",
@@ -17,12 +17,12 @@ rule render_report:
         ),
     params:
         runs=sorted(PIPE.runs),
-        run_dir=lambda wc: stage_pattern(paths.RUN_DIR, run=wc.run),
+        run_dir=lambda wc: paths.run_dir(PIPE, wc.run),
         version=usae.STAGE_VERSIONS["report"],
     log:
-        log_path("render_report", "{run}"),
+        paths.log(PIPE, "render_report", "{run}"),
     benchmark:
-        benchmark_path("render_report", "{run}")
+        paths.benchmark(PIPE, "render_report", "{run}")
     threads: 1
     resources:
         mem_mb=4000,

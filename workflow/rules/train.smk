@@ -5,15 +5,15 @@ rule train_usae:
     input:
         stores=run_stores,
     output:
-        model=directory(stage_pattern(paths.RUN_MODEL)),
-        log=stage_pattern(paths.RUN_LOG),
+        model=directory(paths.run_model(PIPE)),
+        log=paths.run_log(PIPE),
     params:
         run=run_params,
         version=usae.STAGE_VERSIONS["train"],
     log:
-        log_path("train_usae", "{run}"),
+        paths.log(PIPE, "train_usae", "{run}"),
     benchmark:
-        benchmark_path("train_usae", "{run}")
+        paths.benchmark(PIPE, "train_usae", "{run}")
     threads: 2
     resources:
         gpu=lambda wc: 0 if PIPE.runs[wc.run].train.device == "cpu" else 1,

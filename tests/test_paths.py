@@ -1,0 +1,54 @@
+"""The results layout: one function per output, concrete for the CLI, wildcards for the rules."""
+
+from pathlib import Path
+
+import yaml
+
+from usae import paths
+from usae.config import load_config
+
+TINY = Path(__file__).resolve().parent / "workflow/tiny_config.yaml"
+
+
+def _cfg(**changes):
+    data = yaml.safe_load(TINY.read_text())
+    data.update(changes)
+    return load_config(data)
+
+
+def test_rule_patterns_keep_the_wildcards_open():
+    cfg = _cfg()
+    assert paths.manifest(cfg) == "results/tiny/manifest.parquet"
+    assert paths.extract_part(cfg) == "results/tiny/acts/{model}/{layer}/part{part}.zarr"
+    assert paths.aligned(cfg) == "results/tiny/aligned/{model}/{layer}.zarr"
+    assert paths.aligned_stats(cfg) == "results/tiny/aligned/{model}/{layer}.stats.json"
+    assert [f(cfg) for f in (paths.run_dir, paths.run_model, paths.run_log, paths.run_eval, paths.run_report)] == [
+        "results/runs/{run}", "results/runs/{run}/model", "results/runs/{run}/train_log.parquet",
+        "results/runs/{run}/eval", "results/runs/{run}/report"]
+    assert paths.log(cfg, "prepare_activations", "{model}_{layer}") == \
+        "results/logs/prepare_activations/{model}_{layer}.log"
+    assert paths.benchmark(cfg, "train_usae", "{run}") == "results/benchmarks/train_usae/{run}.tsv"
+
+
+def test_concrete_paths_follow_the_config():
+    cfg = _cfg(results="out", models={"a14": {"name": "x", "layer": 1}, "b16": {"name": "y"}})
+    assert paths.extract_parts(cfg, "a14", "block1") == [
+        "out/tiny/acts/a14/block1/part0.zarr", "out/tiny/acts/a14/block1/part1.zarr"]
+    assert paths.run_stores(cfg, "solo_b16") == {"b16": "out/tiny/aligned/b16/final.zarr"}
+    assert list(paths.run_stores(cfg, "k2")) == ["a14", "b16"]  # the run's model order
+    assert paths.synthetic_images(cfg) == "out/tiny/synthetic"
+    assert paths.synthetic_images(_cfg(dataset={"name": "imgs", "source": "folder", "path": "/x"})) is None
+
+
+def test_all_targets_are_every_aligned_store_then_each_runs_outputs():
+    cfg = _cfg()
+    runs = sorted(cfg.runs)
+    expected = ["results/tiny/aligned/a14/final.zarr", "results/tiny/aligned/b16/final.zarr"]
+    expected += [f"results/runs/{r}/{out}" for out in ("model", "eval", "report") for r in runs]
+    assert paths.all_targets(cfg) == expected
+
+
+def test_patterns_match_stage_path():
+    cfg = _cfg()
+    assert Path(paths.aligned(cfg, "a14", "final")) == paths.stage_path(paths.ALIGNED, "results", dataset="tiny",
+                                                                        model="a14", layer="final")

@@ -1,0 +1,57 @@
+"""Every rule that ties two or more config values together, in one place.
+
+A single key's type, range and choices are declared with its ``setting()`` and checked
+generically (:mod:`usae.config.checks`); what one key allows depending on another is
+here. Each rule gets the built section and where it sits in ``config.yaml``, and raises
+``ValueError`` naming the keys. :class:`usae.config.checks.Section` runs the rules of a
+section after its fields are checked, so a rule may trust every single value.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+Rule = Callable[[Any, str], None]
+
+
+def _path_unless_synthetic(dataset: Any, where: str) -> None:
+    if dataset.source != "synthetic" and not dataset.path:
+        raise ValueError(f"{where}.path is required when {where}.source = {dataset.source!r}")
+
+
+def _k_below_n_latents(sae: Any, where: str) -> None:
+    if sae.k >= sae.n_latents:
+        raise ValueError(f"{where}.k = {sae.k} must be smaller than {where}.n_latents = {sae.n_latents}")
+
+
+def _buffer_holds_a_batch(train: Any, where: str) -> None:
+    if train.buffer_tokens < train.batch_tokens:
+        raise ValueError(f"{where}.buffer_tokens = {train.buffer_tokens} is out of range; it must be "
+                         f">= {where}.batch_tokens = {train.batch_tokens}")
+
+
+def _lr_decays(train: Any, where: str) -> None:
+    if train.lr_end > train.lr:
+        raise ValueError(f"{where}.lr_end = {train.lr_end} is out of range; it must be <= {where}.lr = {train.lr}")
+
+
+def _run_models_exist(pipeline: Any, where: str) -> None:
+    for run in pipeline.runs.values():
+        unknown = sorted(set(run.models) - set(pipeline.models))
+        if unknown:
+            raise ValueError(f"runs.{run.key}.models: {unknown} are not in models {sorted(pipeline.models)}")
+
+
+RULES: dict[str, tuple[Rule, ...]] = {
+    "ManifestConfig": (_path_unless_synthetic,),
+    "SAEConfig": (_k_below_n_latents,),
+    "TrainConfig": (_buffer_holds_a_batch, _lr_decays),
+    "PipelineConfig": (_run_models_exist,),
+}
+"""Cross-field rules by section class name (names, not classes: the classes import this module)."""
+
+
+def check_rules(section: Any, where: str) -> None:
+    """Run the cross-field rules of ``section`` (a config dataclass) found at ``where``."""
+    for rule in RULES.get(type(section).__name__, ()):
+        rule(section, where)
