@@ -1,7 +1,7 @@
 """Concepts versus planted factors: per-token factor labels and streaming per-concept AUROC.
 
 :func:`factor_labels` turns the object map of a generated image set
-(:mod:`usae.data.synthetic_images`) into boolean per-token labels, one column per factor value.
+(:mod:`usae.planted.images`) into boolean per-token labels, one column per factor value.
 :class:`FactorAUROC` scores every SAE concept as a detector of every factor value from sparse
 codes, streamed batch by batch in memory independent of the number of tokens.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from usae.data.synthetic_images import FACTORS, load_object_map, patch_factor_coverage
+from usae.planted.images import FACTORS, load_object_map, patch_factor_coverage
 
 logger = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ import pytest
 
 from usae.activations.sources import open_arrays
 from usae.config import SAEConfig, TrainConfig
-from usae.planted_eval import evaluate_recovery
+from usae.planted.scoring import evaluate_recovery
 from usae.sae.model import USAE
-from usae.synthetic import PlantedConfig, generate_planted
+from usae.planted.activations import PlantedConfig, generate_planted
 
 pytestmark = pytest.mark.slow
 
