@@ -106,3 +106,18 @@ def test_auroc_hand_cases():
     assert auroc(s, y) == pytest.approx(brute)
     with pytest.raises(ValueError, match="positive and one negative"):
         auroc([0.1, 0.2], [1, 1])
+
+
+def test_binned_auroc_hand_cases():
+    from usae.metrics import binned_auroc
+
+    # Two concepts, three bins in increasing score order; 2 positives, 3 negatives.
+    pos = np.array([[0, 0, 2], [1, 1, 0]])
+    neg = np.array([[3, 0, 0], [1, 1, 1]])
+    # Concept 0: every positive above every negative. Concept 1: pos in bin 0 ties 1 neg (1/2);
+    # pos in bin 1 beats 1 neg and ties 1 (1.5): (0.5 + 1.5) / 6.
+    np.testing.assert_allclose(binned_auroc(pos, neg, 2, 3), [1.0, 2 / 6])
+    scores, labels = np.array([0.1, 0.2, 0.2, 0.7, 0.9]), np.array([0, 1, 0, 0, 1], dtype=bool)
+    bins = np.searchsorted(np.unique(scores), scores)  # one bin per distinct score: exact
+    hist = [np.bincount(bins[mask], minlength=4)[None] for mask in (labels, ~labels)]
+    assert binned_auroc(*hist, 2, 3)[0] == pytest.approx(auroc(scores, labels))

@@ -190,6 +190,26 @@ def auroc(scores: ArrayLike, labels: ArrayLike) -> float:
     return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
 
 
+def binned_auroc(pos_counts: np.ndarray, neg_counts: np.ndarray, n_pos: int, n_neg: int) -> np.ndarray:
+    """AUROC from score histograms, pairs in the same bin counted as ties (Mann–Whitney U).
+
+    ``AUROC = sum_b pos_b (sum_{b' < b} neg_b' + neg_b / 2) / (n_pos * n_neg)`` with the bins in
+    increasing score order. Exact when every bin holds one score value; otherwise off by at
+    most ``1/2 sum_b pos_b neg_b / (n_pos n_neg)`` (pairs sharing a bin).
+
+    Args:
+        pos_counts: ``(m, n_bins)`` positives per bin, for each of ``m`` scores (e.g. concepts).
+        neg_counts: ``(m, n_bins)`` negatives per bin.
+        n_pos: Positives (``pos_counts.sum(axis=1)`` for every row), > 0.
+        n_neg: Negatives, > 0.
+
+    Returns:
+        ``(m,)`` float64 AUROCs.
+    """
+    below = np.cumsum(neg_counts, axis=1) - neg_counts
+    return (pos_counts * (below + 0.5 * neg_counts)).sum(axis=1) / (n_pos * n_neg)
+
+
 def hungarian_consistency(usae_atoms: Tensor, solo_atoms: Tensor, threshold: float = 0.5) -> tuple[float, Tensor]:
     """Share of USAE atoms matched to an independent SAE's atom with cosine > threshold.
 
