@@ -1,4 +1,4 @@
-"""Planted-truth benchmark: train the USAE with each scheme on the same synthetic data.
+"""Planted-truth benchmark: train the USAE with each scheme on the same planted activations.
 
     python benchmarks/bench_planted.py [--quick] [--schemes paper all_sources]
 

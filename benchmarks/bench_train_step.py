@@ -2,7 +2,7 @@
 
     python benchmarks/bench_train_step.py [--device cpu|cuda] [--quick]
 
-Measures in one run, on synthetic seeded activations already on the device (no I/O):
+Measures in one run, on random seeded activations already on the device (no I/O):
 
 1. Our optimiser step, the sequence of ``usae.training.loop``: zero_grad(set_to_none) ->
    ``training_step`` (paper scheme, one source, loss mse) -> backward ->
