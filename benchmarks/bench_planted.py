@@ -1,4 +1,4 @@
-"""Planted-truth benchmark: train the USAE with each scheme on the same synthetic data.
+"""Planted-truth benchmark: train the USAE with each scheme on the same planted activations.
 
     python benchmarks/bench_planted.py [--quick] [--schemes paper all_sources]
 
@@ -22,9 +22,9 @@ import torch
 
 from usae.activations.sources import open_arrays
 from usae.config import SAEConfig, TrainConfig
-from usae.planted_eval import evaluate_recovery
+from usae.planted.scoring import evaluate_recovery
 from usae.sae.model import USAE
-from usae.synthetic import PlantedConfig, generate_planted
+from usae.planted.activations import PlantedConfig, generate_planted
 from usae.training.loop import train_usae
 
 SAE = SAEConfig(n_latents=512, k=8, aux_k=64, dead_tokens=20_000, decode="sparse")

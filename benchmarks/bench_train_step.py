@@ -2,7 +2,7 @@
 
     python benchmarks/bench_train_step.py [--device cpu|cuda] [--quick]
 
-Measures in one run, on synthetic seeded activations already on the device (no I/O):
+Measures in one run, on random seeded activations already on the device (no I/O):
 
 1. Our optimiser step: ``usae.training.step.optimizer_step``, the function the training loop
    runs each step (zero_grad -> losses -> backward -> decoder-gradient projection -> grad-norm

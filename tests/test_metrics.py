@@ -2,9 +2,11 @@
 
 import math
 
+import numpy as np
+import pytest
 import torch
 
-from usae.metrics import firing_counts, firing_entropy
+from usae.metrics import auroc, best_cosine, firing_counts, firing_entropy, match_atoms
 
 
 def test_firing_counts_use_a_strict_threshold():
@@ -78,3 +80,44 @@ def test_hungarian_consistency_known_answers():
     assert share == 0.5 and sorted(matched.tolist()) == [0.0, 1.0]
     share, matched = hungarian_consistency(torch.eye(3), torch.eye(3)[:2])  # more USAE atoms than solo ones
     assert share == 2 / 3 and int(torch.isnan(matched).sum()) == 1
+
+
+def test_best_cosine_hand_cases():
+    eye = np.eye(2)
+    np.testing.assert_allclose(best_cosine(eye, eye), [1.0, 1.0])
+    np.testing.assert_allclose(best_cosine(eye[:1], eye[1:]), [0.0], atol=1e-12)
+    np.testing.assert_allclose(best_cosine(eye[:1], -eye[:1]), [-1.0])  # no abs is taken
+    # Best over rows is the max (signed): +x beats -x; scaling does not matter.
+    idx, cos = match_atoms(np.array([[1.0, 0.0], [0.0, 2.0]]), np.array([[-3.0, 0.0], [0.0, 5.0], [1.0, 1.0]]))
+    np.testing.assert_array_equal(idx, [2, 1])
+    np.testing.assert_allclose(cos, [1 / np.sqrt(2), 1.0])
+
+
+def test_auroc_hand_cases():
+    assert auroc([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1]) == 1.0
+    assert auroc([0.1, 0.2, 0.8, 0.9], [1, 1, 0, 0]) == 0.0
+    assert auroc([0.5, 0.5, 0.5, 0.5], [0, 1, 0, 1]) == 0.5
+    assert auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
+    # One tie between a positive and a negative counts 1/2: pairs (0.5>0.2, 0.5=0.5) -> 1.5/2.
+    assert auroc([0.2, 0.5, 0.5], [False, False, True]) == pytest.approx(0.75)
+    rng = np.random.default_rng(0)
+    s, y = rng.integers(0, 5, 60).astype(float), rng.random(60) < 0.4
+    brute = np.mean([(p > q) + 0.5 * (p == q) for p in s[y] for q in s[~y]])
+    assert auroc(s, y) == pytest.approx(brute)
+    with pytest.raises(ValueError, match="positive and one negative"):
+        auroc([0.1, 0.2], [1, 1])
+
+
+def test_binned_auroc_hand_cases():
+    from usae.metrics import binned_auroc
+
+    # Two concepts, three bins in increasing score order; 2 positives, 3 negatives.
+    pos = np.array([[0, 0, 2], [1, 1, 0]])
+    neg = np.array([[3, 0, 0], [1, 1, 1]])
+    # Concept 0: every positive above every negative. Concept 1: pos in bin 0 ties 1 neg (1/2);
+    # pos in bin 1 beats 1 neg and ties 1 (1.5): (0.5 + 1.5) / 6.
+    np.testing.assert_allclose(binned_auroc(pos, neg, 2, 3), [1.0, 2 / 6])
+    scores, labels = np.array([0.1, 0.2, 0.2, 0.7, 0.9]), np.array([0, 1, 0, 0, 1], dtype=bool)
+    bins = np.searchsorted(np.unique(scores), scores)  # one bin per distinct score: exact
+    hist = [np.bincount(bins[mask], minlength=4)[None] for mask in (labels, ~labels)]
+    assert binned_auroc(*hist, 2, 3)[0] == pytest.approx(auroc(scores, labels))

@@ -1,10 +1,17 @@
-"""Metrics of a Universal SAE as pure functions of tensors (definitions: SPEC section 4)."""
+"""Metrics of a Universal SAE as pure functions (definitions: SPEC section 4).
+
+Evaluation metrics (firing, R2, co-fire, energy, Pearson) take torch tensors; dictionary
+matching (signed best cosine, Hungarian matching) and the exact AUROC, used against a known
+truth, take arrays. Every docstring states the formula the code computes.
+"""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from torch import Tensor
 
 
@@ -123,6 +130,84 @@ def log_log_pearson(x: Tensor, y: Tensor) -> Tensor:
     a, b = x[keep].double().log10(), y[keep].double().log10()
     a, b = a - a.mean(), b - b.mean()
     return (a * b).sum() / (a.pow(2).sum().sqrt() * b.pow(2).sum().sqrt())
+
+
+def _unit_rows(a: ArrayLike) -> np.ndarray:
+    """Rows scaled to unit L2 norm in float64 (zero rows stay zero: the norm is floored at 1e-12)."""
+    a = np.asarray(a, dtype=np.float64)
+    return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+
+
+def match_atoms(true_atoms: ArrayLike, learned: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Best learned row for every true atom by signed cosine (many-to-one: rows may be reused).
+
+    ``cos[i, j] = <u_i, v_j>`` with ``u_i = t_i / ||t_i||`` and ``v_j = l_j / ||l_j||`` (zero rows
+    give cosine 0).  No absolute value is taken: ``-x`` has cosine ``-1`` with ``x``.
+
+    Args:
+        true_atoms: ``(n, d)`` ground-truth atoms.
+        learned: ``(m, d)`` learned dictionary rows.
+
+    Returns:
+        ``best_index[i] = argmax_j cos[i, j]`` and ``best_cos[i] = max_j cos[i, j]``, both ``(n,)``.
+    """
+    cos = _unit_rows(true_atoms) @ _unit_rows(learned).T
+    idx = np.argmax(cos, axis=1)
+    return idx, cos[np.arange(len(idx)), idx]
+
+
+def best_cosine(true_atoms: ArrayLike, learned: ArrayLike) -> np.ndarray:
+    """``max_j cos(true_atoms[i], learned[j])`` for every true atom, shape ``(n,)`` (see ``match_atoms``)."""
+    return match_atoms(true_atoms, learned)[1]
+
+
+def auroc(scores: ArrayLike, labels: ArrayLike) -> float:
+    """Area under the ROC curve via the Mann–Whitney U statistic.
+
+    ``AUROC = (#{(p, q): s_p > s_q} + 0.5 * #{(p, q): s_p == s_q}) / (n_pos * n_neg)`` over
+    positive ``p`` and negative ``q``; computed with tie-averaged ranks ``R`` as
+    ``(sum_{p} R_p - n_pos (n_pos + 1) / 2) / (n_pos * n_neg)``.
+
+    Args:
+        scores: ``(n,)`` real scores, higher = more positive.
+        labels: ``(n,)`` booleans (or 0/1).
+
+    Returns:
+        The AUROC in ``[0, 1]`` (1: every positive scores above every negative, 0.5: chance).
+
+    Raises:
+        ValueError: If the lengths differ or a class is empty.
+    """
+    scores, labels = np.asarray(scores, dtype=np.float64).ravel(), np.asarray(labels).astype(bool).ravel()
+    if scores.shape != labels.shape:
+        raise ValueError(f"scores and labels differ in length: {scores.size} != {labels.size}")
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("auroc needs at least one positive and one negative label")
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    avg_rank = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based ranks, ties averaged
+    rank_sum = float(avg_rank[inverse.ravel()][labels].sum())
+    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+
+
+def binned_auroc(pos_counts: np.ndarray, neg_counts: np.ndarray, n_pos: int, n_neg: int) -> np.ndarray:
+    """AUROC from score histograms, pairs in the same bin counted as ties (Mann–Whitney U).
+
+    ``AUROC = sum_b pos_b (sum_{b' < b} neg_b' + neg_b / 2) / (n_pos * n_neg)`` with the bins in
+    increasing score order. Exact when every bin holds one score value; otherwise off by at
+    most ``1/2 sum_b pos_b neg_b / (n_pos n_neg)`` (pairs sharing a bin).
+
+    Args:
+        pos_counts: ``(m, n_bins)`` positives per bin, for each of ``m`` scores (e.g. concepts).
+        neg_counts: ``(m, n_bins)`` negatives per bin.
+        n_pos: Positives (``pos_counts.sum(axis=1)`` for every row), > 0.
+        n_neg: Negatives, > 0.
+
+    Returns:
+        ``(m,)`` float64 AUROCs.
+    """
+    below = np.cumsum(neg_counts, axis=1) - neg_counts
+    return (pos_counts * (below + 0.5 * neg_counts)).sum(axis=1) / (n_pos * n_neg)
 
 
 def hungarian_consistency(usae_atoms: Tensor, solo_atoms: Tensor, threshold: float = 0.5) -> tuple[float, Tensor]:

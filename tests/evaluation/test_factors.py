@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from usae.data.synthetic_images import FACTORS, generate_images, load_object_map, patch_factor_coverage
+from usae.planted.images import FACTORS, generate_images, load_object_map, patch_factor_coverage
 from usae.evaluation.factors import FactorAUROC, factor_labels, factor_value_names
-from usae.synthetic import auroc
+from usae.metrics import auroc
 
 
 def _sparse(rng: np.random.Generator, n: int, m: int, k: int, p_zero: float = 0.3) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,9 @@ import pytest
 import zarr
 from PIL import Image
 
-from usae.report.explorer import ExplorerIndex, card_html, colorize, write_explorer
+from usae.report.cards import card_html
+from usae.report.explorer import ExplorerIndex, write_explorer
+from usae.report.heatmaps import colorize
 
 MODELS = ["alpha", "beta"]
 GRID = (3, 4)
@@ -144,9 +146,9 @@ def test_card_html_renders_overlays(run):
 
 
 def test_card_html_skips_unreadable_image(run):
-    write_explorer(run["eval"], run["manifest"], run["out"], MODELS, thumb_size=32)
+    index = write_explorer(run["eval"], run["manifest"], run["out"], MODELS, thumb_size=32)
     row = {**_concepts().set_index("concept").loc[1].to_dict(), "concept": 1}
-    card = card_html(row, MODELS)  # the latest explorer is used
+    card = card_html(row, MODELS, index=index)  # the explorer knows which images were unreadable
     assert card.count('<img class="thumb"') == 4  # alpha: 4 (5 unreadable); beta: 0, 4, 1
     assert "thumbs/5.jpg" not in card and 'href="concept.html?id=1"' in card
 

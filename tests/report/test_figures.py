@@ -1,4 +1,4 @@
-"""Tests for usae.report.figures on small synthetic run folders."""
+"""Tests for usae.report.figures on small hand-made run folders."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ DEFINITION_MARKERS = {
 
 
 def _write_run(run_dir: Path, models: list[str], n_concepts: int = 50, fire: bool = True) -> Path:
-    """Write a minimal synthetic run folder and return it."""
+    """Write a minimal hand-made run folder and return it."""
     rng = np.random.default_rng(0)
     m = len(models)
     (run_dir / "eval").mkdir(parents=True)

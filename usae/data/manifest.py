@@ -124,7 +124,7 @@ def _list_source(cfg: ManifestConfig, out_dir: Path) -> pd.DataFrame:
 
 
 def _list_synthetic(cfg: ManifestConfig, out_dir: Path) -> pd.DataFrame:
-    from usae.data.synthetic_images import generate_images
+    from usae.planted.images import generate_images
 
     syn = cfg.synthetic
     image_set = generate_images(out_dir / "synthetic", n_images=syn.n_images, image_size=syn.image_size,

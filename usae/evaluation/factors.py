@@ -1,7 +1,7 @@
 """Concepts versus planted factors: per-token factor labels and streaming per-concept AUROC.
 
 :func:`factor_labels` turns the object map of a generated image set
-(:mod:`usae.data.synthetic_images`) into boolean per-token labels, one column per factor value.
+(:mod:`usae.planted.images`) into boolean per-token labels, one column per factor value.
 :class:`FactorAUROC` scores every SAE concept as a detector of every factor value from sparse
 codes, streamed batch by batch in memory independent of the number of tokens.
 """
@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from usae.data.synthetic_images import FACTORS, load_object_map, patch_factor_coverage
+from usae.metrics import binned_auroc
+from usae.planted.images import FACTORS, load_object_map, patch_factor_coverage
 
 logger = logging.getLogger(__name__)
 
@@ -218,15 +219,15 @@ class FactorAUROC:
         """``(n_concepts, n_values)`` AUROC.
 
         ``AUROC = sum_b pos_b (sum_{b' < b} neg_b' + neg_b / 2) / (|P| |N|)`` over the zero bin
-        and the positive bins in increasing order. NaN where a value has no positive or no
-        negative token; a concept that never fires gets exactly 0.5 (all pairs tie at 0).
+        and the positive bins in increasing order (:func:`usae.metrics.binned_auroc`). NaN where a
+        value has no positive or no negative token; a concept that never fires gets exactly 0.5
+        (all pairs tie at 0).
         """
         out = np.full((self.n_concepts, self.n_values), np.nan)
         for v in range(self.n_values):
             hp, hn, n_p, n_n = self._class_hists(v)
             if n_p and n_n:
-                below = np.cumsum(hn, axis=1) - hn
-                out[:, v] = (hp * (below + 0.5 * hn)).sum(axis=1) / (n_p * n_n)
+                out[:, v] = binned_auroc(hp, hn, n_p, n_n)
         return out
 
     def tie_bound(self) -> np.ndarray:

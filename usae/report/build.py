@@ -13,23 +13,25 @@ import math
 from pathlib import Path
 from typing import Any
 
-import jinja2
 import numpy as np
 import pandas as pd
 
 from usae import __version__
 from usae.atomic import atomic_path
 from usae.data.images import reason_kind
-from usae.report.explorer import card_html, write_explorer
+from usae.evaluation.consistency import consistency_with_solo_runs
+from usae.report.cards import card
+from usae.report.explorer import ExplorerIndex, write_explorer
 from usae.report.figures import make_figures
+from usae.report.templating import environment
 
 logger = logging.getLogger(__name__)
 
-TEMPLATES = Path(__file__).parent / "templates"
 N_CARDS = 12
 MAX_EXCLUDED_LISTED = 200  # rows of the excluded-images list on index.html; the rest are counted
 FOLD_EXCLUDED_AFTER = 20  # longer lists start folded (<details>)
 AT_EXTRACTION = "unreadable at extraction"
+_COLUMNS = ("index", "image_id", "path", "status", "reason")  # manifest columns the excluded-images list reads
 
 
 def select_concepts(table: pd.DataFrame, models: list[str], n: int = N_CARDS,
@@ -69,15 +71,13 @@ def build_report(run_dir: str | Path, manifest_path: str | Path, out_dir: str | 
         explorer = write_explorer(run_dir / "eval", Path(manifest_path), tmp, models)
         galleries = select_concepts(table, models)
         rows = table.set_index("concept")
-        cards = {name: [card_html(_row(rows, cid), models, index=explorer) for cid in ids]
+        cards = {name: [card(_row(rows, cid), models, index=explorer) for cid in ids]
                  for name, ids in galleries.items()}
         context = _context(run_dir, config, metrics, table, figures, cards, explorer, other_runs or {})
         stores = config.get("meta", {}).get("provenance", {}).get("stores") or {}
         context["excluded"] = excluded_images(manifest_path, stores, limit=MAX_EXCLUDED_LISTED,
                                               fold_after=FOLD_EXCLUDED_AFTER)
-        env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
-                                 undefined=jinja2.StrictUndefined)
-        (tmp / "index.html").write_text(env.get_template("index.html").render(**context))
+        (tmp / "index.html").write_text(environment().get_template("index.html").render(**context))
     logger.info("report of %s written to %s", run_dir.name, out_dir)
     return out_dir / "index.html"
 
@@ -99,26 +99,15 @@ def excluded_images(manifest_path: str | Path, stores: dict[str, str | Path] | N
         manifest order), ``n_more`` (rows not listed), ``folded`` (more than ``fold_after``
         excluded: the list starts folded) and ``manifest`` (its path).
     """
-    columns = ["index", "image_id", "path", "status", "reason"]
     try:
-        table = pd.read_parquet(manifest_path, columns=columns)
+        table = pd.read_parquet(manifest_path, columns=list(_COLUMNS))
     except (OSError, ValueError, KeyError) as err:
         logger.warning("report: no excluded-images section (manifest %s has no status: %s)", manifest_path, err)
         return None
     table = table.astype({"status": "string", "reason": "string"}).fillna({"reason": ""})
-    excluded = table[table["status"] != "ok"].copy()
-    failed_late, reasons = _failed_at_extraction(stores or {}, set(table.loc[table["status"] == "ok", "index"]))
-    if failed_late:
-        late = table.set_index("index").loc[sorted(failed_late)].reset_index()
-        late["status"] = AT_EXTRACTION
-        late["reason"] = [_late_reason(reasons.get(path, ""), failed_late[i])
-                          for i, path in zip(late["index"], late["path"])]
-        excluded = pd.concat([excluded, late[columns]], ignore_index=True)
-    excluded = excluded.sort_values("index", kind="stable")
-    kinds = [s if s == "duplicate" else f"{s}: {reason_kind(r)}"
-             for s, r in zip(excluded["status"], excluded["reason"])]
-    by_kind = pd.Series(kinds, dtype="object").value_counts()
-    by_kind = by_kind.loc[sorted(by_kind.index, key=lambda k: (-by_kind[k], k))]
+    excluded = _excluded_rows(table, stores or {})
+    by_kind = _largest_first(pd.Series([s if s == "duplicate" else f"{s}: {reason_kind(r)}"
+                                        for s, r in zip(excluded["status"], excluded["reason"])], dtype="object"))
     by_status = excluded["status"].value_counts()
     order = ["unreadable", "duplicate", AT_EXTRACTION]
     by_status = by_status.loc[sorted(by_status.index, key=lambda s: (order.index(s) if s in order else 3, s))]
@@ -134,6 +123,26 @@ def excluded_images(manifest_path: str | Path, stores: dict[str, str | Path] | N
                   "status": str(r.status), "reason": str(r.reason)} for r in listed.itertuples(index=False)],
         "n_more": len(excluded) - len(listed), "folded": len(excluded) > fold_after,
     }
+
+
+
+def _excluded_rows(table: pd.DataFrame, stores: dict[str, str | Path]) -> pd.DataFrame:
+    """Manifest rows not ``ok``, plus ``ok`` rows some store marks invalid; in manifest order."""
+    excluded = table[table["status"] != "ok"].copy()
+    failed_late, reasons = _failed_at_extraction(stores, set(table.loc[table["status"] == "ok", "index"]))
+    if failed_late:
+        late = table.set_index("index").loc[sorted(failed_late)].reset_index()
+        late["status"] = AT_EXTRACTION
+        late["reason"] = [_late_reason(reasons.get(path, ""), failed_late[i])
+                          for i, path in zip(late["index"], late["path"])]
+        excluded = pd.concat([excluded, late[list(_COLUMNS)]], ignore_index=True)
+    return excluded.sort_values("index", kind="stable")
+
+
+def _largest_first(labels: pd.Series) -> pd.Series:
+    """Count of each label, largest first, ties by label."""
+    counts = labels.value_counts()
+    return counts.loc[sorted(counts.index, key=lambda k: (-counts[k], k))]
 
 
 def _failed_at_extraction(stores: dict[str, str | Path],
@@ -168,7 +177,7 @@ def _row(rows: pd.DataFrame, concept: int) -> dict[str, Any]:
 
 
 def _context(run_dir: Path, config: dict[str, Any], metrics: dict[str, Any], table: pd.DataFrame,
-             figures: dict[str, Any], cards: dict[str, list[str]], explorer: Any,
+             figures: dict[str, Any], cards: dict[str, list[dict[str, Any]]], explorer: ExplorerIndex,
              other_runs: dict[str, str | Path]) -> dict[str, Any]:
     meta = config.get("meta", {})
     models = metrics["models"]
@@ -190,43 +199,9 @@ def _context(run_dir: Path, config: dict[str, Any], metrics: dict[str, Any], tab
         "random_init": random_init, "figures": figures, "cards": cards, "explorer": explorer,
         "n_concepts": len(table), "comparison": [_run_summary(name, path) for name, path in sorted(runs.items())],
         "consistency": consistency_with_solo_runs(run_dir, models, table, runs),
-        "usae_version": __version__, "fmt": _fmt,
+        "usae_version": __version__,
         "grid": meta.get("provenance", {}).get("grid"), "manifest_hash": meta.get("provenance", {}).get("manifest_hash"),
     }
-
-
-def consistency_with_solo_runs(run_dir: Path, models: list[str], table: pd.DataFrame,
-                               runs: dict[str, Path], top: int = 1000) -> list[dict[str, Any]]:
-    """Compare this USAE's dictionaries with SAEs trained on one model alone (paper Fig. 7).
-
-    For every run of the config that spans exactly one of this run's models: the share of
-    USAE atoms whose Hungarian-matched independent atom has cosine > 0.5, the same share
-    for random atoms drawn with the independent dictionary's per-dimension mean and std
-    (baseline), and the mean matched cosine over the ``top`` most co-firing concepts.
-    """
-    import torch
-
-    from usae.metrics import hungarian_consistency
-    from usae.sae.model import USAE
-
-    if len(models) < 2:
-        return []
-    usae = USAE.load(run_dir / "model")
-    busiest = table.sort_values("cofires", ascending=False)["concept"].head(top).to_numpy()
-    rows = []
-    for name, path in sorted(runs.items()):
-        config = json.loads((path / "model" / "config.json").read_text())
-        if config["models"] != [m for m in config["models"] if m in models] or len(config["models"]) != 1:
-            continue
-        model = config["models"][0]
-        solo = USAE.load(path / "model").dictionary(model)
-        share, matched = hungarian_consistency(usae.dictionary(model), solo)
-        gen = torch.Generator().manual_seed(20250205)  # not any model's initialisation seed
-        noise = torch.randn(usae.cfg.n_latents, solo.shape[1], generator=gen, dtype=solo.dtype)
-        baseline, _ = hungarian_consistency(noise * solo.std(dim=0) + solo.mean(dim=0), solo)
-        rows.append({"model": model, "run": name, "share": share, "baseline": baseline,
-                     "top_cos": float(np.nanmean(matched.numpy()[busiest])), "top": len(busiest)})
-    return rows
 
 
 def _run_summary(name: str, run_dir: Path) -> dict[str, Any]:
@@ -246,11 +221,3 @@ def _mean(values: Any) -> float | None:
     finite = [v for v in values if v is not None and math.isfinite(v)]
     return float(np.mean(finite)) if finite else None
 
-
-def _fmt(value: Any, digits: int = 3) -> str:
-    """Numbers for humans: fixed digits, '-' for missing."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    if isinstance(value, (int, np.integer)):
-        return f"{int(value):,}"
-    return f"{float(value):.{digits}f}"

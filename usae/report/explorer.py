@@ -12,11 +12,13 @@ Output layout under ``out_dir``::
     overlays/c<id>_<model>_<slot>.png   heatmap overlays (RGBA) for the static cards only
 
 Data is loaded with ``<script src>`` files that assign globals, so the pages work from disk.
+This module writes the data and copies the pages; thumbnails and heatmap overlays are drawn
+by :mod:`usae.report.thumbnails` and :mod:`usae.report.heatmaps`, the static cards of the
+report's index page by :mod:`usae.report.cards`.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 import math
@@ -28,19 +30,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import zarr
-from PIL import Image
 
-from usae.data.images import ImageReadError, load_rgb
+from usae.report.heatmaps import Heatmaps
+from usae.report.templating import TEMPLATES
+from usae.report.thumbnails import write_thumbnails
 
 logger = logging.getLogger(__name__)
 
-PACKAGE = Path(__file__).parent
-TEMPLATES = PACKAGE / "templates"
-STATIC = PACKAGE / "static"
-# Viridis, 9 stops (matplotlib); the same table is in static/explorer.js.
-VIRIDIS = np.array([[68, 1, 84], [71, 44, 122], [59, 81, 139], [44, 113, 142], [33, 144, 141],
-                    [39, 173, 129], [92, 200, 99], [170, 220, 50], [253, 231, 37]], dtype=np.float64)
+STATIC = Path(__file__).parent / "static"
+PAGES = ("concepts.html", "concept.html")
+"""Pages copied as they are from ``templates/``: they fill themselves in from ``data/*.js``."""
 
 
 @dataclass(frozen=True)
@@ -82,43 +81,6 @@ class ExplorerIndex:
         return len(self.thumbnails)
 
 
-_LAST: dict[str, ExplorerIndex] = {}  # the latest write_explorer result, for card_html without an index
-
-
-class Heatmaps:
-    """Read access to ``eval/heatmaps.zarr``, one chunk of concepts at a time per model."""
-
-    def __init__(self, eval_dir: Path, models: Iterable[str]) -> None:
-        group = zarr.open_group(Path(eval_dir) / "heatmaps.zarr", mode="r")
-        tokens = int(group.attrs["tokens_per_image"])
-        grid = group.attrs.get("grid")
-        side = int(round(math.sqrt(tokens)))
-        self.grid: tuple[int, int] = (int(grid[0]), int(grid[1])) if grid else (side, tokens // max(side, 1))
-        if self.grid[0] * self.grid[1] != tokens:
-            raise ValueError(f"heatmap grid {self.grid} does not match {tokens} tokens per image")
-        present = set(group.group_keys())
-        self._rows = {m: np.asarray(group[m]["rows"][:]) for m in models if m in present}
-        self._maps = {m: group[m]["maps"] for m in models if m in present}
-        for m in models:
-            if m not in present:
-                logger.warning("heatmaps.zarr has no group for model %s; its pages show images only", m)
-        self._block: dict[str, tuple[int, int, np.ndarray]] = {}
-
-    def get(self, model: str, concept: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """Rows ``(top_n,)`` and maps ``(top_n, h, w)`` float64 of one concept, or None."""
-        if model not in self._maps:
-            return None
-        maps = self._maps[model]
-        start, stop, block = self._block.get(model, (0, 0, np.empty(0)))
-        if not start <= concept < stop:
-            size = int(maps.chunks[0])
-            start = concept // size * size
-            stop = min(start + size, maps.shape[0])
-            block = np.asarray(maps[start:stop], dtype=np.float64)
-            self._block[model] = (start, stop, block)
-        return self._rows[model][concept], block[concept - start].reshape(-1, *self.grid)
-
-
 def write_explorer(eval_dir: Path, manifest_path: Path, out_dir: Path, models: list[str], *,
                    thumb_size: int = 128, page_concepts: Iterable[int] | None = None) -> ExplorerIndex:
     """Write the concept explorer of an evaluated run into ``out_dir``.
@@ -138,10 +100,7 @@ def write_explorer(eval_dir: Path, manifest_path: Path, out_dir: Path, models: l
         ValueError: A model has no columns in ``concepts.parquet``.
     """
     eval_dir, out_dir = Path(eval_dir), Path(out_dir)
-    table = pd.read_parquet(eval_dir / "concepts.parquet").sort_values("concept").reset_index(drop=True)
-    missing = [m for m in models if f"fires_{m}" not in table.columns]
-    if missing:
-        raise ValueError(f"concepts.parquet has no columns for models {missing}")
+    table = _read_concepts(eval_dir, models)
     heatmaps = Heatmaps(eval_dir, models)
     pages = _page_ids(table, models, page_concepts)
     for sub in ("data", "thumbs", "static"):
@@ -154,25 +113,42 @@ def write_explorer(eval_dir: Path, manifest_path: Path, out_dir: Path, models: l
     meta = {"models": list(models), "grid": list(heatmaps.grid), "thumb_size": thumb_size, "pages": pages,
             "n_concepts": len(table)}
     _write_js(out_dir / "data" / "meta.js", "USAE_META", meta)
-    have = set(thumbs)
+    _write_concept_pages(out_dir / "data", by_id, summaries, pages, models, heatmaps, set(thumbs))
+    _copy_pages(out_dir)
+    index = ExplorerIndex(out_dir=out_dir, eval_dir=eval_dir, manifest_path=Path(manifest_path),
+                          models=tuple(models), grid=heatmaps.grid, thumb_size=thumb_size, n_concepts=len(table),
+                          concept_ids=tuple(pages), thumbnails=tuple(thumbs), unreadable=tuple(unreadable))
+    logger.info("explorer: %d concepts, %d pages, %d thumbnails (%d unreadable) in %s", len(table), len(pages),
+                len(thumbs), len(unreadable), out_dir)
+    return index
+
+
+def _read_concepts(eval_dir: Path, models: list[str]) -> pd.DataFrame:
+    """``concepts.parquet`` sorted by concept; raises ValueError when a model has no columns."""
+    table = pd.read_parquet(eval_dir / "concepts.parquet").sort_values("concept").reset_index(drop=True)
+    missing = [m for m in models if f"fires_{m}" not in table.columns]
+    if missing:
+        raise ValueError(f"concepts.parquet has no columns for models {missing}")
+    return table
+
+
+def _write_concept_pages(data_dir: Path, by_id: pd.DataFrame, summaries: list[dict[str, Any]], pages: list[int],
+                         models: list[str], heatmaps: Heatmaps, have: set[int]) -> None:
+    """``data/c<id>.js`` for every concept with a page: its summary, neighbours and top images per model."""
     summary_of = {s["id"]: s for s in summaries}
     for i, cid in enumerate(pages):
         page = {"id": cid, "summary": summary_of[cid], "grid": list(heatmaps.grid), "models": {},
                 "prev": pages[i - 1] if i > 0 else None, "next": pages[i + 1] if i + 1 < len(pages) else None}
         for m in models:
             page["models"][m] = _model_tops(by_id.loc[cid], m, heatmaps.get(m, cid), have)
-        _write_js(out_dir / "data" / f"c{cid}.js", "USAE_CONCEPT", page)
-    for name in ("concepts.html", "concept.html"):
+        _write_js(data_dir / f"c{cid}.js", "USAE_CONCEPT", page)
+
+
+def _copy_pages(out_dir: Path) -> None:
+    for name in PAGES:
         shutil.copyfile(TEMPLATES / name, out_dir / name)
     for name in ("explorer.js", "style.css"):
         shutil.copyfile(STATIC / name, out_dir / "static" / name)
-    index = ExplorerIndex(out_dir=out_dir, eval_dir=eval_dir, manifest_path=Path(manifest_path),
-                          models=tuple(models), grid=heatmaps.grid, thumb_size=thumb_size, n_concepts=len(table),
-                          concept_ids=tuple(pages), thumbnails=tuple(thumbs), unreadable=tuple(unreadable))
-    _LAST["index"] = index
-    logger.info("explorer: %d concepts, %d pages, %d thumbnails (%d unreadable) in %s", len(table), len(pages),
-                len(thumbs), len(unreadable), out_dir)
-    return index
 
 
 def _page_ids(table: pd.DataFrame, models: list[str], page_concepts: Iterable[int] | None) -> list[int]:
@@ -187,36 +163,7 @@ def _page_ids(table: pd.DataFrame, models: list[str], page_concepts: Iterable[in
     return sorted(wanted & ids)
 
 
-def write_thumbnails(manifest_path: Path, rows: Iterable[int], thumbs_dir: Path,
-                     thumb_size: int = 128) -> tuple[list[int], list[tuple[int, str]]]:
-    """Write ``thumbs_dir/<row>.jpg`` (square resize) for each manifest row.
-
-    Returns:
-        Rows written, and ``(row, reason)`` for rows that are not in the manifest or unreadable.
-    """
-    manifest = pd.read_parquet(manifest_path, columns=["index", "path"]).set_index("index")["path"]
-    thumbs_dir.mkdir(parents=True, exist_ok=True)
-    written, unreadable = [], []
-    for row in sorted(set(int(r) for r in rows)):
-        if row not in manifest.index:
-            unreadable.append((row, "not in the manifest"))
-            continue
-        path = Path(manifest.loc[row])
-        if not path.is_absolute() and not path.exists():
-            path = Path(manifest_path).parent / path
-        try:
-            img = load_rgb(path).resize((thumb_size, thumb_size), Image.Resampling.BICUBIC)
-        except ImageReadError as err:
-            unreadable.append((row, str(err)))
-            continue
-        img.save(thumbs_dir / f"{row}.jpg", quality=85)
-        written.append(row)
-    for row, reason in unreadable:
-        logger.warning("explorer: image row %d skipped: %s", row, reason)
-    return written, unreadable
-
-
-def _clean(value: Any) -> Any:
+def json_value(value: Any) -> Any:
     """JSON-safe scalar: numpy -> Python, NaN/inf -> None."""
     if value is None:
         return None
@@ -230,12 +177,12 @@ def _clean(value: Any) -> Any:
 
 
 def _summary(row: dict[str, Any], models: Iterable[str]) -> dict[str, Any]:
-    out = {"id": int(row["concept"]), "fe": _clean(row.get("firing_entropy")), "cofires": _clean(row.get("cofires")),
-           "energy_total": _clean(row.get("energy_total")), "factor": _clean(row.get("factor")),
-           "factor_auroc": _clean(row.get("factor_auroc"))}
+    out = {"id": int(row["concept"]), "fe": json_value(row.get("firing_entropy")),
+           "cofires": json_value(row.get("cofires")), "energy_total": json_value(row.get("energy_total")),
+           "factor": json_value(row.get("factor")), "factor_auroc": json_value(row.get("factor_auroc"))}
     for m in models:
         for key in ("fires", "energy", "cfp", "factor", "factor_auroc"):
-            out[f"{key}_{m}"] = _clean(row.get(f"{key}_{m}"))
+            out[f"{key}_{m}"] = json_value(row.get(f"{key}_{m}"))
     return out
 
 
@@ -251,7 +198,7 @@ def _model_tops(row: pd.Series, model: str, heat: tuple[np.ndarray, np.ndarray] 
             grid = np.round(heat[1][slot], 3)
             top_max = max(top_max, float(grid.max()))
             grid = [[_num(v) for v in line] for line in grid.tolist()]
-        tops.append({"slot": slot, "row": r, "value": _clean(round(float(values[slot]), 4)),
+        tops.append({"slot": slot, "row": r, "value": json_value(round(float(values[slot]), 4)),
                      "thumb": f"thumbs/{r}.jpg" if r in have else None, "heatmap": grid})
     return {"top": tops, "max": top_max}
 
@@ -263,113 +210,3 @@ def _num(v: float) -> float | int:
 def _write_js(path: Path, name: str, value: Any) -> None:
     text = json.dumps(value, separators=(",", ":"), allow_nan=False)
     path.write_text(f"window.{name} = {text};\n", encoding="utf-8")
-
-
-def colorize(values: np.ndarray, size: int, *, vmax: float | None = None, alpha: float = 0.5) -> Image.Image:
-    """A heatmap grid as an RGBA overlay of ``size x size``: bilinear upsample, viridis, alpha.
-
-    Alpha grows with the value (``alpha * sqrt(v / vmax)``), so inactive patches stay clear.
-    """
-    grid = np.asarray(values, dtype=np.float32)
-    top = float(vmax if vmax is not None else grid.max())
-    norm = np.clip(grid / top, 0.0, 1.0) if top > 0 else np.zeros_like(grid)
-    big = np.asarray(Image.fromarray(norm, mode="F").resize((size, size), Image.Resampling.BILINEAR))
-    big = np.clip(big, 0.0, 1.0).astype(np.float64)
-    pos = big * (len(VIRIDIS) - 1)
-    lo = np.floor(pos).astype(int).clip(0, len(VIRIDIS) - 2)
-    frac = (pos - lo)[..., None]
-    rgb = VIRIDIS[lo] * (1 - frac) + VIRIDIS[lo + 1] * frac
-    a = alpha * np.sqrt(big) * 255.0
-    rgba = np.concatenate([rgb, a[..., None]], axis=-1)
-    return Image.fromarray(np.round(rgba).clip(0, 255).astype(np.uint8), mode="RGBA")
-
-
-def render_overlays(concept_id: int, index: ExplorerIndex, *, alpha: float = 0.5,
-                    heatmaps: Heatmaps | None = None) -> dict[tuple[str, int], str]:
-    """Write ``overlays/c<id>_<model>_<slot>.png`` for each top image with a heatmap.
-
-    Maps are normalised by the concept's maximum over all slots of that model.
-
-    Returns:
-        ``(model, slot)`` -> overlay path relative to ``index.out_dir``.
-    """
-    heatmaps = heatmaps or Heatmaps(index.eval_dir, index.models)
-    (index.out_dir / "overlays").mkdir(parents=True, exist_ok=True)
-    written = {}
-    for m in index.models:
-        heat = heatmaps.get(m, int(concept_id))
-        if heat is None:
-            continue
-        rows, maps = heat
-        valid = rows >= 0
-        vmax = float(maps[valid].max()) if valid.any() else 0.0
-        for slot in np.flatnonzero(valid):
-            rel = f"overlays/c{int(concept_id)}_{m}_{int(slot)}.png"
-            colorize(maps[slot], index.thumb_size, vmax=vmax, alpha=alpha).save(index.out_dir / rel)
-            written[(m, int(slot))] = rel
-    return written
-
-
-def _fmt(value: Any, digits: int = 3) -> str:
-    value = _clean(value)
-    if value is None:
-        return "-"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return f"{value:.{digits}g}" if 0 < abs(value) < 10 ** -digits else f"{value:.{digits}f}"
-
-
-def card_html(concept_row: dict[str, Any], models: Iterable[str], out_dir_relative_prefix: str = "", *,
-              index: ExplorerIndex | None = None) -> str:
-    """A static HTML card: the concept's numbers and, per model, its top images with overlays.
-
-    Overlays (and any missing thumbnails) are rendered on demand into the explorer folder of
-    ``index`` (default: the latest :func:`write_explorer` call in this process); images that
-    cannot be read are left out. Without any explorer, the card references the files by name.
-
-    Args:
-        concept_row: A ``concepts.parquet`` row as a dict (``concept``, ``top_rows_<m>``, ...).
-        models: Models to show, one column each.
-        out_dir_relative_prefix: Prefix from the page holding the card to the explorer folder.
-        index: The explorer the card's files live in.
-    """
-    index = index or _LAST.get("index")
-    cid = int(concept_row["concept"] if "concept" in concept_row else concept_row["id"])
-    models = list(models)
-    pre = html.escape(out_dir_relative_prefix)
-    overlays: dict[tuple[str, int], str] | None = None
-    thumbs: set[int] | None = None
-    if index is not None:
-        needed = {int(r) for m in models for r in concept_row[f"top_rows_{m}"] if r >= 0}
-        thumbs = {r for r in needed if (index.out_dir / "thumbs" / f"{r}.jpg").exists()}
-        if needed - thumbs - {r for r, _ in index.unreadable}:
-            made, _ = write_thumbnails(index.manifest_path, needed - thumbs, index.out_dir / "thumbs", index.thumb_size)
-            thumbs |= set(made)
-        overlays = render_overlays(cid, index)
-    factor = concept_row.get("factor")
-    title = f"Concept {cid}" + (f" <span class=\"factor\">{html.escape(str(factor))}</span>" if _clean(factor) else "")
-    linked = index is None or cid in index.concept_ids
-    head = f"<a href=\"{pre}concept.html?id={cid}\">{title}</a>" if linked else title
-    stats = (f"<dl class=\"stats\"><dt>firing entropy</dt><dd>{_fmt(concept_row.get('firing_entropy'))}</dd>"
-             f"<dt>co-fires</dt><dd>{_fmt(concept_row.get('cofires'))}</dd>"
-             f"<dt>energy</dt><dd>{_fmt(concept_row.get('energy_total'))}</dd>"
-             f"<dt>factor AUROC</dt><dd>{_fmt(concept_row.get('factor_auroc'))}</dd></dl>")
-    cols = []
-    for m in models:
-        tiles = []
-        values = list(concept_row.get(f"top_values_{m}", []))
-        for slot, r in enumerate(int(x) for x in concept_row[f"top_rows_{m}"]):
-            if r < 0 or (thumbs is not None and r not in thumbs):
-                continue
-            over = f"overlays/c{cid}_{m}_{slot}.png"
-            layer = (f"<img class=\"overlay\" src=\"{pre}{over}\" alt=\"\">"
-                     if overlays is None or (m, slot) in overlays else "")
-            value = _fmt(values[slot]) if slot < len(values) else "-"
-            tiles.append(f"<figure class=\"tile\"><span class=\"stack\"><img class=\"thumb\" "
-                         f"src=\"{pre}thumbs/{r}.jpg\" alt=\"image {r}\">{layer}</span>"
-                         f"<figcaption>{value}</figcaption></figure>")
-        body = "".join(tiles) or "<p class=\"empty\">no images</p>"
-        cols.append(f"<div class=\"model-col\"><h4>{html.escape(m)} <small>fires "
-                    f"{_fmt(concept_row.get(f'fires_{m}'))}</small></h4><div class=\"tiles\">{body}</div></div>")
-    return (f"<article class=\"usae-card\" id=\"card-{cid}\"><h3>{head}</h3>{stats}"
-            f"<div class=\"models\">{''.join(cols)}</div></article>")

@@ -1,7 +1,7 @@
-"""Deterministic RGB images with planted factors (shape, colour, texture, position).
+"""The generated image set (``dataset.source: synthetic``): deterministic RGB images with planted factors.
 
-Every object's factors and its visible pixels are recorded, so learned concepts can be
-checked against a known truth.
+Each object has a shape, colour, texture and position; every object's factors and its visible
+pixels are recorded, so learned concepts can be checked against a known truth.
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 """Fixed RGB of each colour; the 'off' pixels of a texture use the shade ``SHADE * rgb``."""
 
 SHADE = 0.45
+GENERATOR = "usae.data.synthetic_images"
+"""Generator name recorded in a set's attributes: this module's former path, kept so that sets
+generated before the move to ``usae.planted`` still match and are reused, not regenerated."""
 GENERATOR_VERSION = 1
 _CHUNK_IMAGES = 64
 
@@ -136,7 +139,7 @@ def _render(seed: int, index: int, image_size: int, max_objects: int) -> tuple[n
 
 def _attrs(n_images: int, image_size: int, max_objects: int, seed: int) -> dict:
     return {
-        "generator": __name__, "version": GENERATOR_VERSION, "n_images": n_images,
+        "generator": GENERATOR, "version": GENERATOR_VERSION, "n_images": n_images,
         "image_size": image_size, "max_objects": max_objects, "seed": seed,
         "factors": {k: list(v) for k, v in FACTORS.items()},
         "colours_rgb": {k: list(v) for k, v in COLOURS.items()}, "shade": SHADE,
@@ -160,6 +163,69 @@ def _load_set(out_dir: Path, attrs: dict) -> SyntheticImageSet | None:
     except (OSError, ValueError, KeyError, zarr.errors.BaseZarrError):
         return None
     return SyntheticImageSet(paths=paths, objects=objects, object_map_path=out_dir / "object_map.zarr")
+
+
+def _check_arguments(n_images: int, image_size: int, max_objects: int, seed: int) -> None:
+    if n_images < 1:
+        raise ValueError(f"n_images = {n_images} must be >= 1")
+    if image_size < 32:
+        raise ValueError(f"image_size = {image_size} must be >= 32")
+    if not 1 <= max_objects <= 255:
+        raise ValueError(f"max_objects = {max_objects} must be in 1..255 (object map is uint8)")
+    if seed < 0:
+        raise ValueError(f"seed = {seed} must be >= 0")
+
+
+def _existing_set(out_dir: Path, attrs: dict) -> SyntheticImageSet | None:
+    """Remove leftovers of interrupted runs; the reusable set in ``out_dir``, or None to (re)generate.
+
+    Raises:
+        FileExistsError: ``out_dir`` is a non-empty folder that is not a set made by this module.
+    """
+    for leftover in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):
+        logger.warning("removing leftover temporary folder %s of an interrupted run", leftover)
+        shutil.rmtree(leftover, ignore_errors=True)
+    if not out_dir.exists():
+        return None
+    existing = _load_set(out_dir, attrs)
+    if existing is not None:
+        logger.info("reusing complete synthetic image set in %s", out_dir)
+        return existing
+    if any(out_dir.iterdir()) and not (out_dir / "object_map.zarr").exists():
+        raise FileExistsError(f"{out_dir} exists and is not a synthetic image set; refusing to replace it")
+    return None
+
+
+def _write_set(root: Path, attrs: dict) -> int:
+    """Render every image of ``attrs`` into ``root`` (PNGs, object map, objects table); the object count."""
+    n_images, image_size = attrs["n_images"], attrs["image_size"]
+    (root / "images").mkdir(parents=True)
+    chunk = min(n_images, _CHUNK_IMAGES)
+    arr = zarr.create_array(store=str(root / "object_map.zarr"), shape=(n_images, image_size, image_size),
+                            chunks=(chunk, image_size, image_size), dtype="uint8", fill_value=0,
+                            compressors=ZstdCodec(level=5), attributes=attrs, zarr_format=3)
+    rows: list[dict] = []
+    buf = np.zeros((chunk, image_size, image_size), dtype=np.uint8)
+    for i, path in enumerate(tqdm(_image_paths(root, n_images), desc="synthetic images", unit="img")):
+        rgb, buf[i % chunk], obj_rows = _render(attrs["seed"], i, image_size, attrs["max_objects"])
+        Image.fromarray(rgb).save(path, format="PNG", compress_level=1)  # fast; bytes stay deterministic
+        rows.extend(obj_rows)
+        if i % chunk == chunk - 1 or i == n_images - 1:
+            start = i - i % chunk
+            arr[start:i + 1] = buf[: i + 1 - start]
+    pd.DataFrame(rows).to_parquet(root / "objects.parquet", index=False)
+    return len(rows)
+
+
+def _publish(tmp: Path, out_dir: Path) -> None:
+    """Rename the finished ``tmp`` to ``out_dir``, replacing an older set there."""
+    if out_dir.exists():
+        trash = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-old"
+        out_dir.rename(trash)
+        tmp.rename(out_dir)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        tmp.rename(out_dir)
 
 
 def generate_images(out_dir: Path, n_images: int, image_size: int = 224, max_objects: int = 3,
@@ -186,55 +252,21 @@ def generate_images(out_dir: Path, n_images: int, image_size: int = 224, max_obj
         ValueError: On an out-of-range argument.
         FileExistsError: If ``out_dir`` exists, is not empty and is not a set made by this module.
     """
-    if n_images < 1:
-        raise ValueError(f"n_images = {n_images} must be >= 1")
-    if image_size < 32:
-        raise ValueError(f"image_size = {image_size} must be >= 32")
-    if not 1 <= max_objects <= 255:
-        raise ValueError(f"max_objects = {max_objects} must be in 1..255 (object map is uint8)")
-    if seed < 0:
-        raise ValueError(f"seed = {seed} must be >= 0")
+    _check_arguments(n_images, image_size, max_objects, seed)
     out_dir = Path(out_dir)
     attrs = _attrs(n_images, image_size, max_objects, seed)
-    for leftover in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):
-        logger.warning("removing leftover temporary folder %s of an interrupted run", leftover)
-        shutil.rmtree(leftover, ignore_errors=True)
-    if out_dir.exists():
-        existing = _load_set(out_dir, attrs)
-        if existing is not None:
-            logger.info("reusing complete synthetic image set in %s", out_dir)
-            return existing
-        if any(out_dir.iterdir()) and not (out_dir / "object_map.zarr").exists():
-            raise FileExistsError(f"{out_dir} exists and is not a synthetic image set; refusing to replace it")
+    existing = _existing_set(out_dir, attrs)
+    if existing is not None:
+        return existing
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     try:
-        (tmp / "images").mkdir(parents=True)
-        chunk = min(n_images, _CHUNK_IMAGES)
-        arr = zarr.create_array(store=str(tmp / "object_map.zarr"), shape=(n_images, image_size, image_size),
-                                chunks=(chunk, image_size, image_size), dtype="uint8", fill_value=0,
-                                compressors=ZstdCodec(level=5), attributes=attrs, zarr_format=3)
-        rows: list[dict] = []
-        buf = np.zeros((chunk, image_size, image_size), dtype=np.uint8)
-        for i, path in enumerate(tqdm(_image_paths(tmp, n_images), desc="synthetic images", unit="img")):
-            rgb, buf[i % chunk], obj_rows = _render(seed, i, image_size, max_objects)
-            Image.fromarray(rgb).save(path, format="PNG", compress_level=1)  # fast; bytes stay deterministic
-            rows.extend(obj_rows)
-            if i % chunk == chunk - 1 or i == n_images - 1:
-                start = i - i % chunk
-                arr[start:i + 1] = buf[: i + 1 - start]
-        pd.DataFrame(rows).to_parquet(tmp / "objects.parquet", index=False)
-        if out_dir.exists():
-            trash = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-old"
-            out_dir.rename(trash)
-            tmp.rename(out_dir)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
+        n_objects = _write_set(tmp, attrs)
+        _publish(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    logger.info("wrote %d synthetic images (%d objects) to %s", n_images, len(rows), out_dir)
+    logger.info("wrote %d synthetic images (%d objects) to %s", n_images, n_objects, out_dir)
     return SyntheticImageSet(paths=_image_paths(out_dir, n_images), objects=pd.read_parquet(
         out_dir / "objects.parquet"), object_map_path=out_dir / "object_map.zarr")
 
@@ -271,29 +303,63 @@ def patch_factor_coverage(object_map: np.ndarray, objects: pd.DataFrame, grid: i
     n, h, w = labels.shape
     if not 1 <= grid <= min(h, w):
         raise ValueError(f"grid = {grid} must be in 1..{min(h, w)}")
+    counts = _cell_label_counts(labels, grid)
+    frac = counts / counts.sum(axis=-1, keepdims=True)
+    keep = _known(objects, counts)
+    image, label = _object_keys(objects, counts, keep)
+    out: dict[str, np.ndarray] = {}
+    for factor, values in FACTORS.items():
+        onehot = np.zeros((n, counts.shape[-1], len(values)))
+        onehot[image, label, _value_codes(objects, factor)[keep]] = 1.0
+        out[factor] = np.einsum("nabl,nlv->nabv", frac, onehot).astype(np.float32)
+    out["object"] = (1.0 - frac[..., :1]).astype(np.float32)
+    return out
+
+
+def _cell_label_counts(labels: np.ndarray, grid: int) -> np.ndarray:
+    """``(n, grid, grid, n_labels)`` pixel counts of each label in each cell (pixel-to-cell rule above)."""
+    n, h, w = labels.shape
     n_labels = int(labels.max(initial=0)) + 1
     cell = ((np.arange(h) * grid) // h)[:, None] * grid + ((np.arange(w) * grid) // w)[None, :]
     flat = (np.arange(n)[:, None, None] * grid * grid + cell[None]) * n_labels + labels.astype(np.int64)
-    counts = np.bincount(flat.ravel(), minlength=n * grid * grid * n_labels).reshape(n, grid, grid, n_labels)
-    frac = counts / counts.sum(axis=-1, keepdims=True)
+    return np.bincount(flat.ravel(), minlength=n * grid * grid * n_labels).reshape(n, grid, grid, n_labels)
+
+
+def _known(objects: pd.DataFrame, counts: np.ndarray) -> np.ndarray:
+    """Rows of ``objects`` naming an image and a label that exist in ``counts``."""
+    n, n_labels = counts.shape[0], counts.shape[-1]
     idx = objects["image_index"].to_numpy(dtype=np.int64)
     obj = objects["object"].to_numpy(dtype=np.int64)
-    keep = (idx >= 0) & (idx < n) & (obj >= 1) & (obj < n_labels)
-    known = np.zeros((n, n_labels), dtype=bool)
-    known[idx[keep], obj[keep]] = True
+    return (idx >= 0) & (idx < n) & (obj >= 1) & (obj < n_labels)
+
+
+def _object_keys(objects: pd.DataFrame, counts: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(image_index, label)`` of the object rows ``keep``; every visible label must have a row.
+
+    Raises:
+        ValueError: A label visible in the map has no row in ``objects``.
+    """
+    idx = objects["image_index"].to_numpy(dtype=np.int64)[keep]
+    obj = objects["object"].to_numpy(dtype=np.int64)[keep]
+    known = np.zeros((counts.shape[0], counts.shape[-1]), dtype=bool)
+    known[idx, obj] = True
     present = counts.sum(axis=(1, 2)) > 0
     present[:, 0] = False
     if (missing := np.argwhere(present & ~known)).size:
         i, k = missing[0]
         raise ValueError(f"object_map label {k} of image {i} has no row in objects")
-    out: dict[str, np.ndarray] = {}
-    for factor, values in FACTORS.items():
-        codes = pd.Index(values).get_indexer(objects[factor].astype(str)).astype(np.int64)
-        if (codes < 0).any():
-            bad = sorted(set(objects[factor].astype(str)[codes < 0]))
-            raise ValueError(f"unknown {factor} values {bad}; expected {list(values)}")
-        onehot = np.zeros((n, n_labels, len(values)))
-        onehot[idx[keep], obj[keep], codes[keep]] = 1.0
-        out[factor] = np.einsum("nabl,nlv->nabv", frac, onehot).astype(np.float32)
-    out["object"] = (1.0 - frac[..., :1]).astype(np.float32)
-    return out
+    return idx, obj
+
+
+def _value_codes(objects: pd.DataFrame, factor: str) -> np.ndarray:
+    """Index of each object's ``factor`` value in ``FACTORS[factor]``.
+
+    Raises:
+        ValueError: A value is not one of ``FACTORS[factor]``.
+    """
+    values = FACTORS[factor]
+    codes = pd.Index(values).get_indexer(objects[factor].astype(str)).astype(np.int64)
+    if (codes < 0).any():
+        bad = sorted(set(objects[factor].astype(str)[codes < 0]))
+        raise ValueError(f"unknown {factor} values {bad}; expected {list(values)}")
+    return codes

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from usae.data import synthetic_images as si
-from usae.data.synthetic_images import (
+from usae.planted import images as si
+from usae.planted.images import (
     COLOURS,
     FACTORS,
     SHADE,

@@ -1,13 +1,11 @@
-"""The planted generator: determinism, shared/private semantics, noise level, metrics, I/O."""
+"""The planted generator: determinism, shared/private semantics, noise level, I/O."""
 
 import dataclasses
 
 import numpy as np
 import pytest
 
-from usae.synthetic import (
-    PlantedConfig, auroc, best_cosine, generate_planted, load_planted, match_atoms,
-)
+from usae.planted.activations import PlantedConfig, generate_planted, load_planted
 
 SMALL = PlantedConfig(widths=(64, 96, 128), n_tokens=4000, seed=3)
 
@@ -112,32 +110,6 @@ def test_other_magnitudes(kind):
     assert (d.shared_codes.values > 0).all()
     if kind == "constant":
         assert (d.shared_codes.values == 1.0).all()
-
-
-def test_best_cosine_hand_cases():
-    eye = np.eye(2)
-    np.testing.assert_allclose(best_cosine(eye, eye), [1.0, 1.0])
-    np.testing.assert_allclose(best_cosine(eye[:1], eye[1:]), [0.0], atol=1e-12)
-    np.testing.assert_allclose(best_cosine(eye[:1], -eye[:1]), [-1.0])  # no abs is taken
-    # Best over rows is the max (signed): +x beats -x; scaling does not matter.
-    idx, cos = match_atoms(np.array([[1.0, 0.0], [0.0, 2.0]]), np.array([[-3.0, 0.0], [0.0, 5.0], [1.0, 1.0]]))
-    np.testing.assert_array_equal(idx, [2, 1])
-    np.testing.assert_allclose(cos, [1 / np.sqrt(2), 1.0])
-
-
-def test_auroc_hand_cases():
-    assert auroc([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1]) == 1.0
-    assert auroc([0.1, 0.2, 0.8, 0.9], [1, 1, 0, 0]) == 0.0
-    assert auroc([0.5, 0.5, 0.5, 0.5], [0, 1, 0, 1]) == 0.5
-    assert auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
-    # One tie between a positive and a negative counts 1/2: pairs (0.5>0.2, 0.5=0.5) -> 1.5/2.
-    assert auroc([0.2, 0.5, 0.5], [False, False, True]) == pytest.approx(0.75)
-    rng = np.random.default_rng(0)
-    s, y = rng.integers(0, 5, 60).astype(float), rng.random(60) < 0.4
-    brute = np.mean([(p > q) + 0.5 * (p == q) for p in s[y] for q in s[~y]])
-    assert auroc(s, y) == pytest.approx(brute)
-    with pytest.raises(ValueError, match="positive and one negative"):
-        auroc([0.1, 0.2], [1, 1])
 
 
 def test_save_load_round_trip(tmp_path):

@@ -1,4 +1,4 @@
-"""Synthetic multi-model activations with a planted ground truth, to test a Universal SAE.
+"""Planted multi-model activations: a known ground truth of atoms and codes, to test a Universal SAE.
 
 Token ``t`` has one sparse code ``s`` over ``n_shared`` shared concepts (``shared_codes``) and,
 per model ``i``, a sparse code ``p_i`` over its ``n_private`` private concepts. Model ``i`` sees
@@ -244,56 +244,3 @@ def generate_planted(cfg: PlantedConfig) -> PlantedData:
     return PlantedData(config=cfg, names=names, acts=acts, shared_atoms=shared_atoms, private_atoms=private_atoms,
                        shared_codes=shared_codes, private_codes=private_codes, noise_std=noise_std)
 
-
-def _unit(a: np.ndarray) -> np.ndarray:
-    a = np.asarray(a, dtype=np.float64)
-    return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-
-
-def match_atoms(true_atoms: np.ndarray, learned: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Best learned row for every true atom by signed cosine.
-
-    ``cos[i, j] = <u_i, v_j>`` with ``u_i = t_i / ||t_i||`` and ``v_j = l_j / ||l_j||`` (zero rows
-    give cosine 0).  No absolute value is taken: ``-x`` has cosine ``-1`` with ``x``.
-
-    Args:
-        true_atoms: ``(n, d)`` ground-truth atoms.
-        learned: ``(m, d)`` learned dictionary rows.
-
-    Returns:
-        ``best_index[i] = argmax_j cos[i, j]`` and ``best_cos[i] = max_j cos[i, j]``, both ``(n,)``.
-    """
-    cos = _unit(true_atoms) @ _unit(learned).T
-    idx = np.argmax(cos, axis=1)
-    return idx, cos[np.arange(len(idx)), idx]
-
-
-def best_cosine(true_atoms: np.ndarray, learned: np.ndarray) -> np.ndarray:
-    """``max_j cos(true_atoms[i], learned[j])`` for every true atom, shape ``(n,)`` (see ``match_atoms``)."""
-    return match_atoms(true_atoms, learned)[1]
-
-
-def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve via the Mann–Whitney U statistic.
-
-    ``AUROC = (#{(p, q): s_p > s_q} + 0.5 * #{(p, q): s_p == s_q}) / (n_pos * n_neg)`` over
-    positive ``p`` and negative ``q``; computed with tie-averaged ranks ``R`` as
-    ``(sum_{p} R_p - n_pos (n_pos + 1) / 2) / (n_pos * n_neg)``.
-
-    Args:
-        scores: ``(n,)`` real scores, higher = more positive.
-        labels: ``(n,)`` booleans (or 0/1).
-
-    Raises:
-        ValueError: If the lengths differ or a class is empty.
-    """
-    scores, labels = np.asarray(scores, dtype=np.float64).ravel(), np.asarray(labels).astype(bool).ravel()
-    if scores.shape != labels.shape:
-        raise ValueError(f"scores and labels differ in length: {scores.size} != {labels.size}")
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError("auroc needs at least one positive and one negative label")
-    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    avg_rank = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based ranks, ties averaged
-    rank_sum = float(avg_rank[inverse.ravel()][labels].sum())
-    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)

@@ -1,10 +1,12 @@
-"""How well a trained USAE recovers a planted ground truth (``usae.synthetic``).
+"""How well a trained USAE recovers a planted ground truth (:mod:`usae.planted.activations`).
 
 Recovery of shared concepts: for each model, the share of true shared atoms whose best
 cosine with a learned decoder row is at least 0.9. Universality: learned concepts are
 labelled by the true atom they match best (shared or some model's private atom, cosine
 >= 0.9, taken over models); firing entropy should be high for shared and low for private
-concepts, scored by the AUROC of entropy for "shared" vs "private".
+concepts, scored by the AUROC of entropy for "shared" vs "private". Cross-model
+reconstruction: the per-dimension R2 of every (source, target) pair. Every formula is in
+:mod:`usae.metrics`.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from usae.metrics import firing_counts, firing_entropy
+from usae.metrics import auroc, firing_counts, firing_entropy, match_atoms, r2_per_dim
+from usae.planted.activations import PlantedData
 from usae.sae.model import USAE
-from usae.synthetic import PlantedData, auroc, match_atoms
 
 MATCH = 0.9
 
@@ -66,4 +68,7 @@ def evaluate_recovery(data: PlantedData, model: USAE, *, n_tokens: int = 20_000,
 
 
 def _r2(x: torch.Tensor, x_hat: torch.Tensor) -> float:
-    return float(1 - (x - x_hat).pow(2).sum() / (x - x.mean(dim=0)).pow(2).sum())
+    """Per-dimension R2 of ``x_hat`` for ``x`` (both ``(n, d)``), from the sums ``r2_per_dim`` takes."""
+    x64 = x.double()
+    sse = (x - x_hat).double().pow(2).sum()
+    return float(r2_per_dim(sse, x64.sum(dim=0), x64.pow(2).sum(dim=0), x.shape[0]))

@@ -1,0 +1,77 @@
+"""Static concept cards for the report's index page: a concept's numbers and its top images per model.
+
+:func:`card` gathers what a card shows (drawing missing thumbnails and the heatmap overlays
+into the explorer folder); ``templates/card.html`` renders it; :func:`card_html` does both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from usae.report.explorer import ExplorerIndex, json_value
+from usae.report.heatmaps import render_overlays
+from usae.report.templating import environment
+from usae.report.thumbnails import write_thumbnails
+
+
+def card(concept_row: dict[str, Any], models: Iterable[str], *, index: ExplorerIndex | None = None) -> dict[str, Any]:
+    """What the card of one concept shows, for ``templates/card.html``.
+
+    With ``index``, overlays (and any missing thumbnails) are rendered on demand into its
+    explorer folder, images that cannot be read are left out, and the title links to the
+    concept's page only when it has one. Without it, the card references the files by name.
+
+    Args:
+        concept_row: A ``concepts.parquet`` row as a dict (``concept``, ``top_rows_<m>``, ...).
+        models: Models to show, one column each.
+        index: The explorer the card's files live in.
+
+    Returns:
+        ``id``, ``factor`` (or None), ``linked``, the numbers ``firing_entropy``, ``cofires``,
+        ``energy_total``, ``factor_auroc``, and ``models``: per model ``name``, ``fires`` and
+        ``tiles`` (``row``, ``value``, ``overlay`` path or None).
+    """
+    cid = int(concept_row["concept"] if "concept" in concept_row else concept_row["id"])
+    models = list(models)
+    thumbs, overlays = _files(concept_row, cid, models, index) if index is not None else (None, None)
+    factor = concept_row.get("factor")
+    return {
+        "id": cid, "factor": str(factor) if json_value(factor) else None,
+        "linked": index is None or cid in index.concept_ids,
+        **{key: concept_row.get(key) for key in ("firing_entropy", "cofires", "energy_total", "factor_auroc")},
+        "models": [{"name": m, "fires": concept_row.get(f"fires_{m}"), "tiles": _tiles(concept_row, cid, m, thumbs,
+                                                                                         overlays)} for m in models],
+    }
+
+
+def card_html(concept_row: dict[str, Any], models: Iterable[str], out_dir_relative_prefix: str = "", *,
+              index: ExplorerIndex | None = None) -> str:
+    """The card of :func:`card` as HTML; ``out_dir_relative_prefix`` leads from the page to the explorer folder."""
+    macro = environment().get_template("card.html").module.card
+    return str(macro(card(concept_row, models, index=index), out_dir_relative_prefix))
+
+
+def _files(concept_row: dict[str, Any], cid: int, models: list[str],
+           index: ExplorerIndex) -> tuple[set[int], dict[tuple[str, int], str]]:
+    """Thumbnails present (made now where missing and readable) and the overlays drawn now."""
+    needed = {int(r) for m in models for r in concept_row[f"top_rows_{m}"] if r >= 0}
+    thumbs = {r for r in needed if (index.out_dir / "thumbs" / f"{r}.jpg").exists()}
+    if needed - thumbs - {r for r, _ in index.unreadable}:
+        made, _ = write_thumbnails(index.manifest_path, needed - thumbs, index.out_dir / "thumbs", index.thumb_size)
+        thumbs |= set(made)
+    return thumbs, render_overlays(cid, index)
+
+
+def _tiles(concept_row: dict[str, Any], cid: int, model: str, thumbs: set[int] | None,
+           overlays: dict[tuple[str, int], str] | None) -> list[dict[str, Any]]:
+    """One tile per top image of ``model`` that has a thumbnail (all of them when ``thumbs`` is None)."""
+    values = list(concept_row.get(f"top_values_{model}", []))
+    tiles = []
+    for slot, r in enumerate(int(x) for x in concept_row[f"top_rows_{model}"]):
+        if r < 0 or (thumbs is not None and r not in thumbs):
+            continue
+        overlay = f"overlays/c{cid}_{model}_{slot}.png"
+        tiles.append({"row": r, "value": values[slot] if slot < len(values) else None,
+                      "overlay": overlay if overlays is None or (model, slot) in overlays else None})
+    return tiles
