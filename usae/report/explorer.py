@@ -32,14 +32,14 @@ import numpy as np
 import pandas as pd
 
 from usae.report.heatmaps import Heatmaps
-from usae.report.templating import TEMPLATES
+from usae.report.templating import environment
 from usae.report.thumbnails import write_thumbnails
 
 logger = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 PAGES = ("concepts.html", "concept.html")
-"""Pages copied as they are from ``templates/``: they fill themselves in from ``data/*.js``."""
+"""Pages rendered without variables from ``templates/``: they fill themselves in from ``data/*.js``."""
 
 
 @dataclass(frozen=True)
@@ -145,8 +145,9 @@ def _write_concept_pages(data_dir: Path, by_id: pd.DataFrame, summaries: list[di
 
 
 def _copy_pages(out_dir: Path) -> None:
+    env = environment()
     for name in PAGES:
-        shutil.copyfile(TEMPLATES / name, out_dir / name)
+        (out_dir / name).write_text(env.get_template(name).render(), encoding="utf-8")
     for name in ("explorer.js", "style.css"):
         shutil.copyfile(STATIC / name, out_dir / "static" / name)
 
