@@ -297,7 +297,8 @@ def bench_reference(batch: dict[str, torch.Tensor], shape: dict, device: torch.d
 def bench_ours(batch: dict[str, torch.Tensor], shape: dict, device: torch.device, *, aux_k: int, decode: str) -> dict:
     """``optimizer_step`` as the training loop runs it, with the loop's optimiser and default settings."""
     seed_everything(SEED)
-    cfg = SAEConfig(n_latents=shape["n_latents"], k=shape["k"], loss="mse", aux_k=aux_k, decode=decode)
+    cfg = SAEConfig(n_latents=shape["n_latents"], k=shape["k"], loss="mse", aux_k=aux_k, decode=decode,
+                    dead_tokens=1_000_000)  # a fixed window: the benchmark marks latents dead itself
     train = TrainConfig()  # scheme paper, Adam, lr 3e-4, grad clip 1.0, fp32
     model = USAE({n: t.shape[-1] for n, t in batch.items()}, cfg, seed=SEED).to(device).train()
     model.sparse_decode = decode == "sparse"

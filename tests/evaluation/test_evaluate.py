@@ -105,3 +105,17 @@ def test_invalid_images_are_skipped_and_missing_models_refused(data, tmp_path):
     with pytest.raises(ValueError, match=r"no validation tokens for models \['b'\]"):
         evaluate_sources(identity_usae(np.zeros(D)), {"a": srcs["a"]}, EvaluateConfig(device="cpu"),
                          tmp_path / "x", device=CPU)
+
+
+def test_dead_counts_both_ways_against_brute_force(data, tmp_path):
+    """``dead``: never active (Z > 0); ``dead_above_tau``: never firing (Z > tau); each per model."""
+    model = identity_usae(np.zeros(D))
+    tau = 1.5
+    metrics, _ = run(model, sources(data), tmp_path, tau=tau)
+    z = model.encode("a", torch.from_numpy(data.reshape(-1, D)), standardized=True).detach().numpy()
+    never_active = int((z.max(axis=0) <= 0).sum())
+    never_above_tau = int((z.max(axis=0) <= tau).sum())
+    assert never_above_tau > never_active  # the data makes the two counts differ
+    assert metrics["dead"]["a"] == never_active and metrics["dead_above_tau"]["a"] == never_above_tau
+    assert metrics["dead_above_tau_fraction"]["a"] == never_above_tau / (2 * D)
+    assert "dead_above_tau" in metrics["definitions"] and "tau" in metrics["definitions"]["dead_above_tau"]

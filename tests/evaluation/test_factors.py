@@ -147,3 +147,16 @@ def test_factor_labels_match_coverage(tmp_path: Path) -> None:
     np.testing.assert_array_equal(one_by_one.labels, out.labels)
     with pytest.raises(ValueError):
         factor_labels(s.object_map_path, objects_path, np.array([3]), grid)
+
+
+@pytest.mark.parametrize(("score", "label"), [
+    (0.95, "colour=red"), (0.75, "colour=red"),  # told apart from chance: named
+    (0.74, None), (0.503, None), (0.26, None),  # near chance: no label
+    (0.25, "background"), (0.1, "background"),  # even the best factor is below chance: fires off objects
+    (float("nan"), None),
+])
+def test_factor_label_only_where_it_means_something(score: float, label: str | None) -> None:
+    from usae.evaluation.run import factor_label
+
+    assert factor_label(["colour=red", "shape=circle"], 0, score, min_auroc=0.75) == label
+    assert factor_label(["colour=red"], -1, 0.9, min_auroc=0.75) is None  # no factor scored

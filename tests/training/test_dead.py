@@ -31,3 +31,15 @@ def test_dead_latents_state_round_trip():
     other.load_state_dict(state)
     assert other.since["vit"].tolist() == [7, 0, 7]
     assert other.index["vit"].tolist() == [0, 2]
+
+
+def test_dead_window_scales_with_the_run_and_the_validation_set():
+    from usae.training.dead import dead_window
+
+    assert dead_window(5000, source_tokens=10, validation_tokens=3, batch_tokens=1) == 5000  # a number stays
+    # auto: the validation token count, when the run gives each model at least 4x that as source ...
+    assert dead_window("auto", source_tokens=400_000, validation_tokens=10_000, batch_tokens=512) == 10_000
+    # ... else a quarter of its source tokens, so the counter can reach the window within the run
+    assert dead_window("auto", source_tokens=20_000, validation_tokens=10_000, batch_tokens=512) == 5_000
+    assert dead_window("auto", source_tokens=20_000, validation_tokens=None, batch_tokens=512) == 2_000
+    assert dead_window("auto", source_tokens=1_000, validation_tokens=10_000, batch_tokens=512) == 512  # one batch

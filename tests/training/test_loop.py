@@ -140,3 +140,15 @@ def test_a_new_training_code_version_does_not_resume_old_checkpoints(tmp_path, m
     monkeypatch.setitem(usae.STAGE_VERSIONS, "train", usae.STAGE_VERSIONS["train"] + 1)
     fresh = train_usae(open_arrays(paths), SAE, config(), tmp_path / "run", stop_after=3)
     assert fresh.steps == 4  # started again from step 0, not from the checkpoint at step 13
+
+
+@pytest.mark.parametrize(("scheme", "validation_tokens", "expected"), [
+    # paper scheme, 2 models: each encodes 24 steps x 50 tokens / 2 = 600 tokens as source
+    ("paper", None, 60), ("paper", 100, 100), ("paper", 1000, 150),
+    ("all_sources", None, 120),  # every model is a source every step: 1200 tokens each
+])
+def test_auto_dead_window_is_resolved_for_the_run_and_saved(tmp_path, scheme, validation_tokens, expected):
+    sae = SAEConfig(n_latents=48, k=4, aux_k=8, dead_tokens="auto", decode="sparse")
+    result = train_usae(open_arrays(arrays(tmp_path)), sae, config(scheme=scheme, batch_tokens=50), tmp_path / "run",
+                        validation_tokens=validation_tokens)
+    assert USAE.load(result.model_dir).cfg.dead_tokens == max(50, expected)

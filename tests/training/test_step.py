@@ -17,7 +17,7 @@ M, K = 32, 4
 
 
 def setup(n: int = 16, seed: int = 0, **overrides):
-    cfg = SAEConfig(**{"n_latents": M, "k": K, "aux_k": 0, **overrides})
+    cfg = SAEConfig(**{"n_latents": M, "k": K, "aux_k": 0, "dead_tokens": 1_000_000, **overrides})  # a fixed window
     model = USAE(DIMS, cfg, seed=seed)
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():

@@ -24,3 +24,7 @@ class EvaluateConfig(Section):
     max_images: int | None = setting(None, "Evaluate on the first this-many validation images only; `null` = all.",
                                      minimum=1)
     device: str = setting("auto", "`auto` = CUDA when present, else CPU.", choices=DEVICES)
+    min_factor_auroc: float = setting(
+        0.75, "Generated images: a concept is labelled with the planted factor it detects best only when that "
+        "patch-level AUROC is at least this; `background` when its best AUROC is at most 1 minus this (it fires "
+        "off every factor); otherwise no label (near chance).", minimum=0.5, maximum=1.0)

@@ -27,8 +27,11 @@ class SAEConfig(Section):
     aux_k: int = setting(256, "AuxK (Gao et al. 2024): at most this many dead latents reconstruct the residual; 0 "
                               "disables.", minimum=0)
     aux_coef: float = setting(0.03125, "Weight of the AuxK loss (Gao et al.: 1/32).", minimum=0.0)
-    dead_tokens: int = setting(1_000_000, "A latent is dead for a model once that model's encoder has not fired it "
-                                          "for this many tokens.", minimum=1)
+    dead_tokens: int | str = setting(
+        "auto", "A latent is dead for a model once it has not been active (Z_k > 0) on this many of the tokens that "
+        "model encoded as a source (AuxK revives dead latents). `auto`: the number of validation tokens, which "
+        "evaluation's dead count is measured over, at most a quarter of the tokens each model encodes in the run "
+        "(a tenth without a validation split); never below one batch.", choices=("auto",), minimum=1)
     decode: str = setting("auto", "`sparse` gathers the k active rows (`embedding_bag`), `dense` multiplies the "
                                   "m-wide code, `auto` times both at start-up and keeps the faster (recorded in the "
                                   "model; set one explicitly for bit-exact reruns).", choices=("auto", "dense", "sparse"))

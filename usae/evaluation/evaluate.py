@@ -43,7 +43,8 @@ DEFINITIONS = {
     "cofire": "the concept fires in every model on the same token",
     "cofire_proportion": "CFP_k^(i) = cofires_k / fires_k^(i)",
     "energy": "||E[Z_k] D_k||^2 per model (E over validation tokens); energy_total sums the models",
-    "dead": "concepts that never fire (Z_k > 0) for that model on the validation tokens",
+    "dead": "concepts never active (Z_k > 0) for that model on any validation token",
+    "dead_above_tau": "concepts that never fire (Z_k > tau) for that model on any validation token",
     "l0": "mean number of active (non-zero) concepts per token",
 }
 
@@ -168,6 +169,8 @@ def _summarise(model: USAE, acc: Accumulator, cfg: EvaluateConfig) -> tuple[dict
         "l0": {name: float(acc.l0[i] / n) for i, name in enumerate(names)},
         "dead": {name: int((~active[i]).sum()) for i, name in enumerate(names)},
         "dead_fraction": {name: float((~active[i]).float().mean()) for i, name in enumerate(names)},
+        "dead_above_tau": {name: int((fires[i] == 0).sum()) for i, name in enumerate(names)},
+        "dead_above_tau_fraction": {name: float((fires[i] == 0).float().mean()) for i, name in enumerate(names)},
         "cofire_proportion_mean": cfp_mean,
         "concepts_firing_in_all_models": int((fires > 0).all(dim=0).sum()),
         "pearson_log_cofires_log_energy": float(log_log_pearson(cofires.double(), total_energy)),

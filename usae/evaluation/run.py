@@ -28,13 +28,14 @@ class PlantedFactors:
     """
 
     def __init__(self, synthetic_dir: Path, manifest: pd.DataFrame, store_rows: np.ndarray, grid: int,
-                 models: list[str], n_concepts: int) -> None:
+                 models: list[str], n_concepts: int, min_auroc: float) -> None:
         ids = manifest.set_index("index").loc[store_rows, "image_id"]
         image_indices = np.array([int(str(i).rsplit("_", 1)[-1]) for i in ids])
         found = factor_labels(synthetic_dir / "object_map.zarr", synthetic_dir / "objects.parquet", image_indices, grid)
         self.names = found.names
         self.labels = found.labels.reshape(len(image_indices), grid * grid, len(found.names))
         self.scorers = {m: FactorAUROC(n_concepts, len(found.names)) for m in models}
+        self.min_auroc = min_auroc
 
     def update(self, name: str, codes: Codes, positions: np.ndarray) -> None:
         labels = self.labels[positions].reshape(-1, len(self.names))
@@ -47,26 +48,30 @@ class PlantedFactors:
         for name, scorer in self.scorers.items():
             tables[name] = scorer.result()
             best, score = scorer.best()
-            out[f"factor_{name}"] = [_factor_name(self.names, b, a) for b, a in zip(best, score)]
+            out[f"factor_{name}"] = [factor_label(self.names, b, a, self.min_auroc) for b, a in zip(best, score)]
             out[f"factor_auroc_{name}"] = score
         mean = np.nanmean(np.stack(list(tables.values())), axis=0) if tables else None
         if mean is not None:
             filled = np.where(np.isnan(mean), -np.inf, mean)
             best = filled.argmax(axis=1)
-            out["factor"] = [_factor_name(self.names, b, filled[i, b]) if np.isfinite(filled[i, b]) else None
+            out["factor"] = [factor_label(self.names, b, filled[i, b], self.min_auroc) if np.isfinite(filled[i, b]) else None
                              for i, b in enumerate(best)]
             out["factor_auroc"] = np.where(np.isfinite(filled.max(axis=1)), filled.max(axis=1), np.nan)
         return out
 
 
-BACKGROUND = 0.45
+def factor_label(names: list[str], best: int, score: float, min_auroc: float) -> str | None:
+    """The label of a concept whose best planted-factor AUROC is ``score`` (for value ``best``).
 
-
-def _factor_name(names: list[str], best: int, score: float) -> str | None:
-    """The factor a concept detects best; "background" when it fires less on every factor than off it."""
+    ``names[best]`` when ``score >= min_auroc``; ``"background"`` when ``score <= 1 - min_auroc``
+    (even the best factor is a worse predictor than chance: the concept fires off objects);
+    None in between, where the best factor is not told apart from chance well enough to name it.
+    """
     if best < 0 or not np.isfinite(score):
         return None
-    return "background" if score < BACKGROUND else names[best]
+    if score >= min_auroc:
+        return names[best]
+    return "background" if score <= 1 - min_auroc else None
 
 
 def evaluate_run(model_dir: str | Path, store_paths: dict[str, str | Path], cfg: EvaluateConfig,
@@ -101,5 +106,6 @@ def evaluate_run(model_dir: str | Path, store_paths: dict[str, str | Path], cfg:
 
         first = next(iter(sources.values()))
         factors = PlantedFactors(Path(synthetic_dir), read_manifest(manifest_path), first.rows,
-                                 int(first.attrs["grid"][0]), model.names, model.cfg.n_latents)
+                                 int(first.attrs["grid"][0]), model.names, model.cfg.n_latents,
+                                 min_auroc=cfg.min_factor_auroc)
     return evaluate_sources(model, sources, cfg, out_dir, device=device, factors=factors)

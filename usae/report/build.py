@@ -190,6 +190,8 @@ def _context(run_dir: Path, config: dict[str, Any], metrics: dict[str, Any], tab
             "name": m, "backbone": backbone.get("name", "?"), "layer": backbone.get("layer", "?"),
             "pretrained": backbone.get("pretrained"), "width": config["dims"][m],
             "l0": metrics["l0"][m], "dead": metrics["dead"][m], "dead_fraction": metrics["dead_fraction"][m],
+            "dead_above_tau": metrics.get("dead_above_tau", {}).get(m),
+            "dead_above_tau_fraction": metrics.get("dead_above_tau_fraction", {}).get(m),
             "cfp": metrics["cofire_proportion_mean"][m], "r2_self": metrics["r2_per_dim"][i][i],
         })
     runs = {run_dir.name: run_dir, **{k: Path(v) for k, v in other_runs.items() if Path(v) != run_dir}}

@@ -232,8 +232,10 @@ def _scatter(run: _Run, fig: MplFigure) -> str:
 def _captions(run: _Run) -> dict[str, tuple[str, str, int, int]]:
     """Title, caption, width and height (inches * 10) for each figure key."""
     return {
-        "training": ("Training curves", "Reconstruction loss per target model (log scale), dead fraction per model "
-                     "(concepts inactive over the dead-token window) and learning rate vs optimiser step.", 70, 68),
+        "training": ("Training curves", "Reconstruction loss per target model (log scale); dead fraction per model "
+                     "during training: concepts not active (Z_k > 0) on any of the last sae.dead_tokens tokens that "
+                     "model encoded as a source (the AuxK criterion; the setup table counts dead concepts on the "
+                     "validation tokens instead); learning rate vs optimiser step.", 70, 68),
         "r2": ("Cross-model reconstruction R2", f"Entry (i, j): target model j (column) reconstructed from source "
                f"model i's (row) codes. Per-dimension R2 = {run.define('r2_per_dim')}; global-mean R2 = "
                f"{run.define('r2_global_mean')}. Colour scale 0..1; values below 0 are grey.", 100, 45),

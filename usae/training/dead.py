@@ -11,6 +11,29 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+AUTO = "auto"
+
+
+def dead_window(setting: int | str, *, source_tokens: int, validation_tokens: int | None, batch_tokens: int) -> int:
+    """Tokens a latent must stay inactive on, for one model, to count as dead (``sae.dead_tokens``).
+
+    An integer setting is used as it is. ``auto`` makes the criterion scale with the run and
+    agree with evaluation:
+
+        W = max(batch_tokens, min(validation_tokens, source_tokens / 4))
+        W = max(batch_tokens, source_tokens / 10)          without a validation split
+
+    where ``source_tokens`` is how many tokens each model encodes as a source over the whole
+    run (with the paper scheme and M models, 1/M of all tokens). A latent dead in training is
+    then one that stayed silent on as many tokens as evaluation's dead count sees, and the cap
+    lets the counter reach W within the run, so AuxK can act.
+    """
+    if setting != AUTO:
+        return int(setting)
+    if validation_tokens:
+        return max(batch_tokens, min(validation_tokens, source_tokens // 4))
+    return max(batch_tokens, source_tokens // 10)
+
 
 class DeadLatents:
     """Tokens since each latent last fired, per source model (Gao et al.'s dead criterion).

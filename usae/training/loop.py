@@ -11,6 +11,7 @@ window, a checkpoint every ``checkpoint_every`` steps), then the saved model.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -34,7 +35,7 @@ from usae.fingerprint import fingerprint
 from usae.registry import SCHEMES
 from usae.sae.model import USAE
 from usae.training.checkpoint import latest_checkpoint, remove_stale, save_checkpoint
-from usae.training.dead import DeadLatents
+from usae.training.dead import AUTO, DeadLatents, dead_window
 from usae.training.schedule import learning_rate
 from usae.training.schemes import Scheme
 from usae.training.speed import choose_decode
@@ -132,7 +133,7 @@ class TrainingState:
 
 def train_usae(sources: dict[str, TokenSource], sae_cfg: SAEConfig, cfg: TrainConfig, out_dir: str | Path, *,
                standardization: dict[str, dict] | None = None, provenance: dict[str, Any] | None = None,
-               stop_after: int | None = None) -> TrainResult:
+               validation_tokens: int | None = None, stop_after: int | None = None) -> TrainResult:
     """Train (or resume training) a USAE on paired token sources and save it.
 
     Args:
@@ -141,6 +142,8 @@ def train_usae(sources: dict[str, TokenSource], sae_cfg: SAEConfig, cfg: TrainCo
         out_dir: run folder: ``model/``, ``checkpoints/``, ``train_log.parquet`` go here.
         standardization: per model ``{"mean", "std", ...}`` of the data, saved with the model.
         provenance: what the data is (store paths, manifest hash), saved with the model.
+        validation_tokens: tokens of the held-out split, for ``sae.dead_tokens: auto``
+            (:func:`usae.training.dead.dead_window`); None when there is none.
         stop_after: stop (with a checkpoint) after this global step, as if killed; for tests.
 
     Returns:
@@ -153,6 +156,7 @@ def train_usae(sources: dict[str, TokenSource], sae_cfg: SAEConfig, cfg: TrainCo
     loader = TokenLoader(sources, cfg.batch_tokens, cfg.buffer_tokens, cfg.seed, read_threads=cfg.read_threads,
                          pin_memory=device.type == "cuda")
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * loader.steps_per_epoch))
+    sae_cfg = _with_dead_window(sae_cfg, cfg, total, len(names), validation_tokens)
     settings = run_settings(sources, sae_cfg, cfg, standardization=standardization, provenance=provenance)
     _log_plan(settings, total, loader, cfg)
     model = USAE({n: s.d_model for n, s in sources.items()}, sae_cfg, seed=cfg.seed).to(device)
@@ -175,6 +179,19 @@ def train_usae(sources: dict[str, TokenSource], sae_cfg: SAEConfig, cfg: TrainCo
     speed = float(np.mean([r["tokens_per_s"] for r in rows[1:]] or [r["tokens_per_s"] for r in rows] or [0.0]))
     return TrainResult(model_dir=model_dir, log_path=out_dir / "train_log.parquet", steps=end,
                        final_losses=final, tokens_per_s=speed)
+
+
+def _with_dead_window(sae_cfg: SAEConfig, cfg: TrainConfig, total: int, n_models: int,
+                      validation_tokens: int | None) -> SAEConfig:
+    """``sae_cfg`` with ``dead_tokens`` resolved to a number of tokens (saved with the model)."""
+    sources_per_step = n_models if SCHEMES.get(cfg.scheme, setting="train.scheme").update_all else 1
+    source_tokens = total * cfg.batch_tokens * sources_per_step // n_models
+    window = dead_window(sae_cfg.dead_tokens, source_tokens=source_tokens, validation_tokens=validation_tokens,
+                         batch_tokens=cfg.batch_tokens)
+    if sae_cfg.dead_tokens == AUTO:
+        logger.info("sae.dead_tokens = auto: %d tokens per model (validation tokens %s, %d tokens per model as "
+                    "source over the run)", window, validation_tokens, source_tokens)
+    return dataclasses.replace(sae_cfg, dead_tokens=window)
 
 
 def run_settings(sources: dict[str, TokenSource], sae_cfg: SAEConfig, cfg: TrainConfig, *,
@@ -299,5 +316,13 @@ def train_from_stores(store_paths: dict[str, str | Path], sae_cfg: SAEConfig, cf
     provenance = {"stores": {n: str(p) for n, p in store_paths.items()},
                   "manifest_hash": first.attrs.get("manifest_hash"), "grid": first.attrs.get("grid"),
                   "backbones": {n: s.attrs.get("model") for n, s in sources.items()}}
+    validation = open_aligned({n: Path(p) for n, p in store_paths.items()}, split="val")
+    kwargs.setdefault("validation_tokens", _valid_tokens(next(iter(validation.values()))))
     return train_usae(sources, sae_cfg, cfg, out_dir, standardization=standardization, provenance=provenance,
                       **kwargs)
+
+
+def _valid_tokens(source: TokenSource) -> int:
+    """Tokens of the valid rows of a split (what evaluation measures over)."""
+    rows = source.n_rows if source.valid is None else int(np.count_nonzero(source.valid))
+    return rows * source.tokens_per_row
