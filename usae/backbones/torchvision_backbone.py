@@ -131,10 +131,12 @@ def _select_node(spec: BackboneSpec, model: nn.Module) -> str:
                              f"name a layer (e.g. one of {nodes[-5:]})")
         logger.info("models.%s: layer 'final' of %s is graph node %r", spec.key, spec.name, node)
         return node
-    if isinstance(spec.layer, str) and (spec.layer in nodes or any(n.startswith(f"{spec.layer}.") for n in nodes)):
+    # A module holding nodes (``layer4``) stands for its last node, as in create_feature_extractor.
+    names = list(dict.fromkeys(".".join(n.split(".")[:i]) for n in nodes for i in range(1, n.count(".") + 2)))
+    if spec.layer in names:
         return spec.layer
     note = "; library torchvision takes node names, not block indices" if isinstance(spec.layer, int) else ""
-    raise layer_not_found(spec, "graph node", nodes, note)
+    raise layer_not_found(spec, "graph node or module", names, note)
 
 
 __all__ = ["TorchvisionBackbone"]
