@@ -128,7 +128,7 @@ class Backbone(nn.Module, abc.ABC):
     def _grid(self, n_patches: int) -> tuple[int, int]:
         side = int(round(n_patches ** 0.5))
         if side * side != n_patches:
-            raise ValueError(f"{self.spec.key}: {n_patches} patch tokens do not form a square grid")
+            raise ValueError(f"models.{self.spec.key}: {n_patches} patch tokens do not form a square grid")
         return side, side
 
 
@@ -157,8 +157,8 @@ def split_tokens(out: Tensor, n_prefix: int, where: str) -> tuple[Tensor, Tensor
 def infer_prefix(n_tokens: int, image_size: int, where: str) -> int:
     """Number of prefix tokens of a square image's token sequence, when nothing else tells.
 
-    The patch tokens form a g x g grid with a whole patch size (``image_size % g == 0``);
-    at most :data:`MAX_PREFIX_TOKENS` tokens come before them.
+    The patch tokens form a g x g grid, g >= 2, with a whole patch size
+    (``image_size % g == 0``); at most :data:`MAX_PREFIX_TOKENS` tokens come before them.
 
     Raises:
         ValueError: if no count, or more than one, fits; the message names ``prefix_tokens``.
@@ -173,8 +173,9 @@ def infer_prefix(n_tokens: int, image_size: int, where: str) -> int:
 
 
 def _square_side(n: int) -> int:
+    """g where n == g * g and g >= 2, else 0."""
     side = int(round(n ** 0.5))
-    return side if side > 0 and side * side == n else 0
+    return side if side > 1 and side * side == n else 0
 
 
 def layer_not_found(spec: BackboneSpec, what: str, names: list[str], note: str = "") -> ValueError:
