@@ -245,7 +245,8 @@ def load_state_dict_file(model: nn.Module, path: Path, spec: BackboneSpec) -> No
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - every reader fails differently on a damaged file
-        raise ValueError(f"{what} cannot be read (truncated or not a state dict?): {type(err).__name__}: {err}") from None
+        raise ValueError(f"{what} cannot be read (truncated or not a state dict?): "
+                         f"{type(err).__name__}: {err}") from None
     if isinstance(state, Mapping) and len(state) == 1 and next(iter(state)) in ("state_dict", "model"):
         state = next(iter(state.values()))
     if not (isinstance(state, Mapping) and all(isinstance(v, Tensor) for v in state.values())):

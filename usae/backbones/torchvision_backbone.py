@@ -1,4 +1,4 @@
-"""torchvision classifiers (ResNet, ConvNeXt, MobileNet, EfficientNet, ViT, Swin, ...) behind the :class:`Backbone` interface."""
+"""torchvision classifiers (ResNet, ConvNeXt, MobileNet, EfficientNet, ViT, Swin, ...) as backbones."""
 
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ class TorchvisionBackbone(Backbone):
       or a module that holds nodes (``features.18``, ``layer4``), taken with
       ``create_feature_extractor``. ``final`` is the last node before the classifier's head
       (pooling, class-token selection, dropout, linear): the last feature map before pooling
-      for CNNs (``layer4`` for ResNets, ``features.N`` for MobileNet/EfficientNet), the
-      final-norm tokens (``encoder.ln``) for ViTs.
+      for CNNs (``layer4.1.relu_1`` for ResNet-18, ``features.18`` for MobileNetV2,
+      ``permute`` for Swin), the final-norm tokens (``encoder.ln``) for ViTs.
     * Feature maps (B, C, H, W) give H*W patch tokens and no prefix; channels-last maps
       (Swin's stages) are recognised by their shape. ViT token sequences (B, 1 + N, D) keep
       the class token as prefix.
