@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import logging
 import re
+from typing import Any
 
 import torchvision
 from torch import Tensor, nn
@@ -87,7 +88,7 @@ class TorchvisionBackbone(Backbone):
                              f"patch grid of {self.spec.name!r} at {self.spec.image_size} px")
         return split_tokens(out, n_tokens - side * side, where)
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         """Provenance, plus the graph node that ``layer`` resolved to."""
         return {**super().describe(), "node": self.node}
 
