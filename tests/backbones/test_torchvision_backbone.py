@@ -190,3 +190,10 @@ def test_extraction_stores_torchvision_tokens(tmp_path):
     assert store["patches"].shape == (3, 16, 256) and store["prefix"].shape == (3, 0, 256)
     assert store.attrs["layer"] == "layer3.1.add" and store.attrs["model"]["node"] == "layer3.1.add"
     assert store.attrs["grid"] == [4, 4] and store["valid"][:].all()
+
+
+
+def test_prefix_tokens_setting_is_used_for_sequences():
+    assert create_backbone(_spec("vit_b_16", image_size=64, prefix_tokens=1)).layout.n_prefix == 1
+    with pytest.raises(ValueError, match=r"models.tv: 17 patch tokens do not form a square grid"):
+        create_backbone(_spec("vit_b_16", image_size=64, prefix_tokens=0))

@@ -38,9 +38,11 @@ class TorchvisionBackbone(Backbone):
       ``permute`` for Swin), the final-norm tokens (``encoder.ln``) for ViTs.
     * Feature maps (B, C, H, W) give H*W patch tokens and no prefix; channels-last maps
       (Swin's stages) are recognised by their shape. ViT token sequences (B, 1 + N, D) keep
-      the class token as prefix.
+      the class token as prefix (other sequences: ``prefix_tokens``, else inferred).
     * ViTs are built at ``image_size``; normalisation defaults to ImageNet mean/std.
     """
+
+    family_settings = ("prefix_tokens",)
 
     def __init__(self, spec: BackboneSpec) -> None:
         """Build the model of a spec, pick its layer and probe its token layout.
@@ -79,14 +81,20 @@ class TorchvisionBackbone(Backbone):
         where = f"models.{self.spec.key}"
         if out.ndim != 3:
             return split_tokens(channels_first(out), 0, where)
-        n_tokens = out.shape[1]
+        return split_tokens(out, self._prefix(out.shape[1]), where)
+
+    def _prefix(self, n_tokens: int) -> int:
+        """Prefix tokens of a sequence: as set, else all but a ViT's patch grid, else inferred."""
+        where, size = f"models.{self.spec.key}", self.spec.image_size
+        if self.spec.prefix_tokens is not None:
+            return self.spec.prefix_tokens
         if self._patch_size is None:
-            return split_tokens(out, infer_prefix(n_tokens, self.spec.image_size, where), where)
-        side = self.spec.image_size // self._patch_size
+            return infer_prefix(n_tokens, size, where)
+        side = size // self._patch_size
         if n_tokens < side * side:
             raise ValueError(f"{where}: {n_tokens} tokens at node {self.node!r} are fewer than the {side}x{side} "
-                             f"patch grid of {self.spec.name!r} at {self.spec.image_size} px")
-        return split_tokens(out, n_tokens - side * side, where)
+                             f"patch grid of {self.spec.name!r} at {size} px")
+        return n_tokens - side * side
 
     def describe(self) -> dict[str, Any]:
         """Provenance, plus the graph node that ``layer`` resolved to."""

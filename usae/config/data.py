@@ -84,9 +84,9 @@ class BackboneSpec(Section):
     channel_order: str = setting("RGB", "onnx only: the channel order the graph wants; `BGR` reverses the channels "
                                         "after normalisation (so `mean`/`std` stay in RGB order).",
                                  choices=CHANNEL_ORDERS)
-    prefix_tokens: int | None = setting(None, "onnx only: CLS/register tokens before the patches in a (batch, tokens, "
-                                              "d) layer; `null` = inferred from the token count and `image_size`.",
-                                        minimum=0)
+    prefix_tokens: int | None = setting(None, "onnx, torchvision: CLS/register tokens before the patches in a "
+                                              "(batch, tokens, d) layer; `null` = known from the model or inferred "
+                                              "from the token count and `image_size`.", minimum=0)
 
     def config_path(self) -> str:
         return f"models.{self.key}"
