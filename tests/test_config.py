@@ -164,3 +164,20 @@ def test_reading_the_config_imports_no_torch():
     code = "import sys, usae.config, usae.paths, usae.config.generate; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_layer_names_are_accepted_and_tagged_path_safe_and_one_to_one():
+    import re
+
+    from usae.config import layer_tag
+
+    spec = load_config({"models": {"m": {"name": "x", "layer": "/backbone/layernorm/Add_1_output_0"}}}).models["m"]
+    assert spec.layer == "/backbone/layernorm/Add_1_output_0"
+    assert spec.layer_tag.startswith("backbone_layernorm_Add_1_output_0-")
+    assert [layer_tag(x) for x in ("final", 0, 12, "features.18", "Relu_48")] == [
+        "final", "block0", "block12", "features.18", "Relu_48"]  # unchanged: existing paths stay
+    odd = ["/backbone/layernorm/Add_1_output_0", "_backbone_layernorm_Add_1_output_0", "Relu_48:0", "Relu_48_0",
+           "block3", "final ", ".hidden", "x-0123abcd", "a" * 80, "a" * 81, "ä", "a/b", "a_b"]
+    tags = [layer_tag(x) for x in odd]
+    assert all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,80}", t) for t in tags), tags
+    assert len(set(tags) | {"final", "block3"}) == len(odd) + 2  # no two settings share a folder

@@ -95,6 +95,8 @@ DEVICES = ("auto", "cpu", "cuda")
 BACKBONES = _declare("backbone library", {
     "timm": "usae.backbones.timm_backbone:TimmBackbone",
     "transformers": "usae.backbones.hf_backbone:HFBackbone",
+    "torchvision": "usae.backbones.torchvision_backbone:TorchvisionBackbone",
+    "onnx": "usae.backbones.onnx_backbone:OnnxBackbone",
 })
 """``models.<name>.library``: a :class:`usae.backbones.Backbone` subclass, built as ``cls(spec)``."""
 

@@ -217,3 +217,9 @@ def test_random_init_from_named_config(saved_vit):
     backbone = create_backbone(spec)
     assert backbone.depth == 1
     assert backbone.layout == TokenLayout(n_prefix=1, grid=(8, 8), d_model=32)
+
+
+def test_layer_names_are_refused_with_what_works():
+    with pytest.raises(ValueError, match=r"models.m.layer = 'encoder.layer.0': library transformers takes 'final' "
+                                         r"or a block index"):
+        create_backbone(_spec(VIT, layer="encoder.layer.0"))

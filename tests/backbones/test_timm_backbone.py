@@ -160,3 +160,13 @@ def test_describe_is_json_friendly():
     assert desc["layer"] == "block1"
     assert desc["layout"] == {"n_prefix": 1, "grid": [7, 7], "d_model": 64}
     assert desc["preprocessing"]["image_size"] == 112
+
+
+@pytest.mark.parametrize(("layer", "message"), [
+    ("blocks.1", r"models.m.layer = 'blocks.1': library timm takes 'final' or a block index; layers by name are "
+                 r"supported by the torchvision and onnx libraries"),
+    ("1", r"\(write 1 without quotes for block 1\)"),
+])
+def test_layer_names_are_refused_with_what_works(layer, message):
+    with pytest.raises(ValueError, match=message):
+        create_backbone(_spec("vit_small_patch16_224", 64, layer=layer, kwargs=TINY_VIT))

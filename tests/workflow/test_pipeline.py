@@ -162,3 +162,15 @@ def test_snakemake_report_lists_the_run_report(built, tmp_path):
 def test_a_run_override_changes_only_that_run(pipeline_copy):
     write_config(pipeline_copy, **{"runs.k2.sae.k": 3})
     assert planned_jobs(pipeline_copy) == {"train_usae": 1, "evaluate_usae": 1, "render_report": 3, "all": 1}
+
+
+def test_named_layers_get_their_own_paths(tmp_path):
+    """A torchvision model at a graph node: the driver checks it, and its stores are named after the node."""
+    tv = {"library": "torchvision", "name": "resnet18", "pretrained": False, "image_size": 112, "layer": "layer3"}
+    write_config(tmp_path, **{"models.tv": tv, "runs": {"usae": {}}})
+    assert planned_jobs(tmp_path)["extract_activations"] == 6
+    out = snakemake(tmp_path, "-n").stdout
+    assert "results/tiny/acts/tv/layer3/part1.zarr" in out and "results/tiny/aligned/tv/layer3.zarr" in out
+    write_config(tmp_path, **{"models.tv": {**tv, "layer": "layer5"}, "runs": {"usae": {}}})
+    proc = snakemake(tmp_path, check=False)
+    assert proc.returncode != 0 and "models.tv.layer = 'layer5' is not a graph node" in proc.stdout + proc.stderr

@@ -1,7 +1,8 @@
 """Backbone families behind one interface.
 
-The ``timm`` and ``transformers`` adapters are registered lazily (``usae.registry.BACKBONES``):
-their libraries are imported when a model of that family is first built, not here.
+The ``timm``, ``transformers``, ``torchvision`` and ``onnx`` adapters are registered lazily
+(``usae.registry.BACKBONES``): their libraries are imported when a model of that family is
+first built, not here.
 """
 
 from usae.backbones.base import Backbone, Preprocessing, TokenLayout

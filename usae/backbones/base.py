@@ -1,16 +1,31 @@
-"""The one interface every backbone family implements: preprocessing, layer, token layout."""
+"""The one interface every backbone family implements: preprocessing, layer, token layout.
+
+Also the helpers families share: feature maps and token sequences as (prefix, patch)
+tokens, layer-name errors, and reading a local weights file.
+"""
 
 from __future__ import annotations
 
 import abc
+import difflib
+import logging
 import zlib
 from dataclasses import asdict, dataclass
-from typing import Any
+from pathlib import Path
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from usae.config import BackboneSpec
+from usae.config import FINAL_LAYER, BackboneSpec
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_PREFIX_TOKENS = 16
+"""Largest number of CLS/register tokens :func:`infer_prefix` considers."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +80,12 @@ class Backbone(nn.Module, abc.ABC):
     preprocessing: Preprocessing
     layout: TokenLayout
 
+    family_settings: ClassVar[tuple[str, ...]] = ()
+    """Which of :data:`FAMILY_SETTINGS` this family reads; the others must keep their defaults."""
+    weightless_probe: ClassVar[bool] = True
+    """Whether the geometry check may build the model with random weights (``pretrained: false``)
+    to read its shapes; False for families whose weights file is also the architecture (onnx)."""
+
     @abc.abstractmethod
     def forward_tokens(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
         """Tokens of the configured layer.
@@ -107,5 +128,143 @@ class Backbone(nn.Module, abc.ABC):
     def _grid(self, n_patches: int) -> tuple[int, int]:
         side = int(round(n_patches ** 0.5))
         if side * side != n_patches:
-            raise ValueError(f"{self.spec.key}: {n_patches} patch tokens do not form a square grid")
+            raise ValueError(f"models.{self.spec.key}: {n_patches} patch tokens do not form a square grid")
         return side, side
+
+
+FAMILY_SETTINGS = ("input_layout", "channel_order", "prefix_tokens")
+"""Settings of ``models.<name>`` that only some families read (``Backbone.family_settings``)."""
+
+
+def split_tokens(out: Tensor, n_prefix: int, where: str) -> tuple[Tensor, Tensor]:
+    """Prefix and patch tokens of a (B, N, D) sequence or a (B, C, H, W) feature map.
+
+    A feature map becomes H*W patch tokens in row-major order and no prefix tokens; a
+    sequence's first ``n_prefix`` tokens are its prefix (CLS, registers).
+
+    Raises:
+        ValueError: naming ``where`` for any other number of dimensions.
+    """
+    if out.ndim == 4:
+        patches = out.flatten(2).transpose(1, 2)
+        return patches[:, :0], patches
+    if out.ndim != 3:
+        raise ValueError(f"{where}: the layer's output has shape {tuple(out.shape)}; expected tokens "
+                         "(batch, tokens, d) or a feature map (batch, channels, height, width)")
+    return out[:, :n_prefix], out[:, n_prefix:]
+
+
+def infer_prefix(n_tokens: int, image_size: int, where: str) -> int:
+    """Number of prefix tokens of a square image's token sequence, when nothing else tells.
+
+    The patch tokens form a g x g grid, g >= 2, with a whole patch size
+    (``image_size % g == 0``); at most :data:`MAX_PREFIX_TOKENS` tokens come before them.
+
+    Raises:
+        ValueError: if no count, or more than one, fits; the message names ``prefix_tokens``.
+    """
+    fits = [n for n in range(min(n_tokens - 1, MAX_PREFIX_TOKENS) + 1)
+            if _square_side(n_tokens - n) and image_size % _square_side(n_tokens - n) == 0]
+    if len(fits) == 1:
+        return fits[0]
+    found = "no count fits" if not fits else f"counts {fits} all fit"
+    raise ValueError(f"{where}: cannot tell the prefix tokens of {n_tokens} tokens at image_size {image_size} "
+                     f"({found} a square grid of whole patches); set {where}.prefix_tokens")
+
+
+def _square_side(n: int) -> int:
+    """g where n == g * g and g >= 2, else 0."""
+    side = int(round(n ** 0.5))
+    return side if side > 1 and side * side == n else 0
+
+
+def layer_not_found(spec: BackboneSpec, what: str, names: list[str], note: str = "") -> ValueError:
+    """Error for a layer the model lacks, listing a few valid names (the closest, else first and last)."""
+    sample = difflib.get_close_matches(str(spec.layer), names, n=5, cutoff=0.4)
+    if not sample:
+        sample = [*names[:3], *names[-3:]] if len(names) > 6 else names
+    return ValueError(f"models.{spec.key}.layer = {spec.layer!r} is not a {what} of {spec.library} model "
+                      f"{spec.name!r}{note}; valid names include {sample} ({len(names)} in all)")
+
+
+def channels_first(out: Tensor) -> Tensor:
+    """A 4-D feature map as (B, C, H, W), also where the model keeps its channels last.
+
+    Inputs are square, so a (B, C, H, W) map has H == W: a map whose axes 1 and 2 agree
+    while axes 2 and 3 differ is (B, H, W, C) (Swin stages, graphs converted from
+    TensorFlow) and is permuted. Anything else is returned unchanged.
+    """
+    if out.ndim == 4 and out.shape[1] == out.shape[2] != out.shape[3]:
+        return out.permute(0, 3, 1, 2)
+    return out
+
+
+def refuse_layer_name(spec: BackboneSpec) -> None:
+    """For families that select layers by block index only: refuse a layer name, saying what works."""
+    if not isinstance(spec.layer, str) or spec.layer == FINAL_LAYER:
+        return
+    hint = f" (write {spec.layer} without quotes for block {spec.layer})" if spec.layer.isdigit() else ""
+    raise ValueError(f"models.{spec.key}.layer = {spec.layer!r}: library {spec.library} takes {FINAL_LAYER!r} or a "
+                     f"block index{hint}; layers by name are supported by the torchvision and onnx libraries")
+
+
+WEIGHTS_KWARG = "weights_file"
+"""Placeholder until ``models.<name>.weights`` exists: the weights file as ``kwargs.weights_file``."""
+
+
+def weights_path(spec: BackboneSpec) -> Path | None:
+    """The local weights file of ``spec``, or None when it names none.
+
+    The one place families learn where their weights file is.
+    """
+    # TODO(weights): use resolve_weights(spec).path once the weights branch lands
+    value = spec.kwargs.get(WEIGHTS_KWARG)
+    return None if value is None else Path(value).expanduser()
+
+
+def load_state_dict_file(model: nn.Module, path: Path, spec: BackboneSpec) -> None:
+    """Load a local weights file into ``model``, strictly: every key present, no extra key, same shapes.
+
+    ``.safetensors`` files are read with safetensors, anything else with ``torch.load``
+    (``weights_only``: tensors only, no code). A checkpoint that nests its state dict
+    under ``state_dict`` or ``model`` is unwrapped.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file cannot be read (truncated, not a state dict) or its keys or
+            shapes do not match the model; the message names the model, the file and the keys.
+    """
+    what = f"models.{spec.key}: weights file {path} for {spec.library} model {spec.name!r}"
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - every reader fails differently on a damaged file
+        raise ValueError(f"{what} cannot be read (truncated or not a state dict?): "
+                         f"{type(err).__name__}: {err}") from None
+    if isinstance(state, Mapping) and len(state) == 1 and next(iter(state)) in ("state_dict", "model"):
+        state = next(iter(state.values()))
+    if not (isinstance(state, Mapping) and all(isinstance(v, Tensor) for v in state.values())):
+        raise ValueError(f"{what} does not hold a state dict (a mapping of names to tensors)")
+    problems = _state_dict_problems(model.state_dict(), state)
+    if problems:
+        raise ValueError(f"{what} does not fit the model: {problems}")
+    model.load_state_dict(state, strict=True)
+    logger.info("models.%s: loaded %d tensors from %s", spec.key, len(state), path)
+
+
+def _state_dict_problems(expected: Mapping[str, Tensor], found: Mapping[str, Any]) -> str:
+    """Missing, unexpected and differently shaped keys, a few of each; empty if none."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    shapes = [f"{k} {tuple(found[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if k in found and tuple(found[k].shape) != tuple(v.shape)]
+    parts = [f"{len(keys)} {label} {keys[:4]}{' ...' if len(keys) > 4 else ''}"
+             for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                                 ("shape mismatches (file vs model)", shapes)) if keys]
+    return "; ".join(parts)

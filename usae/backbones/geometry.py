@@ -15,7 +15,7 @@ from dataclasses import replace
 import torch
 
 from usae.backbones.base import TokenLayout
-from usae.backbones.registry import create_backbone
+from usae.backbones.registry import backbone_class, create_backbone
 from usae.config import BackboneSpec, PipelineConfig
 
 logger = logging.getLogger(__name__)
@@ -25,17 +25,19 @@ def probe_geometry(spec: BackboneSpec) -> TokenLayout:
     """Build ``spec``'s model without weights and read its token layout.
 
     Randomly initialised on the meta device where the adapter allows it, else on the CPU.
+    A family whose weights file is its architecture (onnx) is read from that file.
 
     Raises:
         ValueError: the spec is impossible for this model (layer past its depth, ...).
+        ImportError: the family's optional packages are not installed.
         Exception: anything the model library raises when it cannot build the model
             (unknown name, hub config not reachable offline, ...).
     """
-    weightless = replace(spec, pretrained=False)
+    weightless = replace(spec, pretrained=False) if backbone_class(spec).weightless_probe else spec
     try:
         with torch.device("meta"):
             backbone = create_backbone(weightless)
-    except NotImplementedError:  # an adapter that inspects values (transformers): build it for real
+    except NotImplementedError:  # an adapter that inspects values (transformers, onnx): build it for real
         backbone = create_backbone(weightless)
     return backbone.layout
 
@@ -48,15 +50,16 @@ def check_geometry(cfg: PipelineConfig) -> dict[str, TokenLayout]:
     job checks it again.
 
     Raises:
-        ValueError: listing every model whose layer is past its depth or whose patch
-            grid is smaller than ``prepare.grid``.
+        ValueError: listing every model whose layer is past its depth or unknown, whose
+            patch grid is smaller than ``prepare.grid``, whose weights file is missing or
+            whose family's packages are not installed.
     """
     problems: list[str] = []
     found: dict[str, TokenLayout] = {}
     for key, spec in sorted(cfg.models.items()):
         try:
             geometry = probe_geometry(spec)
-        except ValueError as err:
+        except (ValueError, ImportError, FileNotFoundError) as err:  # wrong in the config or the environment
             problems.append(str(err))
             continue
         except Exception as err:  # noqa: BLE001 - the library's own failure; the job reports it in full

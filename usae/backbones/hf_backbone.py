@@ -11,13 +11,10 @@ import transformers
 from packaging.version import Version
 from torch import Tensor, nn
 
-from usae.backbones.base import Backbone, Preprocessing
+from usae.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Backbone, Preprocessing, refuse_layer_name, split_tokens
 from usae.config import FINAL_LAYER, BackboneSpec
 
 logger = logging.getLogger(__name__)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Always load float32: transformers 5 defaults to the checkpoint's dtype (often bf16), and
 # renamed ``torch_dtype`` to ``dtype`` in 4.56.
@@ -49,9 +46,10 @@ class HFBackbone(Backbone):
 
         Raises:
             ValueError: If ``hf_config`` is combined with ``pretrained``, lacks a
-                ``model_type``, or the layer index is past the model's depth.
+                ``model_type``, or the layer is a name or an index past the model's depth.
         """
         super().__init__()
+        refuse_layer_name(spec)
         self.spec = spec
         model, config = _build(spec)
         vision_config = getattr(config, "vision_config", None)
@@ -121,18 +119,14 @@ class HFBackbone(Backbone):
         return self._split(tokens)
 
     def _split(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
-        if tokens.ndim == 4:
-            patches = tokens.flatten(2).transpose(1, 2)
-            return patches[:, :0], patches
         if tokens.ndim != 3:
-            raise ValueError(f"models.{self.spec.key}: unexpected hidden state shape "
-                             f"{tuple(tokens.shape)}")
+            return split_tokens(tokens, 0, f"models.{self.spec.key}")
         grid = self.spec.image_size // _patch_size(self.config, self.spec)
         n_prefix = tokens.shape[1] - grid * grid
         if n_prefix < 0:
             raise ValueError(f"models.{self.spec.key}: {tokens.shape[1]} tokens are fewer than the "
                              f"{grid}x{grid} patch grid expected at {self.spec.image_size} px")
-        return tokens[:, :n_prefix], tokens[:, n_prefix:]
+        return split_tokens(tokens, n_prefix, f"models.{self.spec.key}")
 
 
 def _build(spec: BackboneSpec) -> tuple[nn.Module, Any]:

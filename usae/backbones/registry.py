@@ -7,12 +7,13 @@ adapter's module is imported the first time a spec names its library.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Callable, TypeVar
 
 import torch
 
-from usae.backbones.base import Backbone, init_seed
+from usae.backbones.base import FAMILY_SETTINGS, Backbone, init_seed
 from usae.config import BackboneSpec
 from usae.registry import BACKBONES
 
@@ -52,6 +53,28 @@ def _check_adapter(library: str, cls: object) -> None:
         raise ValueError(f"register_backbone({library!r}): {cls!r} is not a Backbone subclass")
 
 
+def backbone_class(spec: BackboneSpec) -> type[Backbone]:
+    """The adapter class ``spec.library`` names, imported if needed.
+
+    Raises:
+        ValueError: If the library is not registered (the message lists the registered ones).
+    """
+    cls = BACKBONES.get(spec.library, setting=f"models.{spec.key}.library")
+    _check_adapter(spec.library, cls)  # a lazily declared target is only seen now
+    return cls
+
+
+def _check_family_settings(spec: BackboneSpec, cls: type[Backbone]) -> None:
+    """Refuse family-specific settings given to a family that would ignore them."""
+    defaults = {f.name: f.default for f in dataclasses.fields(spec)}
+    ignored = [name for name in FAMILY_SETTINGS
+               if name not in cls.family_settings and getattr(spec, name) != defaults[name]]
+    if ignored:
+        keys = ", ".join(f"models.{spec.key}.{name}" for name in ignored)
+        raise ValueError(f"{keys}: not read by library {spec.library}; remove it (or choose a library that "
+                         "reads it, e.g. onnx)")
+
+
 def list_backbones() -> list[str]:
     """Names of the registered backbone libraries, sorted."""
     return sorted(BACKBONES.names())
@@ -70,8 +93,8 @@ def create_backbone(spec: BackboneSpec) -> Backbone:
         ValueError: If ``spec.library`` is not registered (the message lists the
             registered ones), or the adapter rejects the spec.
     """
-    cls = BACKBONES.get(spec.library, setting=f"models.{spec.key}.library")
-    _check_adapter(spec.library, cls)  # a lazily declared target is only seen now
+    cls = backbone_class(spec)
+    _check_family_settings(spec, cls)
     # Random weights must be the same in every job (parts of one extraction run in
     # separate processes), so they come from a seed fixed by the model's name.
     with torch.random.fork_rng(devices=[]):

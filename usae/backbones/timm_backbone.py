@@ -10,7 +10,7 @@ import timm
 import timm.data
 from torch import Tensor, nn
 
-from usae.backbones.base import Backbone, Preprocessing
+from usae.backbones.base import Backbone, Preprocessing, refuse_layer_name, split_tokens
 from usae.config import FINAL_LAYER, BackboneSpec
 
 logger = logging.getLogger(__name__)
@@ -39,11 +39,12 @@ class TimmBackbone(Backbone):
                 extra ``timm.create_model`` kwargs.
 
         Raises:
-            ValueError: If the layer index is past the model's depth, the model has no
-                ``forward_intermediates`` for an integer layer, or ``kwargs`` holds an
-                ``img_size`` that contradicts ``image_size``.
+            ValueError: If the layer is a name, or an index past the model's depth, the
+                model has no ``forward_intermediates`` for an integer layer, or ``kwargs``
+                holds an ``img_size`` that contradicts ``image_size``.
         """
         super().__init__()
+        refuse_layer_name(spec)
         self.spec = spec
         self.model = self._create(spec)
         self.model.eval()
@@ -116,7 +117,7 @@ class TimmBackbone(Backbone):
             out = self.model.forward_features(pixels)
             if out.ndim == 4 and getattr(self.model, "output_fmt", "NCHW") == "NHWC":
                 out = out.permute(0, 3, 1, 2)
-            return _split(out, int(getattr(self.model, "num_prefix_tokens", 0) or 0))
+            return self._split(out, int(getattr(self.model, "num_prefix_tokens", 0) or 0))
         if self._prefix_api:
             (out,) = self.model.forward_intermediates(
                 pixels, indices=[self.spec.layer], return_prefix_tokens=True, norm=False,
@@ -124,21 +125,13 @@ class TimmBackbone(Backbone):
             if isinstance(out, (tuple, list)):
                 patches, prefix = out
                 return prefix, patches
-            return _split(out, 0)
+            return self._split(out, 0)
         (out,) = self.model.forward_intermediates(
             pixels, indices=[self.spec.layer], stop_early=True, intermediates_only=True)
-        return _split(out, 0)
+        return self._split(out, 0)
 
-
-def _split(out: Tensor, n_prefix: int) -> tuple[Tensor, Tensor]:
-    """Split a (B, N, D) sequence or a (B, C, H, W) map into prefix and patch tokens."""
-    if out.ndim == 4:
-        patches = out.flatten(2).transpose(1, 2)
-        return patches[:, :0], patches
-    if out.ndim != 3:
-        raise ValueError(f"unexpected timm feature shape {tuple(out.shape)}; "
-                         "expected (B, N, D) or (B, C, H, W)")
-    return out[:, :n_prefix], out[:, n_prefix:]
+    def _split(self, out: Tensor, n_prefix: int) -> tuple[Tensor, Tensor]:
+        return split_tokens(out, n_prefix, f"models.{self.spec.key}")
 
 
 __all__ = ["TimmBackbone"]

@@ -8,15 +8,15 @@ all come from that declaration (``python -m usae.config.generate`` rewrites the 
 
 from usae.config.base import from_dict, to_dict
 from usae.config.data import (
-    COMPRESSORS, DEVICES, FINAL_LAYER, SOURCES, STANDARDIZATIONS, BackboneSpec, ExtractConfig, ManifestConfig,
-    PrepareConfig, SyntheticImagesConfig, layer_tag,
+    CHANNEL_ORDERS, COMPRESSORS, DEVICES, FINAL_LAYER, INPUT_LAYOUTS, SOURCES, STANDARDIZATIONS, BackboneSpec,
+    ExtractConfig, ManifestConfig, PrepareConfig, SyntheticImagesConfig, layer_tag,
 )
 from usae.config.evaluate import EvaluateConfig
 from usae.config.pipeline import PipelineConfig, load_config
 from usae.config.train import RunConfig, SAEConfig, TrainConfig
 
 __all__ = [
-    "COMPRESSORS", "DEVICES", "FINAL_LAYER", "SOURCES", "STANDARDIZATIONS", "BackboneSpec", "ExtractConfig",
-    "ManifestConfig", "PipelineConfig", "PrepareConfig", "SyntheticImagesConfig", "from_dict", "layer_tag",
-    "load_config", "to_dict", "RunConfig", "SAEConfig", "TrainConfig", "EvaluateConfig",
+    "CHANNEL_ORDERS", "COMPRESSORS", "DEVICES", "FINAL_LAYER", "INPUT_LAYOUTS", "SOURCES", "STANDARDIZATIONS",
+    "BackboneSpec", "ExtractConfig", "ManifestConfig", "PipelineConfig", "PrepareConfig", "SyntheticImagesConfig",
+    "from_dict", "layer_tag", "load_config", "to_dict", "RunConfig", "SAEConfig", "TrainConfig", "EvaluateConfig",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,9 +15,12 @@ SOURCES = ("synthetic", "folder", "list")
 STANDARDIZATIONS = ("scalar", "per_dim", "none")
 COMPRESSORS = ("none", "zstd", "blosc-lz4")
 FINAL_LAYER = "final"
+INPUT_LAYOUTS = ("NCHW", "NHWC")
+CHANNEL_ORDERS = ("RGB", "BGR")
+_TAG_LOOKALIKE = re.compile(r"final|block\d+|.*-[0-9a-f]{8}")
 
-__all__ = ["COMPRESSORS", "DEVICES", "FINAL_LAYER", "SOURCES", "STANDARDIZATIONS", "BackboneSpec", "ExtractConfig",
-           "ManifestConfig", "PrepareConfig", "SyntheticImagesConfig", "layer_tag"]
+__all__ = ["CHANNEL_ORDERS", "COMPRESSORS", "DEVICES", "FINAL_LAYER", "INPUT_LAYOUTS", "SOURCES", "STANDARDIZATIONS",
+           "BackboneSpec", "ExtractConfig", "ManifestConfig", "PrepareConfig", "SyntheticImagesConfig", "layer_tag"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,34 +61,60 @@ class BackboneSpec(Section):
     key: str
     """Short name used in paths and reports (the key under ``models``; not a setting of its own)."""
     library: str = setting("timm", "Backbone family (an adapter in `usae.registry.BACKBONES`).", choices=BACKBONES)
-    name: str = setting(REQUIRED, "timm `arch.tag` (e.g. `vit_small_patch14_dinov2.lvd142m`) or Hugging Face hub id.")
+    name: str = setting(REQUIRED, "timm `arch.tag` (e.g. `vit_small_patch14_dinov2.lvd142m`), Hugging Face hub id, "
+                                  "torchvision model name (`resnet50`) or, for onnx, a label of the model file.")
     pretrained: bool = setting(True, "Released weights (needs the hub or its cache), or random weights (seeded by "
-                                     "the name, identical in every job).")
+                                     "the name, identical in every job); onnx files always bring their weights.")
     layer: str | int = setting(
-        FINAL_LAYER, "`final` (post-norm output, the paper) or a 0-based block index (that block's output; for "
-        "timm CNNs, timm's feature index).", choices=(FINAL_LAYER,), minimum=0)
+        FINAL_LAYER, "`final` (the family's output: post-norm tokens for timm and transformers, the paper; the last "
+        "feature map before pooling for torchvision; the graph output for onnx), a 0-based block index (timm, "
+        "transformers: that block's output; timm CNNs: timm's feature index) or a layer name (torchvision: a graph "
+        "node such as `features.18`; onnx: a tensor or node name such as `Relu_48`).", minimum=0)
     image_size: int = setting(224, "Square input side in pixels: bicubic resize, no crop (as the paper).", minimum=16)
     mean: tuple[float, float, float] | None = setting(None, "Normalisation mean (RGB); `null` = the model's own "
                                                             "config.")
     std: tuple[float, float, float] | None = setting(None, "Normalisation std (RGB); `null` = the model's own config.",
                                                      exclusive_minimum=0)
     kwargs: dict[str, Any] = setting({}, "Extra constructor arguments (timm `create_model` kwargs such as `depth`, "
-                                         "transformers config overrides).")
+                                         "transformers config overrides, torchvision builder kwargs).")
     hf_config: dict[str, Any] | None = setting(None, "transformers only: a model config (`model_type` plus fields) "
                                                      "to build offline with random weights.")
+    input_layout: str = setting("NCHW", "onnx only: the axis order the graph's image input wants (`NHWC` for "
+                                        "graphs converted from TensorFlow).", choices=INPUT_LAYOUTS)
+    channel_order: str = setting("RGB", "onnx only: the channel order the graph wants; `BGR` reverses the channels "
+                                        "after normalisation (so `mean`/`std` stay in RGB order).",
+                                 choices=CHANNEL_ORDERS)
+    prefix_tokens: int | None = setting(None, "onnx, torchvision: CLS/register tokens before the patches in a "
+                                              "(batch, tokens, d) layer; `null` = known from the model or inferred "
+                                              "from the token count and `image_size`.", minimum=0)
 
     def config_path(self) -> str:
         return f"models.{self.key}"
 
     @property
     def layer_tag(self) -> str:
-        """The layer as it appears in paths: ``final`` or ``block<i>``."""
+        """The layer as it appears in paths: ``final``, ``block<i>`` or a path-safe layer name."""
         return layer_tag(self.layer)
 
 
 def layer_tag(layer: str | int) -> str:
-    """Path-safe name of a layer setting: ``final`` or ``block<i>``."""
-    return FINAL_LAYER if layer == FINAL_LAYER else f"block{int(layer)}"
+    """Path-safe, one-to-one name of a layer setting, used as a folder and file name.
+
+    ``final`` stays ``final`` and block ``i`` becomes ``block<i>``. A layer name made only
+    of letters, digits, ``_``, ``.`` and ``-`` (not at either end, at most 64 characters)
+    is kept as it is (``features.18``); any other name becomes its sanitised form plus the
+    first 8 hex digits of its SHA-256 (``/backbone/layernorm/Add_1_output_0`` ->
+    ``backbone_layernorm_Add_1_output_0-<hash>``). Names that would read as another tag
+    (``final``, ``block3``, ``x-0123abcd``) are hashed too, so two settings never share a tag.
+    """
+    if layer == FINAL_LAYER:
+        return FINAL_LAYER
+    if isinstance(layer, int):
+        return f"block{layer}"
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", layer).strip("._-")[:64]
+    if safe == layer and not _TAG_LOOKALIKE.fullmatch(layer):
+        return layer
+    return f"{safe or 'layer'}-{hashlib.sha256(layer.encode()).hexdigest()[:8]}"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -4,6 +4,8 @@
 # Cluster jobs re-read the Snakefile, so everything imported at this level is paid by
 # every job: only usae.config and usae.paths (no torch, timm or transformers).
 
+import re
+
 from snakemake.exceptions import WorkflowError
 
 import usae
@@ -22,7 +24,7 @@ except ValueError as err:
 
 wildcard_constraints:
     model="|".join(sorted(PIPE.models)),
-    layer=r"final|block\d+",
+    layer="|".join(sorted({re.escape(spec.layer_tag) for spec in PIPE.models.values()})),  # final, block<i>, names
     part=r"\d+",
     run="|".join(sorted(PIPE.runs)),
 

