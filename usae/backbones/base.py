@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import abc
 import zlib
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, replace
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from usae.config import BackboneSpec
+from usae.weights import LocalWeights, library_weights
+from usae.weights.hub import HubSource
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,20 @@ class Backbone(nn.Module, abc.ABC):
     spec: BackboneSpec
     preprocessing: Preprocessing
     layout: TokenLayout
+    weights: LocalWeights | None = None
+    """The weights loaded, once the adapter resolved ``spec.weights`` (:func:`usae.weights.resolve_weights`)."""
+    loads_local_weights: ClassVar[bool] = False
+    """Whether the family can load ``spec.weights``; :func:`create_backbone` refuses them otherwise."""
+
+    @classmethod
+    def hub_source(cls, spec: BackboneSpec) -> HubSource | None:
+        """Where the library's own mechanism gets ``spec``'s released weights; None if unknown (not checked)."""
+        return None
+
+    @classmethod
+    def weightless_spec(cls, spec: BackboneSpec) -> BackboneSpec:
+        """The spec the pre-run checks build to read shapes: random weights, nothing read or downloaded."""
+        return replace(spec, pretrained=False, weights=None, weights_sha256=None, weights_format=None)
 
     @abc.abstractmethod
     def forward_tokens(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
@@ -91,6 +107,7 @@ class Backbone(nn.Module, abc.ABC):
             "name": self.spec.name,
             "pretrained": self.spec.pretrained,
             "init_seed": None if self.spec.pretrained else init_seed(self.spec),
+            "weights": (self.weights or library_weights(self.spec)).to_dict(),
             "layer": self.spec.layer_tag,
             "layout": self.layout.to_dict(),
             "preprocessing": self.preprocessing.to_dict(),

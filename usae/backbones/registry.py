@@ -68,10 +68,14 @@ def create_backbone(spec: BackboneSpec) -> Backbone:
 
     Raises:
         ValueError: If ``spec.library`` is not registered (the message lists the
-            registered ones), or the adapter rejects the spec.
+            registered ones), cannot load the ``weights`` given, or the adapter rejects
+            the spec.
     """
     cls = BACKBONES.get(spec.library, setting=f"models.{spec.key}.library")
     _check_adapter(spec.library, cls)  # a lazily declared target is only seen now
+    if spec.weights is not None and not cls.loads_local_weights:
+        raise ValueError(f"models.{spec.key}.weights: library {spec.library!r} cannot load local weights; "
+                         f"remove weights to use its own pretrained weights")
     # Random weights must be the same in every job (parts of one extraction run in
     # separate processes), so they come from a seed fixed by the model's name.
     with torch.random.fork_rng(devices=[]):

