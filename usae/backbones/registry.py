@@ -15,6 +15,7 @@ import torch
 from usae.backbones.base import Backbone, init_seed
 from usae.config import BackboneSpec
 from usae.registry import BACKBONES
+from usae.weights import resolve_weights
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,8 @@ def create_backbone(spec: BackboneSpec) -> Backbone:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed(spec))
         backbone = cls(spec)
+    if backbone.weights is None:  # an adapter that did not record what it loaded: the stores must say it
+        backbone.weights = resolve_weights(spec, fetch=False)
     backbone.eval()
     backbone.requires_grad_(False)
     logger.info("built backbone %s (%s:%s, layer %s): %s", spec.key, spec.library, spec.name,
