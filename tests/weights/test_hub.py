@@ -87,3 +87,13 @@ def test_a_plain_url_is_looked_up_in_the_torch_hub_cache(tmp_path, monkeypatch):
 
 def test_unknown_sources_are_not_checked():
     assert hub_problem("m", "x", None) is None
+
+
+def test_a_server_that_never_answers_is_given_up_after_the_timeout(monkeypatch):
+    import time
+
+    monkeypatch.setattr(hub, "HEAD_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(hub, "_head", lambda endpoint: time.sleep(5))
+    start = time.monotonic()
+    assert offline_reason("http://hangs.invalid", False) == "http://hangs.invalid did not answer within 0.2 s"
+    assert time.monotonic() - start < 2

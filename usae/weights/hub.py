@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -86,6 +87,16 @@ def offline_reason(endpoint: str, hugging_face: bool = True) -> str | None:
     """Why ``endpoint`` cannot be used (hub offline mode, no answer within 3 s), or None; asked once per process."""
     if hugging_face and _hf_offline():
         return "HF_HUB_OFFLINE is set"
+    answer: list[str | None] = []
+    # A thread, so that a hanging name lookup (not covered by the socket timeout) cannot stall the run either.
+    probe = threading.Thread(target=lambda: answer.append(_head(endpoint)), daemon=True)
+    probe.start()
+    probe.join(HEAD_TIMEOUT_S + 0.5)
+    return answer[0] if answer else f"{endpoint} did not answer within {HEAD_TIMEOUT_S:g} s"
+
+
+def _head(endpoint: str) -> str | None:
+    """One HEAD request: None if the server answered (any status), else why not."""
     try:
         urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=HEAD_TIMEOUT_S).close()
     except urllib.error.HTTPError:
