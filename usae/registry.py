@@ -6,8 +6,8 @@ strings and imported on first use, so reading the config, generating the schema 
 parsing the Snakefile never import torch, timm or transformers. Plugins add entries with
 the :meth:`Registry.register` decorator.
 
-The config's choices (``models.*.library``, ``sae.activation``, ``sae.loss``,
-``train.scheme``) are the names of these registries, so adding an entry is one line here
+The config's choices (``models.*.library``, ``models.*.weights_format``, ``sae.activation``,
+``sae.loss``, ``train.scheme``) are the names of these registries, so adding an entry is one line here
 plus the object itself; the schema and the README table are regenerated from them
 (``python -m usae.config.generate``).
 """
@@ -118,3 +118,9 @@ SCHEMES = _declare("training scheme", {
     "all_sources": "usae.training.schemes:AllSourcesScheme",
 })
 """``train.scheme``: which models are sources at a step and which parameters they update."""
+
+WEIGHT_FORMATS = _declare("weights format", {
+    "efficientnet_pytorch": "usae.weights.formats:EFFICIENTNET_PYTORCH",
+})
+"""``models.<name>.weights_format``: a :class:`usae.weights.formats.KeyFormat` that renames a
+checkpoint's keys to a library's own (recognised from the keys when the setting is null)."""

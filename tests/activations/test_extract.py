@@ -79,3 +79,28 @@ def test_cuda_request_without_cuda_is_a_clear_error(monkeypatch):
     with pytest.raises(ValueError, match="extract.device = 'cuda' but no CUDA"):
         resolve_device("cuda", "extract.device")
     assert resolve_device("auto").type == "cpu"
+
+
+def test_the_weights_origin_and_sha256_are_recorded_and_carried_to_the_aligned_store(manifest, tmp_path):
+    """The stores say which weights made them: extraction attrs, then the aligned store and its statistics."""
+    import dataclasses
+    import hashlib
+    import json
+
+    import timm
+
+    from usae.activations.prepare import prepare_activations
+    from usae.config import PrepareConfig
+
+    checkpoint = tmp_path / "tiny.pth"
+    torch.manual_seed(5)
+    torch.save(timm.create_model(SPEC.name, img_size=64, num_classes=0, **SPEC.kwargs).state_dict(), checkpoint)
+    spec = dataclasses.replace(SPEC, pretrained=True, weights=str(checkpoint))
+    cfg = ExtractConfig(n_parts=1, batch_size=4, num_workers=0, device="cpu", images_per_chunk=4)
+    extract_activations(manifest, spec, cfg, 0, tmp_path / "part0.zarr")
+    expected = {"origin": f"file:{checkpoint}", "sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest()}
+    assert open_store(tmp_path / "part0.zarr").attrs["model"]["weights"] == expected
+    prepare_activations([tmp_path / "part0.zarr"], manifest, PrepareConfig(grid=2, stats_images=3),
+                        tmp_path / "aligned.zarr", tmp_path / "stats.json")
+    assert open_store(tmp_path / "aligned.zarr").attrs["model"]["weights"] == expected
+    assert json.loads((tmp_path / "stats.json").read_text())["model"]["weights"] == expected

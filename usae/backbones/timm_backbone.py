@@ -11,7 +11,10 @@ import timm.data
 from torch import Tensor, nn
 
 from usae.backbones.base import Backbone, Preprocessing, refuse_layer_name, split_tokens
+from usae.backbones.timm_weights import build_strictly, checkpoint_kwargs, read_checkpoint, timm_hub_source
 from usae.config import FINAL_LAYER, BackboneSpec
+from usae.weights import LocalWeights, resolve_weights
+from usae.weights.hub import HubSource
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +32,14 @@ class TimmBackbone(Backbone):
 
     Models that accept ``img_size`` (ViT-style) are built at ``spec.image_size``, so that
     their position embeddings match the input (e.g. DINOv2, built at 518 by default).
+
+    ``spec.weights`` (a state dict file, or a folder holding ``model.safetensors`` or
+    ``pytorch_model.bin``) is loaded strictly through timm's pretrained mechanism
+    (:mod:`usae.backbones.timm_weights`), after renaming its keys if they are in a
+    registered layout (``weights_format``).
     """
+
+    loads_local_weights = True
 
     def __init__(self, spec: BackboneSpec) -> None:
         """Build the timm model of a spec and probe its token layout.
@@ -46,7 +56,7 @@ class TimmBackbone(Backbone):
         super().__init__()
         refuse_layer_name(spec)
         self.spec = spec
-        self.model = self._create(spec)
+        self.model, self.weights = self._create(spec, resolve_weights(spec))
         self.model.eval()
         self._prefix_api = False
         if spec.layer != FINAL_LAYER:
@@ -54,8 +64,12 @@ class TimmBackbone(Backbone):
         self.preprocessing = self._preprocessing(spec, self.model)
         self.layout = self._probe_layout()
 
+    @classmethod
+    def hub_source(cls, spec: BackboneSpec) -> HubSource | None:
+        return timm_hub_source(spec)
+
     @staticmethod
-    def _create(spec: BackboneSpec) -> nn.Module:
+    def _create(spec: BackboneSpec, weights: LocalWeights) -> tuple[nn.Module, LocalWeights]:
         kwargs: dict[str, Any] = dict(spec.kwargs)
         if kwargs.get("img_size", spec.image_size) != spec.image_size:
             raise ValueError(f"models.{spec.key}: kwargs.img_size = {kwargs['img_size']!r} differs from "
@@ -65,13 +79,11 @@ class TimmBackbone(Backbone):
             raise ValueError(f"models.{spec.key}: {spec.name!r} is not a timm model "
                              "(see timm.list_models(); for the Hugging Face hub use library: transformers)")
         base = dict(pretrained=spec.pretrained, num_classes=0, **kwargs)
-        try:
-            return timm.create_model(spec.name, img_size=spec.image_size, **base)
-        except TypeError as err:
-            if "img_size" not in str(err):
-                raise
-        logger.debug("%s does not accept img_size; building at its native geometry", spec.name)
-        return timm.create_model(spec.name, **base)
+        if weights.path is None:
+            return _create_at_size(spec, base), weights
+        state, weights = read_checkpoint(spec, weights)
+        local = {**base, **checkpoint_kwargs(spec, state)}
+        return build_strictly(spec, weights, lambda: _create_at_size(spec, local)), weights
 
     def _check_layer(self, layer: int) -> None:
         model = self.model
@@ -132,6 +144,17 @@ class TimmBackbone(Backbone):
 
     def _split(self, out: Tensor, n_prefix: int) -> tuple[Tensor, Tensor]:
         return split_tokens(out, n_prefix, f"models.{self.spec.key}")
+
+
+def _create_at_size(spec: BackboneSpec, kwargs: dict[str, Any]) -> nn.Module:
+    """``timm.create_model`` at ``spec.image_size`` where the model takes ``img_size``, else at its own."""
+    try:
+        return timm.create_model(spec.name, img_size=spec.image_size, **kwargs)
+    except TypeError as err:
+        if "img_size" not in str(err):
+            raise
+    logger.debug("%s does not accept img_size; building at its native geometry", spec.name)
+    return timm.create_model(spec.name, **kwargs)
 
 
 __all__ = ["TimmBackbone"]

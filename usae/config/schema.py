@@ -48,6 +48,8 @@ def field_schema(hint: Any, spec: Spec, default: Any, *, defaults: bool) -> dict
         out = value_schema(members[0], spec, defaults=defaults)
         if nullable:
             out["type"] = [out["type"], "null"]
+            if "enum" in out:  # a choice or nothing (models.*.weights_format)
+                out["enum"] = [*out["enum"], None]
     else:  # a text choice or a number (models.*.layer): each with its own limits
         out = {"oneOf": [value_schema(m, spec, defaults=defaults) for m in members]}
     if defaults and default is not REQUIRED:
