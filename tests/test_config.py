@@ -56,7 +56,8 @@ def test_top_level_matches_pipeline_config():
     assert SCHEMA["additionalProperties"] is False
 
 
-@pytest.mark.parametrize("path", ["config.yaml", "presets/paper.yaml", "tests/workflow/tiny_config.yaml"])
+@pytest.mark.parametrize("path", ["config.yaml", "presets/paper.yaml", "presets/random.yaml", "presets/pypi_weights.yaml",
+                                  "tests/workflow/tiny_config.yaml"])
 def test_shipped_configs_validate(path):
     cfg = yaml.safe_load((REPO / path).read_text())
     validate(cfg, str(REPO / "workflow/schemas/config.schema.yaml"))
