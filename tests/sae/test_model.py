@@ -233,7 +233,7 @@ def test_batchtopk_exact_budget_with_uneven_tokens():
     for i, c in enumerate(counts):  # ... except c distinct positive latents per token
         idx = torch.randperm(M, generator=gen)[:c]
         pre[i, idx] = 1.0 + torch.rand(c, generator=gen)
-    values, indices = model._batch_topk("vit", pre)
+    values, indices = model.activation(pre, K, threshold=model.threshold_vit, training=model.training)
     dense = torch.zeros(n, M).scatter_(1, indices, values)
     assert int((values > 0).sum()) == K * n
     assert (dense > 0).sum(dim=1).tolist() == counts

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from usae import __version__
 from usae.config import SAEConfig, from_dict, to_dict
 from usae.registry import ACTIVATIONS
-from usae.sae.activations import Activation, batch_topk
+from usae.sae.activations import Activation
 from usae.sae.io import read_model_files, write_model_files
 
 
@@ -100,10 +100,6 @@ class USAE(nn.Module):
         values, indices = self.activation(pre, self.cfg.k, threshold=getattr(self, f"threshold_{name}"),
                                           training=self.training)
         return Codes(values, indices, pre if keep_pre else None)
-
-    def _batch_topk(self, name: str, pre: Tensor) -> tuple[Tensor, Tensor]:
-        """BatchTopK of ``pre`` with model ``name``'s running threshold, whatever ``sae.activation`` is."""
-        return batch_topk(pre, self.cfg.k, threshold=getattr(self, f"threshold_{name}"), training=self.training)
 
     def encode(self, name: str, acts: Tensor, *, standardized: bool = False) -> Tensor:
         """Dense codes (n, m) of model ``name``'s activations (..., d_i).
