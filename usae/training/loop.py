@@ -156,7 +156,8 @@ def train_usae(sources: dict[str, TokenSource], sae_cfg: SAEConfig, cfg: TrainCo
     loader = TokenLoader(sources, cfg.batch_tokens, cfg.buffer_tokens, cfg.seed, read_threads=cfg.read_threads,
                          pin_memory=device.type == "cuda")
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * loader.steps_per_epoch))
-    sae_cfg = _with_dead_window(sae_cfg, cfg, total, len(names), validation_tokens)
+    scheme = SCHEMES.get(cfg.scheme, setting="train.scheme")(names, cfg.seed)
+    sae_cfg = _with_dead_window(sae_cfg, cfg, total, scheme, validation_tokens)
     settings = run_settings(sources, sae_cfg, cfg, standardization=standardization, provenance=provenance)
     _log_plan(settings, total, loader, cfg)
     model = USAE({n: s.d_model for n, s in sources.items()}, sae_cfg, seed=cfg.seed).to(device)
@@ -166,7 +167,6 @@ def train_usae(sources: dict[str, TokenSource], sae_cfg: SAEConfig, cfg: TrainCo
     start_or_resume(state, out_dir / "checkpoints", key, loader, device)
     tracker = make_tracker(cfg.tracking, out_dir, settings)
     end = min(total, stop_after + 1) if stop_after is not None else total
-    scheme = SCHEMES.get(cfg.scheme, setting="train.scheme")(names, cfg.seed)
     run_steps(state, scheme, loader, cfg, total=total, end=end, tracker=tracker, key=key, out_dir=out_dir)
     tracker.close()
     _write_log(state.rows, out_dir / "train_log.parquet")
@@ -181,11 +181,15 @@ def train_usae(sources: dict[str, TokenSource], sae_cfg: SAEConfig, cfg: TrainCo
                        final_losses=final, tokens_per_s=speed)
 
 
-def _with_dead_window(sae_cfg: SAEConfig, cfg: TrainConfig, total: int, n_models: int,
+def _with_dead_window(sae_cfg: SAEConfig, cfg: TrainConfig, total: int, scheme: Scheme,
                       validation_tokens: int | None) -> SAEConfig:
-    """``sae_cfg`` with ``dead_tokens`` resolved to a number of tokens (saved with the model)."""
-    sources_per_step = n_models if SCHEMES.get(cfg.scheme, setting="train.scheme").update_all else 1
-    source_tokens = total * cfg.batch_tokens * sources_per_step // n_models
+    """``sae_cfg`` with ``dead_tokens`` resolved to a number of tokens (saved with the model).
+
+    Each model's share of the source tokens is the scheme's own count of sources a step
+    (the same at every step for the built-in schemes), spread evenly over the models.
+    """
+    sources_per_step = len(scheme.sources(0))
+    source_tokens = total * cfg.batch_tokens * sources_per_step // len(scheme.names)
     window = dead_window(sae_cfg.dead_tokens, source_tokens=source_tokens, validation_tokens=validation_tokens,
                          batch_tokens=cfg.batch_tokens)
     if sae_cfg.dead_tokens == AUTO:
