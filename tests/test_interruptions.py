@@ -21,6 +21,7 @@ import yaml
 
 from usae.activations.store import PROGRESS_FILE, open_store, partial_path
 from usae.sae.model import USAE
+from usae.training.checkpoint import find_checkpoints
 
 pytestmark = pytest.mark.slow
 
@@ -114,7 +115,7 @@ def test_killed_training_resumes_from_its_last_checkpoint_with_the_same_result(t
     checkpoints = workdir / "results/runs/cut/checkpoints"
 
     def saved_steps() -> list[int]:
-        return sorted(int(p.stem.split("_")[1]) for p in checkpoints.glob("step_*.pt")) if checkpoints.exists() else []
+        return sorted(c.step for c in find_checkpoints(checkpoints))
 
     kill_when(start(workdir, "train", "--run", "cut"), lambda: any(s >= 60 for s in saved_steps()),
               "a checkpoint at step 60 or later")

@@ -4,9 +4,8 @@ matching on the run's fingerprint."""
 import pytest
 import torch
 
-import usae.training.checkpoint as ckpt
 from usae.fingerprint import fingerprint
-from usae.training.checkpoint import KEEP, latest_checkpoint, save_checkpoint
+from usae.training.checkpoint import KEEP, checkpoint_path, find_checkpoints, latest_checkpoint, save_checkpoint
 
 FP = fingerprint({"lr": 3e-4, "models": ["vit", "dino"]})
 
@@ -21,7 +20,7 @@ def names(directory) -> list[str]:
 
 def test_round_trip(tmp_path):
     path = save_checkpoint(tmp_path / "ckpt", 7, state(7))
-    assert path == tmp_path / "ckpt" / "step_000000007.pt"
+    assert path == tmp_path / "ckpt" / f"step_000000007.{FP[:12]}.pt"
     loaded = latest_checkpoint(tmp_path / "ckpt", FP)
     assert loaded["step"] == 7 and loaded["rng"] == [7] and loaded["fingerprint"] == FP
     assert torch.equal(loaded["weights"], torch.full((3, 2), 7.0))
@@ -37,7 +36,7 @@ def test_keeps_newest_two(tmp_path):
     assert KEEP == 2
     for step in (1, 5, 9, 10, 12):
         save_checkpoint(tmp_path, step, state(step))
-    assert names(tmp_path) == ["step_000000010.pt", "step_000000012.pt"]  # no temporary files either
+    assert names(tmp_path) == [f"step_000000010.{FP[:12]}.pt", f"step_000000012.{FP[:12]}.pt"]  # no temporary files
     assert latest_checkpoint(tmp_path, FP)["step"] == 12
 
 
@@ -53,7 +52,7 @@ def test_truncated_newest_falls_back(tmp_path):
 
 
 def test_only_unreadable_gives_none(tmp_path):
-    (tmp_path / "step_000000003.pt").write_bytes(b"not a checkpoint")
+    checkpoint_path(tmp_path, 3, FP).write_bytes(b"not a checkpoint")
     assert latest_checkpoint(tmp_path, FP) is None
 
 
@@ -73,7 +72,8 @@ def test_ignores_unrelated_files(tmp_path):
     assert latest_checkpoint(tmp_path, FP)["step"] == 3
     save_checkpoint(tmp_path, 4, state(4))
     save_checkpoint(tmp_path, 5, state(5))
-    assert set(names(tmp_path)) == {"step_000000004.pt", "step_000000005.pt", "step_3.pt", "notes.txt"}
+    assert set(names(tmp_path)) == {f"step_000000004.{FP[:12]}.pt", f"step_000000005.{FP[:12]}.pt", "step_3.pt",
+                                    "notes.txt"}
 
 
 def test_fingerprint_stable_under_key_order():
@@ -85,14 +85,22 @@ def test_fingerprint_stable_under_key_order():
     assert fingerprint(a) != fingerprint({**a, "train": {"lr": 3e-4, "seed": 1}})
 
 
-def test_remove_stale(tmp_path):
-    remove_stale = getattr(ckpt, "remove_stale", None)
-    if remove_stale is None:
-        pytest.skip("no remove_stale in this version")
+def test_other_settings_are_kept_until_this_run_writes_its_first_checkpoint(tmp_path):
     other = fingerprint({"other": True})
-    save_checkpoint(tmp_path, 1, state(1, other))
-    save_checkpoint(tmp_path, 2, state(2))
-    (tmp_path / "step_000000003.pt").write_bytes(b"truncated")
-    remove_stale(tmp_path, FP)
-    assert names(tmp_path) == ["step_000000002.pt"]
-    assert latest_checkpoint(tmp_path, FP)["step"] == 2
+    save_checkpoint(tmp_path, 100, state(100, other))
+    save_checkpoint(tmp_path, 200, state(200, other))
+    (tmp_path / "step_000000300.pt").write_bytes(b"a checkpoint of an earlier name format")
+    before = names(tmp_path)
+    assert latest_checkpoint(tmp_path, FP) is None
+    assert names(tmp_path) == before  # looking (a run that then cannot start) deletes nothing
+    save_checkpoint(tmp_path, 5, state(5))
+    assert names(tmp_path) == [f"step_000000005.{FP[:12]}.pt"]  # stale ones go, though their steps are higher
+    assert latest_checkpoint(tmp_path, FP)["step"] == 5
+
+
+def test_a_tag_collision_is_caught_by_the_full_fingerprint(tmp_path):
+    twin = FP[:12] + "0" * 52
+    assert twin != FP
+    save_checkpoint(tmp_path, 1, state(1, twin))
+    assert latest_checkpoint(tmp_path, FP) is None
+    assert [c.step for c in find_checkpoints(tmp_path)] == [1]

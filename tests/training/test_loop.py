@@ -67,6 +67,36 @@ def test_changed_settings_do_not_resume_from_old_checkpoints(tmp_path):
     assert fresh.steps == 24 and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_moved_data_resumes_its_checkpoints(tmp_path, caplog):
+    paths = arrays(tmp_path)
+    where = {"stores": {"m0": "/old/results/m0.zarr"}, "manifest_hash": "abc"}
+    train_usae(open_arrays(paths), SAE, config(), tmp_path / "run", provenance=where, stop_after=12)
+    moved = {**where, "stores": {"m0": "/new/results/m0.zarr"}}
+    with caplog.at_level("INFO", logger="usae.training.checkpoint"):
+        resumed = train_usae(open_arrays(paths), SAE, config(), tmp_path / "run", provenance=moved)
+    assert "(step 13)" in caplog.text
+    reference = train_usae(open_arrays(paths), SAE, config(), tmp_path / "ref", provenance=moved)
+    a, b = weights(tmp_path / "run"), weights(tmp_path / "ref")
+    assert resumed.steps == 24 and all(torch.equal(a[k], b[k]) for k in a)
+    assert USAE.load(tmp_path / "run" / "model").meta["provenance"]["stores"] == moved["stores"]
+    changed = {**moved, "manifest_hash": "def"}  # other data content: never resumed
+    fresh = train_usae(open_arrays(paths), SAE, config(), tmp_path / "run", provenance=changed, stop_after=2)
+    assert fresh.steps == 3
+
+
+def test_a_run_that_cannot_start_deletes_no_checkpoint(tmp_path):
+    paths = arrays(tmp_path)
+    train_usae(open_arrays(paths), SAE, config(), tmp_path / "run", stop_after=12)
+    checkpoints = sorted((tmp_path / "run" / "checkpoints").iterdir())
+    (tmp_path / "broken").mkdir()
+    broken = arrays(tmp_path / "broken", bad=slice(0, 600))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        train_usae(open_arrays(broken), SAE, config(lr=1e-3), tmp_path / "run")
+    assert sorted((tmp_path / "run" / "checkpoints").iterdir()) == checkpoints
+    resumed = train_usae(open_arrays(paths), SAE, config(), tmp_path / "run", stop_after=14)
+    assert resumed.steps == 15  # went on from step 13, not from scratch
+
+
 def test_log_has_the_promised_columns_and_decoders_stay_unit(tmp_path):
     cfg = config(max_steps=120, log_every=20, checkpoint_every=50, lr=1e-2)
     result = train_usae(open_arrays(arrays(tmp_path)), SAE, cfg, tmp_path / "run")

@@ -34,7 +34,7 @@ from usae.device import resolve_device
 from usae.fingerprint import fingerprint
 from usae.registry import SCHEMES
 from usae.sae.model import USAE
-from usae.training.checkpoint import latest_checkpoint, remove_stale, save_checkpoint
+from usae.training.checkpoint import latest_checkpoint, save_checkpoint
 from usae.training.dead import AUTO, DeadLatents, dead_window
 from usae.training.schedule import learning_rate
 from usae.training.schemes import Scheme
@@ -198,12 +198,17 @@ def _with_dead_window(sae_cfg: SAEConfig, cfg: TrainConfig, total: int, scheme: 
     return dataclasses.replace(sae_cfg, dead_tokens=window)
 
 
+PATH_KEYS = ("stores",)  # provenance entries that say where the data is, not what it is
+
+
 def run_settings(sources: dict[str, TokenSource], sae_cfg: SAEConfig, cfg: TrainConfig, *,
                  standardization: dict[str, dict] | None, provenance: dict[str, Any] | None) -> dict[str, Any]:
     """Everything the trained weights depend on (the checkpoints' fingerprint is made of it):
-    a checkpoint of other settings, data or training code is never resumed."""
+    a checkpoint of other settings, data or training code is never resumed. Where the data
+    lies (``provenance[PATH_KEYS]``) is left out: moving ``results/`` keeps its checkpoints."""
+    content = {k: v for k, v in (provenance or {}).items() if k not in PATH_KEYS}
     return {"sae": to_dict(sae_cfg), "train": to_dict(cfg), "models": list(sources),
-            "dims": {n: s.d_model for n, s in sources.items()}, "provenance": provenance or {},
+            "dims": {n: s.d_model for n, s in sources.items()}, "provenance": content,
             "standardization": standardization or {},
             "code": {"usae": __version__, "train_stage": STAGE_VERSIONS["train"]}}
 
@@ -217,13 +222,13 @@ def _log_plan(settings: dict[str, Any], total: int, loader: TokenLoader, cfg: Tr
 def start_or_resume(state: TrainingState, directory: Path, key: str, loader: TokenLoader,
                     device: torch.device) -> None:
     """Restore ``state`` from the newest checkpoint in ``directory`` with fingerprint ``key``;
-    without one, delete other runs' checkpoints and start: decoder bias = mean activation,
-    dead-latent lists, decoding method (``sae.decode``, timed when ``auto``)."""
+    without one, start afresh: decoder bias = mean activation, dead-latent lists, decoding
+    method (``sae.decode``, timed when ``auto``). Other settings' checkpoints stay until
+    this run writes its first (:func:`save_checkpoint`)."""
     saved = latest_checkpoint(directory, key)
     if saved is not None:
         state.restore(saved)
     else:
-        remove_stale(directory, key)
         state.model.init_decoder_bias(_mean_activation(loader, device))
         state.dead.refresh(state.model.cfg.dead_tokens)
         state.decode = choose_decode(state.model, loader, state.model.cfg, device)
