@@ -27,7 +27,8 @@ from PIL import Image
 from usae.config import ManifestConfig
 from usae.data import images
 from usae.data.images import REASON_KINDS, ImageReadError, check_image, load_rgb, reason_kind
-from usae.data.manifest import build_manifest, content_hash, manifest_hash, read_manifest, usable
+from usae.data.manifest import build_manifest, manifest_hash, read_manifest, usable
+from usae.fingerprint import file_sha256
 
 SIDE = 24
 
@@ -317,7 +318,7 @@ def battery(tmp_path: Path) -> Path:
     root = tmp_path / "battery"
     for name in CASES:
         _make(root, name)
-    shutil.copyfile(root / "good.jpg", root / "copy_of_good.jpg")  # sorts before good.jpg: it is the first copy
+    shutil.copyfile(root / "good.jpg", root / "copy_of_good.jpg")  # sorts before good.jpg, yet the copy
     shutil.copyfile(root / "good.jpg", root / "zz_second_copy.jpg")
     shutil.copyfile(root / "empty.jpg", root / "empty_too.jpg")  # unreadable, not a duplicate
     return root
@@ -333,13 +334,13 @@ def test_manifest_of_every_case(battery: Path, tmp_path: Path, caplog: pytest.Lo
     table = build_manifest(_cfg(battery), out, workers=3)
     assert out.is_file()  # the rest goes on
     by_id = table.set_index("image_id")
-    expected_ok = (set(GOOD) - {"good.jpg"}) | {"copy_of_good.jpg"}
+    expected_ok = set(GOOD)
     for image_id, row in by_id.iterrows():
         if image_id in expected_ok:
             assert (row["status"], row["reason"]) == ("ok", ""), image_id
             assert row["width"] > 0 and row["height"] > 0
-        elif image_id in ("good.jpg", "zz_second_copy.jpg"):
-            assert (row["status"], row["reason"]) == ("duplicate", "same content as copy_of_good.jpg"), image_id
+        elif image_id in ("copy_of_good.jpg", "zz_second_copy.jpg"):
+            assert (row["status"], row["reason"]) == ("duplicate", "same content as good.jpg"), image_id
             assert row["width"] == SIDE + 8  # it was readable: only its content is a repeat
         else:
             pattern = CASES.get(image_id, CASES["empty.jpg"])[1]
@@ -359,8 +360,8 @@ def test_manifest_of_every_case(battery: Path, tmp_path: Path, caplog: pytest.Lo
     for name in GOOD:
         assert str(battery / name) not in unreadable
     assert f"2 of {len(table)} images are byte-identical copies of an earlier image and excluded" in duplicate
-    for name in ("good.jpg", "zz_second_copy.jpg"):
-        assert f"  {battery / name}: same content as copy_of_good.jpg" in duplicate.splitlines()
+    for name in ("copy_of_good.jpg", "zz_second_copy.jpg"):
+        assert f"  {battery / name}: same content as good.jpg" in duplicate.splitlines()
 
     back = read_manifest(out)
     pd.testing.assert_frame_equal(back, table, check_dtype=False)
@@ -376,10 +377,24 @@ def test_duplicates_only_when_bytes_are_identical(tmp_path: Path) -> None:
     Image.fromarray(pixels).save(root / "c.bmp")
     table = build_manifest(_cfg(root), tmp_path / "m.parquet")
     assert (table["status"] == "ok").all()
-    assert content_hash(root / "a.png") != content_hash(root / "b.png")
+    assert file_sha256(root / "a.png") != file_sha256(root / "b.png")
 
 
-def test_duplicate_across_splits_keeps_the_first_by_image_id(tmp_path: Path) -> None:
+def test_the_original_is_kept_not_the_copy_whose_path_sorts_first(tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    for folder in ("nature", "faults", "aaa"):
+        (root / folder).mkdir(parents=True)
+    make_good_jpeg(root / "nature" / "Garden.jpg")
+    for copy in ("faults/dup-of-garden.jpg", "aaa/Garden (1).jpg", "nature/Garden copy.jpg"):
+        shutil.copyfile(root / "nature" / "Garden.jpg", root / copy)
+    table = build_manifest(_cfg(root), tmp_path / "m.parquet").set_index("image_id")
+    assert table.loc["nature/Garden.jpg", "status"] == "ok"
+    copies = table.drop(index="nature/Garden.jpg")
+    assert (copies["status"] == "duplicate").all() and len(copies) == 3
+    assert (copies["reason"] == "same content as nature/Garden.jpg").all()
+
+
+def test_duplicate_names_of_equal_length_keep_the_first_by_image_id(tmp_path: Path) -> None:
     root = tmp_path / "splits"
     (root / "train" / "cat").mkdir(parents=True)
     (root / "val" / "cat").mkdir(parents=True)

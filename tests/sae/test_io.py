@@ -8,6 +8,8 @@ from safetensors.torch import load_file, save_file
 
 import usae.sae.io as io
 from usae.config import SAEConfig
+from usae.fingerprint import file_sha256
+from usae.sae.integrity import damaged_models, model_problem
 from usae.sae.io import CONFIG, FORMAT, WEIGHTS
 from usae.sae.model import USAE, load_usae, save_usae
 
@@ -103,8 +105,48 @@ def test_tampered_weights(tmp_path, tamper):
     else:
         del state["W_enc.dino"]
     save_file(state, str(path))
+    with pytest.raises(ValueError, match="SHA-256 differs from the one recorded"):
+        load_usae(tmp_path / "m")
+    _record_hash(tmp_path / "m")  # a deliberate edit: the key check still catches it
     with pytest.raises(ValueError, match="W_dec.clip" if tamper == "extra" else "W_enc.dino"):
         load_usae(tmp_path / "m")
+
+
+def _record_hash(directory):
+    config = json.loads((directory / CONFIG).read_text())
+    config["weights_sha256"] = file_sha256(directory / WEIGHTS)
+    (directory / CONFIG).write_text(json.dumps(config))
+
+
+def test_truncated_weights_are_named_with_their_path(tmp_path):
+    save_usae(trained_like(), tmp_path / "m")
+    weights = tmp_path / "m" / WEIGHTS
+    assert model_problem(tmp_path / "m") is None
+    data = weights.read_bytes()
+    weights.write_bytes(data[:-100])
+    expected = f"{weights} is damaged: {len(data) - 100:,} bytes where its header says {len(data):,}"
+    assert model_problem(tmp_path / "m", full=False).startswith(expected)
+    with pytest.raises(ValueError) as caught:
+        load_usae(tmp_path / "m")
+    assert str(caught.value).startswith(expected) and "retrain" in str(caught.value)
+    weights.write_bytes(data[:5])
+    assert "too short to be a safetensors file" in model_problem(tmp_path / "m")
+    weights.write_bytes(data[:40])
+    assert "cut short inside its header" in model_problem(tmp_path / "m")
+
+
+def test_a_flipped_bit_is_found_by_the_recorded_hash(tmp_path):
+    save_usae(trained_like(), tmp_path / "m")
+    weights = tmp_path / "m" / WEIGHTS
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0x40  # an exponent bit of the last float: finite, wrong, same length
+    weights.write_bytes(bytes(data))
+    assert model_problem(tmp_path / "m", full=False) is None  # the cheap check cannot see it
+    assert "SHA-256 differs" in model_problem(tmp_path / "m")
+    assert damaged_models([tmp_path / "m", tmp_path / "not_trained_yet"]) == [
+        f"{weights} is damaged: its SHA-256 differs from the one recorded when it was saved: delete "
+        f"{tmp_path / 'm'} and rerun, which retrains it (its evaluation and report, made from the model before "
+        "the damage, are kept until then)"]
 
 
 def test_weights_of_other_shape(tmp_path):
@@ -141,7 +183,6 @@ def test_failed_save_keeps_previous_model(tmp_path, monkeypatch):
     assert torch.equal(load_usae(tmp_path / "m").W_dec["vit"], first.W_dec["vit"])
 
 
-
 def test_the_format_module_does_not_import_the_model():
     """usae.sae.model imports usae.sae.io, never the other way round (no import cycle)."""
     import ast
@@ -150,4 +191,4 @@ def test_the_format_module_does_not_import_the_model():
     tree = ast.parse(inspect.getsource(io))
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-    assert not any(name.startswith("usae.sae") for name in imported), imported
+    assert not any(name.startswith("usae.sae") and name != "usae.sae.integrity" for name in imported), imported

@@ -174,3 +174,19 @@ def test_named_layers_get_their_own_paths(tmp_path):
     write_config(tmp_path, **{"models.tv": {**tv, "layer": "layer5"}, "runs": {"usae": {}}})
     proc = snakemake(tmp_path, check=False)
     assert proc.returncode != 0 and "models.tv.layer = 'layer5' is not a graph node" in proc.stdout + proc.stderr
+
+
+def test_a_damaged_model_stops_the_workflow_and_keeps_its_evaluation(pipeline_copy):
+    model = pipeline_copy / "results/runs/usae/model"
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-64])  # a copy cut short
+    metrics = pipeline_copy / "results/runs/usae/eval/metrics.json"
+    before = metrics.stat().st_mtime_ns
+    failed = snakemake(pipeline_copy, check=False)
+    assert failed.returncode != 0
+    shown = "results/runs/usae/model"  # the workflow's paths are relative to its working directory
+    assert f"{shown}/model.safetensors is damaged: " in failed.stderr
+    assert f"delete {shown} and rerun" in failed.stderr
+    assert metrics.stat().st_mtime_ns == before  # no job ran, nothing was deleted
+    shutil.rmtree(model)
+    assert planned_jobs(pipeline_copy) == {"train_usae": 1, "evaluate_usae": 1, "render_report": 3, "all": 1}

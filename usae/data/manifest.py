@@ -16,6 +16,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from usae.atomic import atomic_path
+from usae.fingerprint import file_sha256
 from usae.config import ManifestConfig, to_dict
 from usae.data.images import IMAGE_SUFFIXES, ImageReadError, check_image
 
@@ -31,9 +32,10 @@ def build_manifest(cfg: ManifestConfig, out_path: str | Path, *, workers: int = 
     """Build, check and write the manifest of ``cfg``'s image source.
 
     Every image is decoded once and its bytes hashed; unreadable ones stay in the table
-    with ``status="unreadable"`` and the reason, byte-identical copies of an earlier image
-    (in ``image_id`` order) with ``status="duplicate"`` and ``reason="same content as
-    <image_id>"``; both are excluded downstream and listed in the log.
+    with ``status="unreadable"`` and the reason; of byte-identical files the one with the
+    shortest file name is kept (ties: the first ``image_id``) and the others get
+    ``status="duplicate"`` and ``reason="same content as <image_id>"``; both kinds are
+    excluded downstream and listed in the log.
 
     Args:
         cfg: dataset settings.
@@ -201,7 +203,7 @@ def _check_all(rows: pd.DataFrame, workers: int) -> pd.DataFrame:
     def check(path: str) -> tuple[int, int, str, str, str]:
         try:
             info = check_image(path)
-            return info.width, info.height, "ok", "", content_hash(path)
+            return info.width, info.height, "ok", "", file_sha256(path)
         except ImageReadError as err:
             return -1, -1, "unreadable", err.reason, ""
         except OSError as err:  # the hash's read failed after the check's succeeded
@@ -220,22 +222,23 @@ def _check_all(rows: pd.DataFrame, workers: int) -> pd.DataFrame:
     return table[list(COLUMNS)]
 
 
-def content_hash(path: str | Path, block: int = 1 << 20) -> str:
-    """SHA-256 of a file's bytes (as ``sha256sum``), read in blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _mark_duplicates(table: pd.DataFrame, content: pd.Series) -> None:
-    """Every readable image whose bytes equal an earlier one's (rows in image_id order) -> duplicate."""
+    """Of readable images with the same bytes, keep the one :func:`_original_first` puts first;
+    every other copy -> duplicate."""
     readable = table["status"] == "ok"
-    first_id = table["image_id"][readable].groupby(content[readable].values).transform("first")
-    later = first_id[first_id != table["image_id"][readable]]
-    table.loc[later.index, "status"] = "duplicate"
-    table.loc[later.index, "reason"] = "same content as " + later
+    order = _original_first(table[readable])
+    keeper = table.loc[order, "image_id"].groupby(content[order].values).transform("first")
+    copies = keeper[keeper != table.loc[order, "image_id"]]
+    table.loc[copies.index, "status"] = "duplicate"
+    table.loc[copies.index, "reason"] = "same content as " + copies
+
+
+def _original_first(rows: pd.DataFrame) -> pd.Index:
+    """Rows ordered so that an original comes before its copies: shortest file name first,
+    then ``image_id``. Copies usually get longer names (``x (1).jpg``, ``Copy of x.jpg``,
+    ``x-copy.jpg``), and the rule depends on names only, so every copy of a folder keeps the same one."""
+    name_length = rows["path"].map(lambda p: len(Path(p).name))
+    return rows.assign(_len=name_length).sort_values(["_len", "image_id"], kind="stable").index
 
 
 def _write_atomic(table: pd.DataFrame, out_path: Path) -> None:

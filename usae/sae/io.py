@@ -18,10 +18,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from usae.atomic import atomic_path
-
-FORMAT = "usae-model/1"
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
+from usae.fingerprint import file_sha256
+from usae.sae.integrity import CONFIG, FORMAT, WEIGHTS, model_problem
 
 
 def write_model_files(directory: str | Path, config: dict[str, Any], state: dict[str, torch.Tensor]) -> Path:
@@ -30,7 +28,9 @@ def write_model_files(directory: str | Path, config: dict[str, Any], state: dict
     with atomic_path(directory) as tmp:
         tmp.mkdir()
         save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
-        (tmp / CONFIG).write_text(json.dumps({"format": FORMAT, **config}, indent=2, sort_keys=True))
+        # The hash lets a reader (and the workflow, before any job) tell a damaged file from the saved one.
+        config = {"format": FORMAT, **config, "weights_sha256": file_sha256(tmp / WEIGHTS)}
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
     return directory
 
 
@@ -39,13 +39,14 @@ def read_model_files(directory: str | Path) -> tuple[dict[str, Any], dict[str, t
 
     Raises:
         FileNotFoundError: ``directory`` lacks the weights or the config (every missing path listed).
-        ValueError: another format.
+        ValueError: another format, or damaged files (:func:`model_problem` says which and how).
     """
     directory = Path(directory)
-    missing = [str(directory / f) for f in (WEIGHTS, CONFIG) if not (directory / f).exists()]
-    if missing:
-        raise FileNotFoundError(f"not a saved USAE, missing: {', '.join(missing)}")
+    problem = model_problem(directory)
+    if problem and problem.startswith("not a saved USAE"):
+        raise FileNotFoundError(problem)
+    if problem:
+        raise ValueError(f"{problem}; retrain it (its run's `usae train`, or snakemake --forcerun train_usae)")
     config = json.loads((directory / CONFIG).read_text())
-    if config.get("format") != FORMAT:
-        raise ValueError(f"{directory}: format {config.get('format')!r}, expected {FORMAT!r}")
+    config.pop("weights_sha256", None)
     return config, load_file(str(directory / WEIGHTS))

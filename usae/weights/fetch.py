@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from usae.fingerprint import file_sha256
 from usae.weights.source import PypiMember, parse_weights
 
 logger = logging.getLogger(__name__)
@@ -139,11 +140,7 @@ def sha256_of(path: Path) -> str:
         lines = "".join(f"{sha256_of(f)}  {f.relative_to(path).as_posix()}\n"
                         for f in sorted(p for p in path.rglob("*") if p.is_file()))
         return hashlib.sha256(lines.encode()).hexdigest()
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def _check_digest(spec: Any, path: Path, digest: str, cached: bool) -> None:

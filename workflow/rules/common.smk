@@ -21,6 +21,12 @@ try:
 except ValueError as err:
     raise WorkflowError(f"invalid config: {err}") from None
 
+if workflow.is_main_process:  # a damaged model would otherwise pass as done, and its evaluation rerun fail
+    from usae.sae.integrity import damaged_models
+
+    if damaged := damaged_models(paths.for_runs(PIPE, paths.run_model)):
+        raise WorkflowError("\n".join(damaged))
+
 
 wildcard_constraints:
     model="|".join(sorted(PIPE.models)),
