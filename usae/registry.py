@@ -124,3 +124,10 @@ WEIGHT_FORMATS = _declare("weights format", {
 })
 """``models.<name>.weights_format``: a :class:`usae.weights.formats.KeyFormat` that renames a
 checkpoint's keys to a library's own (recognised from the keys when the setting is null)."""
+
+MACO_OBJECTIVES = _declare("activation-maximisation objective", {
+    "mean": "usae.maco.objective:mean_over_tokens",
+    "max": "usae.maco.objective:max_over_tokens",
+    "centre": "usae.maco.objective:centre_tokens",
+})
+"""``maco.objective``: how a concept's value at every patch token becomes one number per image."""

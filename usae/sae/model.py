@@ -96,7 +96,10 @@ class USAE(nn.Module):
 
     def encode_sparse(self, name: str, acts: Tensor, *, keep_pre: bool = False) -> Codes:
         """Codes of ``acts`` (n, d_i) from model ``name``'s encoder and ``sae.activation``."""
-        pre = self.pre_codes(name, acts)
+        return self.activate(name, self.pre_codes(name, acts), keep_pre=keep_pre)
+
+    def activate(self, name: str, pre: Tensor, *, keep_pre: bool = False) -> Codes:
+        """Codes from pre-activations (n, m) of model ``name`` (its BatchTopK threshold, if any)."""
         values, indices = self.activation(pre, self.cfg.k, threshold=getattr(self, f"threshold_{name}"),
                                           training=self.training)
         return Codes(values, indices, pre if keep_pre else None)
