@@ -24,6 +24,8 @@ RUN_MODEL = "{root}/runs/{run}/model"
 RUN_LOG = "{root}/runs/{run}/train_log.parquet"
 RUN_EVAL = "{root}/runs/{run}/eval"
 RUN_REPORT = "{root}/runs/{run}/report"
+RUN_MACO = "{root}/runs/{run}/maco"
+MACO_SPECTRUM = "{root}/{dataset}/maco_spectrum.npz"
 LOG = "{root}/logs/{rule}/{name}.log"
 BENCHMARK = "{root}/benchmarks/{rule}/{name}.tsv"
 
@@ -96,6 +98,19 @@ def run_report(cfg: PipelineConfig, run: str = RUN) -> str:
     return _fill(RUN_REPORT, cfg, run=run)
 
 
+def run_maco(cfg: PipelineConfig, run: str = RUN) -> str:
+    return _fill(RUN_MACO, cfg, run=run)
+
+
+def maco_spectrum(cfg: PipelineConfig) -> str:
+    return _fill(MACO_SPECTRUM, cfg)
+
+
+def maco_runs(cfg: PipelineConfig) -> list[str]:
+    """Runs that get coordinated images: every run of two or more models, when ``maco.enabled``."""
+    return sorted(r for r, run in cfg.runs.items() if len(run.models) > 1) if cfg.maco.enabled else []
+
+
 def for_runs(cfg: PipelineConfig, *outputs: Callable[[PipelineConfig, str], str]) -> list[str]:
     """Each of ``outputs`` (``run_model``, ``run_eval``, ...) of every run: output by output, runs sorted."""
     return [output(cfg, run) for output in outputs for run in sorted(cfg.runs)]
@@ -103,7 +118,8 @@ def for_runs(cfg: PipelineConfig, *outputs: Callable[[PipelineConfig, str], str]
 
 def all_targets(cfg: PipelineConfig) -> list[str]:
     """What a full run builds: every model's aligned store, then each run's model, evaluation and report."""
-    return list(model_stores(cfg, sorted(cfg.models)).values()) + for_runs(cfg, run_model, run_eval, run_report)
+    return (list(model_stores(cfg, sorted(cfg.models)).values()) + for_runs(cfg, run_model, run_eval, run_report)
+            + [run_maco(cfg, run) for run in maco_runs(cfg)])
 
 
 def log(cfg: PipelineConfig, rule: str, name: str) -> str:
