@@ -171,6 +171,13 @@ def test_flipped_exponent_bit_is_caught_by_the_checksum(stores):
     assert "fails its crc32c checksum" in message and "rerun its stage, prepare" in message
 
 
+def test_truncated_chunk_fails_its_checksum(stores):
+    chunk = stores["part"] / "rows" / "c" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:-9])
+    with pytest.raises(DamagedStoreError, match=r"chunk \(0,\) of array 'rows'.*fails its crc32c checksum"):
+        open_store(stores["part"])["rows"][:]
+
+
 def test_flipped_bit_in_compressed_chunks_is_caught_before_decompression(built, tmp_path):
     root = tmp_path / "copy"
     shutil.copytree(built["zstd"]["root"], root)
