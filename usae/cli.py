@@ -7,6 +7,7 @@
     usae evaluate -c config.yaml [--run usae]
     usae train    --acts dinov2=a.npy --acts siglip=b.zarr --out runs/mine [-c config.yaml --run usae]
     usae weights  -c config.yaml [--model dinov2]   # fetch every model's weights into the caches
+    usae verify   PATH... | -c config.yaml          # check activation stores in full; exit 1 if damaged
 """
 
 from __future__ import annotations
@@ -131,6 +132,31 @@ def cmd_weights(cfg: PipelineConfig, args: argparse.Namespace) -> None:
             print(f"  path   {weights.path}\n  sha256 {weights.sha256}")
 
 
+def cmd_verify(cfg: PipelineConfig | None, args: argparse.Namespace) -> int:
+    """Check stores in full (every chunk read); one line per problem, a summary, 1 if any is damaged.
+
+    With ``-c``, every extraction part and aligned store of the config's models; one not
+    built yet is listed as absent and is not a problem (Snakemake builds it).
+    """
+    from usae.activations.verify import verify_store
+
+    stores = [Path(p) for p in args.paths]
+    if cfg is not None:
+        for key in _models(cfg, None):
+            layer = cfg.models[key].layer_tag
+            built = [Path(p) for p in [*paths.extract_parts(cfg, key, layer), paths.aligned(cfg, key, layer)]]
+            stores += [p for p in built if p.exists()]
+            for absent in (p for p in built if not p.exists()):
+                print(f"{absent}: absent (not built yet)")
+    damaged = 0
+    for store in stores:
+        problems = verify_store(store)
+        damaged += bool(problems)
+        print("\n".join(problems) if problems else f"{store}: ok")
+    print(f"verified {len(stores)} store(s): {len(stores) - damaged} sound, {damaged} damaged")
+    return 1 if damaged else 0
+
+
 def _runs(cfg: PipelineConfig, chosen: str | None) -> list[str]:
     """The runs a command works on: ``--run`` if given (checked), else every run of the config."""
     if chosen is not None and chosen not in cfg.runs:
@@ -146,8 +172,9 @@ def _name_path(text: str) -> tuple[str, Path]:
 
 
 COMMANDS = {"manifest": cmd_manifest, "extract": cmd_extract, "prepare": cmd_prepare, "train": cmd_train,
-            "evaluate": cmd_evaluate, "weights": cmd_weights}
-HELP = {"weights": "fetch every model's weights into the caches (before running offline); print origin, path, sha256"}
+            "evaluate": cmd_evaluate, "weights": cmd_weights, "verify": cmd_verify}
+HELP = {"weights": "fetch every model's weights into the caches (before running offline); print origin, path, sha256",
+        "verify": "check activation stores in full (every chunk present, checksums, layout); exit 1 if damaged"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         p = sub.add_parser(name, help=HELP.get(name, f"run the {name} stage"))
-        p.add_argument("-c", "--config", default=None if name == "train" else "config.yaml",
+        p.add_argument("-c", "--config", default=None if name in ("train", "verify") else "config.yaml",
                        help="config file (default: config.yaml)")
         p.add_argument("--threads", type=int, default=2, help="CPU threads for decoding and statistics")
         if name in ("extract", "prepare", "weights"):
@@ -169,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--acts", action="append", metavar="NAME=PATH",
                            help="train on these arrays (.npy or Zarr, (images, tokens, d) or (rows, d)), one per model")
             p.add_argument("--out", help="run folder for --acts")
+        if name == "verify":
+            p.add_argument("paths", nargs="*", metavar="PATH",
+                           help="stores to check (default: every store of the config, -c config.yaml)")
     return parser
 
 
@@ -177,18 +207,18 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(level=logging.DEBUG if args.verbose else logging.INFO)
     try:
         config = args.config
-        if config is None and not getattr(args, "acts", None):
+        if config is None and not getattr(args, "acts", None) and not getattr(args, "paths", None):
             config = "config.yaml"
         cfg = read_config(config) if config else None
         if cfg is not None and args.command in ("extract", "prepare"):
             from usae.backbones.geometry import check_geometry
 
             check_geometry(cfg)
-        COMMANDS[args.command](cfg, args)
+        code = COMMANDS[args.command](cfg, args)
     except (ValueError, FileNotFoundError) as err:
         logger.error("%s", err)
         return 2
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

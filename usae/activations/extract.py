@@ -19,7 +19,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from usae.activations.store import ChunkWriter, ResumableStore, base_attrs, create_array
+from usae.activations.store import ChunkWriter, ResumableStore, base_attrs, create_array, reopen_array, write_array
 from usae.backbones import Backbone, Preprocessing, create_backbone
 from usae.config import BackboneSpec, ExtractConfig, to_dict
 from usae.data.images import ImageReadError, load_rgb
@@ -134,12 +134,12 @@ def _part_arrays(store: ResumableStore, attrs: dict, rows: pd.DataFrame, backbon
     group, layout, n = store.group, backbone.layout, len(rows)
     names = ["patches", "prefix"] if cfg.keep_prefix else ["patches"]
     if store.progress is not None:
-        return {k: group[k] for k in names}
+        return {k: reopen_array(group, k) for k in names}
     shapes = {"patches": (n, layout.n_patches, layout.d_model), "prefix": (n, layout.n_prefix, layout.d_model)}
     group.attrs.update(attrs)
     arrays = {k: create_array(group, k, shapes[k], dtype="float16", chunk_rows=cfg.images_per_chunk,
                               compressor=cfg.compressor) for k in names}
-    group.create_array("rows", data=rows["index"].to_numpy(np.int64))
+    write_array(group, "rows", rows["index"].to_numpy(np.int64))
     return arrays
 
 
@@ -148,7 +148,7 @@ def _publish(store: ResumableStore, n: int, failures: dict[int, tuple[str, str]]
     """Write the validity flags and the failures, then publish the store; returns path -> reason."""
     valid = np.ones(n, dtype=bool)
     valid[list(failures)] = False
-    store.group.create_array("valid", data=valid, overwrite=True)
+    write_array(store.group, "valid", valid)
     failed = {path: why for path, why in failures.values()}
     store.group.attrs.update({"failed": failed, "images_per_s": rate, "resumed_at": first})
     store.publish()

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from usae.activations.align import resize_grid
 from usae.activations.standardize import Standardization, compute_standardization, sample_images
-from usae.activations.store import ChunkWriter, atomic_store, base_attrs, create_array, open_store
+from usae.activations.store import ChunkWriter, atomic_store, base_attrs, create_array, open_store, write_array
 from usae.atomic import atomic_path
 from usae.config import PrepareConfig, to_dict
 from usae.data.manifest import SPLITS, manifest_hash, read_manifest
@@ -115,8 +115,8 @@ def _write_split(group: zarr.Group, patches: da.Array, positions: np.ndarray, ro
     n, d = len(positions), patches.shape[2]
     tokens = create_array(group, "tokens", (n, cfg.grid * cfg.grid, d), dtype="float16",
                           chunk_rows=cfg.images_per_chunk, compressor=cfg.compressor)
-    group.create_array("rows", data=rows[positions].astype(np.int64))
-    group.create_array("valid", data=valid[positions])
+    write_array(group, "rows", rows[positions].astype(np.int64))
+    write_array(group, "valid", valid[positions])
     writer = ChunkWriter(tokens)
     step = cfg.images_per_chunk
     for start in tqdm(range(0, n, step), desc=f"prepare {label}", unit="chunk", mininterval=2.0):

@@ -17,34 +17,54 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
+from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec, ZstdCodec
 
 from usae import STAGE_VERSIONS, __version__
+from usae.activations.integrity import CheckedStore, rebuild_hint
 from usae.atomic import atomic_path, remove_path
 
 logger = logging.getLogger(__name__)
 
-PROTOCOL = "usae-store/1"
+PROTOCOL = "usae-store/2"
+
+# Every chunk is written, even one equal to the fill value (all-invalid images are zeros):
+# an absent chunk then always means damage, which reading refuses (see ``integrity``).
+WRITE_CONFIG = {"write_empty_chunks": True}
 
 
-def compressors(name: str) -> tuple[Any, ...] | None:
-    """Zarr codecs for a config name: ``none``, ``zstd`` or ``blosc-lz4``."""
+def compressors(name: str) -> tuple[Any, ...]:
+    """Zarr bytes codecs for a config name (``none``, ``zstd`` or ``blosc-lz4``), then a CRC-32C checksum.
+
+    The checksum comes last, over the stored bytes, so a flipped bit is caught before
+    decompression and whatever the compressor.
+    """
     table = {
-        "none": None,
+        "none": (),
         "zstd": (ZstdCodec(level=1),),
         "blosc-lz4": (BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.bitshuffle, typesize=2),),
     }
     if name not in table:
         raise ValueError(f"unknown compressor {name!r}; choose one of {sorted(table)}")
-    return table[name]
+    return (*table[name], Crc32cCodec())
 
 
 def create_array(group: zarr.Group, name: str, shape: tuple[int, ...], *, dtype: str,
                  chunk_rows: int, compressor: str = "none") -> zarr.Array:
-    """A new array chunked along its first axis only (whole rows per chunk)."""
+    """A new, checksummed array chunked along its first axis only (whole rows per chunk)."""
     chunks = (max(1, min(chunk_rows, shape[0])),) + tuple(max(1, s) for s in shape[1:])
-    return group.create_array(name, shape=shape, chunks=chunks, dtype=dtype,
-                              compressors=compressors(compressor), fill_value=0)
+    return group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, compressors=compressors(compressor),
+                              fill_value=0, config=WRITE_CONFIG)
+
+
+def write_array(group: zarr.Group, name: str, data: np.ndarray) -> zarr.Array:
+    """A small, checksummed array (``rows``, ``valid``) written whole, replacing one of that name."""
+    return group.create_array(name, data=data, compressors=compressors("none"), config=WRITE_CONFIG,
+                              overwrite=True)
+
+
+def reopen_array(group: zarr.Group, name: str) -> zarr.Array:
+    """An array of a store being written, reopened to write more (every chunk written, as at creation)."""
+    return group[name].with_config(WRITE_CONFIG)
 
 
 @contextlib.contextmanager
@@ -138,20 +158,28 @@ def base_attrs(**extra: Any) -> dict[str, Any]:
 def open_store(path: str | Path) -> zarr.Group:
     """Open a finished store read-only, refusing missing, foreign or incomplete ones.
 
+    Every read from the returned group goes through :class:`CheckedStore`: a missing chunk
+    or one failing its checksum raises ``DamagedStoreError`` naming the store, array and
+    chunk, instead of reading as zeros or as altered values.
+
     Raises:
         FileNotFoundError: nothing at ``path``.
-        ValueError: not a usae store, another protocol, or not marked complete.
+        ValueError: not a usae store, another protocol (``usae-store/1`` had no checksums:
+            rebuild it), or not marked complete.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"activation store {path} does not exist")
+    store = CheckedStore.at(path)
     try:
-        group = zarr.open_group(path, mode="r")
+        group = zarr.open_group(store, mode="r")
     except Exception as err:  # zarr raises several types for a broken hierarchy
         raise ValueError(f"{path} is not a readable Zarr group: {err}") from None
     attrs = group.attrs.asdict()
+    store.context["attrs"] = attrs
     if attrs.get("protocol") != PROTOCOL:
-        raise ValueError(f"{path}: store protocol {attrs.get('protocol')!r}, expected {PROTOCOL!r}")
+        raise ValueError(f"{path}: store protocol {attrs.get('protocol')!r}, expected {PROTOCOL!r}; "
+                         f"{rebuild_hint(path, attrs)}")
     if not attrs.get("complete"):
         raise ValueError(f"{path}: store is incomplete (an interrupted job?); rerun its stage")
     return group

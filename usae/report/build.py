@@ -148,13 +148,14 @@ def _largest_first(labels: pd.Series) -> pd.Series:
 def _failed_at_extraction(stores: dict[str, str | Path],
                           ok_rows: set[int]) -> tuple[dict[int, list[str]], dict[str, str]]:
     """Manifest index -> models whose store marks it invalid; and the stores' ``{path: reason}``."""
-    import zarr
+    from usae.activations.store import open_store
 
     failed: dict[int, list[str]] = {}
     reasons: dict[str, str] = {}
     for model, store in sorted(stores.items()):
         try:
-            group = zarr.open_group(str(store), mode="r")
+            # open_store: a missing `valid` chunk would otherwise read as False, every image "failed".
+            group = open_store(store)
             invalid = [group[split]["rows"][:][~group[split]["valid"][:].astype(bool)]
                        for split in ("train", "val") if split in group]
         except Exception as err:  # noqa: BLE001 - a missing or foreign store only loses this section's part
