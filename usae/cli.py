@@ -180,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         if config is None and not getattr(args, "acts", None):
             config = "config.yaml"
         cfg = read_config(config) if config else None
+        if cfg is not None and args.command != "weights" and not getattr(args, "acts", None):
+            from usae.data.sizes import check_data_sizes
+
+            check_data_sizes(cfg)  # as the Snakefile does: splits and batches the data allows
         if cfg is not None and args.command in ("extract", "prepare"):
             from usae.backbones.geometry import check_geometry
 

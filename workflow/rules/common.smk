@@ -16,7 +16,9 @@ try:
     PIPE = load_config(config)  # the same checks and messages as the `usae` command
     if workflow.is_main_process:  # once, in the driver: it builds every model (torch, timm, ...)
         from usae.backbones.geometry import check_geometry
+        from usae.data.sizes import check_data_sizes
 
+        check_data_sizes(PIPE)  # splits and batch sizes, from the config or an existing manifest
         check_geometry(PIPE)  # shapes from weightless models: layer depth, common grid
 except ValueError as err:
     raise WorkflowError(f"invalid config: {err}") from None
