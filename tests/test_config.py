@@ -284,3 +284,20 @@ def test_a_config_without_models_says_so():
         assert str(caught.value) == "models: at least one model is required"
     with pytest.raises(ValueError, match="^models: at least one model is required$"):
         load_config({"results": "out"})
+
+
+def test_what_the_rules_pass_as_params_builds_the_same_sections():
+    """Workflow scripts rebuild their sections from ``to_dict`` output (names such as a model's
+    ``key`` included): it is accepted there, though a config file may not set it."""
+    from usae.config import from_dict, to_dict
+
+    cfg = load_config(yaml.safe_load((REPO / "tests/workflow/tiny_config.yaml").read_text()))
+    for key, spec in cfg.models.items():
+        assert from_dict(BackboneSpec, to_dict(spec), section=f"models.{key}") == spec
+    for section, cls in (("dataset", ManifestConfig), ("extract", ExtractConfig), ("prepare", PrepareConfig),
+                         ("evaluate", EvaluateConfig)):
+        assert from_dict(cls, to_dict(getattr(cfg, section)), section=section) == getattr(cfg, section)
+    run = cfg.runs["k2"]
+    assert from_dict(SAEConfig, to_dict(run.sae), section="runs.k2.sae") == run.sae
+    with pytest.raises(ValueError, match=r"^models.m: unknown key\(s\) \['key'\]"):
+        load_config({"models": {"m": {"name": "x", "key": "other"}}})

@@ -6,7 +6,7 @@ import dataclasses
 import difflib
 import types
 import typing
-from typing import Any, TypeVar
+from typing import Any, Collection, TypeVar
 
 from usae.config.checks import Section
 from usae.config.settings import spec_of
@@ -29,7 +29,7 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, *, section: str = "", *
     """
     where = section or cls.__name__
     data = as_mapping(where, data)
-    check_keys(cls, data, where)
+    check_keys(cls, data, where, supplied=set(extra))
     data.update(extra)
     hints = typing.get_type_hints(cls)
     kwargs = {}
@@ -46,12 +46,15 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, *, section: str = "", *
         raise ValueError(f"{where}: {err}") from None
 
 
-def check_keys(cls: type, data: dict[str, Any], where: str) -> None:
-    """Refuse keys of ``data`` that are no setting of ``cls``: name them, the allowed keys
-    and, for a likely typo, the key meant (``sae: unknown key(s) ['kk'] (did you mean 'k'?)``).
+def check_keys(cls: type, data: dict[str, Any], where: str, supplied: Collection[str] = ()) -> None:
+    """Refuse keys of ``data`` that are no field of ``cls`` or that the caller ``supplied``:
+    name them, the allowed settings and, for a likely typo, the key meant (``sae: unknown
+    key(s) ['kk'] (did you mean 'k'?)``). A field that is no setting (``key``, the name of a
+    model or run) is accepted from ``data`` (``to_dict`` output) unless supplied, never listed.
     """
-    allowed = sorted(f.name for f in dataclasses.fields(cls) if spec_of(f) is not None)  # settings, not ``key``
-    unknown = sorted(set(data) - set(allowed), key=str)
+    allowed = sorted(f.name for f in dataclasses.fields(cls) if spec_of(f) is not None)
+    accepted = {f.name for f in dataclasses.fields(cls)} - set(supplied)
+    unknown = sorted(set(data) - accepted, key=str)
     if not unknown:
         return
     meant = {key: close[0] for key in unknown if (close := difflib.get_close_matches(str(key), allowed, n=1))}
