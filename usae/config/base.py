@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
-from typing import Any, TypeVar
+from typing import Any, Collection, TypeVar
+
+from usae.config.checks import Section
+from usae.config.settings import spec_of
 
 T = TypeVar("T")
 
@@ -25,22 +29,40 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, *, section: str = "", *
     """
     where = section or cls.__name__
     data = as_mapping(where, data)
+    check_keys(cls, data, where, supplied=set(extra))
     data.update(extra)
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(names - set(extra))}")
     kwargs = {}
     for key, value in data.items():
         sub = _dataclass_in(hints[key])
         if sub is not None and isinstance(value, dict):
             value = from_dict(sub, value, section=f"{section}.{key}" if section else key)
         kwargs[key] = value
+    if section and issubclass(cls, Section):
+        kwargs["where"] = section  # a section's messages name where it was written (runs.k16.train.lr)
     try:
         return cls(**kwargs)
     except TypeError as err:
         raise ValueError(f"{where}: {err}") from None
+
+
+def check_keys(cls: type, data: dict[str, Any], where: str, supplied: Collection[str] = ()) -> None:
+    """Refuse keys of ``data`` that are no field of ``cls`` or that the caller ``supplied``:
+    name them, the allowed settings and, for a likely typo, the key meant (``sae: unknown
+    key(s) ['kk'] (did you mean 'k'?)``). A field that is no setting (``key``, the name of a
+    model or run) is accepted from ``data`` (``to_dict`` output) unless supplied, never listed.
+    """
+    allowed = sorted(f.name for f in dataclasses.fields(cls) if spec_of(f) is not None)
+    accepted = {f.name for f in dataclasses.fields(cls)} - set(supplied)
+    unknown = sorted(set(data) - accepted, key=str)
+    if not unknown:
+        return
+    meant = {key: close[0] for key in unknown if (close := difflib.get_close_matches(str(key), allowed, n=1))}
+    if len(unknown) == 1 and meant:
+        hint = f" (did you mean {meant[unknown[0]]!r}?)"
+    else:
+        hint = f" (did you mean {', '.join(f'{m!r} for {k!r}' for k, m in meant.items())}?)" if meant else ""
+    raise ValueError(f"{where}: unknown key(s) {unknown}{hint}; allowed: {allowed}")
 
 
 def _dataclass_in(hint: Any) -> type | None:

@@ -9,30 +9,36 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
+import re
 import typing
 from typing import Any, ClassVar
 
 from usae.config.rules import check_rules
 from usae.config.settings import Spec, options, settings
 
+_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)")
 _TYPE_NAMES = {bool: "boolean", int: "integer", float: "number", str: "string", type(None): "null"}
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Section:
     """Base of the config dataclasses: each instance checks itself when built.
 
     First every field against its ``setting()`` (type, range, choices, pattern), then the
-    section's cross-field rules (:mod:`usae.config.rules`).
+    section's cross-field rules (:mod:`usae.config.rules`). ``where`` (not stored) is where
+    the section was written, for messages: a run's ``train`` is ``runs.<name>.train``.
     """
 
     section_name: ClassVar[str] = ""
+    where: dataclasses.InitVar[str | None] = None
 
     def config_path(self) -> str:
-        """Where this section sits in ``config.yaml``, for messages (``train``, ``models.dino``)."""
+        """Where this section sits in ``config.yaml`` by default (``train``, ``models.dino``)."""
         return self.section_name
 
-    def __post_init__(self) -> None:
-        where = self.config_path()
+    def __post_init__(self, where: str | None) -> None:
+        where = where or self.config_path()
         for f, hint, spec in settings(type(self)):
             value = check_field(f"{where}.{f.name}" if where else f.name, getattr(self, f.name), hint, spec)
             object.__setattr__(self, f.name, value)  # frozen: lists from YAML become tuples
@@ -79,7 +85,7 @@ def check_field(where: str, value: Any, hint: Any, spec: Spec) -> Any:
     member = next((m for m in members if conforms(value, m)), None)
     if member is None:
         names = " or ".join(repr(json_type(m)) for m in members)
-        raise ValueError(f"{where} = {value!r} is not of type {names}")
+        raise ValueError(f"{where} = {value!r} is not of type {names}{_number_hint(value, members)}")
     numeric = any(m in (int, float) for m in members)
     if member is str:
         _check_text(where, value, spec, numeric)
@@ -90,6 +96,25 @@ def check_field(where: str, value: Any, hint: Any, spec: Spec) -> Any:
     elif typing.get_origin(member) is dict:
         _check_mapping(where, value, spec)
     return value
+
+
+def _number_hint(value: Any, members: tuple[Any, ...]) -> str:
+    """How to write a number the check refused: YAML 1.1 reads ``1e7`` and ``3e-4`` as text
+    (a float needs a dot and a signed exponent), and ``1.0e+7`` is no integer."""
+    numeric = [m for m in members if m in (int, float)]
+    if isinstance(value, str) and numeric and _EXPONENT.fullmatch(value):
+        number = float(value)
+        if int in numeric and number.is_integer():
+            return f" (YAML reads {value} as text; write {int(number)})"
+        mantissa, _, exponent = repr(number).partition("e")
+        written = f"{mantissa if '.' in mantissa else mantissa + '.0'}e{exponent}" if exponent else mantissa
+        return f" (YAML reads {value} as text; write {written})"
+    if isinstance(value, str) and numeric and _NUMBER.fullmatch(value.strip()):
+        return (" (a number written as text: unquote it; `snakemake --config` passes the values inside {...} as "
+                "text, so set such keys in a config file)")
+    if isinstance(value, float) and value.is_integer() and int in numeric:
+        return f" (write it as the integer {int(value)})"
+    return ""
 
 
 def range_text(spec: Spec) -> str:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from usae.config.base import as_mapping, from_dict
-from usae.config.checks import Section
+from usae.config.base import as_mapping, check_keys, from_dict
+from usae.config.checks import Section, check_field
 from usae.config.data import BackboneSpec, ExtractConfig, ManifestConfig, PrepareConfig
 from usae.config.evaluate import EvaluateConfig
-from usae.config.settings import NAME, REQUIRED, file_default, setting
+from usae.config.settings import NAME, REQUIRED, file_default, hints_of, setting, spec_of
 from usae.config.train import RunConfig, SAEConfig, TrainConfig
 
 
@@ -37,26 +37,39 @@ def load_config(data: dict[str, Any]) -> PipelineConfig:
     """Build and check the pipeline config from a parsed ``config.yaml`` dict.
 
     The one way a config is read: ``usae`` commands and the Snakefile both call it, so
-    both accept and refuse exactly the same files, with the same messages.
+    both accept and refuse exactly the same files, with the same messages. A key is named
+    where the file has it: a bad ``sae`` key under ``sae``, not under every run that
+    inherits it.
 
     Raises:
         ValueError: naming the first bad key and what it allows.
     """
     if not isinstance(data, dict):
         raise ValueError(f"config: expected a mapping of sections, got {data!r}")
+    check_keys(PipelineConfig, data, "top level")
     data = dict(data)
-    models = data.pop("models", None) or {}
-    if not isinstance(models, dict):
-        raise ValueError("models: expected a mapping of name -> model settings")
-    specs = {key: from_dict(BackboneSpec, value, section=f"models.{key}", key=key) for key, value in models.items()}
+    specs = _models(data.pop("models", None))
+    shared = {name: as_mapping(name, data.pop(name, None)) for name in ("sae", "train")}
+    sae = from_dict(SAEConfig, shared["sae"], section="sae")  # before the runs that inherit it
+    train = from_dict(TrainConfig, shared["train"], section="train")
     runs = data.pop("runs", None)
     if runs is None:
         runs = file_default(_field(PipelineConfig, "runs"))
     if not isinstance(runs, dict):
         raise ValueError("runs: expected a mapping of run name -> settings")
-    shared = {name: as_mapping(name, data.get(name)) for name in ("sae", "train")}
     built = {key: _run(key, value, shared, list(specs)) for key, value in runs.items()}
-    return from_dict(PipelineConfig, data, models=specs, runs=built)
+    return from_dict(PipelineConfig, data, models=specs, runs=built, sae=sae, train=train)
+
+
+def _models(models: Any) -> dict[str, BackboneSpec]:
+    """Every ``models`` entry built and checked; at least one (before runs, which default to all models)."""
+    if models is not None and not isinstance(models, dict):
+        raise ValueError("models: expected a mapping of name -> model settings")
+    specs = {key: from_dict(BackboneSpec, value, section=f"models.{key}", key=key)
+             for key, value in (models or {}).items()}
+    field = _field(PipelineConfig, "models")
+    check_field("models", specs, hints_of(PipelineConfig)["models"], spec_of(field))
+    return specs
 
 
 def _run(key: str, value: dict[str, Any] | None, shared: dict[str, dict[str, Any]], all_models: list[str]) -> RunConfig:

@@ -9,6 +9,7 @@ section after its fields are checked, so a rule may trust every single value.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any, Callable
 
@@ -28,9 +29,18 @@ def _k_below_n_latents(sae: Any, where: str) -> None:
 
 
 def _buffer_holds_a_batch(train: Any, where: str) -> None:
-    if train.buffer_tokens < train.batch_tokens:
-        raise ValueError(f"{where}.buffer_tokens = {train.buffer_tokens} is out of range; it must be "
-                         f">= {where}.batch_tokens = {train.batch_tokens}")
+    """A batch is drawn from one shuffle buffer; the message leads with the key the user changed."""
+    if train.buffer_tokens >= train.batch_tokens:
+        return
+    batch, buffer = f"{where}.batch_tokens = {train.batch_tokens}", f"{where}.buffer_tokens = {train.buffer_tokens}"
+    rule = "every batch is drawn from one shuffle buffer (buffer_tokens >= batch_tokens)"
+    if _is_default(train, "buffer_tokens") or not _is_default(train, "batch_tokens"):
+        raise ValueError(f"{batch} is more than {buffer}: {rule}; lower batch_tokens or raise buffer_tokens")
+    raise ValueError(f"{buffer} is less than {batch}: {rule}; raise buffer_tokens or lower batch_tokens")
+
+
+def _is_default(section: Any, name: str) -> bool:
+    return getattr(section, name) == next(f.default for f in dataclasses.fields(section) if f.name == name)
 
 
 def _lr_decays(train: Any, where: str) -> None:

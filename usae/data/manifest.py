@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 COLUMNS = ("index", "image_id", "path", "split", "label", "width", "height", "status", "reason")
 SPLITS = ("train", "val")
+SETTINGS_ATTR = "dataset"
+"""Table attribute (kept in the Parquet file) holding the ``dataset`` settings it was built with."""
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                   "validation": "val", "test": "val"}
 
@@ -70,6 +72,7 @@ def build_manifest(cfg: ManifestConfig, out_path: str | Path, *, workers: int = 
             logger.warning("%d of %d images are %s and excluded:\n%s", len(bad), len(table), what, listing)
     counts = table[table["status"] == "ok"]["split"].value_counts().to_dict()
     logger.info("manifest: %d usable images (%s), %d excluded", len(table) - n_bad, counts, n_bad)
+    table.attrs[SETTINGS_ATTR] = to_dict(cfg)  # lets the driver trust this manifest's counts (usae.data.sizes)
     _write_atomic(table, out_path)
     return table
 
@@ -187,16 +190,14 @@ def _assign_splits(rows: pd.DataFrame, cfg: ManifestConfig) -> pd.DataFrame:
     """Keep the source's split; else a seeded hash of the id decides, stable as images are added."""
     rows = rows.copy()
     missing = rows["split"].isna()
-    rows.loc[missing, "split"] = [
-        "val" if _unit_hash(cfg.seed, image_id) < cfg.val_fraction else "train"
-        for image_id in rows.loc[missing, "image_id"]
-    ]
+    rows.loc[missing, "split"] = [hashed_split(image_id, cfg) for image_id in rows.loc[missing, "image_id"]]
     return rows
 
 
-def _unit_hash(seed: int, image_id: str) -> float:
-    digest = hashlib.sha256(f"{seed}:{image_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
+def hashed_split(image_id: str, cfg: ManifestConfig) -> str:
+    """The split of an image its source gives none: ``val`` for a seeded hash below ``val_fraction``."""
+    digest = hashlib.sha256(f"{cfg.seed}:{image_id}".encode()).digest()
+    return "val" if int.from_bytes(digest[:8], "big") / 2**64 < cfg.val_fraction else "train"
 
 
 def _check_all(rows: pd.DataFrame, workers: int) -> pd.DataFrame:

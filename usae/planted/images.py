@@ -147,8 +147,13 @@ def _attrs(n_images: int, image_size: int, max_objects: int, seed: int) -> dict:
     }
 
 
+def image_ids(n_images: int) -> list[str]:
+    """The ids the manifest gives a set's images (their file stems), known without generating them."""
+    return [f"img_{i:06d}" for i in range(n_images)]
+
+
 def _image_paths(root: Path, n_images: int) -> list[Path]:
-    return [root / "images" / f"img_{i:06d}.png" for i in range(n_images)]
+    return [root / "images" / f"{image_id}.png" for image_id in image_ids(n_images)]
 
 
 def _load_set(out_dir: Path, attrs: dict) -> SyntheticImageSet | None:

@@ -11,14 +11,28 @@ from snakemake.exceptions import WorkflowError
 import usae
 from usae import paths
 from usae.config import load_config, to_dict
+from usae.config.files import read_config_file
+
+DEFAULT_CONFIG = "config.yaml"
 
 try:
+    # A --configfile is the whole config: keys it leaves out take the defaults declared in
+    # usae/config, never config.yaml's values (a `configfile:` directive would merge the two).
+    # config.yaml is read only without a --configfile, by what that directive runs, which
+    # records it (report, cluster source archive) and applies --config key=value on top.
+    for _given in workflow.overwrite_configfiles:  # parsed by Snakemake already; ours also refuses repeated keys
+        read_config_file(_given)
+    if not workflow.overwrite_configfiles:
+        read_config_file(DEFAULT_CONFIG)  # Snakemake's message for bad YAML names no file, line or column
+        workflow.configfile(DEFAULT_CONFIG)
     PIPE = load_config(config)  # the same checks and messages as the `usae` command
     if workflow.is_main_process:  # once, in the driver: it builds every model (torch, timm, ...)
         from usae.backbones.geometry import check_geometry
+        from usae.data.sizes import check_data_sizes
 
+        check_data_sizes(PIPE)  # splits and batch sizes, from the config or an existing manifest
         check_geometry(PIPE)  # shapes from weightless models: layer depth, common grid
-except ValueError as err:
+except (ValueError, FileNotFoundError) as err:
     raise WorkflowError(f"invalid config: {err}") from None
 
 if workflow.is_main_process:  # a damaged model would otherwise pass as done, and its evaluation rerun fail
