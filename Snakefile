@@ -20,6 +20,7 @@ include: "workflow/rules/extract.smk"
 include: "workflow/rules/prepare.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/maco.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -207,7 +207,7 @@ def test_the_pypi_weights_preset_validates():
 
 
 SAE_KEYS = "['activation', 'aux_coef', 'aux_k', 'batchnorm', 'dead_tokens', 'decode', 'k', 'loss', 'n_latents']"
-TOP_KEYS = "['dataset', 'evaluate', 'extract', 'models', 'prepare', 'results', 'runs', 'sae', 'train']"
+TOP_KEYS = "['dataset', 'evaluate', 'extract', 'maco', 'models', 'prepare', 'results', 'runs', 'sae', 'train']"
 
 
 @pytest.mark.parametrize(("change", "message"), [

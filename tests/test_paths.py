@@ -1,5 +1,6 @@
 """The results layout: one function per output, concrete for the CLI, wildcards for the rules."""
 
+import dataclasses
 from pathlib import Path
 
 import yaml
@@ -45,7 +46,11 @@ def test_all_targets_are_every_aligned_store_then_each_runs_outputs():
     runs = sorted(cfg.runs)
     expected = ["results/tiny/aligned/a14/final.zarr", "results/tiny/aligned/b16/final.zarr"]
     expected += [f"results/runs/{r}/{out}" for out in ("model", "eval", "report") for r in runs]
-    assert paths.all_targets(cfg) == expected
+    multi_model = [r for r in runs if len(cfg.runs[r].models) > 1]
+    assert multi_model and len(multi_model) < len(runs)
+    assert paths.all_targets(cfg) == expected + [f"results/runs/{r}/maco" for r in multi_model]
+    without = dataclasses.replace(cfg, maco=dataclasses.replace(cfg.maco, enabled=False))
+    assert paths.all_targets(without) == expected
 
 
 def test_patterns_match_stage_path():

@@ -5,6 +5,7 @@
     usae prepare  -c config.yaml [--model dinov2]
     usae train    -c config.yaml [--run usae]
     usae evaluate -c config.yaml [--run usae]
+    usae maco     -c config.yaml [--run usae] [--concept 17 --concept 240]   # coordinated images
     usae train    --acts dinov2=a.npy --acts siglip=b.zarr --out runs/mine [-c config.yaml --run usae]
     usae weights  -c config.yaml [--model dinov2]   # fetch every model's weights into the caches
     usae verify   PATH... | -c config.yaml          # check activation stores in full; exit 1 if damaged
@@ -103,6 +104,25 @@ def cmd_evaluate(cfg: PipelineConfig, args: argparse.Namespace) -> None:
         print(f"{out}: R2 (per-dim) {metrics['r2_per_dim']}")
 
 
+def cmd_maco(cfg: PipelineConfig, args: argparse.Namespace) -> None:
+    """Coordinated activation maximisation of every run of two or more models (or ``--run``)."""
+    import dataclasses
+
+    from usae.maco.stage import dataset_spectrum, run_maco
+
+    maco = dataclasses.replace(cfg.maco, concepts=tuple(args.concept)) if args.concept else cfg.maco
+    runs = _runs(cfg, args.run) if args.run else paths.maco_runs(cfg)
+    spectrum = Path(paths.maco_spectrum(cfg))
+    if runs and not spectrum.exists():
+        dataset_spectrum(paths.manifest(cfg), spectrum, size=maco.image_size, n_images=maco.spectrum_images,
+                         seed=maco.seed)
+    for key in runs:
+        out = paths.run_maco(cfg, key)
+        report = run_maco(paths.run_model(cfg, key), paths.run_eval(cfg, key), paths.manifest(cfg), spectrum,
+                          {m: cfg.models[m] for m in cfg.runs[key].models}, maco, out)
+        print(f"{out}: {len(report['concepts'])} concepts in {report['seconds']} s")
+
+
 def cmd_weights(cfg: PipelineConfig, args: argparse.Namespace) -> None:
     """Fetch every pretrained model's weights where later jobs find them, and say what they are.
 
@@ -165,8 +185,9 @@ def _name_path(text: str) -> tuple[str, Path]:
 
 
 COMMANDS = {"manifest": cmd_manifest, "extract": cmd_extract, "prepare": cmd_prepare, "train": cmd_train,
-            "evaluate": cmd_evaluate, "weights": cmd_weights, "verify": cmd_verify}
-HELP = {"weights": "fetch every model's weights into the caches (before running offline); print origin, path, sha256",
+            "evaluate": cmd_evaluate, "maco": cmd_maco, "weights": cmd_weights, "verify": cmd_verify}
+HELP = {"maco": "coordinated activation maximisation: one optimised image per model for chosen concepts",
+        "weights": "fetch every model's weights into the caches (before running offline); print origin, path, sha256",
         "verify": "check activation stores in full (every chunk present, checksums, layout); exit 1 if damaged"}
 
 
@@ -183,8 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--model", action="append", help="only this model (repeatable)")
         if name == "extract":
             p.add_argument("--part", type=int, help="only this manifest part")
-        if name in ("train", "evaluate"):
-            p.add_argument("--run", help="only this run of the config (default: all)")
+        if name in ("train", "evaluate", "maco"):
+            p.add_argument("--run", help="only this run of the config (default: all; maco: those of 2+ models)")
+        if name == "maco":
+            p.add_argument("--concept", action="append", type=int, help="optimise this concept id (repeatable; "
+                           "default: maco.concepts, else chosen from the evaluation)")
         if name == "train":
             p.add_argument("--acts", action="append", metavar="NAME=PATH",
                            help="train on these arrays (.npy or Zarr, (images, tokens, d) or (rows, d)), one per model")

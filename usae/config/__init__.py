@@ -12,6 +12,7 @@ from usae.config.data import (
     ExtractConfig, ManifestConfig, PrepareConfig, SyntheticImagesConfig, layer_tag,
 )
 from usae.config.evaluate import EvaluateConfig
+from usae.config.maco import MacoConfig
 from usae.config.pipeline import PipelineConfig, load_config
 from usae.config.train import RunConfig, SAEConfig, TrainConfig
 
@@ -19,4 +20,5 @@ __all__ = [
     "CHANNEL_ORDERS", "COMPRESSORS", "DEVICES", "FINAL_LAYER", "INPUT_LAYOUTS", "SOURCES", "STANDARDIZATIONS",
     "BackboneSpec", "ExtractConfig", "ManifestConfig", "PipelineConfig", "PrepareConfig", "SyntheticImagesConfig",
     "from_dict", "layer_tag", "load_config", "to_dict", "RunConfig", "SAEConfig", "TrainConfig", "EvaluateConfig",
+    "MacoConfig",
 ]

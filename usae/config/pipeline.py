@@ -9,6 +9,7 @@ from usae.config.base import as_mapping, check_keys, from_dict
 from usae.config.checks import Section, check_field
 from usae.config.data import BackboneSpec, ExtractConfig, ManifestConfig, PrepareConfig
 from usae.config.evaluate import EvaluateConfig
+from usae.config.maco import MacoConfig
 from usae.config.settings import NAME, REQUIRED, file_default, hints_of, setting, spec_of
 from usae.config.train import RunConfig, SAEConfig, TrainConfig
 
@@ -31,6 +32,8 @@ class PipelineConfig(Section):
         keys=NAME, absent={"usae": {}})
     evaluate: EvaluateConfig = setting(EvaluateConfig, "Evaluation of every run on the validation tokens "
                                                        "(stage `evaluate`).")
+    maco: MacoConfig = setting(MacoConfig, "Coordinated activation maximisation of every run of two or more models "
+                                           "(stage `maco`).")
 
 
 def load_config(data: dict[str, Any]) -> PipelineConfig:

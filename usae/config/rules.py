@@ -62,6 +62,12 @@ def _weights_fit_pretrained(spec: Any, where: str) -> None:
         raise ValueError(f"{where}.weights_sha256 = {spec.weights_sha256!r} is not a SHA-256 (64 hexadecimal digits)")
 
 
+def _crops_ordered(maco: Any, where: str) -> None:
+    if maco.crop_min > maco.crop_max:
+        raise ValueError(f"{where}.crop_min = {maco.crop_min} is more than {where}.crop_max = {maco.crop_max}; "
+                         "a crop's side is drawn between them")
+
+
 def _run_models_exist(pipeline: Any, where: str) -> None:
     for run in pipeline.runs.values():
         unknown = sorted(set(run.models) - set(pipeline.models))
@@ -74,6 +80,7 @@ RULES: dict[str, tuple[Rule, ...]] = {
     "BackboneSpec": (_weights_fit_pretrained,),
     "SAEConfig": (_k_below_n_latents,),
     "TrainConfig": (_buffer_holds_a_batch, _lr_decays),
+    "MacoConfig": (_crops_ordered,),
     "PipelineConfig": (_run_models_exist,),
 }
 """Cross-field rules by section class name (names, not classes: the classes import this module)."""
