@@ -1,0 +1,53 @@
+"""Fixtures shared by the test folders: a headless Chromium (Debian's, driven by Playwright) for the report's pages."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Chromium; the test is skipped without Playwright or Chromium."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    if CHROMIUM is None:
+        pytest.skip("Chromium is not installed (.ci/run installs it)")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def open_page(browser: Any) -> Callable[..., tuple[Any, list[str], list[str]]]:
+    """``open_page(path, query="", screenshot=None)``: the page loaded from disk, its console errors and failed
+    requests (collected from before the first request, so nothing is missed)."""
+
+    def load(path: Path, query: str = "", screenshot: Path | None = None) -> tuple[Any, list[str], list[str]]:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        errors, failed = [], []
+        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on("requestfailed", lambda req: failed.append(req.url))
+        page.goto(path.as_uri() + query)
+        page.wait_for_load_state("load")
+        if screenshot is not None:
+            page.screenshot(path=str(screenshot), full_page=True)
+        return page, errors, failed
+
+    return load
+
+
+@pytest.fixture
+def broken_images() -> Callable[[Any], int]:
+    """``broken_images(page)``: how many of the page's images did not load."""
+    return lambda page: page.evaluate("Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0))"
+                                      ".length")
