@@ -1,6 +1,7 @@
 """Stage 6: the report of a run, a static site that opens from disk (no network).
 
-``index.html`` (summary, images excluded and why, figures, concept cards, runs compared),
+``index.html`` (summary, images excluded and why, figures, concept cards, coordinated activation
+maximisation when the run has it, runs compared),
 ``concepts.html`` (every concept, searchable and sortable) and ``concept.html?id=K`` (one
 page per concept).
 """
@@ -23,6 +24,7 @@ from usae.evaluation.consistency import consistency_with_solo_runs
 from usae.report.cards import card
 from usae.report.explorer import ExplorerIndex, write_explorer
 from usae.report.figures import make_figures
+from usae.report.maco import load_maco, maco_section
 from usae.report.templating import environment
 
 logger = logging.getLogger(__name__)
@@ -51,7 +53,7 @@ def select_concepts(table: pd.DataFrame, models: list[str], n: int = N_CARDS,
 
 
 def build_report(run_dir: str | Path, manifest_path: str | Path, out_dir: str | Path, *,
-                 other_runs: dict[str, str | Path] | None = None) -> Path:
+                 other_runs: dict[str, str | Path] | None = None, maco_dir: str | Path | None = None) -> Path:
     """Write the report of the run in ``run_dir`` to ``out_dir`` (atomically); return index.html.
 
     Args:
@@ -59,6 +61,11 @@ def build_report(run_dir: str | Path, manifest_path: str | Path, out_dir: str | 
         manifest_path: the manifest the stores were built from (image paths).
         out_dir: report folder.
         other_runs: run name -> run folder, compared side by side with this one.
+        maco_dir: the run's MACO folder (``maco.json``, ``images/``): its images are copied to
+            ``maco/`` and shown on the cards, the concept pages and index.html. None: no MACO.
+
+    Raises:
+        FileNotFoundError: ``maco_dir`` is given but has no ``maco.json``.
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     config = json.loads((run_dir / "model" / "config.json").read_text())
@@ -68,13 +75,15 @@ def build_report(run_dir: str | Path, manifest_path: str | Path, out_dir: str | 
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         figures = make_figures(run_dir, tmp / "figures")
-        explorer = write_explorer(run_dir / "eval", Path(manifest_path), tmp, models)
+        maco = load_maco(maco_dir, tmp) if maco_dir is not None else None
+        explorer = write_explorer(run_dir / "eval", Path(manifest_path), tmp, models, maco=maco)
         galleries = select_concepts(table, models)
         rows = table.set_index("concept")
-        cards = {name: [card(_row(rows, cid), models, index=explorer) for cid in ids]
+        cards = {name: [card(_row(rows, cid), models, index=explorer, maco=maco) for cid in ids]
                  for name, ids in galleries.items()}
         context = _context(run_dir, config, metrics, table, figures, cards, explorer, other_runs or {})
         stores = config.get("meta", {}).get("provenance", {}).get("stores") or {}
+        context["maco"] = maco_section(maco, set(explorer.concept_ids)) if maco is not None else None
         context["excluded"] = excluded_images(manifest_path, stores, limit=MAX_EXCLUDED_LISTED,
                                               fold_after=FOLD_EXCLUDED_AFTER)
         (tmp / "index.html").write_text(environment().get_template("index.html").render(**context))

@@ -1,7 +1,8 @@
 """Static concept cards for the report's index page: a concept's numbers and its top images per model.
 
 :func:`card` gathers what a card shows (drawing missing thumbnails and the heatmap overlays
-into the explorer folder); ``templates/card.html`` renders it; :func:`card_html` does both.
+into the explorer folder, and the concept's MACO images when it has some); ``templates/card.html``
+renders it; :func:`card_html` does both.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ from typing import Any
 
 from usae.report.explorer import ExplorerIndex, json_value
 from usae.report.heatmaps import render_overlays
+from usae.report.maco import Maco, concept_maco
 from usae.report.templating import environment
 from usae.report.thumbnails import write_thumbnails
 
 
-def card(concept_row: dict[str, Any], models: Iterable[str], *, index: ExplorerIndex | None = None) -> dict[str, Any]:
+def card(concept_row: dict[str, Any], models: Iterable[str], *, index: ExplorerIndex | None = None,
+         maco: Maco | None = None) -> dict[str, Any]:
     """What the card of one concept shows, for ``templates/card.html``.
 
     With ``index``, overlays (and any missing thumbnails) are rendered on demand into its
@@ -26,30 +29,35 @@ def card(concept_row: dict[str, Any], models: Iterable[str], *, index: ExplorerI
         concept_row: A ``concepts.parquet`` row as a dict (``concept``, ``top_rows_<m>``, ...).
         models: Models to show, one column each.
         index: The explorer the card's files live in.
+        maco: The run's MACO results (copied into the explorer folder), if any.
 
     Returns:
         ``id``, ``factor`` (or None), ``linked``, the numbers ``firing_entropy``, ``cofires``,
-        ``energy_total``, ``factor_auroc``, and ``models``: per model ``name``, ``fires`` and
-        ``tiles`` (``row``, ``value``, ``overlay`` path or None).
+        ``energy_total``, ``factor_auroc``, ``objective_text`` (the MACO objective; None when
+        the concept was not optimised), and ``models``: per model ``name``, ``fires``, ``maco``
+        (see :func:`usae.report.maco.concept_maco`; or None) and ``tiles`` (``row``, ``value``,
+        ``overlay`` path or None).
     """
     cid = int(concept_row["concept"] if "concept" in concept_row else concept_row["id"])
     models = list(models)
     thumbs, overlays = _files(concept_row, cid, models, index) if index is not None else (None, None)
     factor = concept_row.get("factor")
+    optimised = concept_maco(maco, cid, models) or {"objective_text": None, "models": {}}
     return {
         "id": cid, "factor": str(factor) if json_value(factor) else None,
         "linked": index is None or cid in index.concept_ids,
         **{key: concept_row.get(key) for key in ("firing_entropy", "cofires", "energy_total", "factor_auroc")},
-        "models": [{"name": m, "fires": concept_row.get(f"fires_{m}"), "tiles": _tiles(concept_row, cid, m, thumbs,
-                                                                                         overlays)} for m in models],
+        "objective_text": optimised["objective_text"],
+        "models": [{"name": m, "fires": concept_row.get(f"fires_{m}"), "maco": optimised["models"].get(m),
+                    "tiles": _tiles(concept_row, cid, m, thumbs, overlays)} for m in models],
     }
 
 
 def card_html(concept_row: dict[str, Any], models: Iterable[str], out_dir_relative_prefix: str = "", *,
-              index: ExplorerIndex | None = None) -> str:
+              index: ExplorerIndex | None = None, maco: Maco | None = None) -> str:
     """The card of :func:`card` as HTML; ``out_dir_relative_prefix`` leads from the page to the explorer folder."""
     macro = environment().get_template("card.html").module.card
-    return str(macro(card(concept_row, models, index=index), out_dir_relative_prefix))
+    return str(macro(card(concept_row, models, index=index, maco=maco), out_dir_relative_prefix))
 
 
 def _files(concept_row: dict[str, Any], cid: int, models: list[str],

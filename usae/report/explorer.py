@@ -7,9 +7,10 @@ Output layout under ``out_dir``::
     static/explorer.js     the page logic (both pages), static/style.css
     data/meta.js           window.USAE_META = {models, grid, thumb_size, pages: [ids with a page]}
     data/concepts.js       window.USAE_CONCEPTS = [summary row per concept]  (NaN -> null)
-    data/c<id>.js          window.USAE_CONCEPT = {summary, per model top images + heatmaps}
+    data/c<id>.js          window.USAE_CONCEPT = {summary, per model top images + heatmaps, maco if optimised}
     thumbs/<row>.jpg       square thumbnail of each manifest row in a top list
     overlays/c<id>_<model>_<slot>.png   heatmap overlays (RGBA) for the static cards only
+    maco/images/c<id>_<model>.png       MACO images, copied in by :func:`usae.report.maco.load_maco`
 
 Data is loaded with ``<script src>`` files that assign globals, so the pages work from disk.
 This module writes the data and copies the pages; thumbnails and heatmap overlays are drawn
@@ -32,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from usae.report.heatmaps import Heatmaps
+from usae.report.maco import Maco, concept_maco
 from usae.report.templating import environment
 from usae.report.thumbnails import write_thumbnails
 
@@ -82,7 +84,8 @@ class ExplorerIndex:
 
 
 def write_explorer(eval_dir: Path, manifest_path: Path, out_dir: Path, models: list[str], *,
-                   thumb_size: int = 128, page_concepts: Iterable[int] | None = None) -> ExplorerIndex:
+                   thumb_size: int = 128, page_concepts: Iterable[int] | None = None,
+                   maco: Maco | None = None) -> ExplorerIndex:
     """Write the concept explorer of an evaluated run into ``out_dir``.
 
     Args:
@@ -92,6 +95,8 @@ def write_explorer(eval_dir: Path, manifest_path: Path, out_dir: Path, models: l
         models: Model names (columns ``fires_<m>`` etc. must exist).
         thumb_size: Thumbnail side in pixels.
         page_concepts: Concepts that get a page; default every concept that fires.
+        maco: MACO results whose images are already in ``out_dir/maco``: a page of an optimised
+            concept shows them.
 
     Returns:
         What was written.
@@ -113,7 +118,7 @@ def write_explorer(eval_dir: Path, manifest_path: Path, out_dir: Path, models: l
     meta = {"models": list(models), "grid": list(heatmaps.grid), "thumb_size": thumb_size, "pages": pages,
             "n_concepts": len(table)}
     _write_js(out_dir / "data" / "meta.js", "USAE_META", meta)
-    _write_concept_pages(out_dir / "data", by_id, summaries, pages, models, heatmaps, set(thumbs))
+    _write_concept_pages(out_dir / "data", by_id, summaries, pages, models, heatmaps, set(thumbs), maco)
     _copy_pages(out_dir)
     index = ExplorerIndex(out_dir=out_dir, eval_dir=eval_dir, manifest_path=Path(manifest_path),
                           models=tuple(models), grid=heatmaps.grid, thumb_size=thumb_size, n_concepts=len(table),
@@ -133,14 +138,18 @@ def _read_concepts(eval_dir: Path, models: list[str]) -> pd.DataFrame:
 
 
 def _write_concept_pages(data_dir: Path, by_id: pd.DataFrame, summaries: list[dict[str, Any]], pages: list[int],
-                         models: list[str], heatmaps: Heatmaps, have: set[int]) -> None:
-    """``data/c<id>.js`` for every concept with a page: its summary, neighbours and top images per model."""
+                         models: list[str], heatmaps: Heatmaps, have: set[int], maco: Maco | None) -> None:
+    """``data/c<id>.js`` for every concept with a page: its summary, neighbours, top images per model, and
+    its MACO images when it was optimised (the key is left out otherwise)."""
     summary_of = {s["id"]: s for s in summaries}
     for i, cid in enumerate(pages):
         page = {"id": cid, "summary": summary_of[cid], "grid": list(heatmaps.grid), "models": {},
                 "prev": pages[i - 1] if i > 0 else None, "next": pages[i + 1] if i + 1 < len(pages) else None}
         for m in models:
             page["models"][m] = _model_tops(by_id.loc[cid], m, heatmaps.get(m, cid), have)
+        optimised = concept_maco(maco, cid, models)
+        if optimised is not None:
+            page["maco"] = optimised
         _write_js(data_dir / f"c{cid}.js", "USAE_CONCEPT", page)
 
 

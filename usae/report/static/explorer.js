@@ -17,10 +17,11 @@
     return node;
   }
 
-  function fmt(v) {
+  // `real`: a measured value whose JSON may read as an integer (4.0 -> "4"): shown with decimals all the same.
+  function fmt(v, real) {
     if (v === null || v === undefined) { return "\u2013"; }
     if (typeof v !== "number") { return String(v); }
-    if (Number.isInteger(v)) { return v.toLocaleString("en"); }
+    if (Number.isInteger(v) && !real) { return v.toLocaleString("en"); }
     if (v !== 0 && Math.abs(v) < 0.001) { return v.toExponential(2); }
     return v.toFixed(3);
   }
@@ -142,6 +143,28 @@
 
   function stat(label, value) { return [el("dt", { text: label }), el("dd", { text: fmt(value) })]; }
 
+  // MACO: the image optimised for one model (outlined, before the dataset images), its value beside it,
+  // and the best dataset image's and the random-phase images' values with the ratios (same as card.html).
+  function macoTile(t, alt, size) {
+    var stack = el("span", { "class": "stack" }, [t.image
+      ? el("img", { "class": "thumb", src: t.image, alt: alt, width: size, height: size })
+      : el("span", { "class": "thumb missing", text: "MACO image missing" })]);
+    var caption = el("figcaption", {}, [el("strong", { "class": "achieved", text: fmt(t.achieved, true) }),
+      document.createTextNode(" MACO"), el("br"),
+      document.createTextNode(t.best_dataset === null ? "no dataset image"
+        : "best image " + fmt(t.best_dataset, true) + " (\u00d7" + fmt1(t.ratio_vs_dataset) + ")"), el("br"),
+      document.createTextNode("random " + fmt(t.random_phase, true) + " (\u00d7" + fmt1(t.ratio_vs_random) + ")")]);
+    return el("figure", { "class": "tile maco" }, [stack, caption]);
+  }
+
+  function fmt1(v) { return (v === null || v === undefined) ? "\u2013" : v.toFixed(1); }
+
+  function macoCaption(objectiveText) {
+    return el("p", { "class": "maco-caption", text: "Outlined, first per model: the image optimised for that model " +
+      "(MACO) to maximise " + objectiveText + ". Under it the value it reaches, the best dataset image's value and " +
+      "the ratio, and the value of random-phase images with the ratio." });
+  }
+
   function renderConcept(c, info) {
     var card = document.getElementById("card");
     card.textContent = "";
@@ -164,6 +187,9 @@
           (s["factor_" + m] ? " \u00b7 " + s["factor_" + m] + " (" + fmt(s["factor_auroc_" + m]) + ")" : "")
       })]);
       var tiles = el("div", { "class": "tiles" });
+      if (c.maco && c.maco.models[m]) {
+        tiles.appendChild(macoTile(c.maco.models[m], "concept " + c.id + " optimised for " + m, info.thumb_size));
+      }
       block.top.forEach(function (t) {
         var size = info.thumb_size;
         var stack = el("span", { "class": "stack" });
@@ -184,6 +210,7 @@
       cols.appendChild(el("div", { "class": "model-col" }, [title, tiles]));
     });
     article.appendChild(cols);
+    if (c.maco) { article.appendChild(macoCaption(c.maco.objective_text)); }
     card.appendChild(article);
     function paint() {
       var a = Number(document.getElementById("opacity").value) / 100;
