@@ -7,6 +7,7 @@ rule render_report:
         log=paths.run_log(PIPE),
         manifest=paths.manifest(PIPE),
         stores=run_stores,  # images flagged invalid at extraction are listed in the report
+        maco=lambda wc: [paths.run_maco(PIPE, wc.run)] if wc.run in paths.maco_runs(PIPE) else [],
     output:
         report(
             directory(paths.run_report(PIPE)),
