@@ -151,8 +151,8 @@ def test_concepts_chosen_universal_then_specific():
     cfg = MacoConfig(n_universal=2, n_specific=2)
     assert choose_concepts(table, ["a", "b"], cfg) == [(4, "universal"), (0, "universal"), (2, "specific to a"),
                                                        (3, "specific to b")]
-    labelled = table.assign(factor=["shape=star", None, None, None, "background", None])
-    assert choose_concepts(labelled, ["a", "b"], cfg)[:2] == [(0, "universal"), (1, "universal")]
+    labelled = table.assign(factor=[None, "shape=star", None, None, "background", None])
+    assert choose_concepts(labelled, ["a", "b"], cfg)[:2] == [(1, "universal"), (0, "universal")]
     assert choose_concepts(table, ["a", "b"], MacoConfig(concepts=(5, 1))) == [(5, "chosen"), (1, "chosen")]
     with pytest.raises(ValueError, match=r"maco.concepts: \[9\] are not concepts of this run"):
         choose_concepts(table, ["a", "b"], MacoConfig(concepts=(9,)))

@@ -149,6 +149,26 @@ def test_usae_command_matches_the_workflow(built, tmp_path):
     assert by_hand.attrs["standardization"] == by_rule.attrs["standardization"]
 
 
+def test_usae_maco_matches_the_rule_and_takes_concept_ids(pipeline_copy):
+    import json
+
+    by_rule = json.loads((pipeline_copy / "results/runs/usae/maco/maco.json").read_text())
+    shutil.rmtree(pipeline_copy / "results/runs/usae/maco")
+    usae_maco = [sys.executable, "-m", "usae.cli", "maco", "-c", "config.yaml", "--run", "usae"]
+    proc = subprocess.run(usae_maco, cwd=pipeline_copy, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    by_hand = json.loads((pipeline_copy / "results/runs/usae/maco/maco.json").read_text())
+    assert [c["id"] for c in by_hand["concepts"]] == [c["id"] for c in by_rule["concepts"]]
+    for hand, rule in zip(by_hand["concepts"], by_rule["concepts"]):
+        for model in ("a14", "b16"):
+            assert hand["models"][model]["achieved"] == pytest.approx(rule["models"][model]["achieved"], rel=1e-3)
+    proc = subprocess.run([*usae_maco, "--concept", "5", "--concept", "7"], cwd=pipeline_copy, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    chosen = json.loads((pipeline_copy / "results/runs/usae/maco/maco.json").read_text())["concepts"]
+    assert [(c["id"], c["kind"]) for c in chosen] == [(5, "chosen"), (7, "chosen")]
+
+
 def test_snakemake_report_lists_the_run_report(built, tmp_path):
     import zipfile
 

@@ -41,8 +41,8 @@ RATIO_FLOOR = 0.01
 
 def choose_concepts(table: pd.DataFrame, models: list[str], cfg: MacoConfig) -> list[tuple[int, str]]:
     """``(concept, kind)`` pairs: ``cfg.concepts`` if given (kind ``chosen``), else the most universal
-    (firing entropy >= ``min_entropy``, most co-fires first, concepts labelled ``background``
-    last) and model-specific ones (firing
+    (firing entropy >= ``min_entropy``, most co-fires first; on generated images those that
+    detect a planted factor first and ``background`` last) and model-specific ones (firing
     entropy < 0.5, most fires in one model; one model after another)."""
     if cfg.concepts is not None:
         unknown = sorted(set(cfg.concepts) - set(table["concept"]))
@@ -50,11 +50,11 @@ def choose_concepts(table: pd.DataFrame, models: list[str], cfg: MacoConfig) -> 
             raise ValueError(f"maco.concepts: {unknown} are not concepts of this run (ids 0..{len(table) - 1})")
         return [(int(c), "chosen") for c in cfg.concepts]
     universal = table[table["firing_entropy"] >= cfg.min_entropy]
-    # On generated images a concept labelled `background` fires off every planted object:
-    # shared, but it shows nothing; it comes after the labelled and unlabelled ones.
-    background = universal["factor"].eq("background") if "factor" in universal else False
-    universal = universal.assign(_bg=background).sort_values(["_bg", "cofires", "concept"],
-                                                             ascending=[True, False, True])
+    # On generated images a concept that detects a planted factor shows something a reader can
+    # check, so those come first; one labelled `background` fires off every object and comes last.
+    factor = universal["factor"] if "factor" in universal else pd.Series(None, index=universal.index, dtype=object)
+    rank = np.where(factor.eq("background"), 2, np.where(factor.notna(), 0, 1))
+    universal = universal.assign(_rank=rank).sort_values(["_rank", "cofires", "concept"], ascending=[True, False, True])
     chosen = [(int(c), "universal") for c in universal["concept"].head(cfg.n_universal)]
     narrow = table[table["firing_entropy"] < 0.5]
     for i in range(cfg.n_specific):
