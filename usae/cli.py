@@ -9,6 +9,8 @@
     usae train    --acts dinov2=a.npy --acts siglip=b.zarr --out runs/mine [-c config.yaml --run usae]
     usae weights  -c config.yaml [--model dinov2]   # fetch every model's weights into the caches
     usae verify   PATH... | -c config.yaml          # check activation stores in full; exit 1 if damaged
+    usae train    -c config.yaml --set sae.k=16 --set runs.usae.train.lr=0.001   # override config keys
+    usae --version
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import logging
 import sys
 from pathlib import Path
 
-from usae import paths
+from usae import __version__, paths
 from usae.config import PipelineConfig
 from usae.config.files import load_config_file
 from usae.runlog import configure_logging
@@ -26,9 +28,10 @@ from usae.runlog import configure_logging
 logger = logging.getLogger("usae")
 
 
-def read_config(path: str | Path) -> PipelineConfig:
-    """Parse and check a config file with ``load_config``, exactly as the Snakefile does."""
-    return load_config_file(path)
+def read_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
+    """Parse a config file, apply ``--set`` overrides, and check it with ``load_config``,
+    exactly as the Snakefile does."""
+    return load_config_file(path, overrides or ())
 
 
 def _models(cfg: PipelineConfig, chosen: list[str] | None) -> list[str]:
@@ -70,7 +73,7 @@ def cmd_prepare(cfg: PipelineConfig, args: argparse.Namespace) -> None:
 
 
 def cmd_train(cfg: PipelineConfig | None, args: argparse.Namespace) -> None:
-    from usae.config import RunConfig
+    from usae.config.overrides import run_from_overrides
     from usae.training.loop import train_from_stores, train_usae
 
     if cfg is not None:
@@ -81,7 +84,7 @@ def cmd_train(cfg: PipelineConfig | None, args: argparse.Namespace) -> None:
         if not args.out:
             raise ValueError("--acts needs --out, the folder the run is written to")
         pairs = dict(_name_path(a) for a in args.acts)
-        run = cfg.runs[runs[0]] if cfg is not None else RunConfig(key="external", models=tuple(pairs))
+        run = cfg.runs[runs[0]] if cfg is not None else run_from_overrides("external", pairs, args.set or ())
         result = train_usae(open_arrays(pairs), run.sae, run.train, args.out,
                             provenance={"arrays": {n: str(p) for n, p in pairs.items()}})
         print(f"{result.model_dir}: {result.steps} steps, {result.tokens_per_s:.0f} tokens/s")
@@ -191,55 +194,88 @@ HELP = {"maco": "coordinated activation maximisation: one optimised image per mo
         "verify": "check activation stores in full (every chunk present, checksums, layout); exit 1 if damaged"}
 
 
+# Commands whose workflow rule sets torch's threads from ``threads:``; ``--threads`` does the same.
+TORCH_THREADS = ("extract", "prepare", "train", "evaluate", "maco")
+THREADED = ("manifest", *TORCH_THREADS)  # manifest: image-decoding threads; prepare: also dask's
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="usae", description="Universal Sparse Autoencoders pipeline stages.")
+    parser.add_argument("--version", action="version", version=f"usae {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         p = sub.add_parser(name, help=HELP.get(name, f"run the {name} stage"))
         p.add_argument("-c", "--config", default=None if name in ("train", "verify") else "config.yaml",
                        help="config file (default: config.yaml)")
-        p.add_argument("--threads", type=int, default=2, help="CPU threads for decoding and statistics")
-        if name in ("extract", "prepare", "weights"):
-            p.add_argument("--model", action="append", help="only this model (repeatable)")
-        if name == "extract":
-            p.add_argument("--part", type=int, help="only this manifest part")
-        if name in ("train", "evaluate", "maco"):
-            p.add_argument("--run", help="only this run of the config (default: all; maco: those of 2+ models)")
-        if name == "maco":
-            p.add_argument("--concept", action="append", type=int, help="optimise this concept id (repeatable; "
-                           "default: maco.concepts, else chosen from the evaluation)")
-        if name == "train":
-            p.add_argument("--acts", action="append", metavar="NAME=PATH",
-                           help="train on these arrays (.npy or Zarr, (images, tokens, d) or (rows, d)), one per model")
-            p.add_argument("--out", help="run folder for --acts")
-        if name == "verify":
-            p.add_argument("paths", nargs="*", metavar="PATH",
-                           help="stores to check (default: every store of the config, -c config.yaml)")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a config key, value read as YAML (repeatable): --set sae.k=16 "
+                            "--set models.dinov2.layer=block8 --set runs.usae.train.lr=0.001")
+        if name in THREADED:
+            p.add_argument("--threads", type=int, default=2,
+                           help="CPU threads, as the workflow rule's threads: (default 2): "
+                                + ("image decoding" if name == "manifest" else "torch's" +
+                                   (" and dask's (reads, statistics)" if name == "prepare" else "")))
+        _command_options(name, p)
     return parser
+
+
+def _command_options(name: str, p: argparse.ArgumentParser) -> None:
+    if name in ("extract", "prepare", "weights"):
+        p.add_argument("--model", action="append", help="only this model (repeatable)")
+    if name == "extract":
+        p.add_argument("--part", type=int, help="only this manifest part")
+    if name in ("train", "evaluate", "maco"):
+        p.add_argument("--run", help="only this run of the config (default: all; maco: those of 2+ models)")
+    if name == "maco":
+        p.add_argument("--concept", action="append", type=int, help="optimise this concept id (repeatable; "
+                       "default: maco.concepts, else chosen from the evaluation)")
+    if name == "train":
+        p.add_argument("--acts", action="append", metavar="NAME=PATH",
+                       help="train on these arrays (.npy or Zarr, (images, tokens, d) or (rows, d)), one per model")
+        p.add_argument("--out", help="run folder for --acts")
+    if name == "verify":
+        p.add_argument("paths", nargs="*", metavar="PATH",
+                       help="stores to check (default: every store of the config, -c config.yaml)")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(level=logging.DEBUG if args.verbose else logging.INFO)
     try:
-        config = args.config
-        if config is None and not getattr(args, "acts", None) and not getattr(args, "paths", None):
-            config = "config.yaml"
-        cfg = read_config(config) if config else None
-        if cfg is not None and args.command != "weights" and not getattr(args, "acts", None):
-            from usae.data.sizes import check_data_sizes
+        cfg = _config(args)
+        if args.command in TORCH_THREADS:
+            import torch
 
-            check_data_sizes(cfg)  # as the Snakefile does: splits and batches the data allows
-        if cfg is not None and args.command in ("extract", "prepare"):
-            from usae.backbones.geometry import check_geometry
-
-            check_geometry(cfg)
+            torch.set_num_threads(args.threads)
         code = COMMANDS[args.command](cfg, args)
     except (ValueError, FileNotFoundError) as err:
         logger.error("%s", err)
         return 2
     return code or 0
+
+
+def _config(args: argparse.Namespace) -> PipelineConfig | None:
+    """The command's config (``-c``, ``--set`` applied), checked as the Snakefile checks it;
+    None for ``train --acts`` and ``verify PATH`` without ``-c``."""
+    config = args.config
+    acts = getattr(args, "acts", None)
+    if config is None and not acts and not getattr(args, "paths", None):
+        config = "config.yaml"
+    if config is None:
+        if args.set and not acts:
+            raise ValueError("--set changes a config: give one with -c")
+        return None  # train --acts reads --set itself (sae.*, train.*)
+    cfg = read_config(config, args.set)
+    if args.command != "weights" and not acts:
+        from usae.data.sizes import check_data_sizes
+
+        check_data_sizes(cfg)  # as the Snakefile does: splits and batches the data allows
+    if args.command in ("extract", "prepare"):
+        from usae.backbones.geometry import check_geometry
+
+        check_geometry(cfg)
+    return cfg
 
 
 if __name__ == "__main__":

@@ -308,6 +308,63 @@ def test_decode_returns_raw_space():
     assert model.decode("dino", codes.reshape(4, 4, M)).shape == (4, 4, 12)
 
 
+def _with_standardization(model: USAE) -> USAE:
+    with torch.no_grad():
+        for name in DIMS:
+            model.b_dec[name].normal_(generator=torch.Generator().manual_seed(5))
+    model.set_standardization("vit", torch.linspace(-2, 2, 8), 2.5)
+    model.set_standardization("dino", 1.5, 0.5)
+    return model
+
+
+@pytest.mark.parametrize("standardized", [False, True])
+def test_forward_is_encode_then_decode_for_every_target(standardized):
+    model = _with_standardization(make()).eval()
+    raw = acts("vit").reshape(2, 8, 8)  # leading dimensions are kept
+    out = model("vit", raw, standardized=standardized)
+    codes = model.encode("vit", raw, standardized=standardized)
+    assert out.codes.shape == (2, 8, M)
+    torch.testing.assert_close(out.codes, codes, rtol=0, atol=0)
+    assert list(out.reconstructions) == ["vit", "dino"]
+    for target, d in DIMS.items():
+        assert out.reconstructions[target].shape == (2, 8, d)
+        torch.testing.assert_close(out.reconstructions[target], model.decode(target, codes, standardized=standardized))
+    codes, recon = out  # a NamedTuple: unpacks like (codes, reconstructions)
+    assert recon is out.reconstructions
+
+
+def test_forward_raw_and_standardized_spaces_agree():
+    """Raw input in, raw output out: the same codes as the standardised input, and each
+    reconstruction is the standardised one mapped back with that target's statistics."""
+    model = _with_standardization(make()).eval()
+    raw = acts("dino") * 0.5 + 1.5
+    out_raw = model("dino", raw)
+    out_std = model("dino", (raw - 1.5) / 0.5, standardized=True)
+    torch.testing.assert_close(out_raw.codes, out_std.codes)
+    torch.testing.assert_close(out_raw.reconstructions["dino"], out_std.reconstructions["dino"] * 0.5 + 1.5)
+    torch.testing.assert_close(out_raw.reconstructions["vit"],
+                               out_std.reconstructions["vit"] * 2.5 + torch.linspace(-2, 2, 8))
+
+
+def test_forward_gradients_reach_encoder_and_every_decoder():
+    model = make()
+    out = model("vit", acts("vit"))
+    sum(r.square().sum() for r in out.reconstructions.values()).backward()
+    for name in DIMS:
+        assert model.W_dec[name].grad is not None and model.W_dec[name].grad.abs().sum() > 0
+        assert model.b_dec[name].grad is not None
+    assert model.W_enc["vit"].grad.abs().sum() > 0 and model.b_enc["vit"].grad.abs().sum() > 0
+    assert model.W_enc["dino"].grad is None  # not the source: untouched
+
+
+def test_forward_runs_hooks_like_any_module():
+    model = make().eval()
+    seen = []
+    model.register_forward_hook(lambda module, args, output: seen.append(output.codes.shape))
+    model("dino", acts("dino", n=3))
+    assert seen == [(3, M)]
+
+
 def test_wrong_width_names_model_and_dims():
     model = make()
     with pytest.raises(ValueError, match=r"vit.*8.*\(5, 7\)"):

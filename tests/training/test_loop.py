@@ -182,3 +182,25 @@ def test_auto_dead_window_is_resolved_for_the_run_and_saved(tmp_path, scheme, va
     result = train_usae(open_arrays(arrays(tmp_path)), sae, config(scheme=scheme, batch_tokens=50), tmp_path / "run",
                         validation_tokens=validation_tokens)
     assert USAE.load(result.model_dir).cfg.dead_tokens == max(50, expected)
+
+
+def test_log_records_a_line_per_row_and_a_summary_and_no_bar_off_a_terminal(tmp_path, caplog, capfd):
+    import logging
+    import re
+
+    paths = arrays(tmp_path)
+    with caplog.at_level(logging.INFO, logger="usae.training.loop"):
+        result = train_usae(open_arrays(paths), SAE, config(max_steps=10, log_every=4), tmp_path / "run")
+    lines = [r.getMessage() for r in caplog.records if r.name == "usae.training.loop"]
+    rows = [line for line in lines if line.startswith("step ")]
+    log = pd.read_parquet(result.log_path)
+    assert [row.split(" |")[0] for row in rows] == ["step 4/10", "step 8/10", "step 10/10"]  # and the last step
+    for line, (_, row) in zip(rows, log.iterrows()):
+        assert f"loss m0 {row['loss_m0']:.4g} m1 {row['loss_m1']:.4g}" in line
+        assert f"L0 {row['l0']:.1f}" in line and f"dead m0 {row['dead_m0']:.1%} m1 {row['dead_m1']:.1%}" in line
+        assert re.search(r"\| \d+ tokens/s \| lr [0-9.e-]+$", line)
+    summary = [line for line in lines if line.startswith("train: 10 of 10 steps")]
+    assert len(summary) == 1 and "(10 run now)" in summary[0]
+    assert f"final loss m0 {result.final_losses['m0']:.4g} m1 {result.final_losses['m1']:.4g}" in summary[0]
+    err = capfd.readouterr().err  # pytest's stderr is no terminal: no bar ("train:  40%|####  | 4/10 [...]")
+    assert not re.search(r"train:\s+\d+%\|", err) and "step/s" not in err and "\r" not in err

@@ -17,7 +17,6 @@ import pandas as pd
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from usae.activations.store import ChunkWriter, ResumableStore, base_attrs, create_array, reopen_array, write_array
 from usae.backbones import Backbone, Preprocessing, create_backbone
@@ -26,6 +25,7 @@ from usae.data.images import ImageReadError, load_rgb
 from usae.data.manifest import manifest_hash, read_manifest, usable
 from usae.device import resolve_device
 from usae.fingerprint import fingerprint
+from usae.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -177,8 +177,8 @@ def _run(backbone: Backbone, rows: pd.DataFrame, cfg: ExtractConfig, device: tor
     std = torch.tensor(prep.std, device=device).view(1, 3, 1, 1) * 255.0
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     seen, committed = first, first
-    with torch.inference_mode(), tqdm(total=len(paths), initial=first, desc=f"extract {backbone.spec.key}",
-                                      unit="img", mininterval=2.0) as bar:
+    with torch.inference_mode(), progress_bar(total=len(paths), initial=first, desc=f"extract {backbone.spec.key}",
+                                              unit="img") as bar:
         for pixels, ok, why in loader:
             pixels = (pixels.to(device, non_blocking=True).float() - mean) / std
             with autocast:

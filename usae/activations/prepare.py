@@ -14,7 +14,6 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 import zarr
-from tqdm.auto import tqdm
 
 from usae.activations.align import resize_grid
 from usae.activations.standardize import Standardization, compute_standardization, sample_images
@@ -22,6 +21,7 @@ from usae.activations.store import ChunkWriter, atomic_store, base_attrs, create
 from usae.atomic import atomic_path
 from usae.config import PrepareConfig, to_dict
 from usae.data.manifest import SPLITS, manifest_hash, read_manifest
+from usae.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def _write_split(group: zarr.Group, patches: da.Array, positions: np.ndarray, ro
     write_array(group, "valid", valid[positions])
     writer = ChunkWriter(tokens)
     step = cfg.images_per_chunk
-    for start in tqdm(range(0, n, step), desc=f"prepare {label}", unit="chunk", mininterval=2.0):
+    for start in progress_bar(range(0, n, step), desc=f"prepare {label}", unit="chunk"):
         block_pos = positions[start:start + step]
         block = stats.apply(aligned(patches[block_pos].compute(scheduler="threads")))
         block[~valid[block_pos]] = 0.0

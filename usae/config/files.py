@@ -7,10 +7,11 @@ when no ``--configfile`` is given; ``python -m usae.config FILE`` checks a file 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import yaml
 
+from usae.config.overrides import apply_overrides
 from usae.config.pipeline import PipelineConfig, load_config
 
 
@@ -58,9 +59,10 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config_file(path: str | Path) -> PipelineConfig:
-    """Read and check a config file: :func:`read_config_file`, then :func:`load_config`."""
-    return load_config(read_config_file(path))
+def load_config_file(path: str | Path, overrides: Iterable[str] = ()) -> PipelineConfig:
+    """Read and check a config file: :func:`read_config_file`, the command line's ``--set``
+    overrides (:func:`usae.config.overrides.apply_overrides`), then :func:`load_config`."""
+    return load_config(apply_overrides(read_config_file(path), overrides))
 
 
 def _yaml_message(path: Path, err: yaml.MarkedYAMLError) -> str:

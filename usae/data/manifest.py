@@ -13,12 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from usae.atomic import atomic_path
 from usae.fingerprint import file_sha256
 from usae.config import ManifestConfig, to_dict
 from usae.data.images import IMAGE_SUFFIXES, ImageReadError, check_image
+from usae.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -211,8 +211,8 @@ def _check_all(rows: pd.DataFrame, workers: int) -> pd.DataFrame:
             return -1, -1, "unreadable", f"corrupt or truncated: {err}", ""
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = list(tqdm(pool.map(check, rows["path"]), total=len(rows), desc="checking images",
-                            unit="img", mininterval=2.0))
+        results = list(progress_bar(pool.map(check, rows["path"]), total=len(rows), desc="checking images",
+                                    unit="img"))
     table = rows.copy()
     checked = pd.DataFrame(results, index=table.index, columns=["width", "height", "status", "reason", "content"])
     table[["width", "height", "status", "reason"]] = checked[["width", "height", "status", "reason"]]

@@ -20,7 +20,6 @@ import numpy as np
 import pandas as pd
 import torch
 import zarr
-from tqdm.auto import tqdm
 
 from usae import __version__
 from usae.activations.sources import TokenSource
@@ -30,6 +29,7 @@ from usae.evaluation.accumulate import Accumulator
 from usae.metrics import (
     cofire_proportion, concept_energy, firing_entropy, log_log_pearson, r2_global_mean, r2_per_dim,
 )
+from usae.progress import progress_bar
 from usae.sae.model import USAE, Codes
 
 logger = logging.getLogger(__name__)
@@ -92,8 +92,8 @@ def evaluate_sources(model: USAE, sources: dict[str, TokenSource], cfg: Evaluate
     acc = Accumulator(model, cfg.tau, cfg.top_n, device)
     block_rows = max(1, cfg.batch_images)
     n_blocks = -(-min(first.n_rows, cfg.max_images or first.n_rows) // block_rows)
-    for positions, block in tqdm(blocks(sources, block_rows, cfg.max_images), total=n_blocks, desc="evaluate",
-                                 unit="block", mininterval=2.0):
+    for positions, block in progress_bar(blocks(sources, block_rows, cfg.max_images), total=n_blocks,
+                                         desc="evaluate", unit="block"):
         acts = {n: torch.from_numpy(b.reshape(-1, b.shape[-1])).to(device).float() for n, b in block.items()}
         codes = acc.update(acts, torch.from_numpy(rows_of[positions]), first.tokens_per_row)
         if factors is not None:

@@ -14,11 +14,11 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from usae.maco.image import PhaseImage, random_crops
 from usae.maco.objective import ConceptReader
 from usae.maco.spectrum import ImageSpectrum, random_phase
+from usae.progress import progress_bar
 
 Objective = Callable[[Tensor], Tensor]
 
@@ -38,7 +38,7 @@ def maximise(reader: ConceptReader, concepts: Sequence[int], spectrum: ImageSpec
     to_image = PhaseImage(spectrum, device)
     out = []
     starts = range(0, len(concepts), cfg.batch_concepts)
-    for batch, start in enumerate(tqdm(starts, desc=f"maco {reader.name}", unit="batch", mininterval=2.0)):
+    for batch, start in enumerate(progress_bar(starts, desc=f"maco {reader.name}", unit="batch")):
         chosen = torch.as_tensor(list(concepts[start:start + cfg.batch_concepts]), device=device)
         generator = batch_generator(cfg.seed, batch)
         phase = random_phase(len(chosen), spectrum, generator).to(device).requires_grad_(True)

@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 import zarr
 from PIL import Image, ImageDraw
-from tqdm import tqdm
 from zarr.codecs import ZstdCodec
+
+from usae.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +212,7 @@ def _write_set(root: Path, attrs: dict) -> int:
                             compressors=ZstdCodec(level=5), attributes=attrs, zarr_format=3)
     rows: list[dict] = []
     buf = np.zeros((chunk, image_size, image_size), dtype=np.uint8)
-    for i, path in enumerate(tqdm(_image_paths(root, n_images), desc="synthetic images", unit="img")):
+    for i, path in enumerate(progress_bar(_image_paths(root, n_images), desc="synthetic images", unit="img")):
         rgb, buf[i % chunk], obj_rows = _render(attrs["seed"], i, image_size, attrs["max_objects"])
         Image.fromarray(rgb).save(path, format="PNG", compress_level=1)  # fast; bytes stay deterministic
         rows.extend(obj_rows)

@@ -1,5 +1,5 @@
 """The Universal Sparse Autoencoder model, its losses and its saved format."""
 
-from usae.sae.model import USAE, Codes
+from usae.sae.model import USAE, Codes, USAEOutput
 
-__all__ = ["USAE", "Codes"]
+__all__ = ["USAE", "Codes", "USAEOutput"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +48,15 @@ class Codes:
         """(n, m) dense code matrix."""
         out = self.values.new_zeros(self.values.shape[0], n_latents)
         return out.scatter_(1, self.indices, self.values)
+
+
+class USAEOutput(NamedTuple):
+    """What :meth:`USAE.forward` returns: the shared codes and every model's reconstruction."""
+
+    codes: Tensor
+    """Dense codes (..., m) of the source model's activations."""
+    reconstructions: dict[str, Tensor]
+    """Model name -> (..., d_j): the codes decoded into every model j, the source included."""
 
 
 class USAE(nn.Module):
@@ -114,6 +124,17 @@ class USAE(nn.Module):
         x = acts if standardized else self.standardize(name, acts)
         flat = x.reshape(-1, self.dims[name]).to(self.W_enc[name].dtype)
         return self.encode_sparse(name, flat).dense(self.cfg.n_latents).reshape(*acts.shape[:-1], -1)
+
+    def forward(self, name: str, acts: Tensor, *, standardized: bool = False) -> USAEOutput:
+        """Encode model ``name``'s activations (..., d_i) and decode them into every model.
+
+        Exactly :meth:`encode` followed by :meth:`decode` for each model, so ``model(name, acts)``
+        composes like any ``nn.Module`` (hooks, gradients). Inputs and reconstructions are in
+        raw activation space (the saved standardisation applied and undone) unless
+        ``standardized=True`` says both are in the standardised space.
+        """
+        codes = self.encode(name, acts, standardized=standardized)
+        return USAEOutput(codes, {j: self.decode(j, codes, standardized=standardized) for j in self.names})
 
     # -- decoding ---------------------------------------------------------------------------
     def decode_sparse(self, name: str, codes: Codes, *, detach: bool = False) -> Tensor:

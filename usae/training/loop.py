@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from usae import STAGE_VERSIONS, __version__
 from usae.activations.loader import TokenLoader
@@ -32,10 +31,12 @@ from usae.atomic import atomic_path
 from usae.config import SAEConfig, TrainConfig, to_dict
 from usae.device import resolve_device
 from usae.fingerprint import fingerprint
+from usae.progress import progress_bar
 from usae.registry import SCHEMES
 from usae.sae.model import USAE
 from usae.training.checkpoint import latest_checkpoint, save_checkpoint
 from usae.training.dead import AUTO, DeadLatents, dead_window
+from usae.training.log_lines import format_row, format_summary, summarize
 from usae.training.schedule import learning_rate
 from usae.training.schemes import Scheme
 from usae.training.speed import choose_decode
@@ -167,16 +168,17 @@ def train_usae(sources: dict[str, TokenSource], sae_cfg: SAEConfig, cfg: TrainCo
     start_or_resume(state, out_dir / "checkpoints", key, loader, device)
     tracker = make_tracker(cfg.tracking, out_dir, settings)
     end = min(total, stop_after + 1) if stop_after is not None else total
+    first, tick = state.step, time.perf_counter()
     run_steps(state, scheme, loader, cfg, total=total, end=end, tracker=tracker, key=key, out_dir=out_dir)
     tracker.close()
+    logger.info("%s", format_summary(state.rows, names, steps=end, total=total, ran=max(0, end - first),
+                                     seconds=time.perf_counter() - tick))
     _write_log(state.rows, out_dir / "train_log.parquet")
     if end < total:
         logger.info("stopped after step %d of %d (checkpoint written)", end - 1, total)
     model_dir = save_trained_model(model, cfg, steps=end, decode=state.decode, standardization=standardization,
                                    provenance=provenance, directory=out_dir / "model")
-    rows = state.rows
-    final = {n: rows[-1][f"loss_{n}"] for n in names} if rows else {}
-    speed = float(np.mean([r["tokens_per_s"] for r in rows[1:]] or [r["tokens_per_s"] for r in rows] or [0.0]))
+    final, speed = summarize(state.rows, names)
     return TrainResult(model_dir=model_dir, log_path=out_dir / "train_log.parquet", steps=end,
                        final_losses=final, tokens_per_s=speed)
 
@@ -243,7 +245,7 @@ def run_steps(state: TrainingState, scheme: Scheme, loader: TokenLoader, cfg: Tr
     stream = loader.batches(state.step)
     state.model.train()
     state.window.restart_clock()
-    bar = tqdm(range(state.step, end), initial=state.step, total=total, desc="train", unit="step", mininterval=2.0)
+    bar = progress_bar(range(state.step, end), initial=state.step, total=total, desc="train", unit="step")
     for step in bar:
         batch = {n: t.to(device, non_blocking=True).float() for n, t in next(stream).items()}
         sources = scheme.sources(step)
@@ -253,7 +255,7 @@ def run_steps(state: TrainingState, scheme: Scheme, loader: TokenLoader, cfg: Tr
         state.window.record(step, out, sources, cfg.batch_tokens)
         state.step = step + 1
         if step % cfg.log_every == cfg.log_every - 1 or step == total - 1:
-            _log_row(state, step, lr, tracker, bar)
+            _log_row(state, step, lr, tracker, bar, total)
         if state.step % cfg.checkpoint_every == 0 or state.step == end:
             save_checkpoint(out_dir / "checkpoints", state.step, state.checkpoint(key))
             _write_log(state.rows, out_dir / "train_log.parquet")
@@ -261,13 +263,15 @@ def run_steps(state: TrainingState, scheme: Scheme, loader: TokenLoader, cfg: Tr
     stream.close()  # stops the loader's background thread
 
 
-def _log_row(state: TrainingState, step: int, lr: float, tracker: Tracker, bar: tqdm) -> None:
-    """Close the log window at ``step``: one row to the log, the tracker and the progress bar;
-    then refresh the dead-latent lists (this is where the loop syncs with the device anyway)."""
+def _log_row(state: TrainingState, step: int, lr: float, tracker: Tracker, bar: Any, total: int) -> None:
+    """Close the log window at ``step``: one row to the Parquet log, the tracker, the log
+    records and the progress bar (drawn on a terminal only); then refresh the dead-latent
+    lists (this is where the loop syncs with the device anyway)."""
     dead_tokens = state.model.cfg.dead_tokens
     row = state.window.close(step, lr, state.dead, dead_tokens)
     state.rows.append(row)
     tracker.log(row, step)
+    logger.info("%s", format_row(row, state.window.names, total))
     loss = sum(row[f"loss_{n}"] for n in state.window.names)
     bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
     state.dead.refresh(dead_tokens)
