@@ -116,7 +116,7 @@ def source_loss(model: USAE, batch: dict[str, Tensor], source: str, cfg: SAEConf
     loss: Loss = LOSSES.get(cfg.loss, setting="sae.loss")
     keep_pre = loss.dense or cfg.aux_k > 0
     if encode is None:
-        codes = model.encode_sparse(source, batch[source], keep_pre=keep_pre)
+        codes = model.encode_sparse(source, batch[source], keep_pre=keep_pre, dense_grad=loss.dense)
     else:
         codes = encode(model, batch, source, keep_pre)
     dense = codes.dense(cfg.n_latents) if loss.dense else None
@@ -147,7 +147,7 @@ def _auxk_term(model: USAE, x: Tensor, x_hat: Tensor, codes: Codes, source: str,
     dead_index = dead.index[source]
     if len(dead_index) == 0:
         return x.new_zeros((), dtype=torch.float32)
-    candidates = codes.pre[:, dead_index]
+    candidates = codes.pre_at(dead_index)
     values, slots = candidates.topk(min(cfg.aux_k, len(dead_index)), dim=1, sorted=False)
     values = F.relu(values)  # negative pre-activations contribute nothing
     residual_hat = F.embedding_bag(dead_index[slots], model.W_dec[source], per_sample_weights=values, mode="sum")
