@@ -143,12 +143,18 @@ def source_loss(model: USAE, batch: dict[str, Tensor], source: str, cfg: SAEConf
 
 def _auxk_term(model: USAE, x: Tensor, x_hat: Tensor, codes: Codes, source: str, cfg: SAEConfig,
                dead: DeadLatents) -> Tensor:
-    """Top-k_aux dead latents of the source reconstruct its residual (0 when none is dead)."""
+    """Top-k_aux dead latents of the source reconstruct its residual (0 when none is dead).
+
+    The k_aux values are scattered into an (n, n_dead) matrix decoded by one matmul against the
+    dead decoder rows: with k_aux a large share of n_dead, its backward is two dense GEMMs,
+    where a gather over k_aux slots a token (embedding_bag) had a sorted scatter backward.
+    """
     dead_index = dead.index[source]
     if len(dead_index) == 0:
         return x.new_zeros((), dtype=torch.float32)
     candidates = codes.pre_at(dead_index)
     values, slots = candidates.topk(min(cfg.aux_k, len(dead_index)), dim=1, sorted=False)
     values = F.relu(values)  # negative pre-activations contribute nothing
-    residual_hat = F.embedding_bag(dead_index[slots], model.W_dec[source], per_sample_weights=values, mode="sum")
+    codes_dead = torch.zeros_like(candidates).scatter(1, slots, values)
+    residual_hat = codes_dead @ model.W_dec[source].index_select(0, dead_index).to(codes_dead.dtype)
     return auxk(x - x_hat, residual_hat)
