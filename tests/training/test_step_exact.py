@@ -118,3 +118,30 @@ def test_optimizer_steps_match_dense_reference(scheme, aux_k):
     assert losses == pytest.approx(ref_losses, rel=1e-5)
     for key in ref:
         torch.testing.assert_close(ours[key], ref[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+@pytest.mark.parametrize("optimizer_name", ["adam", "adamw"])
+def test_fused_optimizer_makes_the_same_update(optimizer_name):
+    train = TrainConfig(lr=1e-2, optimizer=optimizer_name, weight_decay=0.01)
+    states = []
+    for fused in (True, False):
+        model, cfg, batch, dead = setup(aux_k=12)
+        optimizer = make_optimizer(model, train)
+        assert optimizer.defaults["fused"] is True
+        if not fused:  # the same optimiser with torch's non-fused kernels
+            kind = type(optimizer)
+            optimizer = kind(model.parameters(), lr=train.lr, weight_decay=optimizer.defaults["weight_decay"],
+                             foreach=False)
+        schedule = PaperScheme(list(DIMS), 0)
+        for step in range(4):
+            optimizer_step(model, optimizer, batch, schedule.sources(step), scheme=schedule, dead=dead, lr=1e-2,
+                           cfg=train)
+        states.append(model.state_dict())
+    for key in states[1]:
+        torch.testing.assert_close(states[0][key], states[1][key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_encoder_gradient_has_the_parameters_layout():
+    model, cfg, batch, dead = setup(aux_k=12)
+    training_step(model, batch, ["vit"], cfg, dead, update_all=False).loss.backward()
+    assert model.W_enc["vit"].grad.stride() == model.W_enc["vit"].stride()
