@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from usae.sae.sparse_grad import gather_pre, pre_columns
+from usae.sae.sparse_grad import decode_rows, gather_pre, pre_columns, select_rows
 
 
 def inputs(n=12, d=5, m=16, seed=0, dtype=torch.float64):
@@ -76,3 +76,31 @@ def test_bf16_upstream_gradient_is_widened(fn):
     assert out.dtype == torch.bfloat16
     out.float().sum().backward()
     assert weight.grad.dtype == torch.float32 and acts.grad.dtype == torch.float32
+
+
+def test_decode_rows_matches_embedding_bag():
+    gen = torch.Generator().manual_seed(5)
+    weight = torch.randn(16, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    values = torch.rand(10, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    indices = torch.stack([torch.randperm(16, generator=gen)[:4] for _ in range(10)])
+    indices[:, 1] = 7  # a row every token reads
+    upstream = torch.randn(10, 6, generator=gen, dtype=torch.float64)
+    want_out = torch.nn.functional.embedding_bag(indices, weight, per_sample_weights=values, mode="sum")
+    want = torch.autograd.grad(want_out, (values, weight), upstream)
+    got_out = decode_rows(values, indices, weight)
+    got = torch.autograd.grad(got_out, (values, weight), upstream)
+    torch.testing.assert_close(got_out, want_out, rtol=0, atol=0)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+    assert not decode_rows(values.detach(), indices, weight.detach()).requires_grad
+
+
+def test_select_rows_matches_index_select():
+    gen = torch.Generator().manual_seed(6)
+    weight = torch.randn(16, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    rows = torch.tensor([11, 2, 5])
+    upstream = torch.randn(3, 6, generator=gen, dtype=torch.float64)
+    want = torch.autograd.grad(weight.index_select(0, rows), weight, upstream)[0]
+    got_out = select_rows(weight, rows)
+    torch.testing.assert_close(got_out, weight[rows], rtol=0, atol=0)
+    torch.testing.assert_close(torch.autograd.grad(got_out, weight, upstream)[0], want)

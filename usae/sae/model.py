@@ -29,7 +29,7 @@ from usae.config import SAEConfig, from_dict, to_dict
 from usae.registry import ACTIVATIONS
 from usae.sae.activations import Activation
 from usae.sae.io import read_model_files, write_model_files
-from usae.sae.sparse_grad import gather_pre, pre_columns
+from usae.sae.sparse_grad import decode_rows, gather_pre, pre_columns
 
 
 @dataclass
@@ -183,7 +183,9 @@ class USAE(nn.Module):
         weight, bias = self.W_dec[name], self.b_dec[name]
         if detach:
             weight, bias = weight.detach(), bias.detach()
-        if self.sparse_decode:
+        if self.sparse_decode and self.sparse_grad:
+            out = decode_rows(codes.values, codes.indices, weight)
+        elif self.sparse_decode:
             out = F.embedding_bag(codes.indices, weight, per_sample_weights=codes.values, mode="sum")
         else:
             out = codes.dense(self.cfg.n_latents) @ weight

@@ -10,6 +10,8 @@ gradient of their own:
   products with an (n, m) sparse matrix of n S non-zeros (CSR, on the tensors' device).
 - :func:`pre_columns`: pre at a set of columns (AuxK's dead latents); backward one dense
   (d, n) @ (n, c) GEMM, since AuxK reads a large share of those columns.
+- :func:`decode_rows`: the sparse decode Z D, whose decoder gradient is the same kind of
+  sparse product.
 
 Both give the gradients the dense product gives (up to float summation order).
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -33,7 +36,10 @@ def _csr_transposed(indices: Tensor, values: Tensor, n_cols: int) -> Tensor:
     """The transpose (n_cols, n) of :func:`_csr`'s matrix, as CSR (entries grouped by column)."""
     n, s = indices.shape
     flat = indices.reshape(-1)
-    order = torch.argsort(flat, stable=True)
+    # Latent indices (< 2^24) sort exactly as float32, which torch sorts several times faster
+    # than int64 on CPU (190 ms vs 45 ms for 200k entries, 2 cores); the order within a latent's
+    # row does not matter.
+    order = torch.sort(flat.to(torch.float32)).indices
     counts = torch.bincount(flat, minlength=n_cols)
     crow = torch.zeros(n_cols + 1, device=indices.device, dtype=torch.int64)
     torch.cumsum(counts, 0, out=crow[1:])
@@ -96,6 +102,59 @@ class _PreColumns(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             grad_bias = grad.new_zeros(weight.shape[1]).index_copy_(0, columns, grad.sum(0))
         return grad_acts, grad_weight, grad_bias, None, None
+
+
+class _RowsGrad(torch.autograd.Function):
+    """Identity on ``out`` = embedding_bag(indices, weight, values) (computed with ``weight``
+    detached), giving ``weight`` its gradient: row j gets sum over slots at j of values x grad."""
+
+    @staticmethod
+    def forward(ctx, out: Tensor, weight: Tensor, values: Tensor, indices: Tensor) -> Tensor:
+        ctx.save_for_backward(values, indices)
+        ctx.n_rows = weight.shape[0]
+        return out.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        values, indices = ctx.saved_tensors
+        grad_weight = None
+        if ctx.needs_input_grad[1]:  # (m, n) sparse @ (n, d)
+            grad_weight = _csr_transposed(indices, values.float(), ctx.n_rows) @ grad.float()
+        return grad, grad_weight, None, None
+
+
+class _SelectRows(torch.autograd.Function):
+    """weight.index_select(0, rows) for rows that do not repeat: the backward writes each row's
+    gradient (index_copy_) where index_select's adds it (index_add_, 7x slower on CPU here)."""
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, rows: Tensor) -> Tensor:
+        ctx.save_for_backward(rows)
+        ctx.shape = weight.shape
+        return weight.index_select(0, rows)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        (rows,) = ctx.saved_tensors
+        return grad.new_zeros(ctx.shape).index_copy_(0, rows, grad), None
+
+
+def select_rows(weight: Tensor, rows: Tensor) -> Tensor:
+    """weight[rows] (c, d) with its gradient; ``rows`` must not repeat (AuxK's dead latents)."""
+    return _SelectRows.apply(weight, rows)
+
+
+def decode_rows(values: Tensor, indices: Tensor, weight: Tensor) -> Tensor:
+    """sum_s values[i, s] weight[indices[i, s]] (n, d), as ``F.embedding_bag`` in sum mode.
+
+    The gradient of ``weight`` (m, d) is one (m, n) sparse @ (n, d) product over the n S
+    non-zeros, where embedding_bag's own backward sorts the indices as int64 (several times
+    slower on CPU); the gradient of ``values`` is embedding_bag's.
+    """
+    out = F.embedding_bag(indices, weight.detach(), per_sample_weights=values, mode="sum")
+    if not (weight.requires_grad and torch.is_grad_enabled()):
+        return out
+    return _RowsGrad.apply(out, weight, values.detach(), indices)
 
 
 def gather_pre(acts: Tensor, weight: Tensor, bias: Tensor, pre: Tensor, indices: Tensor) -> Tensor:

@@ -21,6 +21,7 @@ from usae.config import SAEConfig, TrainConfig
 from usae.registry import LOSSES
 from usae.sae.losses import DenseActivity, Loss, auxk
 from usae.sae.model import USAE, Codes
+from usae.sae.sparse_grad import select_rows
 from usae.training.dead import DeadLatents
 from usae.training.schemes import Scheme
 
@@ -171,5 +172,5 @@ def _auxk_term(model: USAE, x: Tensor, x_hat: Tensor, codes: Codes, source: str,
     values, slots = candidates.topk(min(cfg.aux_k, len(dead_index)), dim=1, sorted=False)
     values = F.relu(values)  # negative pre-activations contribute nothing
     codes_dead = torch.zeros_like(candidates).scatter(1, slots, values)
-    residual_hat = codes_dead @ model.W_dec[source].index_select(0, dead_index).to(codes_dead.dtype)
+    residual_hat = codes_dead @ select_rows(model.W_dec[source], dead_index).to(codes_dead.dtype)
     return auxk(x - x_hat, residual_hat)
