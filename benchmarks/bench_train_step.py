@@ -61,7 +61,7 @@ FULL = {"images": 32, "grid": 14, "grid_dino": 16, "n_latents": 6144, "k": 32, "
         "warmup": 1, "repeats": 3, "gemm_repeats": 3}
 """Paper shapes: 32 images x 196 tokens = 6,272 tokens a step, m = 6144, K = 32. On a 2-core
 CPU a reference step takes ~10 s, so the run keeps to 1 warm-up step and 3 timed steps per
-source (about 3.5 minutes on an idle machine); on a GPU steps are cheap and CUDA_STEPS applies."""
+source (about 3 minutes on a lightly loaded machine); on a GPU steps are cheap and CUDA_STEPS applies."""
 CUDA_STEPS = {"warmup": 6, "repeats": 10, "gemm_repeats": 10}
 QUICK = {**FULL, "images": 4, "n_latents": 1536, "warmup": 3, "repeats": 2}
 """Smoke test: 784 tokens, m = 1536 (same widths, K, grids)."""
