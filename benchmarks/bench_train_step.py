@@ -8,7 +8,10 @@ Measures in one run, on random seeded activations already on the device (no I/O)
    runs each step (zero_grad -> losses -> backward -> decoder-gradient projection -> grad-norm
    clip -> optimizer step -> decoder renormalisation -> dead-latent update), with the loop's
    optimiser (``make_optimizer``) and settings (default ``TrainConfig``: Adam, lr 3e-4, clip
-   1.0, fp32), paper scheme, one source, loss mse; AuxK off and on, decoding sparse and dense.
+   1.0, fp32), paper scheme, one source, loss mse, aux_k 256; AuxK idle (no latent dead) and
+   live (10% dead), decoding sparse and dense, and with the encoder's dense gradient (the path
+   before the sparse one). Each row says ``aux_live`` and ``default`` (what the default
+   configuration runs: sparse gradient, the faster decoding, as ``sae.decode: auto`` picks).
 2. The reference code's step (``benchmarks/reference_step.py``).
 3. The encoder-GEMM bound: the time of the two dense matmuls no TopK SAE step can avoid,
    the encoder forward (n x d) @ (d x m) and its weight gradient (d x n) @ (n x m), fp32,
@@ -58,7 +61,7 @@ FULL = {"images": 32, "grid": 14, "grid_dino": 16, "n_latents": 6144, "k": 32, "
         "warmup": 1, "repeats": 3, "gemm_repeats": 3}
 """Paper shapes: 32 images x 196 tokens = 6,272 tokens a step, m = 6144, K = 32. On a 2-core
 CPU a reference step takes ~10 s, so the run keeps to 1 warm-up step and 3 timed steps per
-source (about 3.5 minutes on an idle machine); on a GPU steps are cheap and CUDA_STEPS applies."""
+source (about 3 minutes on a lightly loaded machine); on a GPU steps are cheap and CUDA_STEPS applies."""
 CUDA_STEPS = {"warmup": 6, "repeats": 10, "gemm_repeats": 10}
 QUICK = {**FULL, "images": 4, "n_latents": 1536, "warmup": 3, "repeats": 2}
 """Smoke test: 784 tokens, m = 1536 (same widths, K, grids)."""
@@ -137,20 +140,33 @@ def run_shape(args: argparse.Namespace) -> dict:
 
 
 def run_variants(shape: dict, device: torch.device, n_tokens: int) -> tuple[list[dict], dict]:
-    """The reference step, then ours with AuxK off and on, decoding sparse and dense; and the
+    """The reference step, then ours with AuxK idle and live (see :func:`bench_ours`); and the
     encoder GEMMs, timed before and after the steps (the faster of the two per matmul)."""
     gemm_before = measure_gemm(device, n_tokens, shape["n_latents"], shape["gemm_repeats"])
     rows = []
     ref_batch, our_batch = make_batches(shape, device)
     rows.append(bench_reference(ref_batch, shape, device))
     print_row(rows[-1])
-    for aux_k in (0, shape["aux_k"]):
-        for decode in ("sparse", "dense"):
-            rows.append(bench_ours(our_batch, shape, device, aux_k=aux_k, decode=decode))
+    for live in (False, True):
+        for decode, sparse_grad in (("sparse", True), ("dense", True), ("sparse", False)):
+            rows.append(bench_ours(our_batch, shape, device, aux_k=shape["aux_k"], live=live, decode=decode,
+                                   sparse_grad=sparse_grad))
             print_row(rows[-1])
+    mark_default(rows)
     del ref_batch, our_batch
     gemm = best_gemm(gemm_before, measure_gemm(device, n_tokens, shape["n_latents"], shape["gemm_repeats"]))
     return rows, gemm
+
+
+def mark_default(rows: list[dict]) -> None:
+    """``default``: the variants the default configuration runs (AuxK idle or live), i.e. the
+    sparse encoder gradient with the faster decoding, which is what ``sae.decode: auto`` picks
+    by timing both at start-up."""
+    for row in rows:
+        row["default"] = False
+    for live in (False, True):
+        ours = [r for r in rows if r.get("aux_live") is live and r.get("sparse_grad")]
+        min(ours, key=lambda r: r["ms_per_step"])["default"] = True
 
 
 def encoder_bound(gemm: dict, n_tokens: int, m: int) -> dict:
@@ -213,6 +229,8 @@ def time_steps(step: Callable[[str], torch.Tensor], sources: list[str], device: 
 def summarise(name: str, description: str, times: dict[str, list[float]], loss: float) -> dict:
     medians = {s: 1e3 * statistics.median(t) for s, t in times.items()}
     return {"variant": name, "description": description, "ms_per_step": statistics.fmean(medians.values()),
+            "min_ms_per_step": statistics.fmean(1e3 * min(t) for t in times.values()),
+            "max_ms_per_step": statistics.fmean(1e3 * max(t) for t in times.values()),
             "median_ms_by_source": medians, "all_ms_by_source": {s: [1e3 * x for x in t] for s, t in times.items()},
             "last_loss": loss}
 
@@ -289,23 +307,28 @@ def bench_reference(batch: dict[str, torch.Tensor], shape: dict, device: torch.d
                                grid_in=shape["grid_dino"], grid_out=shape["grid"])
     times, loss = time_steps(lambda s: trainer.step(batch, s), list(dims), device, shape["warmup"], shape["repeats"])
     del trainer
-    return summarise("reference", "YorkUCVIL/UniversalSAE step: BN encoder, dense TopK codes, dense decode into "
-                     "every (non-detached) decoder, L1 + 0.1 x dense top-half aux, grid resize, AdamW",
-                     times, loss)
+    row = summarise("reference", "YorkUCVIL/UniversalSAE step: BN encoder, dense TopK codes, dense decode into "
+                    "every (non-detached) decoder, L1 + 0.1 x dense top-half aux, grid resize, AdamW",
+                    times, loss)
+    return {**row, "aux_live": False, "default": False}  # the reference has no AuxK
 
 
-def bench_ours(batch: dict[str, torch.Tensor], shape: dict, device: torch.device, *, aux_k: int, decode: str) -> dict:
-    """``optimizer_step`` as the training loop runs it, with the loop's optimiser and default settings."""
+def bench_ours(batch: dict[str, torch.Tensor], shape: dict, device: torch.device, *, aux_k: int, live: bool,
+               decode: str, sparse_grad: bool) -> dict:
+    """``optimizer_step`` as the training loop runs it, with the loop's optimiser and default settings;
+    ``live``: a tenth of the latents dead, so AuxK works; ``sparse_grad`` False: the encoder
+    differentiated through its dense pre-activations (the path before the sparse gradient)."""
     seed_everything(SEED)
     cfg = SAEConfig(n_latents=shape["n_latents"], k=shape["k"], loss="mse", aux_k=aux_k, decode=decode,
                     dead_tokens=1_000_000)  # a fixed window: the benchmark marks latents dead itself
     train = TrainConfig()  # scheme paper, Adam, lr 3e-4, grad clip 1.0, fp32
     model = USAE({n: t.shape[-1] for n, t in batch.items()}, cfg, seed=SEED).to(device).train()
     model.sparse_decode = decode == "sparse"
+    model.sparse_grad = sparse_grad
     optimizer = make_optimizer(model, train)
     scheme = SCHEMES.get(train.scheme, setting="train.scheme")(model.names, SEED)
     dead = DeadLatents(model.names, cfg.n_latents, device)
-    if aux_k:
+    if live:
         # Start with a seeded tenth of each model's latents dead, so the AuxK term is live.
         gen = torch.Generator().manual_seed(SEED)
         for name in model.names:
@@ -319,8 +342,13 @@ def bench_ours(batch: dict[str, torch.Tensor], shape: dict, device: torch.device
 
     times, loss = time_steps(step, model.names, device, shape["warmup"], shape["repeats"])
     del model, optimizer
-    return summarise(f"ours aux_k={aux_k} {decode}", f"usae optimizer_step (the training loop's step), paper "
-                     f"scheme, loss mse, aux_k={aux_k}, decode {decode}, full optimiser step", times, loss)
+    grad = "" if sparse_grad else " dense-grad"
+    row = summarise(f"ours aux {'live' if live else 'idle'} {decode}{grad}",
+                    f"usae optimizer_step (the training loop's step), paper scheme, loss mse, aux_k={aux_k} "
+                    f"({'10% of latents dead' if live else 'no latent dead'}), decode {decode}, encoder gradient "
+                    f"{'sparse' if sparse_grad else 'dense (before the sparse gradient)'}, full optimiser step",
+                    times, loss)
+    return {**row, "aux_k": aux_k, "aux_live": live, "decode": decode, "sparse_grad": sparse_grad}
 
 
 # -- reporting ----------------------------------------------------------------------------------
@@ -355,17 +383,20 @@ def git_state() -> dict:
 
 def print_row(row: dict) -> None:
     by_source = ", ".join(f"{s} {ms:.0f}" for s, ms in row["median_ms_by_source"].items())
-    print(f"  {row['variant']:<24} {row['ms_per_step']:9.1f} ms/step  (median ms by source: {by_source})", flush=True)
+    print(f"  {row['variant']:<32} {row['ms_per_step']:9.1f} ms/step  (median ms by source: {by_source})", flush=True)
 
 
 def print_table(rows: list[dict], bound: dict) -> None:
-    header = f"{'variant':<24} {'ms/step':>9} {'tokens/s':>10} {'vs reference':>13} {'share of bound':>15}"
+    header = (f"{'variant':<32} {'ms/step':>9} {'min-max':>13} {'tokens/s':>10} {'vs reference':>13} "
+              f"{'share of bound':>15} {'aux live':>9} {'default':>8}")
     print(header)
     print("-" * len(header))
     for row in rows:
-        print(f"{row['variant']:<24} {row['ms_per_step']:9.1f} {row['tokens_per_s']:10.0f} "
-              f"{row['ratio_vs_reference']:12.2f}x {100 * row['share_of_encoder_gemm_bound']:14.1f}%")
-    print(f"{'encoder-GEMM bound':<24} {bound['ms_per_step']:9.1f} {bound['tokens_per_s']:10.0f}")
+        spread = f"{row['min_ms_per_step']:.0f}-{row['max_ms_per_step']:.0f}"
+        print(f"{row['variant']:<32} {row['ms_per_step']:9.1f} {spread:>13} {row['tokens_per_s']:10.0f} "
+              f"{row['ratio_vs_reference']:12.2f}x {100 * row['share_of_encoder_gemm_bound']:14.1f}% "
+              f"{str(row['aux_live']):>9} {str(row['default']):>8}")
+    print(f"{'encoder-GEMM bound':<32} {bound['ms_per_step']:9.1f} {'':>13} {bound['tokens_per_s']:10.0f}")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,9 @@ class Activation(Protocol):
 
     padded: bool
     """True when codes carry more slots than k, some of them empty (sparse decoding then always wins)."""
+    gathers: bool
+    """True when each non-zero value is pre at its index (so the encoder's gradient can be taken
+    at the active entries alone); an entry without it is trained through the dense pre-activations."""
 
     def __call__(self, pre: Tensor, k: int, *, threshold: Tensor, training: bool) -> tuple[Tensor, Tensor]: ...
 
@@ -33,6 +36,9 @@ class TopK:
 
     padded = False
     """Codes carry exactly k slots (BatchTopK's carry 2k, some empty)."""
+    gathers = True
+    """Each non-zero value is pre at its index, with gradient 1 there (what the encoder's sparse
+    gradient, ``USAE.encode_sparse``, relies on)."""
 
     def __call__(self, pre: Tensor, k: int, *, threshold: Tensor, training: bool) -> tuple[Tensor, Tensor]:
         values, indices = pre.topk(k, dim=1, sorted=False)
@@ -49,6 +55,8 @@ class BatchTopK:
 
     padded = True
     """Codes carry min(2k, m) slots, the ones under the cut holding 0."""
+    gathers = True
+    """Kept values are pre at their index (the cut's comparison passes no gradient)."""
 
     def __call__(self, pre: Tensor, k: int, *, threshold: Tensor, training: bool) -> tuple[Tensor, Tensor]:
         relu = F.relu(pre)

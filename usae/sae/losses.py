@@ -36,7 +36,7 @@ def mse(x: Tensor, x_hat: Tensor) -> Tensor:
     Returns:
         0-d tensor.
     """
-    return (x.float() - x_hat.float()).pow(2).mean()
+    return F.mse_loss(x_hat.float(), x.float())  # one fused pass each way (3x fewer than sub/pow/mean)
 
 
 def l1(x: Tensor, x_hat: Tensor) -> Tensor:
@@ -88,7 +88,7 @@ def auxk(residual: Tensor, residual_hat: Tensor) -> Tensor:
         0-d tensor.
     """
     e = residual.detach().float()
-    return (e - residual_hat.float()).pow(2).mean() / e.pow(2).mean().clamp_min(1e-12)
+    return F.mse_loss(residual_hat.float(), e) / e.pow(2).mean().clamp_min(1e-12)
 
 
 # -- training losses (sae.loss) ----------------------------------------------------------------

@@ -29,6 +29,7 @@ from usae.config import SAEConfig, from_dict, to_dict
 from usae.registry import ACTIVATIONS
 from usae.sae.activations import Activation
 from usae.sae.io import read_model_files, write_model_files
+from usae.sae.sparse_grad import decode_rows, gather_pre, pre_columns
 
 
 @dataclass
@@ -42,7 +43,17 @@ class Codes:
     values: Tensor
     indices: Tensor
     pre: Tensor | None = None
-    """Dense pre-activations (n, m), kept for the auxiliary losses during training."""
+    """Dense pre-activations (n, m), kept for the auxiliary losses during training (without a
+    gradient of their own when :attr:`grad_inputs` is set: read them with :meth:`pre_at`)."""
+    grad_inputs: tuple[Tensor, Tensor, Tensor] | None = None
+    """(acts, weight, bias) with pre = acts @ weight + bias, when ``pre`` was computed without
+    autograd (:meth:`USAE.encode_sparse`'s sparse-gradient path)."""
+
+    def pre_at(self, columns: Tensor) -> Tensor:
+        """pre[:, columns] (n, c), carrying the gradient into the encoder; columns must not repeat."""
+        if self.grad_inputs is None:
+            return self.pre[:, columns]
+        return pre_columns(*self.grad_inputs, self.pre, columns)
 
     def dense(self, n_latents: int) -> Tensor:
         """(n, m) dense code matrix."""
@@ -92,6 +103,9 @@ class USAE(nn.Module):
             self.register_buffer(f"std_mean_{name}", torch.zeros(d))
             self.register_buffer(f"std_scale_{name}", torch.ones(()))
         self.sparse_decode = cfg.decode != "dense"
+        self.sparse_grad = True
+        """Train the encoder through :mod:`usae.sae.sparse_grad` where it applies (see
+        :meth:`encode_sparse`); False: differentiate the dense pre-activations (the reference)."""
         self.activation: Activation = ACTIVATIONS.get(cfg.activation, setting="sae.activation")
         self.meta: dict = {}
 
@@ -104,9 +118,36 @@ class USAE(nn.Module):
         pre = torch.addmm(self.b_enc[name] - self.b_dec[name] @ weight, acts, weight)
         return self.bn[name](pre) if self.bn is not None else pre
 
-    def encode_sparse(self, name: str, acts: Tensor, *, keep_pre: bool = False) -> Codes:
-        """Codes of ``acts`` (n, d_i) from model ``name``'s encoder and ``sae.activation``."""
+    def encode_sparse(self, name: str, acts: Tensor, *, keep_pre: bool = False, dense_grad: bool = False) -> Codes:
+        """Codes of ``acts`` (n, d_i) from model ``name``'s encoder and ``sae.activation``.
+
+        ``keep_pre`` keeps the pre-activations for auxiliary losses. When gradients are on, the
+        encoder's gradient costs only the active latents (:meth:`_encode_sparse_grad`) unless
+        ``dense_grad`` asks for the dense pre-activations' own gradient (a loss that reads all of
+        ``codes.pre``, as the paper loss does) or the sparse path does not apply: BatchNorm
+        (its batch statistics spread each latent's gradient over the whole (n, m) batch), an
+        activation without ``gathers`` (values that are not pre at the indices), or
+        ``self.sparse_grad`` off.
+        """
+        sparse = (self.sparse_grad and not dense_grad and self.bn is None and torch.is_grad_enabled()
+                  and getattr(self.activation, "gathers", False))
+        if sparse:
+            return self._encode_sparse_grad(name, acts, keep_pre=keep_pre)
         return self.activate(name, self.pre_codes(name, acts), keep_pre=keep_pre)
+
+    def _encode_sparse_grad(self, name: str, acts: Tensor, *, keep_pre: bool) -> Codes:
+        """:meth:`encode_sparse` with the dense GEMM outside autograd and a gradient through the
+        active entries only (O(n K d) instead of O(n m d); :func:`usae.sae.sparse_grad.gather_pre`)."""
+        weight = self.W_enc[name]
+        bias = self.b_enc[name] - self.b_dec[name] @ weight  # the same pre-bias fold as pre_codes
+        with torch.no_grad():
+            pre = torch.addmm(bias, acts, weight)
+            codes = self.activate(name, pre)
+        gathered = gather_pre(acts, weight, bias, pre, codes.indices)
+        # Active entries are exactly pre at their index (the activation's ``gathers``); the
+        # others hold 0 and, like ReLU's or BatchTopK's masked slots, pass no gradient.
+        values = torch.where(codes.values > 0, gathered, torch.zeros_like(gathered))
+        return Codes(values, codes.indices, pre if keep_pre else None, (acts, weight, bias) if keep_pre else None)
 
     def activate(self, name: str, pre: Tensor, *, keep_pre: bool = False) -> Codes:
         """Codes from pre-activations (n, m) of model ``name`` (its BatchTopK threshold, if any)."""
@@ -142,7 +183,9 @@ class USAE(nn.Module):
         weight, bias = self.W_dec[name], self.b_dec[name]
         if detach:
             weight, bias = weight.detach(), bias.detach()
-        if self.sparse_decode:
+        if self.sparse_decode and self.sparse_grad:
+            out = decode_rows(codes.values, codes.indices, weight)
+        elif self.sparse_decode:
             out = F.embedding_bag(codes.indices, weight, per_sample_weights=codes.values, mode="sum")
         else:
             out = codes.dense(self.cfg.n_latents) @ weight

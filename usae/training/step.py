@@ -21,6 +21,7 @@ from usae.config import SAEConfig, TrainConfig
 from usae.registry import LOSSES
 from usae.sae.losses import DenseActivity, Loss, auxk
 from usae.sae.model import USAE, Codes
+from usae.sae.sparse_grad import select_rows
 from usae.training.dead import DeadLatents
 from usae.training.schemes import Scheme
 
@@ -47,13 +48,28 @@ def make_optimizer(model: USAE, cfg: TrainConfig) -> torch.optim.Optimizer:
 
     Parameters without a gradient in a step (other models in the paper scheme) are skipped by
     Adam, so each model's moments advance only when it is the source, as with the paper's
-    per-model optimisers.
+    per-model optimisers. The update is torch's fused kernel where the parameters' device has
+    one (:func:`fused_setting`), the same update in one pass over each tensor.
     """
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, **fused_setting(model))
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **fused_setting(model))
     raise ValueError(f"train.optimizer = {cfg.optimizer!r} is unknown; available: ['adam', 'adamw']")
+
+
+FUSED_DEVICES = ("cpu", "cuda")
+"""Devices with a fused Adam kernel in torch (CPU since torch 2.4); elsewhere torch picks foreach."""
+
+
+def fused_setting(model: USAE) -> dict[str, bool]:
+    """``{"fused": True}`` when every parameter is a float tensor on one device with a fused Adam
+    kernel, else ``{}`` (torch's default, the foreach kernels)."""
+    params = list(model.parameters())
+    device = params[0].device.type
+    if device in FUSED_DEVICES and all(p.device.type == device and p.is_floating_point() for p in params):
+        return {"fused": True}
+    return {}
 
 
 def optimizer_step(model: USAE, optimizer: torch.optim.Optimizer, batch: dict[str, Tensor], sources: list[str], *,
@@ -116,7 +132,7 @@ def source_loss(model: USAE, batch: dict[str, Tensor], source: str, cfg: SAEConf
     loss: Loss = LOSSES.get(cfg.loss, setting="sae.loss")
     keep_pre = loss.dense or cfg.aux_k > 0
     if encode is None:
-        codes = model.encode_sparse(source, batch[source], keep_pre=keep_pre)
+        codes = model.encode_sparse(source, batch[source], keep_pre=keep_pre, dense_grad=loss.dense)
     else:
         codes = encode(model, batch, source, keep_pre)
     dense = codes.dense(cfg.n_latents) if loss.dense else None
@@ -143,12 +159,18 @@ def source_loss(model: USAE, batch: dict[str, Tensor], source: str, cfg: SAEConf
 
 def _auxk_term(model: USAE, x: Tensor, x_hat: Tensor, codes: Codes, source: str, cfg: SAEConfig,
                dead: DeadLatents) -> Tensor:
-    """Top-k_aux dead latents of the source reconstruct its residual (0 when none is dead)."""
+    """Top-k_aux dead latents of the source reconstruct its residual (0 when none is dead).
+
+    The k_aux values are scattered into an (n, n_dead) matrix decoded by one matmul against the
+    dead decoder rows: with k_aux a large share of n_dead, its backward is two dense GEMMs,
+    where a gather over k_aux slots a token (embedding_bag) had a sorted scatter backward.
+    """
     dead_index = dead.index[source]
     if len(dead_index) == 0:
         return x.new_zeros((), dtype=torch.float32)
-    candidates = codes.pre[:, dead_index]
+    candidates = codes.pre_at(dead_index)
     values, slots = candidates.topk(min(cfg.aux_k, len(dead_index)), dim=1, sorted=False)
     values = F.relu(values)  # negative pre-activations contribute nothing
-    residual_hat = F.embedding_bag(dead_index[slots], model.W_dec[source], per_sample_weights=values, mode="sum")
+    codes_dead = torch.zeros_like(candidates).scatter(1, slots, values)
+    residual_hat = codes_dead @ select_rows(model.W_dec[source], dead_index).to(codes_dead.dtype)
     return auxk(x - x_hat, residual_hat)
