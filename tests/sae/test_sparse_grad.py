@@ -31,16 +31,16 @@ def test_gather_pre_matches_dense_gradient_with_repeated_latents():
     # Several tokens share latents, and latent 3 is read by every token (the sums must add up).
     indices = torch.stack([torch.randperm(16, generator=gen)[:4] for _ in range(12)])
     indices[:, 0] = 3
-    indices = indices.sort(dim=1).values
-    want, got = dense_and_sparse_grads(lambda pre: pre.gather(1, indices),
-                                       lambda a, w, b, pre: gather_pre(a, w, b, pre, indices), acts, weight, bias, gen)
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g, w)
+    assert_gather_matches_dense(indices.sort(dim=1).values, acts, weight, bias, gen)
 
 
 def test_gather_pre_unsorted_indices():
     acts, weight, bias, gen = inputs(seed=1)
     indices = torch.stack([torch.randperm(16, generator=gen)[:5] for _ in range(12)])  # unsorted rows
+    assert_gather_matches_dense(indices, acts, weight, bias, gen)
+
+
+def assert_gather_matches_dense(indices, acts, weight, bias, gen):
     want, got = dense_and_sparse_grads(lambda pre: pre.gather(1, indices),
                                        lambda a, w, b, pre: gather_pre(a, w, b, pre, indices), acts, weight, bias, gen)
     for g, w in zip(got, want):
