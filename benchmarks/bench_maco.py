@@ -35,7 +35,7 @@ from usae.config.maco import MacoConfig
 from usae.device import resolve_device
 from usae.maco.image import PhaseImage, random_crops
 from usae.maco.objective import ConceptReader, mean_over_tokens
-from usae.maco.spectrum import ImageSpectrum, random_phase
+from usae.maco.spectrum import ImageSpectrum, one_over_f, random_phase
 from usae.sae.model import USAE
 
 HERE = Path(__file__).resolve().parent
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device, "--device")
     specs, sae, maco = setup(args)
-    spectrum = flat_spectrum(maco.image_size)
+    spectrum = one_over_f(maco.image_size)  # speed does not depend on the exact spectrum
     rows = []
     for name, spec in specs.items():
         backbone = create_backbone(spec).to(device)
@@ -76,14 +76,6 @@ def setup(args: argparse.Namespace) -> tuple[dict[str, BackboneSpec], SAEConfig,
         return specs, SAEConfig(n_latents=256, k=8), MacoConfig(image_size=80, batch_concepts=2, crops=1)
     pipe = load_config(yaml.safe_load(Path(args.config).read_text()))
     return dict(pipe.models), pipe.sae, MacoConfig(**yaml.safe_load(Path(args.config).read_text()).get("maco") or {})
-
-
-def flat_spectrum(size: int) -> ImageSpectrum:
-    """A 1/f amplitude (natural images' shape): speed does not depend on the exact spectrum."""
-    fy = torch.fft.fftfreq(size).abs().view(-1, 1)
-    fx = torch.fft.rfftfreq(size).view(1, -1)
-    amplitude = (1.0 / torch.sqrt(fx ** 2 + fy ** 2).clamp_min(1.0 / size)).expand(3, -1, -1).numpy()
-    return ImageSpectrum(amplitude, torch.eye(3).numpy() * 0.25, torch.full((3,), 0.45).numpy(), 0)
 
 
 def maco_step(reader: ConceptReader, spectrum: ImageSpectrum, cfg: MacoConfig, device: torch.device) -> None:

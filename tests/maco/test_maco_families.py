@@ -14,7 +14,7 @@ from usae.backbones.registry import create_backbone  # noqa: E402
 from usae.config import BackboneSpec, MacoConfig, SAEConfig  # noqa: E402
 from usae.maco.objective import ConceptReader, mean_over_tokens  # noqa: E402
 from usae.maco.optimize import maximise  # noqa: E402
-from usae.maco.spectrum import ImageSpectrum  # noqa: E402
+from usae.maco.spectrum import one_over_f  # noqa: E402
 from usae.sae.model import USAE  # noqa: E402
 
 torch.set_num_threads(1)
@@ -52,12 +52,6 @@ SPECS = {
 }
 
 
-def spectrum(size: int) -> ImageSpectrum:
-    fy, fx = torch.fft.fftfreq(size).abs().view(-1, 1), torch.fft.rfftfreq(size).view(1, -1)
-    amplitude = (1 / torch.sqrt(fx ** 2 + fy ** 2).clamp_min(1 / size)).expand(3, -1, -1).contiguous().numpy()
-    return ImageSpectrum(amplitude, (0.2 * torch.eye(3)).numpy(), torch.full((3,), 0.5).numpy(), 0)
-
-
 @pytest.mark.parametrize("family", sorted(SPECS))
 def test_gradients_reach_the_pixels_and_the_objective_rises(family, tmp_path):
     backbone = create_backbone(SPECS[family](tmp_path))
@@ -67,9 +61,9 @@ def test_gradients_reach_the_pixels_and_the_objective_rises(family, tmp_path):
     reader(pixels, torch.tensor([1, 2])).mean().backward()
     assert pixels.grad is not None and pixels.grad.abs().sum() > 0, family
     cfg = MacoConfig(steps=6, lr=0.2, crops=1, crop_min=1.0, crop_max=1.0, noise=0.0, seed=1)
-    images = maximise(reader, [1, 2], spectrum(40), mean_over_tokens, cfg=cfg, device=torch.device("cpu"))
+    images = maximise(reader, [1, 2], one_over_f(40, colour_scale=0.2, mean=0.5), mean_over_tokens, cfg=cfg, device=torch.device("cpu"))
     assert images.shape == (2, 3, 40, 40) and torch.isfinite(images).all()
-    start = maximise(reader, [1, 2], spectrum(40), mean_over_tokens, cfg=MacoConfig(**{**vars(cfg), "steps": 1}),
+    start = maximise(reader, [1, 2], one_over_f(40, colour_scale=0.2, mean=0.5), mean_over_tokens, cfg=MacoConfig(**{**vars(cfg), "steps": 1}),
                      device=torch.device("cpu"))
     resize = lambda x: torch.nn.functional.interpolate(x, size=32, mode="bilinear", antialias=True)
     with torch.no_grad():

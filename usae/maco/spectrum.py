@@ -72,6 +72,16 @@ def colour_sqrt(pixels: np.ndarray) -> np.ndarray:
     return vectors @ np.diag(np.sqrt(np.clip(values, 1e-12, None)))
 
 
+def one_over_f(size: int, *, colour_scale: float = 0.25, mean: float = 0.45) -> ImageSpectrum:
+    """A synthetic prior: amplitude 1/f (the shape of natural images' spectra), uncorrelated
+    colours; for benchmarks and tests, where the exact spectrum does not matter."""
+    fy = np.abs(np.fft.fftfreq(size))[:, None]
+    fx = np.fft.rfftfreq(size)[None, :]
+    amplitude = 1.0 / np.maximum(np.sqrt(fx ** 2 + fy ** 2), 1.0 / size)
+    return ImageSpectrum(np.broadcast_to(amplitude, (3, *amplitude.shape)).astype(np.float32).copy(),
+                         (colour_scale * np.eye(3)).astype(np.float32), np.full(3, mean, np.float32), 0)
+
+
 def random_phase(n: int, spectrum: ImageSpectrum, generator: torch.Generator) -> torch.Tensor:
     """``n`` phases ``(n, 3, size, size // 2 + 1)``, standard normal (MACO's initialisation)."""
     return torch.randn((n, *spectrum.amplitude.shape), generator=generator)

@@ -105,8 +105,9 @@ def run_maco(model_dir: str | Path, eval_dir: str | Path, manifest_path: str | P
     base = {m: score_images(r, baseline.flatten(0, 1), np.repeat(ids, cfg.baseline_samples), objective,
                             device=device).view(len(ids), -1).mean(1) for m, r in readers.items()}
     manifest = read_manifest(manifest_path).set_index("index")
+    by_concept = table.set_index("concept")
     for slot, (cid, kind) in enumerate(chosen):
-        row = table.set_index("concept").loc[cid]
+        row = by_concept.loc[cid]
         per_model = {}
         for j, m in enumerate(usae.names):
             best = _best_dataset_score(readers[m], row[f"top_rows_{m}"], cid, manifest, objective, device)

@@ -114,9 +114,12 @@ class USAE(nn.Module):
         """pre_i(a) = W_i (a - b_i) + c_i, then BatchNorm if configured. (n, d_i) -> (n, m)."""
         # W (a - b) + c written as a W + (c - b W): the gradient of the pre-bias b is then a
         # vector-matrix product instead of a full (n x m) @ (m x d) input-gradient GEMM.
-        weight = self.W_enc[name]
-        pre = torch.addmm(self.b_enc[name] - self.b_dec[name] @ weight, acts, weight)
+        pre = torch.addmm(self._pre_bias(name), acts, self.W_enc[name])
         return self.bn[name](pre) if self.bn is not None else pre
+
+    def _pre_bias(self, name: str) -> Tensor:
+        """c_i - b_i W_i: the biases folded so that pre_i(a) = a W_i + (c_i - b_i W_i)."""
+        return self.b_enc[name] - self.b_dec[name] @ self.W_enc[name]
 
     def encode_sparse(self, name: str, acts: Tensor, *, keep_pre: bool = False, dense_grad: bool = False) -> Codes:
         """Codes of ``acts`` (n, d_i) from model ``name``'s encoder and ``sae.activation``.
@@ -138,8 +141,7 @@ class USAE(nn.Module):
     def _encode_sparse_grad(self, name: str, acts: Tensor, *, keep_pre: bool) -> Codes:
         """:meth:`encode_sparse` with the dense GEMM outside autograd and a gradient through the
         active entries only (O(n K d) instead of O(n m d); :func:`usae.sae.sparse_grad.gather_pre`)."""
-        weight = self.W_enc[name]
-        bias = self.b_enc[name] - self.b_dec[name] @ weight  # the same pre-bias fold as pre_codes
+        weight, bias = self.W_enc[name], self._pre_bias(name)
         with torch.no_grad():
             pre = torch.addmm(bias, acts, weight)
             codes = self.activate(name, pre)
