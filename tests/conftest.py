@@ -1,8 +1,10 @@
-"""Fixtures shared by the test folders: a headless Chromium (Debian's, driven by Playwright) for the report's pages."""
+"""Fixtures shared by the test folders: a headless Chromium (Debian's, driven by Playwright) for the report's pages;
+no network and an offline Hugging Face hub cache of its own for the hub tests."""
 
 from __future__ import annotations
 
 import shutil
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -51,3 +53,31 @@ def broken_images() -> Callable[[Any], int]:
     """``broken_images(page)``: how many of the page's images did not load."""
     return lambda page: page.evaluate("Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0))"
                                       ".length")
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any connection or name lookup fails the test: what it checks must work from local files alone."""
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError(f"the test tried to use the network: {args[1:]} {kwargs}")
+
+    for target, name in ((socket.socket, "connect"), (socket.socket, "connect_ex"), (socket, "getaddrinfo"),
+                         (socket, "create_connection")):
+        monkeypatch.setattr(target, name, refuse)
+
+
+@pytest.fixture
+def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_network: None) -> Path:
+    """A Hugging Face hub cache of the test's own (``HF_HOME`` under tmp_path) with ``HF_HUB_OFFLINE=1``;
+    returns the cache folder (``$HF_HOME/hub``)."""
+    from huggingface_hub import constants
+
+    home = tmp_path / "hf_home"
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # huggingface_hub reads both variables once, when it is imported
+    monkeypatch.setattr(constants, "HF_HOME", str(home))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return home / "hub"

@@ -97,3 +97,29 @@ def test_threads_set_torch_threads_for_the_commands_whose_rules_do(monkeypatch):
     for i, command in enumerate(TORCH_THREADS):
         assert main([command, "--threads", str(1 + i % 2)]) == 0
     assert seen == {c: 1 + i % 2 for i, c in enumerate(TORCH_THREADS)}
+
+
+def _saved_run(tmp_path: Path) -> Path:
+    from usae.config import SAEConfig
+
+    USAE({"m0": 5, "m1": 7}, SAEConfig(n_latents=24, k=3), seed=1).save(tmp_path / "run" / "model")
+    return tmp_path / "run"
+
+
+def test_push_writes_the_folder_it_would_upload(tmp_path, capsys, no_network):
+    run = _saved_run(tmp_path)
+    assert main(["push", "--run", str(run), "--repo", "me/tiny", "--out", str(tmp_path / "out")]) == 0
+    assert f"{run}: written to {tmp_path / 'out'}" in capsys.readouterr().out
+    assert torch.equal(USAE.from_pretrained(tmp_path / "out").W_dec["m1"], USAE.load(run / "model").W_dec["m1"])
+    assert 'USAE.from_pretrained("me/tiny")' in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_push_names_what_is_missing_or_refused(tmp_path, capsys, offline_hub, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the config's results/ is relative
+    assert main(["push", "--run", str(tmp_path)]) == 2
+    assert "push needs --repo" in capsys.readouterr().err
+    assert main(["push", "-c", TINY, "--run", "k2", "--repo", "me/tiny"]) == 2  # a run name of the config
+    assert f"missing: {Path('results/runs/k2/model') / 'model.safetensors'}" in capsys.readouterr().err
+    assert main(["push", "--run", str(_saved_run(tmp_path)), "--repo", "me/tiny"]) == 2
+    err = capsys.readouterr().err
+    assert f"pushing {tmp_path / 'run'} to me/tiny failed: " in err and "offline mode is enabled" in err

@@ -9,6 +9,7 @@
     usae train    --acts dinov2=a.npy --acts siglip=b.zarr --out runs/mine [-c config.yaml --run usae]
     usae weights  -c config.yaml [--model dinov2]   # fetch every model's weights into the caches
     usae verify   PATH... | -c config.yaml          # check activation stores in full; exit 1 if damaged
+    usae push     --run results/runs/usae --repo user/name [--private] [--out DIR]   # to the Hugging Face hub
     usae train    -c config.yaml --set sae.k=16 --set runs.usae.train.lr=0.001   # override config keys
     usae --version
 """
@@ -173,6 +174,27 @@ def cmd_verify(cfg: PipelineConfig | None, args: argparse.Namespace) -> int:
     return 1 if damaged else 0
 
 
+def cmd_push(cfg: PipelineConfig | None, args: argparse.Namespace) -> None:
+    """Push a run's model to the Hugging Face hub with a generated card (or write that folder, ``--out``).
+
+    ``--run`` is a run folder, or with ``-c`` a run name of that config.
+    """
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    from usae.sae.hub import push_run
+
+    missing = [option for option in ("run", "repo") if not getattr(args, option)]
+    if missing:
+        raise ValueError(f"push needs {' and '.join('--' + m for m in missing)}")
+    run_dir = Path(paths.run_dir(cfg, _runs(cfg, args.run)[0]) if cfg is not None else args.run)
+    try:
+        done = push_run(run_dir, args.repo, private=args.private or None, out=args.out)
+    except (HfHubHTTPError, OfflineModeIsEnabled) as err:
+        raise ValueError(f"pushing {run_dir} to {args.repo} failed: {err} (check the repo id and your token: "
+                         "`hf auth login` or HF_TOKEN; HF_HUB_OFFLINE must be unset)") from None
+    print(f"{run_dir}: {'written to' if args.out else 'pushed to ' + args.repo + ':'} {done}")
+
+
 def _runs(cfg: PipelineConfig, chosen: str | None) -> list[str]:
     """The runs a command works on: ``--run`` if given (checked), else every run of the config."""
     if chosen is not None and chosen not in cfg.runs:
@@ -188,10 +210,13 @@ def _name_path(text: str) -> tuple[str, Path]:
 
 
 COMMANDS = {"manifest": cmd_manifest, "extract": cmd_extract, "prepare": cmd_prepare, "train": cmd_train,
-            "evaluate": cmd_evaluate, "maco": cmd_maco, "weights": cmd_weights, "verify": cmd_verify}
+            "evaluate": cmd_evaluate, "maco": cmd_maco, "weights": cmd_weights, "verify": cmd_verify,
+            "push": cmd_push}
 HELP = {"maco": "coordinated activation maximisation: one optimised image per model for chosen concepts",
         "weights": "fetch every model's weights into the caches (before running offline); print origin, path, sha256",
-        "verify": "check activation stores in full (every chunk present, checksums, layout); exit 1 if damaged"}
+        "verify": "check activation stores in full (every chunk present, checksums, layout); exit 1 if damaged",
+        "push": "push a run's model, with a generated model card, to the Hugging Face hub"}
+NO_DATA = ("weights", "push")  # commands that read no data: the config's data sizes are not checked
 
 
 # Commands whose workflow rule sets torch's threads from ``threads:``; ``--threads`` does the same.
@@ -206,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         p = sub.add_parser(name, help=HELP.get(name, f"run the {name} stage"))
-        p.add_argument("-c", "--config", default=None if name in ("train", "verify") else "config.yaml",
+        p.add_argument("-c", "--config", default=None if name in ("train", "verify", "push") else "config.yaml",
                        help="config file (default: config.yaml)")
         p.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override a config key, value read as YAML (repeatable): --set sae.k=16 "
@@ -234,6 +259,11 @@ def _command_options(name: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--acts", action="append", metavar="NAME=PATH",
                        help="train on these arrays (.npy or Zarr, (images, tokens, d) or (rows, d)), one per model")
         p.add_argument("--out", help="run folder for --acts")
+    if name == "push":
+        p.add_argument("--run", help="the run folder (results/runs/<run>), or with -c a run name (required)")
+        p.add_argument("--repo", help="hub repo id, user/name, created if absent (required)")
+        p.add_argument("--private", action="store_true", help="create the repo private")
+        p.add_argument("--out", help="write the folder that would be pushed (weights, config, card) here instead")
     if name == "verify":
         p.add_argument("paths", nargs="*", metavar="PATH",
                        help="stores to check (default: every store of the config, -c config.yaml)")
@@ -257,17 +287,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def _config(args: argparse.Namespace) -> PipelineConfig | None:
     """The command's config (``-c``, ``--set`` applied), checked as the Snakefile checks it;
-    None for ``train --acts`` and ``verify PATH`` without ``-c``."""
+    None for ``train --acts``, ``verify PATH`` and ``push`` without ``-c``."""
     config = args.config
     acts = getattr(args, "acts", None)
-    if config is None and not acts and not getattr(args, "paths", None):
+    if config is None and not acts and not getattr(args, "paths", None) and args.command != "push":
         config = "config.yaml"
     if config is None:
         if args.set and not acts:
             raise ValueError("--set changes a config: give one with -c")
         return None  # train --acts reads --set itself (sae.*, train.*)
     cfg = read_config(config, args.set)
-    if args.command != "weights" and not acts:
+    if args.command not in NO_DATA and not acts:
         from usae.data.sizes import check_data_sizes
 
         check_data_sizes(cfg)  # as the Snakefile does: splits and batches the data allows

@@ -28,6 +28,7 @@ from usae import __version__
 from usae.config import SAEConfig, from_dict, to_dict
 from usae.registry import ACTIVATIONS
 from usae.sae.activations import Activation
+from usae.sae.hub import HubMixin
 from usae.sae.io import read_model_files, write_model_files
 from usae.sae.sparse_grad import decode_rows, gather_pre, pre_columns
 
@@ -70,8 +71,12 @@ class USAEOutput(NamedTuple):
     """Model name -> (..., d_j): the codes decoded into every model j, the source included."""
 
 
-class USAE(nn.Module):
-    """Universal SAE over several models (encoders/decoders keyed by model name)."""
+class USAE(nn.Module, HubMixin):
+    """Universal SAE over several models (encoders/decoders keyed by model name).
+
+    Also a Hugging Face hub model (:class:`usae.sae.hub.HubMixin`): ``USAE.from_pretrained(repo_id or
+    folder)``, ``save_pretrained(folder)`` and ``push_to_hub(repo_id)`` use the format of :meth:`save`.
+    """
 
     def __init__(self, dims: dict[str, int], cfg: SAEConfig, *, seed: int = 0) -> None:
         super().__init__()
@@ -228,6 +233,11 @@ class USAE(nn.Module):
         return self.W_dec[name].detach()
 
     # -- persistence ------------------------------------------------------------------------
+    def saved_config(self) -> dict:
+        """What ``config.json`` records (:mod:`usae.sae.io` adds ``format`` and the weights' hash)."""
+        return {"usae_version": __version__, "models": self.names, "dims": self.dims, "sae": to_dict(self.cfg),
+                "meta": self.meta}
+
     def save(self, directory: str | Path) -> Path:
         """Write ``model.safetensors`` and ``config.json`` into ``directory`` (atomically)."""
         return save_usae(self, directory)
@@ -269,10 +279,8 @@ class USAE(nn.Module):
 def save_usae(model: USAE, directory: str | Path) -> Path:
     """Write ``model`` to ``directory`` (format: :mod:`usae.sae.io`); an existing model there is
     replaced only when done."""
-    config = {"usae_version": __version__, "models": model.names, "dims": model.dims, "sae": to_dict(model.cfg),
-              "meta": model.meta}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    return write_model_files(directory, config, state)
+    return write_model_files(directory, model.saved_config(), state)
 
 
 def load_usae(directory: str | Path, *, device: str | torch.device = "cpu") -> USAE:
