@@ -64,15 +64,24 @@ class HubMixin(ModelHubMixin, library_name="usae", paper_url=PAPER, tags=TAGS, m
                                             token=token, allow_patterns=[WEIGHTS, CONFIG, CARD]))
         return cls.load(folder, device=device)
 
-    def _save_pretrained(self, save_directory: Path) -> None:
-        # ``save`` replaces the folder as a whole (so no stale card survives); refuse to do that
-        # to a folder holding anything else, such as a whole run.
-        foreign = sorted(p.name for p in Path(save_directory).iterdir()
-                         if p.name not in (WEIGHTS, CONFIG, CARD) and not p.name.startswith("."))
+    def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> str | None:
+        """Write ``model.safetensors``, ``config.json`` and the card ``README.md`` to ``save_directory``,
+        replacing it as :meth:`save` does (huggingface_hub's ``save_pretrained``; ``push_to_hub=True`` pushes).
+
+        Raises:
+            ValueError: the folder holds anything else (such as a whole run), which replacing it would delete.
+        """
+        # Checked before the mixin starts (it deletes config.json first).
+        folder = Path(save_directory)
+        names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
+        foreign = sorted(n for n in names if n not in (WEIGHTS, CONFIG, CARD) and not n.startswith("."))
         if foreign:
-            raise ValueError(f"save_pretrained({save_directory}) replaces that folder, which holds other files "
-                             f"{foreign}; save to an empty or new folder")
-        self.save(save_directory)
+            raise ValueError(f"save_pretrained({folder}) replaces that folder, which holds other files {foreign}; "
+                             "save to an empty or new folder")
+        return super().save_pretrained(folder, **kwargs)
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        self.save(save_directory)  # the whole folder, so no card of an earlier model survives
 
     def generate_model_card(self, *args: Any, evaluation: dict[str, Any] | None = None, repo_id: str | None = None,
                             **kwargs: Any) -> ModelCard:

@@ -88,10 +88,13 @@ def test_save_pretrained_replaces_a_saved_model_but_not_other_folders(tmp_path, 
     other.meta = {**other.meta, "seed": 99}
     other.save_pretrained(tmp_path / "m")
     assert "seed 99" in (tmp_path / "m" / "README.md").read_text()  # no stale card survives
-    (tmp_path / "run" / "eval").mkdir(parents=True)
-    with pytest.raises(ValueError, match=r"holds other files \['eval'\]"):
+    model.save(tmp_path / "run" / "model")
+    (tmp_path / "run" / "model" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"holds other files \['model'\]"):
         model.save_pretrained(tmp_path / "run")
-    assert (tmp_path / "run" / "eval").is_dir()
+    with pytest.raises(ValueError, match=r"holds other files \['notes.txt'\]"):
+        model.save_pretrained(tmp_path / "run" / "model")
+    assert_same_model(USAE.load(tmp_path / "run" / "model"), model)  # left whole
 
 
 def fill_hub_cache(cache: Path, repo_id: str, folder: Path, commit: str) -> None:
