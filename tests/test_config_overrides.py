@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from usae.config.files import load_config_file, read_config_file
-from usae.config.overrides import apply_overrides, parse_override, run_from_overrides
+from usae.config.overrides import apply_overrides, parse_override
 
 TINY = Path(__file__).parent / "workflow" / "tiny_config.yaml"
 
@@ -13,7 +13,10 @@ TINY = Path(__file__).parent / "workflow" / "tiny_config.yaml"
 @pytest.mark.parametrize(("text", "expected"), [
     ("sae.k=16", (("sae", "k"), 16)),
     ("train.lr=0.001", (("train", "lr"), 0.001)),
-    ("train.lr=1e-3", (("train", "lr"), "1e-3")),  # YAML 1.1, as in a file: a float needs its dot
+    ("train.lr=1e-3", (("train", "lr"), 0.001)),  # YAML 1.2's float: YAML 1.1 (and a file) reads it as text
+    ("train.lr=-2.5E+2", (("train", "lr"), -250.0)),
+    ("sae.k=1e2", (("sae", "k"), 100.0)),  # an integer key says "write it as the integer 100"
+    ("models.a14.layer='1e3'", (("models", "a14", "layer"), "1e3")),  # quoted: text
     ("sae.batchnorm=true", (("sae", "batchnorm"), True)),
     ("dataset.path=null", (("dataset", "path"), None)),
     ("runs.k16.models=[a14, b16]", (("runs", "k16", "models"), ["a14", "b16"])),
@@ -68,7 +71,8 @@ def test_a_new_run_from_the_command_line():
     ("sae.k=0", "sae.k = 0 is out of range; it must be >= 1"),
     ("sae.kk=3", r"sae: unknown key\(s\) \['kk'\] \(did you mean 'k'\?\)"),
     ("train.lr=fast", "train.lr"),
-    ("train.lr=1e-3", r"YAML reads 1e-3 as text; write 0.001"),
+    ("train.lr=[1e-3]", r"train.lr"),
+    ("sae.k=1e1", r"sae.k = 10.0 .*write it as the integer 10"),
     ("runs.k2.sae.k=100", "runs.k2.sae.k = 100 must be smaller than runs.k2.sae.n_latents = 64"),
     ("tracking=wandb", r"top level: unknown key\(s\) \['tracking'\]"),
 ])
@@ -80,13 +84,3 @@ def test_a_bad_override_gets_the_message_of_a_bad_file(override, message):
         from usae.config import load_config
 
         load_config(written)
-
-
-def test_a_run_without_a_file_takes_sae_and_train_overrides():
-    run = run_from_overrides("external", ["m0", "m1"], ["sae.k=8", "train.max_steps=5"])
-    assert run.models == ("m0", "m1") and run.sae.k == 8 and run.train.max_steps == 5
-    assert run_from_overrides("external", ["m0"], []).sae.k == run.sae.__class__().k
-    with pytest.raises(ValueError, match="only sae.* and train.*"):
-        run_from_overrides("external", ["m0"], ["evaluate.tau=0.5"])
-    with pytest.raises(ValueError, match=r"sae: unknown key\(s\) \['kk'\]"):
-        run_from_overrides("external", ["m0"], ["sae.kk=1"])

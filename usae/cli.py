@@ -6,7 +6,9 @@
     usae train    -c config.yaml [--run usae]
     usae evaluate -c config.yaml [--run usae]
     usae maco     -c config.yaml [--run usae] [--concept 17 --concept 240]   # coordinated images
-    usae train    --acts dinov2=a.npy --acts siglip=b.zarr --out runs/mine [-c config.yaml --run usae]
+    usae train    --acts dinov2=a.npy --acts siglip=b.zarr --out runs/mine [--set sae.k=16 | -c config.yaml --run usae]
+    usae evaluate --model runs/mine [--acts dinov2=a.npy ...] [--split val]   # a run on arrays, its held-out rows
+    usae report   --model runs/mine [--acts ...] [--out DIR]                   # its report, without images
     usae weights  -c config.yaml [--model dinov2]   # fetch every model's weights into the caches
     usae verify   PATH... | -c config.yaml          # check activation stores in full; exit 1 if damaged
     usae push     --run results/runs/usae --repo user/name [--private] [--out DIR]   # to the Hugging Face hub
@@ -20,11 +22,15 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from usae import __version__, paths
-from usae.config import PipelineConfig
+from usae.config import EvaluateConfig, PipelineConfig
 from usae.config.files import load_config_file
 from usae.runlog import configure_logging
+
+if TYPE_CHECKING:
+    from usae.config.arrays import ArraysSettings
 
 logger = logging.getLogger("usae")
 
@@ -74,38 +80,53 @@ def cmd_prepare(cfg: PipelineConfig, args: argparse.Namespace) -> None:
 
 
 def cmd_train(cfg: PipelineConfig | None, args: argparse.Namespace) -> None:
-    from usae.config.overrides import run_from_overrides
-    from usae.training.loop import train_from_stores, train_usae
+    from usae.training.loop import train_from_stores
 
-    if cfg is not None:
-        runs = _runs(cfg, args.run)
     if args.acts:
-        from usae.activations.sources import open_arrays
+        from usae.arrays import train_arrays
 
         if not args.out:
             raise ValueError("--acts needs --out, the folder the run is written to")
-        pairs = dict(_name_path(a) for a in args.acts)
-        run = cfg.runs[runs[0]] if cfg is not None else run_from_overrides("external", pairs, args.set or ())
-        result = train_usae(open_arrays(pairs), run.sae, run.train, args.out,
-                            provenance={"arrays": {n: str(p) for n, p in pairs.items()}})
+        result = train_arrays(_acts(args), _arrays_settings(cfg, args), args.out, num_workers=args.threads)
         print(f"{result.model_dir}: {result.steps} steps, {result.tokens_per_s:.0f} tokens/s")
         return
     if cfg is None:
         raise ValueError("give a config (-c) or activations (--acts name=path ...)")
-    for key in runs:
+    for key in _runs(cfg, args.run):
         run = cfg.runs[key]
         result = train_from_stores(paths.run_stores(cfg, key), run.sae, run.train, paths.run_dir(cfg, key))
         print(f"{result.model_dir}: {result.steps} steps, {result.tokens_per_s:.0f} tokens/s")
 
 
-def cmd_evaluate(cfg: PipelineConfig, args: argparse.Namespace) -> None:
+def cmd_evaluate(cfg: PipelineConfig | None, args: argparse.Namespace) -> None:
     from usae.evaluation.run import evaluate_run
 
+    if args.model_dir:
+        from usae.arrays import evaluate_arrays
+
+        metrics = evaluate_arrays(args.model_dir, _evaluate_settings(cfg, args), paths=_acts(args), split=args.split,
+                                  out_dir=args.out)
+        print(f"{args.out or Path(args.model_dir) / 'eval'}: R2 (per-dim) {metrics['r2_per_dim']}")
+        return
+    if args.acts or args.out:
+        raise ValueError("--acts and --out of evaluate go with --model RUN_DIR (a run trained with "
+                         "`usae train --acts`)")
     for key in _runs(cfg, args.run):
         out = paths.run_eval(cfg, key)
         metrics = evaluate_run(paths.run_model(cfg, key), paths.run_stores(cfg, key), cfg.evaluate, out,
                                manifest_path=paths.manifest(cfg), synthetic_dir=paths.synthetic_images(cfg))
         print(f"{out}: R2 (per-dim) {metrics['r2_per_dim']}")
+
+
+def cmd_report(cfg: PipelineConfig | None, args: argparse.Namespace) -> None:
+    """The report of a run trained on activation arrays, evaluated first if it was not (or if --acts)."""
+    from usae.arrays import report_arrays
+
+    if not args.model_dir:
+        raise ValueError("usae report needs --model RUN_DIR (a run trained with `usae train --acts`); the "
+                         "pipeline's reports are made by snakemake (rule render_report)")
+    print(report_arrays(args.model_dir, _evaluate_settings(cfg, args), paths=_acts(args), split=args.split,
+                        out_dir=args.out))
 
 
 def cmd_maco(cfg: PipelineConfig, args: argparse.Namespace) -> None:
@@ -202,6 +223,32 @@ def _runs(cfg: PipelineConfig, chosen: str | None) -> list[str]:
     return [chosen] if chosen else list(cfg.runs)
 
 
+def _acts(args: argparse.Namespace) -> dict[str, Path] | None:
+    """``--acts NAME=PATH ...`` as a mapping (None when not given); a name given twice is refused."""
+    if not args.acts:
+        return None
+    pairs = [_name_path(a) for a in args.acts]
+    twice = sorted({n for n, _ in pairs if sum(m == n for m, _ in pairs) > 1})
+    if twice:
+        raise ValueError(f"--acts gives {twice} more than once")
+    return dict(pairs)
+
+
+def _arrays_settings(cfg: PipelineConfig | None, args: argparse.Namespace) -> ArraysSettings:
+    """Settings of a run on arrays: the config's run (``--run`` when it has several), else the
+    defaults with ``--set`` overrides."""
+    from usae.config.arrays import settings_from_config, settings_from_overrides
+
+    return settings_from_config(cfg, args.run) if cfg is not None else settings_from_overrides(args.set or ())
+
+
+def _evaluate_settings(cfg: PipelineConfig | None, args: argparse.Namespace) -> EvaluateConfig:
+    """``evaluate`` settings of a run on arrays: the config's, else the defaults with ``--set evaluate.*``."""
+    from usae.config.arrays import settings_from_overrides
+
+    return cfg.evaluate if cfg is not None else settings_from_overrides(args.set or (), ("evaluate",)).evaluate
+
+
 def _name_path(text: str) -> tuple[str, Path]:
     name, sep, path = text.partition("=")
     if not sep or not name or not path:
@@ -210,9 +257,10 @@ def _name_path(text: str) -> tuple[str, Path]:
 
 
 COMMANDS = {"manifest": cmd_manifest, "extract": cmd_extract, "prepare": cmd_prepare, "train": cmd_train,
-            "evaluate": cmd_evaluate, "maco": cmd_maco, "weights": cmd_weights, "verify": cmd_verify,
-            "push": cmd_push}
-HELP = {"maco": "coordinated activation maximisation: one optimised image per model for chosen concepts",
+            "evaluate": cmd_evaluate, "report": cmd_report, "maco": cmd_maco, "weights": cmd_weights,
+            "verify": cmd_verify, "push": cmd_push}
+HELP = {"report": "the report of a run trained on activation arrays (usae train --acts), without images",
+        "maco": "coordinated activation maximisation: one optimised image per model for chosen concepts",
         "weights": "fetch every model's weights into the caches (before running offline); print origin, path, sha256",
         "verify": "check activation stores in full (every chunk present, checksums, layout); exit 1 if damaged",
         "push": "push a run's model, with a generated model card, to the Hugging Face hub"}
@@ -220,8 +268,9 @@ NO_DATA = ("weights", "push")  # commands that read no data: the config's data s
 
 
 # Commands whose workflow rule sets torch's threads from ``threads:``; ``--threads`` does the same.
-TORCH_THREADS = ("extract", "prepare", "train", "evaluate", "maco")
+TORCH_THREADS = ("extract", "prepare", "train", "evaluate", "report", "maco")  # report: it may evaluate first
 THREADED = ("manifest", *TORCH_THREADS)  # manifest: image-decoding threads; prepare: also dask's
+CONFIG_OPTIONAL = ("train", "evaluate", "report", "verify", "push")  # arrays (--acts, --model), PATHs or --run DIR
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,8 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         p = sub.add_parser(name, help=HELP.get(name, f"run the {name} stage"))
-        p.add_argument("-c", "--config", default=None if name in ("train", "verify", "push") else "config.yaml",
-                       help="config file (default: config.yaml)")
+        p.add_argument("-c", "--config", default=None if name in CONFIG_OPTIONAL else "config.yaml",
+                       help="config file (default: config.yaml, unless --acts, --model or PATH is given)")
         p.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override a config key, value read as YAML (repeatable): --set sae.k=16 "
                             "--set models.dinov2.layer=block8 --set runs.usae.train.lr=0.001")
@@ -251,14 +300,22 @@ def _command_options(name: str, p: argparse.ArgumentParser) -> None:
     if name == "extract":
         p.add_argument("--part", type=int, help="only this manifest part")
     if name in ("train", "evaluate", "maco"):
-        p.add_argument("--run", help="only this run of the config (default: all; maco: those of 2+ models)")
+        p.add_argument("--run", help="only this run of the config (default: all; maco: those of 2+ models; "
+                                     "train --acts: the run whose settings to use, needed when there are several)")
     if name == "maco":
         p.add_argument("--concept", action="append", type=int, help="optimise this concept id (repeatable; "
                        "default: maco.concepts, else chosen from the evaluation)")
-    if name == "train":
+    if name in ("train", "evaluate", "report"):
         p.add_argument("--acts", action="append", metavar="NAME=PATH",
-                       help="train on these arrays (.npy or Zarr, (images, tokens, d) or (rows, d)), one per model")
-        p.add_argument("--out", help="run folder for --acts")
+                       help="activation arrays (.npy or Zarr, (images, tokens, d) or (rows, d)), one per model" +
+                            ("" if name == "train" else "; default: those the run was trained on"))
+        p.add_argument("--out", help="run folder for --acts" if name == "train" else
+                       f"{name} folder (default: RUN_DIR/{'eval' if name == 'evaluate' else 'report'})")
+    if name in ("evaluate", "report"):
+        p.add_argument("--model", dest="model_dir", metavar="RUN_DIR",
+                       help="a run trained with `usae train --acts` (its folder, or its model/ folder)")
+        p.add_argument("--split", choices=("val", "train", "all"), default="val",
+                       help="rows of the arrays to evaluate on (default: val, the rows held out from training)")
     if name == "push":
         p.add_argument("--run", help="the run folder (results/runs/<run>), or with -c a run name (required)")
         p.add_argument("--repo", help="hub repo id, user/name, created if absent (required)")
@@ -287,17 +344,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def _config(args: argparse.Namespace) -> PipelineConfig | None:
     """The command's config (``-c``, ``--set`` applied), checked as the Snakefile checks it;
-    None for ``train --acts``, ``verify PATH`` and ``push`` without ``-c``."""
+    None for a run on arrays (``--acts``, ``--model``), ``verify PATH`` and ``push`` without ``-c``."""
     config = args.config
-    acts = getattr(args, "acts", None)
-    if config is None and not acts and not getattr(args, "paths", None) and args.command != "push":
+    arrays = bool(getattr(args, "acts", None) or getattr(args, "model_dir", None))
+    if config is None and not arrays and not getattr(args, "paths", None) and args.command != "push":
         config = "config.yaml"
     if config is None:
-        if args.set and not acts:
+        if args.set and not arrays:
             raise ValueError("--set changes a config: give one with -c")
-        return None  # train --acts reads --set itself (sae.*, train.*)
+        return None  # a run on arrays reads --set itself (usae.config.arrays)
     cfg = read_config(config, args.set)
-    if args.command not in NO_DATA and not acts:
+    if args.command not in NO_DATA and not arrays:
         from usae.data.sizes import check_data_sizes
 
         check_data_sizes(cfg)  # as the Snakefile does: splits and batches the data allows

@@ -83,6 +83,11 @@ class TokenSource:
         self._flat = len(shape) == 2
 
     @property
+    def flat(self) -> bool:
+        """Rows are single tokens (a (rows, d) array): which image a token came from is unknown."""
+        return self._flat
+
+    @property
     def shape(self) -> tuple[int, int, int]:
         """``(n_rows, tokens_per_row, d_model)``."""
         return self.n_rows, self.tokens_per_row, self.d_model

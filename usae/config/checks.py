@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from usae.config.rules import check_rules
 from usae.config.settings import Spec, options, settings
 
-_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)")
 _TYPE_NAMES = {bool: "boolean", int: "integer", float: "number", str: "string", type(None): "null"}
 
@@ -102,7 +102,7 @@ def _number_hint(value: Any, members: tuple[Any, ...]) -> str:
     """How to write a number the check refused: YAML 1.1 reads ``1e7`` and ``3e-4`` as text
     (a float needs a dot and a signed exponent), and ``1.0e+7`` is no integer."""
     numeric = [m for m in members if m in (int, float)]
-    if isinstance(value, str) and numeric and _EXPONENT.fullmatch(value):
+    if isinstance(value, str) and numeric and EXPONENT.fullmatch(value):
         number = float(value)
         if int in numeric and number.is_integer():
             return f" (YAML reads {value} as text; write {int(number)})"

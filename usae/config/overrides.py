@@ -1,9 +1,10 @@
 """Command-line overrides of a config: ``--set KEY.PATH=VALUE``, applied before the checks.
 
 An override is as if the value were written at that place in the file: the value is read
-as YAML (``16``, ``0.001``, ``true``, ``null``, ``[dinov2, siglip]``, ``block8``), missing
-sections on the way are created, and the result goes through :func:`load_config` like any
-file, so a bad value or an unknown key gets the usual message naming the key.
+as YAML (``16``, ``0.001``, ``true``, ``null``, ``[dinov2, siglip]``, ``block8``; ``1e-3``
+too, which YAML alone reads as text), missing sections on the way are created, and the
+result goes through :func:`load_config` like any file, so a bad value or an unknown key
+gets the usual message naming the key.
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from usae.config.base import check_keys, from_dict
-from usae.config.pipeline import PipelineConfig
-from usae.config.train import RunConfig, SAEConfig, TrainConfig
+from usae.config.checks import EXPONENT
 
 Override = tuple[tuple[str, ...], Any]
 """A parsed override: the key path (``("runs", "usae", "sae", "k")``) and its value."""
@@ -35,6 +34,8 @@ def parse_override(text: str) -> Override:
         value = yaml.safe_load(raw)
     except yaml.YAMLError as err:
         raise ValueError(f"--set {text!r}: the value is not valid YAML ({str(err).splitlines()[0]})") from None
+    if isinstance(value, str) and EXPONENT.fullmatch(raw.strip()):  # unquoted only: '1e3' stays text
+        value = float(value)  # YAML 1.1 reads 1e-3 as text; on a command line it is meant as a number
     return parts, value
 
 
@@ -61,18 +62,3 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str | Override]) -
         node[parts[-1]] = value
     return data
 
-
-def run_from_overrides(key: str, models: Iterable[str], overrides: Iterable[str | Override]) -> RunConfig:
-    """A run's settings without a config file: the defaults with ``sae.*``/``train.*`` overrides.
-
-    Raises:
-        ValueError: an override of another section, an unknown key or a bad value (named as
-            in a config file: ``sae.k = 0 must be ...``).
-    """
-    data = apply_overrides({}, overrides)
-    check_keys(PipelineConfig, data, "top level")
-    others = sorted(set(data) - {"sae", "train"})
-    if others:
-        raise ValueError(f"--set {others}: without a config file (-c) only sae.* and train.* keys apply")
-    return RunConfig(key=key, models=tuple(models), sae=from_dict(SAEConfig, data.get("sae"), section="sae"),
-                     train=from_dict(TrainConfig, data.get("train"), section="train"))

@@ -22,7 +22,7 @@ from usae.atomic import atomic_path
 from usae.data.images import reason_kind
 from usae.evaluation.consistency import consistency_with_solo_runs
 from usae.report.cards import card
-from usae.report.explorer import ExplorerIndex, write_explorer
+from usae.report.explorer import NO_IMAGES, ExplorerIndex, write_explorer
 from usae.report.figures import make_figures
 from usae.report.maco import load_maco, maco_section
 from usae.report.templating import environment
@@ -52,13 +52,15 @@ def select_concepts(table: pd.DataFrame, models: list[str], n: int = N_CARDS,
             "specific": specific["concept"].head(n).tolist()}
 
 
-def build_report(run_dir: str | Path, manifest_path: str | Path, out_dir: str | Path, *,
+def build_report(run_dir: str | Path, manifest_path: str | Path | None, out_dir: str | Path, *,
                  other_runs: dict[str, str | Path] | None = None, maco_dir: str | Path | None = None) -> Path:
     """Write the report of the run in ``run_dir`` to ``out_dir`` (atomically); return index.html.
 
     Args:
         run_dir: ``results/runs/<run>`` with ``model/``, ``train_log.parquet`` and ``eval/``.
-        manifest_path: the manifest the stores were built from (image paths).
+        manifest_path: the manifest the stores were built from (image paths); None for a run
+            on activation arrays (``usae train --acts``): the sections that show images
+            (top images, heatmaps, excluded images) are left out with a line saying why.
         out_dir: report folder.
         other_runs: run name -> run folder, compared side by side with this one.
         maco_dir: the run's MACO folder (``maco.json``, ``images/``): its images are copied to
@@ -76,7 +78,8 @@ def build_report(run_dir: str | Path, manifest_path: str | Path, out_dir: str | 
         tmp.mkdir()
         figures = make_figures(run_dir, tmp / "figures")
         maco = load_maco(maco_dir, tmp) if maco_dir is not None else None
-        explorer = write_explorer(run_dir / "eval", Path(manifest_path), tmp, models, maco=maco)
+        manifest = Path(manifest_path) if manifest_path is not None else None
+        explorer = write_explorer(run_dir / "eval", manifest, tmp, models, maco=maco)
         galleries = select_concepts(table, models)
         rows = table.set_index("concept")
         cards = {name: [card(_row(rows, cid), models, index=explorer, maco=maco) for cid in ids]
@@ -84,8 +87,9 @@ def build_report(run_dir: str | Path, manifest_path: str | Path, out_dir: str | 
         context = _context(run_dir, config, metrics, table, figures, cards, explorer, other_runs or {})
         stores = config.get("meta", {}).get("provenance", {}).get("stores") or {}
         context["maco"] = maco_section(maco, set(explorer.concept_ids)) if maco is not None else None
-        context["excluded"] = excluded_images(manifest_path, stores, limit=MAX_EXCLUDED_LISTED,
-                                              fold_after=FOLD_EXCLUDED_AFTER)
+        context["excluded"] = excluded_images(manifest, stores, limit=MAX_EXCLUDED_LISTED,
+                                              fold_after=FOLD_EXCLUDED_AFTER) if manifest is not None else None
+        context["no_images"] = NO_IMAGES if manifest is None else None
         (tmp / "index.html").write_text(environment().get_template("index.html").render(**context))
     logger.info("report of %s written to %s", run_dir.name, out_dir)
     return out_dir / "index.html"
@@ -192,13 +196,15 @@ def _context(run_dir: Path, config: dict[str, Any], metrics: dict[str, Any], tab
     meta = config.get("meta", {})
     models = metrics["models"]
     backbones = meta.get("provenance", {}).get("backbones") or {}
+    arrays = meta.get("provenance", {}).get("arrays") or {}  # a run on arrays: the file stands for the backbone
     random_init = sorted(m for m, b in backbones.items() if b and not b.get("pretrained", True))
     per_model = []
     for i, m in enumerate(models):
         backbone = backbones.get(m) or {}
         weights = backbone.get("weights") or {}
         per_model.append({
-            "name": m, "backbone": backbone.get("name", "?"), "library": backbone.get("library", "?"),
+            "name": m, "backbone": backbone.get("name", arrays.get(m, "?")),
+            "library": backbone.get("library", "array" if m in arrays else "?"),
             "layer": backbone.get("layer", "?"), "pretrained": backbone.get("pretrained"),
             "weights_origin": weights.get("origin"), "weights_sha256": weights.get("sha256"), "width": config["dims"][m],
             "l0": metrics["l0"][m], "dead": metrics["dead"][m], "dead_fraction": metrics["dead_fraction"][m],

@@ -62,7 +62,9 @@ def card_html(concept_row: dict[str, Any], models: Iterable[str], out_dir_relati
 
 def _files(concept_row: dict[str, Any], cid: int, models: list[str],
            index: ExplorerIndex) -> tuple[set[int], dict[tuple[str, int], str]]:
-    """Thumbnails present (made now where missing and readable) and the overlays drawn now."""
+    """Thumbnails present (made now where missing and readable) and the overlays drawn now; none without images."""
+    if index.manifest_path is None:
+        return set(), {}
     needed = {int(r) for m in models for r in concept_row[f"top_rows_{m}"] if r >= 0}
     thumbs = {r for r in needed if (index.out_dir / "thumbs" / f"{r}.jpg").exists()}
     if needed - thumbs - {r for r, _ in index.unreadable}:

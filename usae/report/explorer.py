@@ -5,7 +5,7 @@ Output layout under ``out_dir``::
     concepts.html          every concept: searchable, sortable table (data/concepts.js)
     concept.html           one template page; ``concept.html?id=K`` loads data/cK.js
     static/explorer.js     the page logic (both pages), static/style.css
-    data/meta.js           window.USAE_META = {models, grid, thumb_size, pages: [ids with a page]}
+    data/meta.js           window.USAE_META = {models, grid, thumb_size, pages: [ids with a page], no_images}
     data/concepts.js       window.USAE_CONCEPTS = [summary row per concept]  (NaN -> null)
     data/c<id>.js          window.USAE_CONCEPT = {summary, per model top images + heatmaps, maco if optimised}
     thumbs/<row>.jpg       square thumbnail of each manifest row in a top list
@@ -40,6 +40,10 @@ from usae.report.thumbnails import write_thumbnails
 logger = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
+NO_IMAGES = ("This run was trained on activation arrays (usae train --acts), without images: top images, their "
+             "heatmaps and the excluded-images list are left out. A concept's top rows are listed by their row "
+             "index in the arrays, with the concept's largest activation over the row's tokens.")
+"""Why a report without a manifest shows no images (on index.html and every concept page)."""
 PAGES = ("concepts.html", "concept.html")
 """Pages rendered without variables from ``templates/``: they fill themselves in from ``data/*.js``."""
 
@@ -51,9 +55,9 @@ class ExplorerIndex:
     Attributes:
         out_dir: The explorer folder.
         eval_dir: The evaluation folder it was built from (heatmaps for the overlays).
-        manifest_path: The manifest (image paths, for thumbnails made on demand).
+        manifest_path: The manifest (image paths, for thumbnails made on demand); None without images.
         models: Model names, in column order.
-        grid: Heatmap grid ``(h, w)``.
+        grid: Heatmap grid ``(h, w)``; None without images.
         thumb_size: Thumbnail side in pixels.
         n_concepts: Concepts in ``data/concepts.js``.
         concept_ids: Concepts with a page (``data/c<id>.js``), ascending.
@@ -63,9 +67,9 @@ class ExplorerIndex:
 
     out_dir: Path
     eval_dir: Path
-    manifest_path: Path
+    manifest_path: Path | None
     models: tuple[str, ...]
-    grid: tuple[int, int]
+    grid: tuple[int, int] | None
     thumb_size: int
     n_concepts: int
     concept_ids: tuple[int, ...]
@@ -83,14 +87,16 @@ class ExplorerIndex:
         return len(self.thumbnails)
 
 
-def write_explorer(eval_dir: Path, manifest_path: Path, out_dir: Path, models: list[str], *,
+def write_explorer(eval_dir: Path, manifest_path: Path | None, out_dir: Path, models: list[str], *,
                    thumb_size: int = 128, page_concepts: Iterable[int] | None = None,
                    maco: Maco | None = None) -> ExplorerIndex:
     """Write the concept explorer of an evaluated run into ``out_dir``.
 
     Args:
         eval_dir: ``results/runs/<run>/eval`` with ``concepts.parquet`` and ``heatmaps.zarr``.
-        manifest_path: The manifest Parquet (``index`` -> ``path``).
+        manifest_path: The manifest Parquet (``index`` -> ``path``); None for a run without
+            images (activation arrays): no thumbnails and no heatmaps, and the concept pages
+            say so (``no_images`` in ``data/meta.js``).
         out_dir: Explorer folder (created; existing files are overwritten).
         models: Model names (columns ``fires_<m>`` etc. must exist).
         thumb_size: Thumbnail side in pixels.
@@ -106,22 +112,26 @@ def write_explorer(eval_dir: Path, manifest_path: Path, out_dir: Path, models: l
     """
     eval_dir, out_dir = Path(eval_dir), Path(out_dir)
     table = _read_concepts(eval_dir, models)
-    heatmaps = Heatmaps(eval_dir, models)
+    heatmaps = Heatmaps(eval_dir, models) if manifest_path is not None else None
+    grid = list(heatmaps.grid) if heatmaps is not None else None
     pages = _page_ids(table, models, page_concepts)
     for sub in ("data", "thumbs", "static"):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
     by_id = table.set_index("concept", drop=False)
     needed = sorted({int(r) for cid in pages for m in models for r in by_id.loc[cid, f"top_rows_{m}"] if r >= 0})
-    thumbs, unreadable = write_thumbnails(manifest_path, needed, out_dir / "thumbs", thumb_size)
+    thumbs, unreadable = (write_thumbnails(manifest_path, needed, out_dir / "thumbs", thumb_size)
+                          if manifest_path is not None else ([], []))
     summaries = [_summary(row, models) for row in table.to_dict("records")]
     _write_js(out_dir / "data" / "concepts.js", "USAE_CONCEPTS", summaries)
-    meta = {"models": list(models), "grid": list(heatmaps.grid), "thumb_size": thumb_size, "pages": pages,
-            "n_concepts": len(table)}
+    meta = {"models": list(models), "grid": grid, "thumb_size": thumb_size, "pages": pages,
+            "n_concepts": len(table), "no_images": NO_IMAGES if manifest_path is None else None}
     _write_js(out_dir / "data" / "meta.js", "USAE_META", meta)
     _write_concept_pages(out_dir / "data", by_id, summaries, pages, models, heatmaps, set(thumbs), maco)
     _copy_pages(out_dir)
-    index = ExplorerIndex(out_dir=out_dir, eval_dir=eval_dir, manifest_path=Path(manifest_path),
-                          models=tuple(models), grid=heatmaps.grid, thumb_size=thumb_size, n_concepts=len(table),
+    index = ExplorerIndex(out_dir=out_dir, eval_dir=eval_dir,
+                          manifest_path=Path(manifest_path) if manifest_path is not None else None,
+                          models=tuple(models), grid=heatmaps.grid if heatmaps is not None else None,
+                          thumb_size=thumb_size, n_concepts=len(table),
                           concept_ids=tuple(pages), thumbnails=tuple(thumbs), unreadable=tuple(unreadable))
     logger.info("explorer: %d concepts, %d pages, %d thumbnails (%d unreadable) in %s", len(table), len(pages),
                 len(thumbs), len(unreadable), out_dir)
@@ -138,15 +148,15 @@ def _read_concepts(eval_dir: Path, models: list[str]) -> pd.DataFrame:
 
 
 def _write_concept_pages(data_dir: Path, by_id: pd.DataFrame, summaries: list[dict[str, Any]], pages: list[int],
-                         models: list[str], heatmaps: Heatmaps, have: set[int], maco: Maco | None) -> None:
+                         models: list[str], heatmaps: Heatmaps | None, have: set[int], maco: Maco | None) -> None:
     """``data/c<id>.js`` for every concept with a page: its summary, neighbours, top images per model, and
     its MACO images when it was optimised (the key is left out otherwise)."""
     summary_of = {s["id"]: s for s in summaries}
     for i, cid in enumerate(pages):
-        page = {"id": cid, "summary": summary_of[cid], "grid": list(heatmaps.grid), "models": {},
+        page = {"id": cid, "summary": summary_of[cid], "grid": list(heatmaps.grid) if heatmaps else None, "models": {},
                 "prev": pages[i - 1] if i > 0 else None, "next": pages[i + 1] if i + 1 < len(pages) else None}
         for m in models:
-            page["models"][m] = _model_tops(by_id.loc[cid], m, heatmaps.get(m, cid), have)
+            page["models"][m] = _model_tops(by_id.loc[cid], m, heatmaps.get(m, cid) if heatmaps else None, have)
         optimised = concept_maco(maco, cid, models)
         if optimised is not None:
             page["maco"] = optimised

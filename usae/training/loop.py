@@ -200,7 +200,7 @@ def _with_dead_window(sae_cfg: SAEConfig, cfg: TrainConfig, total: int, scheme: 
     return dataclasses.replace(sae_cfg, dead_tokens=window)
 
 
-PATH_KEYS = ("stores",)  # provenance entries that say where the data is, not what it is
+PATH_KEYS = ("stores", "arrays")  # provenance entries that say where the data is, not what it is
 
 
 def run_settings(sources: dict[str, TokenSource], sae_cfg: SAEConfig, cfg: TrainConfig, *,

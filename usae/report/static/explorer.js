@@ -195,7 +195,7 @@
         var stack = el("span", { "class": "stack" });
         if (t.thumb) {
           stack.appendChild(el("img", { "class": "thumb", src: t.thumb, alt: "image " + t.row, width: size, height: size }));
-        } else {
+        } else if (!info.no_images) {
           stack.appendChild(el("span", { "class": "thumb missing", text: "image " + t.row + " unreadable" }));
         }
         if (t.heatmap) {
@@ -203,12 +203,13 @@
           stack.appendChild(canvas);
           canvases.push([canvas, t.heatmap, block.max]);
         }
-        tiles.appendChild(el("figure", { "class": "tile" }, [stack,
+        tiles.appendChild(el("figure", { "class": "tile" }, [info.no_images ? null : stack,
           el("figcaption", { text: "#" + t.row + " \u00b7 " + fmt(t.value) })]));
       });
       if (!block.top.length) { tiles.appendChild(el("p", { "class": "empty", text: "never fires" })); }
       cols.appendChild(el("div", { "class": "model-col" }, [title, tiles]));
     });
+    if (info.no_images) { article.appendChild(el("p", { "class": "empty", id: "no-images", text: info.no_images })); }
     article.appendChild(cols);
     if (c.maco) { article.appendChild(macoCaption(c.maco.objective_text)); }
     card.appendChild(article);
