@@ -30,11 +30,13 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture
 def open_page(browser: Any) -> Callable[..., tuple[Any, list[str], list[str]]]:
-    """``open_page(path, query="", screenshot=None)``: the page loaded from disk, its console errors and failed
-    requests (collected from before the first request, so nothing is missed)."""
+    """``open_page(path, query="", screenshot=None, width=1280)``: the page loaded from disk in a window ``width``
+    pixels wide, its console errors and failed requests (collected from before the first request, so nothing is
+    missed)."""
 
-    def load(path: Path, query: str = "", screenshot: Path | None = None) -> tuple[Any, list[str], list[str]]:
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
+    def load(path: Path, query: str = "", screenshot: Path | None = None,
+             width: int = 1280) -> tuple[Any, list[str], list[str]]:
+        page = browser.new_page(viewport={"width": width, "height": 900})
         errors, failed = [], []
         page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
         page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -48,11 +50,21 @@ def open_page(browser: Any) -> Callable[..., tuple[Any, list[str], list[str]]]:
     return load
 
 
+# Lazy images (loading="lazy") load only when scrolled to: switch them to eager and wait for every image to
+# settle, so each one is checked.
+_LOAD_ALL = """async () => {
+  const images = Array.from(document.images);
+  images.forEach(i => { if (i.loading === "lazy") { i.loading = "eager"; } });
+  await Promise.all(images.map(i => i.complete ? null : new Promise(done => {
+    i.addEventListener("load", done); i.addEventListener("error", done); })));
+  return images.filter(i => !(i.complete && i.naturalWidth > 0)).length;
+}"""
+
+
 @pytest.fixture
 def broken_images() -> Callable[[Any], int]:
-    """``broken_images(page)``: how many of the page's images did not load."""
-    return lambda page: page.evaluate("Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0))"
-                                      ".length")
+    """``broken_images(page)``: how many of the page's images did not load (lazy ones loaded first)."""
+    return lambda page: page.evaluate(_LOAD_ALL)
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ def test_firing_entropy_known_answers():
     ])
     fe = firing_entropy(fires)
     assert abs(fe[0].item() - 1.0) < 1e-12  # fires equally in every model
-    assert fe[1].item() == 0.0  # fires in one model only
+    assert fe[1].item() == 0.0 and math.copysign(1.0, fe[1].item()) == 1.0  # fires in one model only: +0, not -0
     assert math.isnan(fe[2].item()) and math.isnan(fe[4].item())  # never fires
     assert abs(fe[3].item() - math.log(2) / math.log(3)) < 1e-12  # p = (1/2, 1/2, 0)
 
@@ -61,6 +61,36 @@ def test_cofire_proportion_energy_and_pearson():
     assert abs(log_log_pearson(x, x.pow(2)).item() - 1.0) < 1e-12  # log-linear: r = 1
     assert abs(log_log_pearson(x, 1 / x.clamp_min(1)).item() + 1.0) < 1e-12
     assert math.isnan(log_log_pearson(torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0])).item())
+
+
+def test_pairwise_cofire_share_hand_example():
+    from usae.metrics import pairwise_cofire_share
+
+    # Fired (token, concept) pairs over 3 tokens x 2 concepts: model a {(0,0), (1,0), (2,1)},
+    # model b {(0,0), (2,1)}, model c none. P[a,b] = 2 shared pairs; P[a,a] = 3, P[b,b] = 2.
+    pairs = torch.tensor([[3, 2, 0], [2, 2, 0], [0, 0, 0]])
+    share = pairwise_cofire_share(pairs)
+    assert share[0].tolist() == pytest.approx([1.0, 2 / 3, 0.0])
+    assert share[1].tolist() == pytest.approx([1.0, 1.0, 0.0])  # every firing of b is matched by a
+    assert torch.isnan(share[2]).all()  # c never fires
+
+
+def test_energy_share_hand_example():
+    from usae.metrics import energy_share
+
+    energy = torch.tensor([[1.0, 0.0, 0.0], [3.0, 2.0, 0.0]])  # concept 0: 1/4 vs 3/4; concept 1: b alone
+    share = energy_share(energy)
+    assert share[:, 0].tolist() == [0.25, 0.75] and share[:, 1].tolist() == [0.0, 1.0]
+    assert torch.isnan(share[:, 2]).all()  # no energy anywhere
+    torch.testing.assert_close(share[:, :2].sum(dim=0), torch.ones(2, dtype=torch.float64))
+
+
+def test_log_firing_frequency_hand_example():
+    from usae.metrics import log_firing_frequency
+
+    density = log_firing_frequency(torch.tensor([[1000, 10, 0], [1, 100, 1000]]), 1000)
+    assert density[0].tolist()[:2] == pytest.approx([0.0, -2.0]) and density[0, 2].item() == -math.inf
+    assert density[1].tolist() == pytest.approx([-3.0, -1.0, 0.0])
 
 
 def test_firing_entropy_needs_two_models():

@@ -47,8 +47,8 @@ def firing_entropy(fires: Tensor) -> Tensor:
         return torch.full_like(total, float("nan"))
     p = counts / total
     terms = torch.where(counts > 0, p * torch.log(p), torch.zeros_like(p))
-    return torch.where(total > 0, -terms.sum(dim=0) / math.log(fires.shape[0]),
-                       torch.full_like(total, float("nan")))
+    entropy = 0.0 - terms.sum(dim=0) / math.log(fires.shape[0])  # 0.0 - x: a one-model concept is 0, not -0
+    return torch.where(total > 0, entropy, torch.full_like(total, float("nan")))
 
 
 def r2_global_mean(sse: Tensor, sum_x: Tensor, sum_x2: Tensor, n: int) -> Tensor:
@@ -98,6 +98,56 @@ def cofire_proportion(cofires: Tensor, fires: Tensor) -> Tensor:
     """
     fires = fires.double()
     return torch.where(fires > 0, cofires.double() / fires, torch.full_like(fires, float("nan")))
+
+
+def pairwise_cofire_share(pair_cofires: Tensor) -> Tensor:
+    """Co-firing matrix of the models: the share of model i's firings that model j fires too.
+
+    S[i, j] = P[i, j] / P[i, i], with P[i, j] = sum over tokens t and concepts k of
+    [Z_k^(i)(t) > tau] [Z_k^(j)(t) > tau] (each model encoding its own activations of token t),
+    so P[i, i] is every firing of model i and S[i, i] = 1. Not symmetric: S[i, j] P[i, i] = S[j, i] P[j, j].
+
+    Args:
+        pair_cofires: (M, M) counts P, symmetric.
+
+    Returns:
+        (M, M) float64 shares in [0, 1]; NaN on the rows of models that never fire.
+    """
+    counts = pair_cofires.double()
+    fired = counts.diagonal().unsqueeze(1)
+    return torch.where(fired > 0, counts / fired, torch.full_like(counts, float("nan")))
+
+
+def energy_share(energy: Tensor) -> Tensor:
+    """Each concept's energy share per model: how much of its importance each model carries.
+
+    share_i(k) = Energy_i(k) / sum_j Energy_j(k), Energy_i(k) = || E_x[Z_k^(i)(x)] D_k^(i) ||^2
+    (:func:`concept_energy` of model i); the shares of a concept sum to 1.
+
+    Args:
+        energy: (M, m) energies per model and concept.
+
+    Returns:
+        (M, m) float64 shares; NaN for concepts with no energy in any model.
+    """
+    energy = energy.double()
+    total = energy.sum(dim=0, keepdim=True)
+    return torch.where(total > 0, energy / total, torch.full_like(energy, float("nan")))
+
+
+def log_firing_frequency(fires: Tensor, n_tokens: int) -> Tensor:
+    """Feature density: log10 of the share of tokens on which each concept fires, per model.
+
+    density_i(k) = log10(fires_i(k) / n_tokens), -inf for a concept that never fires in model i.
+
+    Args:
+        fires: (M, m) or (m,) firing counts (Z_k > tau) over ``n_tokens`` tokens.
+        n_tokens: tokens the counts were taken over (> 0).
+
+    Returns:
+        Same shape as ``fires``, float64 values <= 0 (or -inf).
+    """
+    return (fires.double() / n_tokens).log10()
 
 
 def concept_energy(mean_codes: Tensor, dictionary: Tensor) -> Tensor:

@@ -119,3 +119,31 @@ def test_dead_counts_both_ways_against_brute_force(data, tmp_path):
     assert metrics["dead"]["a"] == never_active and metrics["dead_above_tau"]["a"] == never_above_tau
     assert metrics["dead_above_tau_fraction"]["a"] == never_above_tau / (2 * D)
     assert "dead_above_tau" in metrics["definitions"] and "tau" in metrics["definitions"]["dead_above_tau"]
+
+
+def test_pair_cofires_and_matrix_match_brute_force(data, tmp_path):
+    """P[i, j] counts (token, concept) pairs firing in both models; the matrix divides each row by P[i, i]."""
+    model = identity_usae(np.zeros(D))
+    with torch.no_grad():
+        model.b_enc["b"].fill_(-0.8)  # b fires less often than a, on a subset of a's (token, concept) pairs
+    metrics, _ = run(model, sources(data), tmp_path, tau=0.5)
+    x = torch.from_numpy(data.reshape(-1, D))
+    fired = {n: model.encode(n, x, standardized=True).detach().numpy() > 0.5 for n in ("a", "b")}
+    both = int((fired["a"] & fired["b"]).sum())
+    n_a, n_b = int(fired["a"].sum()), int(fired["b"].sum())
+    assert 0 < both < n_a  # the data makes the matrix non-trivial
+    assert metrics["pair_cofires"] == [[n_a, both], [both, n_b]]
+    np.testing.assert_allclose(metrics["cofire_matrix"], [[1.0, both / n_a], [both / n_b, 1.0]])
+    assert "cofire_matrix" in metrics["definitions"]
+
+
+def test_min_cofires_scales_with_the_tokens_and_says_why_r_is_empty(data, tmp_path):
+    """null: ceil(1000 x 30 / 10^7) = 1 co-fire; a fixed 1000 leaves no concept, and the metrics say so."""
+    model = identity_usae(np.zeros(D))
+    scaled, _ = run(model, sources(data), tmp_path / "scaled")
+    assert scaled["min_cofires"] == 1 and "scaled with the tokens" in scaled["min_cofires_rule"]
+    assert scaled["n_concepts_min_cofires"] >= 3 and scaled["pearson_min_cofires_note"] is None
+    fixed, _ = run(model, sources(data), tmp_path / "fixed", min_cofires=1000)
+    assert fixed["min_cofires"] == 1000 and fixed["min_cofires_rule"] == "evaluate.min_cofires = 1,000"
+    assert fixed["pearson_log_cofires_log_energy_min_cofires"] is None and fixed["n_concepts_min_cofires"] == 0
+    assert fixed["pearson_min_cofires_note"].startswith("only 0 concepts co-fire at least 1,000 times")

@@ -159,3 +159,37 @@ def test_colorize_is_transparent_where_inactive():
     img = np.asarray(colorize(grid, 24, alpha=0.5))
     assert img.shape == (24, 24, 4)
     assert img[0, 0, 3] == 0 and 0 < img[..., 3].max() <= 128
+
+
+def test_meta_gives_each_table_column_one_format_and_shares(run):
+    write_explorer(run["eval"], run["manifest"], run["out"], MODELS, thumb_size=16)
+    formats = _load_js(run["out"] / "data" / "meta.js", "USAE_META")["formats"]
+    assert formats["fires_alpha"] == {"kind": "int", "digits": 3} and formats["cofires"]["kind"] == "int"
+    assert formats["energy_total"] == {"kind": "fixed", "digits": 3}  # 0.0 .. 0.004: every value shows
+    assert formats["share_alpha"] == {"kind": "percent", "digits": 1}
+    assert "id" not in formats and "factor" not in formats and "factor_alpha" not in formats
+    summary = _load_js(run["out"] / "data" / "concepts.js", "USAE_CONCEPTS")
+    # energy_<m> = 0.1 x fires: concept 0 fires 3 times in alpha and once in beta -> shares 3/4 and 1/4
+    assert summary[0]["share_alpha"] == pytest.approx(0.75) and summary[0]["share_beta"] == pytest.approx(0.25)
+    assert summary[2]["share_alpha"] is None  # no energy anywhere
+
+
+def test_column_formats_of_rows():
+    from usae.report.explorer import column_formats
+    from usae.report.numbers import NumberFormat
+
+    rows = [{"id": 0, "e": 6.287, "n": 3, "t": "x", "s": 0.5}, {"id": 1, "e": 4.4e-05, "n": None, "t": None, "s": 0.25}]
+    assert column_formats(rows, {"s": NumberFormat("percent", 0)}) == {
+        "e": {"kind": "sci", "digits": 3}, "n": {"kind": "int", "digits": 3}, "s": {"kind": "percent", "digits": 0}}
+
+
+def test_card_gives_energy_shares_and_the_heatmap_scale(run):
+    from usae.report.cards import card
+
+    row = {**_concepts().set_index("concept").loc[1].to_dict(), "concept": 1}
+    c = card(row, MODELS)
+    alpha, beta = c["models"]
+    assert alpha["share"] == pytest.approx(0.4) and beta["share"] == pytest.approx(0.6)  # fires 2 and 3
+    assert alpha["scale_max"] == 1.0 and beta["scale_max"] == 1.0  # the largest top value of the filled slots
+    never = card({**_concepts().set_index("concept").loc[2].to_dict(), "concept": 2}, MODELS)
+    assert [m["scale_max"] for m in never["models"]] == [None, None] and never["models"][0]["share"] is None

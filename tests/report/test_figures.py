@@ -14,13 +14,16 @@ from PIL import Image  # noqa: E402
 
 from usae.report.figures import Figure, make_figures  # noqa: E402
 
-KEYS = {"training", "r2", "entropy", "cofire", "scatter"}
+KEYS = {"training", "r2", "entropy", "cofire", "scatter", "cofire_matrix", "density", "energy_share"}
 DEFINITION_MARKERS = {
     "training": "loss",
     "r2": "1 - SSE",
     "entropy": "FE_k",
     "cofire": "CFP_k",
     "scatter": "Pearson",
+    "cofire_matrix": "on which model j fires the same concept",
+    "density": "log10(fires / tokens)",
+    "energy_share": "share_i(k) = energy_i(k) / sum_j energy_j(k)",
 }
 
 
@@ -64,6 +67,7 @@ def _write_run(run_dir: Path, models: list[str], n_concepts: int = 50, fire: boo
         "cofire_proportion_mean": {n: (0.3 if fire else None) for n in models},
         "pearson_log_cofires_log_energy": 0.5, "pearson_log_cofires_log_energy_min_cofires": None,
         "min_cofires": 1000, "tau": 0.1, "n_tokens": 1000,
+        "cofire_matrix": (0.5 + 0.5 * np.eye(m)).tolist(),
         "definitions": {"firing_entropy": "FE_k = -(1/log M) sum_i p_i log p_i, p_i = fires_i / sum_j fires_j"},
     }
     (run_dir / "eval" / "metrics.json").write_text(json.dumps(metrics))
@@ -125,3 +129,25 @@ def test_missing_inputs(tmp_path: Path) -> None:
     assert set(figures) == KEYS
     for fig in figures.values():
         assert (tmp_path / "out" / fig.path).is_file()
+
+
+def test_r2_colours_span_the_values(tmp_path: Path) -> None:
+    """The R2 heatmaps' colour range is the values' span rounded out to 0.05, and the caption states it."""
+    run = _write_run(tmp_path / "run", ["a", "b"])
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    metrics["r2_per_dim"] = metrics["r2_global_mean"] = [[0.97, 0.77], [0.81, 0.93]]
+    (run / "eval" / "metrics.json").write_text(json.dumps(metrics))
+    figures = make_figures(run, tmp_path / "out")
+    assert "Colour range 0.75 to 1.00" in figures["r2"].caption
+
+
+def test_sharing_figures_say_what_is_missing(tmp_path: Path) -> None:
+    """An evaluation from before the co-firing matrix: that panel asks for a rerun, the others still draw."""
+    run = _write_run(tmp_path / "run", ["a", "b", "c"])
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    del metrics["cofire_matrix"]
+    (run / "eval" / "metrics.json").write_text(json.dumps(metrics))
+    figures = make_figures(run, tmp_path / "out")
+    assert "rerun evaluate" in figures["cofire_matrix"].caption
+    assert "Concepts that never fire (not drawn): a 0, b 0, c 0" in figures["density"].caption
+    assert "Drawn: the 25 concepts with the largest energy_total" in figures["energy_share"].caption

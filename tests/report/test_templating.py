@@ -21,3 +21,10 @@ def test_fmt(value, digits, text):
 def test_fmt_is_the_environments_filter():
     env = environment()
     assert env.from_string("{{ x | fmt }} {{ (100 * y) | fmt(1) }}").render(x=1234, y=0.1234) == "1,234 12.3"
+
+
+def test_column_and_percent_filters():
+    env = environment()
+    page = env.from_string("{% set f = xs | column_format %}{% for x in xs %}{{ f(x) }} {% endfor %}{{ p | percent }}")
+    assert page.render(xs=[6.287, 4.4e-05, None], p=0.0291) == "6.29e+00 4.40e-05 - 2.9%"
+    assert env.from_string("{{ x | fmt }}").render(x=-0.0) == "0.000"

@@ -11,9 +11,9 @@ def test_report_pages_render_without_errors(built, open_page, broken_images, tmp
     assert errors == [] and failed == []
     assert page.evaluate("document.images.length") > 10 and broken_images(page) == 0
     assert page.locator("#random-init-banner").count() == 1
-    assert page.locator("#runs + table tr").count() == 4  # header + the three runs of the config
+    assert page.locator("#runs-table tr").count() == 4  # header + the three runs of the config
     # The independent SAE of b16 (run solo_b16) is compared with the USAE's b16 dictionary.
-    assert page.locator("#consistency + p + table tr").count() == 2
+    assert page.locator("#consistency-table tr").count() == 2
     assert (tmp_path / "index.png").stat().st_size > 10_000
     index, errors, failed = open_page(report / "concepts.html")
     assert errors == [] and failed == []

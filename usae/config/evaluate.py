@@ -18,8 +18,10 @@ class EvaluateConfig(Section):
     tau: float = setting(0.1, "Firing threshold: concept k fires when Z_k > tau (paper code: 0.1).", minimum=0.0)
     top_n: int = setting(8, "Top validation images kept per concept and model (by max activation over tokens).",
                          minimum=1)
-    min_cofires: int = setting(1000, "The second Pearson r (log co-fires vs log energy) is over concepts with at "
-                                     "least this many co-fires (paper: 1000).", minimum=0)
+    min_cofires: int | None = setting(
+        None, "The second Pearson r (log co-fires vs log energy) is over concepts with at least this many "
+        "co-fires; `null` = the paper's 1000 per 10 M evaluation tokens, scaled to the tokens evaluated "
+        "(at least 1).", minimum=0)
     batch_images: int = setting(32, "Validation images per block.", minimum=1)
     max_images: int | None = setting(None, "Evaluate on the first this-many validation images only; `null` = all.",
                                      minimum=1)

@@ -3,7 +3,8 @@
 Per batch, each model encodes its own activations into sparse codes (k active latents per
 token); nothing of size (tokens x m) is ever built. What is kept: per (source, target)
 squared errors; per target the sums behind both R2 forms; per model firing counts,
-summed codes and L0; co-fire counts; the top-N images per concept and model.
+summed codes and L0; co-fire counts (per concept in every model, and per pair of models);
+the top-N images per concept and model.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class Accumulator:
     code_sums: Tensor = field(init=False)
     l0: Tensor = field(init=False)
     cofires: Tensor = field(init=False)
+    pair_cofires: Tensor = field(init=False)
     top: dict[str, TopImages] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -65,6 +67,7 @@ class Accumulator:
         self.code_sums = torch.zeros(n_models, m, dtype=torch.float64, device=dev)
         self.l0 = torch.zeros(n_models, dtype=torch.float64, device=dev)
         self.cofires = torch.zeros(m, dtype=torch.long, device=dev)
+        self.pair_cofires = torch.zeros(n_models, n_models, dtype=torch.long, device=dev)
         self.top = {n: TopImages.empty(m, self.top_n, dev) for n in names}
 
     @torch.no_grad()
@@ -92,6 +95,7 @@ class Accumulator:
             fired_keys.append((token * m + c.indices)[fired])
             self._update_top(source, c, rows, tokens_per_image)
         self._update_cofires(fired_keys, m)
+        self._update_pairs(fired_keys)
         self.n_tokens += n_tok
         self.n_images += len(rows)
         return codes
@@ -102,6 +106,15 @@ class Accumulator:
         for other in keys[1:]:
             common = common[torch.isin(common, other)]
         self.cofires += torch.bincount(common % m, minlength=m)
+
+    def _update_pairs(self, keys: list[Tensor]) -> None:
+        """Pair co-fires: (token, concept) pairs firing in both model i and model j (i == j: all of i's)."""
+        for i, mine in enumerate(keys):
+            self.pair_cofires[i, i] += mine.numel()
+            for j in range(i + 1, len(keys)):
+                shared = torch.isin(mine, keys[j]).sum()
+                self.pair_cofires[i, j] += shared
+                self.pair_cofires[j, i] += shared
 
     def _update_top(self, name: str, codes: Codes, rows: Tensor, tokens_per_image: int) -> None:
         m = self.model.cfg.n_latents

@@ -26,6 +26,7 @@ from usae.activations.sources import TokenSource
 from usae.atomic import atomic_path
 from usae.config import EvaluateConfig, to_dict
 from usae.evaluation.accumulate import Accumulator
+from usae.evaluation.cofiring import cofire_summary
 from usae.metrics import (
     cofire_proportion, concept_energy, firing_entropy, log_log_pearson, r2_global_mean, r2_per_dim,
 )
@@ -42,6 +43,8 @@ DEFINITIONS = {
     "firing_entropy": "FE_k = -(1/log M) sum_i p_i log p_i, p_i = fires_i / sum_j fires_j",
     "cofire": "the concept fires in every model on the same token",
     "cofire_proportion": "CFP_k^(i) = cofires_k / fires_k^(i)",
+    "cofire_matrix": "share of model i's firings (token, concept pairs with Z_k^(i) > tau) on which model j fires "
+                     "the same concept on the same token (row i, column j; 1 on the diagonal)",
     "energy": "||E[Z_k] D_k||^2 per model (E over validation tokens); energy_total sums the models",
     "dead": "concepts never active (Z_k > 0) for that model on any validation token",
     "dead_above_tau": "concepts that never fire (Z_k > tau) for that model on any validation token",
@@ -149,7 +152,6 @@ def _summarise(model: USAE, acc: Accumulator, cfg: EvaluateConfig) -> tuple[dict
     total_energy = energy.sum(dim=0)
     cofires = acc.cofires.cpu()
     active = (acc.code_sums.cpu() > 0)
-    busy = cofires >= cfg.min_cofires
     table = pd.DataFrame({"concept": np.arange(model.cfg.n_latents), "firing_entropy": entropy.numpy(),
                           "cofires": cofires.numpy(), "energy_total": total_energy.numpy()})
     for i, name in enumerate(names):
@@ -174,9 +176,7 @@ def _summarise(model: USAE, acc: Accumulator, cfg: EvaluateConfig) -> tuple[dict
         "cofire_proportion_mean": cfp_mean,
         "concepts_firing_in_all_models": int((fires > 0).all(dim=0).sum()),
         "pearson_log_cofires_log_energy": float(log_log_pearson(cofires.double(), total_energy)),
-        "pearson_log_cofires_log_energy_min_cofires": float(log_log_pearson(
-            torch.where(busy, cofires, 0).double(), total_energy)),
-        "min_cofires": cfg.min_cofires,
+        **cofire_summary(acc.pair_cofires, cofires, total_energy, cfg.min_cofires, n),
     }
     return metrics, table
 

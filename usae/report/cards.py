@@ -10,9 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import pandas as pd
+
 from usae.report.explorer import ExplorerIndex, json_value
 from usae.report.heatmaps import render_overlays
 from usae.report.maco import Maco, concept_maco
+from usae.report.sharing import energy_shares
 from usae.report.templating import environment
 from usae.report.thumbnails import write_thumbnails
 
@@ -34,21 +37,26 @@ def card(concept_row: dict[str, Any], models: Iterable[str], *, index: ExplorerI
     Returns:
         ``id``, ``factor`` (or None), ``linked``, the numbers ``firing_entropy``, ``cofires``,
         ``energy_total``, ``factor_auroc``, ``objective_text`` (the MACO objective; None when
-        the concept was not optimised), and ``models``: per model ``name``, ``fires``, ``maco``
-        (see :func:`usae.report.maco.concept_maco`; or None) and ``tiles`` (``row``, ``value``,
-        ``overlay`` path or None).
+        the concept was not optimised), and ``models``: per model ``name``, ``fires``, ``share``
+        (the concept's energy share in that model, :func:`usae.report.sharing.energy_shares`; None
+        without energy), ``scale_max`` (the top of its heatmaps' colour scale: the largest
+        activation over that model's top images, as :func:`usae.report.heatmaps.render_overlays`
+        normalises them), ``maco`` (see :func:`usae.report.maco.concept_maco`; or None) and
+        ``tiles`` (``row``, ``value``, ``overlay`` path or None).
     """
     cid = int(concept_row["concept"] if "concept" in concept_row else concept_row["id"])
     models = list(models)
     thumbs, overlays = _files(concept_row, cid, models, index) if index is not None else (None, None)
     factor = concept_row.get("factor")
     optimised = concept_maco(maco, cid, models) or {"objective_text": None, "models": {}}
+    shares = _energy_shares(concept_row, models)
     return {
         "id": cid, "factor": str(factor) if json_value(factor) else None,
         "linked": index is None or cid in index.concept_ids,
         **{key: concept_row.get(key) for key in ("firing_entropy", "cofires", "energy_total", "factor_auroc")},
         "objective_text": optimised["objective_text"],
-        "models": [{"name": m, "fires": concept_row.get(f"fires_{m}"), "maco": optimised["models"].get(m),
+        "models": [{"name": m, "fires": concept_row.get(f"fires_{m}"), "share": shares.get(m),
+                    "scale_max": _scale_max(concept_row, m), "maco": optimised["models"].get(m),
                     "tiles": _tiles(concept_row, cid, m, thumbs, overlays)} for m in models],
     }
 
@@ -85,3 +93,18 @@ def _tiles(concept_row: dict[str, Any], cid: int, model: str, thumbs: set[int] |
         tiles.append({"row": r, "value": values[slot] if slot < len(values) else None,
                       "overlay": overlay if overlays is None or (model, slot) in overlays else None})
     return tiles
+
+
+def _energy_shares(concept_row: dict[str, Any], models: list[str]) -> dict[str, float | None]:
+    """Model -> the concept's energy share there; empty when the row has no ``energy_<model>``."""
+    if any(f"energy_{m}" not in concept_row for m in models):
+        return {}
+    shares = energy_shares(pd.DataFrame({f"energy_{m}": [concept_row[f"energy_{m}"]] for m in models}), models)
+    return {m: json_value(shares[f"share_{m}"].iloc[0]) for m in models}
+
+
+def _scale_max(concept_row: dict[str, Any], model: str) -> float | None:
+    """The largest top value of ``model`` over its filled slots (the overlays' 1.0), None when it never fires."""
+    values = [float(v) for r, v in zip(concept_row.get(f"top_rows_{model}", []),
+                                       concept_row.get(f"top_values_{model}", [])) if r >= 0]
+    return max(values) if values else None

@@ -5,7 +5,8 @@ Output layout under ``out_dir``::
     concepts.html          every concept: searchable, sortable table (data/concepts.js)
     concept.html           one template page; ``concept.html?id=K`` loads data/cK.js
     static/explorer.js     the page logic (both pages), static/style.css
-    data/meta.js           window.USAE_META = {models, grid, thumb_size, pages: [ids with a page], no_images}
+    data/meta.js           window.USAE_META = {models, grid, thumb_size, pages: [ids with a page], no_images,
+                                                   formats: {column: number format of concepts.html's table}}
     data/concepts.js       window.USAE_CONCEPTS = [summary row per concept]  (NaN -> null)
     data/c<id>.js          window.USAE_CONCEPT = {summary, per model top images + heatmaps, maco if optimised}
     thumbs/<row>.jpg       square thumbnail of each manifest row in a top list
@@ -34,6 +35,8 @@ import pandas as pd
 
 from usae.report.heatmaps import Heatmaps
 from usae.report.maco import Maco, concept_maco
+from usae.report.numbers import NumberFormat, column_format
+from usae.report.sharing import energy_shares
 from usae.report.templating import environment
 from usae.report.thumbnails import write_thumbnails
 
@@ -112,6 +115,7 @@ def write_explorer(eval_dir: Path, manifest_path: Path | None, out_dir: Path, mo
     """
     eval_dir, out_dir = Path(eval_dir), Path(out_dir)
     table = _read_concepts(eval_dir, models)
+    table = pd.concat([table, energy_shares(table, models)], axis=1)
     heatmaps = Heatmaps(eval_dir, models) if manifest_path is not None else None
     grid = list(heatmaps.grid) if heatmaps is not None else None
     pages = _page_ids(table, models, page_concepts)
@@ -124,7 +128,8 @@ def write_explorer(eval_dir: Path, manifest_path: Path | None, out_dir: Path, mo
     summaries = [_summary(row, models) for row in table.to_dict("records")]
     _write_js(out_dir / "data" / "concepts.js", "USAE_CONCEPTS", summaries)
     meta = {"models": list(models), "grid": grid, "thumb_size": thumb_size, "pages": pages,
-            "n_concepts": len(table), "no_images": NO_IMAGES if manifest_path is None else None}
+            "n_concepts": len(table), "no_images": NO_IMAGES if manifest_path is None else None,
+            "formats": column_formats(summaries, {f"share_{m}": NumberFormat("percent", 1) for m in models})}
     _write_js(out_dir / "data" / "meta.js", "USAE_META", meta)
     _write_concept_pages(out_dir / "data", by_id, summaries, pages, models, heatmaps, set(thumbs), maco)
     _copy_pages(out_dir)
@@ -201,9 +206,21 @@ def _summary(row: dict[str, Any], models: Iterable[str]) -> dict[str, Any]:
            "cofires": json_value(row.get("cofires")), "energy_total": json_value(row.get("energy_total")),
            "factor": json_value(row.get("factor")), "factor_auroc": json_value(row.get("factor_auroc"))}
     for m in models:
-        for key in ("fires", "energy", "cfp", "factor", "factor_auroc"):
+        for key in ("fires", "energy", "share", "cfp", "factor", "factor_auroc"):
             out[f"{key}_{m}"] = json_value(row.get(f"{key}_{m}"))
     return out
+
+
+def column_formats(rows: list[dict[str, Any]],
+                   given: dict[str, NumberFormat] | None = None) -> dict[str, dict[str, Any]]:
+    """Key -> the one number format of that column of ``rows``: ``given[key]``, else
+    :func:`usae.report.numbers.column_format` of its values; for every key holding a number in
+    some row (text columns and ``id`` are left out)."""
+    given = given or {}
+    keys = [k for k in (rows[0] if rows else {}) if k != "id"]
+    numeric = [k for k in keys if any(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)
+                                      for r in rows)]
+    return {k: (given.get(k) or column_format(r.get(k) for r in rows)).to_json() for k in numeric}
 
 
 def _model_tops(row: pd.Series, model: str, heat: tuple[np.ndarray, np.ndarray] | None,

@@ -17,9 +17,11 @@ from typing import Any, Callable
 import matplotlib
 import numpy as np
 import pandas as pd
-from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure as MplFigure
+
+from usae.report.panels import colour_range, draw_matrix, empty_panel as _empty
+from usae.report.sharing import draw_cofire_matrix, draw_density, draw_energy_share
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +37,8 @@ _DEFAULT_DEFS = {
     "firing_entropy": "FE_k = -(1/log M) sum_i p_i log p_i, p_i = fires_i / sum_j fires_j",
     "cofire_proportion": "CFP_k^(i) = cofires_k / fires_k^(i)",
     "energy": "||E[Z_k] D_k||^2 per model; energy_total sums the models",
+    "cofire_matrix": "share of model i's firings (token, concept pairs with Z_k > tau) on which model j fires the "
+                     "same concept on the same token (row i, column j)",
 }
 
 
@@ -85,14 +89,6 @@ def _load(run_dir: Path) -> _Run:
     return _Run(models, metrics, log, concepts)
 
 
-def _empty(ax: Axes, note: str) -> None:
-    """Mark ``ax`` as an empty panel carrying ``note``."""
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.grid(False)
-    ax.text(0.5, 0.5, note, ha="center", va="center", transform=ax.transAxes, color="0.4", wrap=True)
-
-
 def _column(df: pd.DataFrame | None, name: str) -> np.ndarray | None:
     if df is None or name not in df.columns:
         return None
@@ -133,28 +129,25 @@ def _training(run: _Run, fig: MplFigure) -> str:
 
 def _r2(run: _Run, fig: MplFigure) -> str:
     axes = fig.subplots(1, 2)
-    cmap = matplotlib.colormaps["viridis"].with_extremes(under="0.8", bad="white")
+    n = len(run.models)
+    mats = {key: np.asarray(run.metrics.get(key, []), dtype=float) for key in ("r2_per_dim", "r2_global_mean")}
+    shown = [mat for mat in mats.values() if mat.ndim == 2 and mat.shape == (n, n) and n > 0]
+    lo, hi = colour_range(np.concatenate([mat.ravel() for mat in shown]) if shown else [])
     image = None
-    for ax, key, label in zip(axes, ("r2_per_dim", "r2_global_mean"), ("R2 per-dimension", "R2 global-mean")):
+    for ax, (key, mat), label in zip(axes, mats.items(), ("R2 per-dimension", "R2 global-mean")):
         ax.set_title(label)
-        ax.grid(False)
-        mat = np.asarray(run.metrics.get(key, []), dtype=float)
-        n = len(run.models)
-        if mat.ndim != 2 or mat.shape != (n, n) or n == 0:
+        if not any(mat is m for m in shown):
             _empty(ax, f"{key} missing or not {n}x{n}")
             continue
-        image = ax.imshow(mat, cmap=cmap, vmin=0.0, vmax=1.0)
-        for (i, j), v in np.ndenumerate(mat):
-            text = "nan" if not np.isfinite(v) else (f"{v:.2f}" if v >= 0 else f"{v:.2f}\n(<0)")
-            ax.text(j, i, text, ha="center", va="center", fontsize=8,
-                    color="black" if (not np.isfinite(v) or v < 0 or v > 0.6) else "white")
-        ax.set_xticks(range(n), run.models, rotation=30, ha="right")
-        ax.set_yticks(range(n), run.models)
+        image = draw_matrix(ax, mat, run.models, lo, hi, text=lambda v: f"{v:.2f}" if v >= 0 else f"{v:.2f}\n(<0)")
         ax.set_xlabel("target model")
         ax.set_ylabel("source model")
-    if image is not None:
-        fig.colorbar(image, ax=list(axes), shrink=0.85, extend="min", label="R2 (values < 0 in grey)")
-    return ""
+    if image is None:
+        return ""
+    below = any((m < lo).any() for m in shown)
+    fig.colorbar(image, ax=list(axes), shrink=0.85, extend="min" if below else "neither",
+                 label=f"R2 (values below {lo:.2f} in grey)" if below else "R2")
+    return f"Colour range {lo:.2f} to {hi:.2f}: the values' span rounded out to 0.05"
 
 
 def _entropy(run: _Run, fig: MplFigure) -> str:
@@ -238,7 +231,8 @@ def _captions(run: _Run) -> dict[str, tuple[str, str, int, int]]:
                      "validation tokens instead); learning rate vs optimiser step.", 70, 68),
         "r2": ("Cross-model reconstruction R2", f"Entry (i, j): target model j (column) reconstructed from source "
                f"model i's (row) codes. Per-dimension R2 = {run.define('r2_per_dim')}; global-mean R2 = "
-               f"{run.define('r2_global_mean')}. Colour scale 0..1; values below 0 are grey.", 100, 45),
+               f"{run.define('r2_global_mean')}. Colours span the values shown (the bar), so close values stay apart; "
+               "values below 0 are grey; each cell states its value.", 100, 45),
         "entropy": ("Firing entropy", f"{run.define('firing_entropy')}, over concepts that fire (20 bins on 0..1); "
                     "paper: bimodal with peaks at 1 and ~0.6.", 65, 42),
         "cofire": ("Co-fire proportion by energy rank", f"{run.define('cofire_proportion')}; a co-fire is a token on "
@@ -248,11 +242,35 @@ def _captions(run: _Run) -> dict[str, tuple[str, str, int, int]]:
         "scatter": ("Co-fires vs energy", "log10 co-fires vs log10 energy_total over concepts with co-fires > 0 and "
                     "energy_total > 0, with the Pearson correlation r and least-squares regression line; "
                     f"energy: {run.define('energy')}.", 60, 48),
+        "cofire_matrix": ("Co-firing between models", f"Co-firing matrix: {run.define('cofire_matrix')}. The "
+                          "diagonal (1: all of model i's firings) is left blank so the colours span the other cells.",
+                          62, 45),
+        "density": ("Feature density", f"Per model, a histogram over concepts of log10(fires / tokens): the share "
+                    f"of the {run.metrics.get('n_tokens', '?')} validation tokens on which the concept fires "
+                    f"(Z_k > tau); 0 = every token, -2 = one token in a hundred.", 65, 42),
+        "energy_share": ("Energy share per model", f"Each concept's energy split by model: share_i(k) = energy_i(k) / "
+                         f"sum_j energy_j(k), with energy_i(k) = {run.define('energy')}. A concept all one colour "
+                         "lives in one model's reconstructions; equal parts, in all of them.", 70, 60),
     }
+
+
+def _cofire_matrix(run: _Run, fig: MplFigure) -> str:
+    return draw_cofire_matrix(fig, run.metrics.get("cofire_matrix"), run.models)
+
+
+def _density(run: _Run, fig: MplFigure) -> str:
+    fires = {m: _column(run.concepts, f"fires_{m}") for m in run.models}
+    fires = {m: np.nan_to_num(f).astype(np.int64) for m, f in fires.items() if f is not None}
+    return draw_density(fig, fires, int(run.metrics.get("n_tokens") or 0), {m: run.colour(m) for m in fires})
+
+
+def _energy_share(run: _Run, fig: MplFigure) -> str:
+    return draw_energy_share(fig, run.concepts, run.models, {m: run.colour(m) for m in run.models})
 
 
 _DRAW: dict[str, Callable[[_Run, MplFigure], str]] = {
     "training": _training, "r2": _r2, "entropy": _entropy, "cofire": _cofire, "scatter": _scatter,
+    "cofire_matrix": _cofire_matrix, "density": _density, "energy_share": _energy_share,
 }
 
 
@@ -264,8 +282,8 @@ def make_figures(run_dir: Path, out_dir: Path) -> dict[str, Figure]:
         out_dir: Folder the PNGs are written to (created if needed).
 
     Returns:
-        Figure records keyed by ``training``, ``r2``, ``entropy``, ``cofire`` and
-        ``scatter``; each ``path`` is relative to ``out_dir``.
+        Figure records keyed by ``training``, ``r2``, ``entropy``, ``cofire``, ``scatter``,
+        ``cofire_matrix``, ``density`` and ``energy_share``; each ``path`` is relative to ``out_dir``.
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

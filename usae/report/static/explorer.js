@@ -17,13 +17,27 @@
     return node;
   }
 
+  // A text showing zero carries no sign: "-0.000" -> "0.000" (as usae/report/numbers.py).
+  function unsigned(text) {
+    return text.charAt(0) === "-" && !/[1-9]/.test(text.split("e")[0]) ? text.slice(1) : text;
+  }
+
   // `real`: a measured value whose JSON may read as an integer (4.0 -> "4"): shown with decimals all the same.
   function fmt(v, real) {
     if (v === null || v === undefined) { return "\u2013"; }
     if (typeof v !== "number") { return String(v); }
-    if (Number.isInteger(v) && !real) { return v.toLocaleString("en"); }
-    if (v !== 0 && Math.abs(v) < 0.001) { return v.toExponential(2); }
-    return v.toFixed(3);
+    if (Number.isInteger(v) && !real) { return unsigned(v.toLocaleString("en")); }
+    if (v !== 0 && Math.abs(v) < 0.001) { return unsigned(v.toExponential(2)); }
+    return unsigned(v.toFixed(3));
+  }
+
+  // One format for a whole table column, chosen by usae.report.numbers.column_format (data/meta.js `formats`).
+  function fmtAs(v, f) {
+    if (!f || typeof v !== "number") { return fmt(v); }
+    if (f.kind === "int") { return unsigned(Math.round(v).toLocaleString("en")); }
+    if (f.kind === "percent") { return unsigned((100 * v).toFixed(f.digits)) + "%"; }
+    if (f.kind === "sci") { return unsigned(v.toExponential(Math.max(f.digits - 1, 0)).replace(/e([+-])(\d)$/, "e$10$2")); }
+    return unsigned(v.toFixed(f.digits));
   }
 
   function meta() { return window.USAE_META || { models: [], pages: [], grid: [1, 1], thumb_size: 128 }; }
@@ -33,7 +47,8 @@
     var cols = [["id", "id"], ["factor", "factor"], ["factor_auroc", "AUROC"], ["fe", "firing entropy"],
       ["cofires", "co-fires"], ["energy_total", "energy"]];
     models.forEach(function (m) {
-      cols.push(["fires_" + m, "fires " + m], ["energy_" + m, "energy " + m], ["cfp_" + m, "CFP " + m]);
+      cols.push(["fires_" + m, "fires " + m], ["energy_" + m, "energy " + m], ["share_" + m, "energy share " + m],
+        ["cfp_" + m, "CFP " + m]);
     });
     return cols;
   }
@@ -55,6 +70,7 @@
     var pages = {};
     info.pages.forEach(function (id) { pages[id] = true; });
     var cols = columns(info.models);
+    var formats = info.formats || {};
     var head = document.getElementById("head");
     var body = document.getElementById("rows");
     var filter = document.getElementById("filter");
@@ -70,7 +86,7 @@
         if (c[0] === "id" && pages[r.id]) {
           td.appendChild(el("a", { href: "concept.html?id=" + r.id, text: String(r.id) }));
         } else {
-          td.textContent = c[0] === "id" ? String(r.id) : fmt(r[c[0]]);
+          td.textContent = c[0] === "id" ? String(r.id) : fmtAs(r[c[0]], formats[c[0]]);
         }
         tr.appendChild(td);
       });
@@ -141,6 +157,18 @@
     ctx.drawImage(small, 0, 0, canvas.width, canvas.height);  // smooth (bilinear) upsample
   }
 
+  var LEGEND = "Under each image: #N, the image's row in the manifest; max, the concept's largest activation Z_k " +
+    "on any of its patches (images are ranked by it). Heatmap: Z_k on each patch, coloured from 0 (clear) to the " +
+    "largest value over that model's top images (the bar under the model's name). Energy share: the concept's " +
+    "energy in that model over its energy in all models.";
+
+  // The heatmaps' colour scale: viridis from 0 to `max` (same stops as static/style.css .scale .ramp).
+  function scaleBar(max) {
+    return el("div", { "class": "scale", title: "heatmap colour: Z_k per patch, 0 to " + fmt(max, true) }, [
+      el("span", { "class": "lo", text: "0" }), el("span", { "class": "ramp" }),
+      el("span", { "class": "hi", text: fmt(max, true) }), el("span", { "class": "what", text: "Z_k per patch" })]);
+  }
+
   function stat(label, value) { return [el("dt", { text: label }), el("dd", { text: fmt(value) })]; }
 
   // MACO: the image optimised for one model (outlined, before the dataset images), its value beside it,
@@ -183,7 +211,10 @@
     info.models.forEach(function (m) {
       var block = c.models[m] || { top: [], max: 0 };
       var title = el("h4", { text: m + " " }, [el("small", {
-        text: "fires " + fmt(s["fires_" + m]) + " \u00b7 energy " + fmt(s["energy_" + m]) + " \u00b7 CFP " + fmt(s["cfp_" + m]) +
+        text: "fires " + fmt(s["fires_" + m]) + " \u00b7 energy " + fmt(s["energy_" + m]) +
+          (s["share_" + m] === null || s["share_" + m] === undefined ? "" : " \u00b7 energy share " +
+            fmtAs(s["share_" + m], { kind: "percent", digits: 0 })) +
+          " \u00b7 CFP " + fmt(s["cfp_" + m]) +
           (s["factor_" + m] ? " \u00b7 " + s["factor_" + m] + " (" + fmt(s["factor_auroc_" + m]) + ")" : "")
       })]);
       var tiles = el("div", { "class": "tiles" });
@@ -204,13 +235,15 @@
           canvases.push([canvas, t.heatmap, block.max]);
         }
         tiles.appendChild(el("figure", { "class": "tile" }, [info.no_images ? null : stack,
-          el("figcaption", { text: "#" + t.row + " \u00b7 " + fmt(t.value) })]));
+          el("figcaption", { text: "#" + t.row + " \u00b7 max " + fmt(t.value, true),
+            title: "image " + t.row + " of the manifest; the concept's largest activation Z_k on its patches" })]));
       });
       if (!block.top.length) { tiles.appendChild(el("p", { "class": "empty", text: "never fires" })); }
-      cols.appendChild(el("div", { "class": "model-col" }, [title, tiles]));
+      cols.appendChild(el("div", { "class": "model-col" }, [title, block.max > 0 ? scaleBar(block.max) : null, tiles]));
     });
     if (info.no_images) { article.appendChild(el("p", { "class": "empty", id: "no-images", text: info.no_images })); }
     article.appendChild(cols);
+    article.appendChild(el("p", { "class": "legend", text: LEGEND }));
     if (c.maco) { article.appendChild(macoCaption(c.maco.objective_text)); }
     card.appendChild(article);
     function paint() {

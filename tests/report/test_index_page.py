@@ -1,0 +1,169 @@
+"""index.html's layout and wording on the real tiny run (``tiny_run``, conftest.py): viewport, lazy images,
+folded galleries, one number format per column, the new sharing figures, and the sections that explain
+themselves when empty (no independent SAE, an empty thresholded Pearson r)."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("matplotlib")
+
+from usae.report.build import build_report  # noqa: E402
+from usae.report.cards import card  # noqa: E402
+from usae.report.templating import environment  # noqa: E402
+
+
+def _text(fragment: str) -> str:
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", fragment))).strip()
+
+
+@pytest.fixture(scope="module")
+def page(tiny_run: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> str:
+    out = tmp_path_factory.mktemp("index_page") / "report"
+    return build_report(tiny_run["run"], tiny_run["manifest"], out).read_text()
+
+
+def _edited_run(tiny_run: dict[str, Path], tmp_path: Path, drop: tuple[str, ...] = (), **changes: object) -> Path:
+    """A copy of the tiny run whose metrics.json has ``changes`` and lacks the keys in ``drop``."""
+    run = tmp_path / "usae"
+    shutil.copytree(tiny_run["run"], run)
+    path = run / "eval" / "metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics.update(changes)
+    for key in drop:
+        del metrics[key]
+    path.write_text(json.dumps(metrics))
+    return run
+
+
+def test_phone_viewport_lazy_images_and_wrapped_tables(page: str) -> None:
+    assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in page
+    images = re.findall(r"<img [^>]*>", page)
+    assert images and all('loading="lazy"' in img for img in images)
+    assert page.count("<table") == page.count('<div class="table-wrap"><table')  # each table scrolls in its box
+
+
+def test_galleries_open_three_cards_and_fold_the_rest(page: str) -> None:
+    for key in ("energy", "universal", "specific"):
+        gallery = page.split(f'id="gallery-{key}">', 1)[1].split("</div>\n", 1)[0]
+        assert gallery.count('<article class="usae-card"') <= 3
+    folded = re.findall(r'<details class="more-cards"><summary>(\d+) more\s+concepts</summary>', page)
+    assert folded and all(int(n) > 0 for n in folded)
+
+
+def test_cards_explain_their_captions_and_scale(page: str) -> None:
+    legend = _text(page.split('id="concepts-legend">', 1)[1].split("</p>", 1)[0])
+    assert "# its row in the manifest and max , the concept's largest activation Z_k" in legend
+    first = page.split('<article class="usae-card"', 1)[1].split("</article>", 1)[0]
+    assert re.search(r"<figcaption[^>]*>#\d+ &middot; max \d+\.\d{3}</figcaption>", first)
+    assert re.search(r'<div class="scale" [^>]*><span class="lo">0</span><span class="ramp"></span><span class="hi">'
+                     r"\d+\.\d{3}</span>", first)
+    assert re.search(r"energy share \d+\.0%", _text(first)) is None  # percent(0): no decimals
+    assert re.search(r"energy share \d+%", _text(first))
+
+
+def test_card_limit_links_to_the_concept_page(tiny_run: dict[str, Path]) -> None:
+    import pandas as pd
+
+    table = pd.read_parquet(tiny_run["run"] / "eval" / "concepts.parquet")
+    row = table.sort_values("energy_total", ascending=False).iloc[0].to_dict()
+    c = card(row, ["p16", "p8"])
+    macro = environment().get_template("card.html").module.card
+    one = str(macro(c, "", 1))
+    shown = [len(m["tiles"]) for m in c["models"]]
+    assert one.count('<figure class="tile">') == sum(min(n, 1) for n in shown)
+    assert one.count(">all 2 images</a>") == sum(n == 2 for n in shown) > 0
+    assert ">all " not in str(macro(c, "", None))
+
+
+def test_sharing_figures_are_shown(page: str) -> None:
+    for key in ("cofire_matrix", "density", "energy_share"):
+        figure = page.split(f'id="figure-{key}">', 1)[1].split("</figure>", 1)[0]
+        assert f'src="figures/{key}.png"' in figure
+    assert "on which model j fires the same concept on the same token" in _text(page)
+
+
+def test_numbers_use_one_format_per_column_and_no_negative_zero(page: str) -> None:
+    assert "-0.000" not in page and ">-0<" not in page
+    r2 = [_text(td) for td in re.findall(r"<td>(.*?)</td>", page.split('id="r2-table"', 1)[1].split("</table>")[0])]
+    numbers = [v for v in r2 if v not in ("p16", "p8")]
+    assert len(numbers) == 4 and all(re.fullmatch(r"-?\d+\.\d{3}", v) for v in numbers)
+    setup = page.split('id="setup"', 1)[1].split("</table>", 1)[0]
+    assert len(re.findall(r"\(\d+\.\d%\)", setup)) == 4  # dead both ways, two models: one percent format
+
+
+def test_no_independent_sae_says_what_it_would_show(page: str) -> None:
+    note = _text(page.split('id="consistency-missing">', 1)[1].split("</p>", 1)[0])
+    assert note.startswith("No independent SAE among this config's runs")
+    assert "runs: {usae: {}, solo_p16: {models: [p16]}}" in note
+
+
+def test_thresholded_pearson_states_its_rule(page: str) -> None:
+    caption = _text(page.split('id="pearson-caption">', 1)[1].split("</figcaption>", 1)[0])
+    assert "threshold: scaled with the tokens: max(1, ceil(1,000 x" in caption
+    assert re.search(r"over the \d+ concepts with at least 1 co-fires", caption)
+    assert "Why the second r is empty" not in caption
+
+
+def test_empty_pearson_says_why(tiny_run: dict[str, Path], tmp_path: Path) -> None:
+    note = "only 0 concepts co-fire at least 1,000 times (with energy > 0); Pearson r needs at least 3"
+    run = _edited_run(tiny_run, tmp_path, pearson_log_cofires_log_energy_min_cofires=None, min_cofires=1000,
+                      pearson_min_cofires_note=note)
+    page = build_report(run, tiny_run["manifest"], tmp_path / "report").read_text()
+    caption = _text(page.split('id="pearson-caption">', 1)[1].split("</figcaption>", 1)[0])
+    assert f"Why the second r is empty: {note}; lower evaluate.min_cofires" in caption
+
+
+def test_an_older_evaluation_still_explains_an_empty_r(tiny_run: dict[str, Path], tmp_path: Path) -> None:
+    """metrics.json from before the note (evaluate stage 3): the page still says why r is empty."""
+    run = _edited_run(tiny_run, tmp_path, ("pearson_min_cofires_note", "min_cofires_rule", "n_concepts_min_cofires",
+                                           "cofire_matrix", "pair_cofires"),
+                      pearson_log_cofires_log_energy_min_cofires=None, min_cofires=1000)
+    page = build_report(run, tiny_run["manifest"], tmp_path / "report").read_text()
+    caption = _text(page.split('id="pearson-caption">', 1)[1].split("</figcaption>", 1)[0])
+    assert "The second r is empty: too few concepts co-fire 1,000 times on" in caption
+    assert "threshold:" not in caption
+
+
+@pytest.mark.slow
+def test_pages_fit_a_phone_and_format_columns_in_chromium(tiny_run: dict[str, Path], open_page: object,
+                                                          broken_images: object, tmp_path: Path) -> None:
+    """At 390 px nothing runs off the page (wide tables scroll in their box); images below the fold wait until
+    scrolled to; the explorer's table writes each column one way; a concept page shows its colour scales."""
+    report = tmp_path / "report"
+    build_report(tiny_run["run"], tiny_run["manifest"], report)
+    index, errors, failed = open_page(report / "index.html", width=390)
+    assert errors == [] and failed == []
+    assert index.evaluate("document.documentElement.scrollWidth") == 390
+    index = open_page(report / "index.html")[0]
+    total = index.evaluate("document.images.length")
+    assert index.evaluate("Array.from(document.images).filter(i => i.complete && i.naturalWidth > 0).length") < total
+    assert broken_images(index) == 0  # and each of them loads once asked for
+
+    table, errors, failed = open_page(report / "concepts.html", width=390)
+    assert errors == [] and table.evaluate("document.documentElement.scrollWidth") == 390
+    box = table.locator(".table-wrap.scroll")
+    assert box.evaluate("b => b.scrollWidth > b.clientWidth")  # the table scrolls inside its box
+    heads = table.locator("#head th").all_inner_texts()
+    cells = table.evaluate("Array.from(document.querySelectorAll('#rows tr')).map(r => "
+                           "Array.from(r.children).map(c => c.textContent))")
+    for key, pattern in (("energy", r"\d\.\d{2}e[+-]\d{2}|\d+\.\d{3}"), ("energy share p16", r"\d+\.\d%|–"),
+                         ("fires p8", r"[\d,]+")):
+        column = [row[heads.index(key)] for row in cells]
+        assert all(re.fullmatch(pattern, v) for v in column), (key, column)
+        assert len({("e" in v, v.count(".")) for v in column if v != "–"}) == 1, (key, column)  # one format
+
+    concept = json.loads((report / "data" / "meta.js").read_text().removeprefix("window.USAE_META = ")
+                         .strip().rstrip(";"))["pages"][0]
+    page, errors, failed = open_page(report / "concept.html", f"?id={concept}")
+    page.wait_for_selector(".model-col")
+    assert errors == [] and failed == []
+    assert page.locator(".model-col .scale .ramp").count() >= 1
+    assert re.fullmatch(r"#\d+ · max \d+\.\d{3}", page.locator("figure.tile figcaption").first.inner_text())
+    assert "largest activation Z_k" in page.locator("p.legend").inner_text()
