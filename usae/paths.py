@@ -1,5 +1,5 @@
 """Where every stage writes, as functions of the pipeline config: the one copy of the
-results layout, used by the rule files (``workflow/rules/*.smk``) and the ``usae`` command.
+results layout, used by the rule files (``usae/workflow/rules/*.smk``) and the ``usae`` command.
 
 A function's wildcard arguments default to Snakemake placeholders (``"{model}"``), so
 ``aligned(cfg)`` is a rule's output pattern and ``aligned(cfg, "dino", "final")`` a
@@ -31,6 +31,29 @@ BENCHMARK = "{root}/benchmarks/{rule}/{name}.tsv"
 
 MODEL, LAYER, PART, RUN = "{model}", "{layer}", "{part}", "{run}"
 """Snakemake wildcard placeholders: the default of every wildcard argument below."""
+
+
+STORE_MARKER = "zarr.json"
+"""The file of a Zarr store that Snakemake tracks in place of the store's folder (see :func:`store_marker`)."""
+
+
+def store_marker(store: str | Path) -> str:
+    """The file a rule names for Zarr store ``store``: its root metadata, which appears with the
+    store (stores are published whole, by a rename) and is rewritten when it is marked complete.
+
+    A ``directory()`` output would do the same job, but Snakemake writes a
+    ``.snakemake_timestamp`` file into every such folder, and zarr warns about that unknown
+    file whenever a user lists the store's members.
+    """
+    return f"{store}/{STORE_MARKER}"
+
+
+def store_of(marker: str | Path) -> str:
+    """The store of a :func:`store_marker` path (rule inputs and outputs name markers)."""
+    text = str(marker)
+    if not text.endswith(f"/{STORE_MARKER}"):
+        raise ValueError(f"{text} is no store marker (expected <store>/{STORE_MARKER})")
+    return text.removesuffix(f"/{STORE_MARKER}")
 
 
 def stage_path(pattern: str, root: str | Path = "results", **fields: object) -> Path:
@@ -117,8 +140,10 @@ def for_runs(cfg: PipelineConfig, *outputs: Callable[[PipelineConfig, str], str]
 
 
 def all_targets(cfg: PipelineConfig) -> list[str]:
-    """What a full run builds: every model's aligned store, then each run's model, evaluation and report."""
-    return (list(model_stores(cfg, sorted(cfg.models)).values()) + for_runs(cfg, run_model, run_eval, run_report)
+    """What a full run builds: every model's aligned store (its :func:`store_marker`), then each
+    run's model, evaluation and report."""
+    stores = [store_marker(s) for s in model_stores(cfg, sorted(cfg.models)).values()]
+    return (stores + for_runs(cfg, run_model, run_eval, run_report)
             + [run_maco(cfg, run) for run in maco_runs(cfg)])
 
 

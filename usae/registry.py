@@ -7,7 +7,7 @@ parsing the Snakefile never import torch, timm or transformers. Plugins add entr
 the :meth:`Registry.register` decorator.
 
 The config's choices (``models.*.library``, ``models.*.weights_format``, ``sae.activation``,
-``sae.loss``, ``train.scheme``) are the names of these registries, so adding an entry is one line here
+``sae.loss``, ``train.scheme``, ``tracking.backend``) are the names of these registries, so adding an entry is one line here
 plus the object itself; the schema and the README table are regenerated from them
 (``python -m usae.config.generate``).
 """
@@ -124,6 +124,13 @@ WEIGHT_FORMATS = _declare("weights format", {
 })
 """``models.<name>.weights_format``: a :class:`usae.weights.formats.KeyFormat` that renames a
 checkpoint's keys to a library's own (recognised from the keys when the setting is null)."""
+
+TRACKERS = _declare("tracking backend", {
+    "none": "usae.tracking:NoTracker",
+    "tensorboard": "usae.tracking:TensorBoardTracker",
+    "wandb": "usae.tracking:WandbTracker",
+})
+"""``tracking.backend``: where training rows and evaluation metrics are also sent (:mod:`usae.tracking`)."""
 
 MACO_OBJECTIVES = _declare("activation-maximisation objective", {
     "mean": "usae.maco.objective:mean_over_tokens",

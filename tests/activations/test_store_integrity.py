@@ -122,7 +122,7 @@ def test_missing_chunk_of_an_aligned_store_stops_training(stores):
     message = str(caught.value)
     assert str(stores["aligned"]) in message and "array 'train/tokens'" in message
     assert "chunk (1, 0, 0)" in message and "(rows 2:4)" in message and "is missing" in message
-    assert f"--forcerun {stores['aligned']}" in message and "usae prepare -c config.yaml --model tiny" in message
+    assert f"--forcerun {stores['aligned']}/zarr.json" in message and "usae prepare -c config.yaml --model tiny" in message
     assert (caught.value.array, caught.value.chunk) == ("train/tokens", (1, 0, 0))
 
 

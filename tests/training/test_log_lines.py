@@ -1,6 +1,6 @@
 """Training progress lines: a row's figures grouped by kind, and the end-of-run summary."""
 
-from usae.training.log_lines import format_row, format_summary, per_model, summarize
+from usae.training.log_lines import format_row, format_summary, per_model, shown_values, summarize
 
 ROW = {"step": 7, "lr": 0.003, "l0": 4.0, "tokens_per_s": 1234.4, "loss_m0": 0.012345, "loss_a_m0": 0.5,
        "dead_m0": 0.0, "dead_a_m0": 0.021, "source_m0": 4, "source_a_m0": 4}
@@ -14,6 +14,12 @@ def test_per_model_figures_grouped_by_kind_longest_name_first():
 def test_a_row_line_has_every_figure_but_the_source_counts():
     assert format_row(ROW, ["m0", "a_m0"], 24) == (
         "step 8/24 | loss m0 0.01235 a_m0 0.5 | dead m0 0.0% a_m0 2.1% | L0 4.0 | 1234 tokens/s | lr 0.003")
+
+
+def test_shown_values_are_the_lines_figures_flat_and_unformatted():
+    assert shown_values(ROW, ["m0", "a_m0"]) == {
+        "loss/m0": 0.012345, "loss/a_m0": 0.5, "dead/m0": 0.0, "dead/a_m0": 0.021,
+        "l0": 4.0, "tokens_per_s": 1234.4, "lr": 0.003}
 
 
 def test_fvu_r2_and_dead_both_ways_are_shown_when_the_row_has_them():

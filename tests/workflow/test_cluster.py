@@ -3,7 +3,7 @@
 - The tiny pipeline runs through Snakemake's generic cluster executor with a local submit
   script (cluster/submit.sh): each job is started as a detached process with a clean
   environment and its own job id, exactly as a batch scheduler would.
-- The SLURM profile (workflow/profiles/slurm) is dry-run with the SLURM executor plugin, and
+- The SLURM profile (usae/workflow/profiles/slurm) is dry-run with the SLURM executor plugin, and
   its GPU jobs are submitted through the plugin to a fake SLURM (cluster/fake_slurm: an sbatch
   that records its arguments and refuses, no-op sacct, sinfo, ...) to check their sbatch options.
 - The workstation profile lets one GPU job run at a time.
@@ -22,7 +22,7 @@ import yaml
 from pipeline_helpers import REPO, planned_jobs, snakemake, write_config
 
 CLUSTER = Path(__file__).with_name("cluster")
-SLURM_PROFILE = REPO / "workflow" / "profiles" / "slurm"
+SLURM_PROFILE = REPO / "usae" / "workflow" / "profiles" / "slurm"
 GPU_RULES = {"extract_activations", "train_usae", "evaluate_usae"}
 # What a job may see of the environment: what submit.sh passes, and what sh adds itself.
 CLEAN_ENV = {"PATH", "HOME", "LANG", "PWD", "OLDPWD", "SHLVL", "_"}
@@ -119,7 +119,7 @@ def test_cluster_run_outputs_are_complete_and_the_model_loads(cluster_run):
 
 def rule_names() -> set[str]:
     names = set()
-    for path in (REPO / "workflow" / "rules").glob("*.smk"):
+    for path in (REPO / "usae" / "workflow" / "rules").glob("*.smk"):
         names |= set(re.findall(r"^rule (\w+):", path.read_text(), re.M))
     return names
 
@@ -174,7 +174,7 @@ def test_slurm_profile_submits_gpu_jobs_with_their_sbatch_options(cluster_run, t
     records.mkdir()
     for tool in bin_dir.iterdir():
         tool.chmod(0o755)
-    part, model = "results/tiny/acts/a14/final/part0.zarr", "results/runs/usae/model"
+    part, model = "results/tiny/acts/a14/final/part0.zarr/zarr.json", "results/runs/usae/model"  # store: its marker
     proc, _ = run_driver(
         tmp_path, "--workflow-profile", str(tmp_path / "profile"), "--retries", "0",
         "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "1",
@@ -207,11 +207,11 @@ def test_slurm_profile_submits_gpu_jobs_with_their_sbatch_options(cluster_run, t
 
 
 def test_workstation_profile_runs_one_gpu_job_at_a_time():
-    profile = yaml.safe_load((REPO / "workflow" / "profiles" / "workstation" / "config.yaml").read_text())
+    profile = yaml.safe_load((REPO / "usae" / "workflow" / "profiles" / "workstation" / "config.yaml").read_text())
     assert profile["resources"] == {"gpu": 1}
     # The limit binds only jobs that declare the resource: every rule that may use CUDA does.
     bodies = dict(re.findall(r"^rule (\w+):\n((?:[ \t]+.*\n|\n)+)",
-                             "".join(p.read_text() for p in (REPO / "workflow" / "rules").glob("*.smk")), re.M))
+                             "".join(p.read_text() for p in (REPO / "usae" / "workflow" / "rules").glob("*.smk")), re.M))
     for rule in GPU_RULES:
         declared = re.search(r"^\s+gpu=(?!0,)", bodies[rule], re.M) is not None  # not a fixed gpu=0
         assert declared or profile.get("set-resources", {}).get(rule, {}).get("gpu") == 1, rule

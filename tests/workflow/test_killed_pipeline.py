@@ -24,7 +24,9 @@ def test_killed_snakemake_is_finished_by_the_documented_commands(built, tmp_path
     write_config(tmp_path)
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--cores", "2"]
     driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    first_store = tmp_path / "results/tiny/aligned/a14/final.zarr"
+    # A store is named in the rules by its zarr.json (usae.paths.store_marker), which appears when it is published;
+    # Snakemake creates the store's folder when the job starts.
+    first_store = tmp_path / "results/tiny/aligned/a14/final.zarr/zarr.json"
     deadline = time.monotonic() + 300
     while not first_store.exists():
         if driver.poll() is not None:
@@ -37,7 +39,7 @@ def test_killed_snakemake_is_finished_by_the_documented_commands(built, tmp_path
     driver.wait(timeout=60)
     # Outputs of jobs Snakemake saw finish; a job killed after writing its output is redone, rightly.
     cut_short = {base64.b64decode(m.name).decode() for m in (tmp_path / ".snakemake/incomplete").glob("*")}
-    outputs = [*(tmp_path / "results/tiny/acts").glob("*/*/part*.zarr"), first_store]
+    outputs = [*(tmp_path / "results/tiny/acts").glob("*/*/part*.zarr/zarr.json"), first_store]
     finished = {p: p.stat().st_mtime_ns for p in outputs if str(p.relative_to(tmp_path)) not in cut_short}
     assert len(finished) >= 2, "the a14 extraction parts were finished before its preparation started"
     assert not (tmp_path / "results/runs/usae/model").exists(), "killed too late: nothing left to finish"

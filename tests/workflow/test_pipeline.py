@@ -233,3 +233,37 @@ def test_maco_images_of_each_multi_model_run(built):
 def test_maco_change_reruns_only_maco_and_reports(pipeline_copy):
     write_config(pipeline_copy, **{"maco.steps": 4})
     assert planned_jobs(pipeline_copy) == {"maco": 2, "render_report": 2, "all": 1}
+
+
+def test_stores_hold_no_snakemake_files_and_open_without_warnings(built):
+    """The rules name a store by its zarr.json, so Snakemake writes no .snakemake_timestamp into it."""
+    import warnings
+
+    import zarr
+
+    stores = sorted((built / "results/tiny").glob("*/*/**/*.zarr"))
+    assert len(stores) == 6  # 2 models x (2 extraction parts + 1 aligned store)
+    for store in stores:
+        assert not list(store.rglob(".snakemake*")), store
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # zarr warns about any file that is no part of the hierarchy
+            assert list(zarr.open_group(store, mode="r").members(max_depth=None))
+
+
+def test_tracking_turned_on_after_a_run_gets_its_rows_and_evaluation(pipeline_copy):
+    """Training reruns from its final checkpoint (no step again) and sends the checkpointed rows."""
+    pytest.importorskip("tensorboard", reason="tensorboard is the `tracking` extra: pip install 'usae[tracking]'")
+    import pandas as pd
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = pipeline_copy / "results/runs/usae"
+    weights = (run / "model/model.safetensors").read_bytes()
+    write_config(pipeline_copy, **{"tracking": {"backend": "tensorboard"}})
+    assert planned_jobs(pipeline_copy) == {"train_usae": 3, "evaluate_usae": 3, "maco": 2, "render_report": 3,
+                                           "all": 1}
+    snakemake(pipeline_copy, "results/runs/usae/eval")
+    assert (run / "model/model.safetensors").read_bytes() == weights
+    events = EventAccumulator(str(run / "tensorboard")).Reload()
+    log = pd.read_parquet(run / "train_log.parquet")
+    assert [e.step for e in events.Scalars("train/loss/a14")] == log["step"].tolist() == [3, 7, 11]
+    assert [e.step for e in events.Scalars("eval/r2_per_dim/a14/b16")] == [12]

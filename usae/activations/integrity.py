@@ -21,6 +21,8 @@ from zarr.abc.store import ByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 from zarr.storage import LocalStore, WrapperStore
 
+from usae.paths import store_marker
+
 CHECKSUM_CODEC = "crc32c"
 
 
@@ -45,10 +47,11 @@ def rebuild_hint(store: str | Path, attrs: dict[str, Any]) -> str:
     """What to run to rebuild a damaged store, from the stage and model its attributes record.
 
     A damaged store still looks finished to Snakemake (its files are newer than the inputs),
-    so it must be forced: ``--forcerun`` with the store's path reruns its job and every job after it.
+    so it must be forced: ``--forcerun`` with the file the rule names for it (:func:`usae.paths.store_marker`)
+    reruns its job and every job after it.
     """
     stage, model = attrs.get("stage"), (attrs.get("model") or {}).get("key", "<model>")
-    forcerun = f"`snakemake --cores 8 --forcerun {store}`"
+    forcerun = f"`snakemake --cores 8 --forcerun {store_marker(store)}`"
     if stage == "extract":
         command = f"`usae extract -c config.yaml --model {model} --part {attrs.get('part', '<k>')}`"
         return f"rerun its stage, extract, with {forcerun} (or {command}, then `usae prepare`)"

@@ -1,7 +1,7 @@
 """Typed, validated settings of every stage: one frozen dataclass per config section.
 
 Each key is declared once, with ``setting()`` (default, allowed values, description);
-the checks, ``workflow/schemas/config.schema.yaml`` and the README's configuration table
+the checks, ``usae/workflow/schemas/config.schema.yaml`` and the README's configuration table
 all come from that declaration (``python -m usae.config.generate`` rewrites the files).
 ``load_config`` is the one reader of a ``config.yaml``, for Snakemake and ``usae`` alike.
 """
@@ -14,11 +14,12 @@ from usae.config.data import (
 from usae.config.evaluate import EvaluateConfig
 from usae.config.maco import MacoConfig
 from usae.config.pipeline import PipelineConfig, load_config
+from usae.config.tracking import TrackingConfig
 from usae.config.train import RunConfig, SAEConfig, TrainConfig
 
 __all__ = [
     "CHANNEL_ORDERS", "COMPRESSORS", "DEVICES", "FINAL_LAYER", "INPUT_LAYOUTS", "SOURCES", "STANDARDIZATIONS",
     "BackboneSpec", "ExtractConfig", "ManifestConfig", "PipelineConfig", "PrepareConfig", "SyntheticImagesConfig",
     "from_dict", "layer_tag", "load_config", "to_dict", "RunConfig", "SAEConfig", "TrainConfig", "EvaluateConfig",
-    "MacoConfig",
+    "MacoConfig", "TrackingConfig",
 ]

@@ -4,7 +4,7 @@
     python -m usae.config.generate --check   # exit 1 if either is out of date
 
 Every key's default, allowed values and description are declared once, with
-``setting()`` in ``usae/config/*.py``; ``workflow/schemas/config.schema.yaml`` and the
+``setting()`` in ``usae/config/*.py``; ``usae/workflow/schemas/config.schema.yaml`` and the
 table between the ``config-table`` markers in README.md are written from them.
 """
 
@@ -25,7 +25,7 @@ from usae.config.schema import config_schema, plain_default
 from usae.config.settings import REQUIRED, Spec, file_default, options, settings
 
 COMMAND = "python -m usae.config.generate"
-SCHEMA = Path("workflow/schemas/config.schema.yaml")
+SCHEMA = Path("usae/workflow/schemas/config.schema.yaml")
 README = Path("README.md")
 START, END = "<!-- config-table:start -->", "<!-- config-table:end -->"
 HEADER = f"# Generated from usae/config/*.py by `{COMMAND}`: edit the settings there, not this file.\n"

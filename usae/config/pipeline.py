@@ -11,6 +11,7 @@ from usae.config.data import BackboneSpec, ExtractConfig, ManifestConfig, Prepar
 from usae.config.evaluate import EvaluateConfig
 from usae.config.maco import MacoConfig
 from usae.config.settings import NAME, REQUIRED, file_default, hints_of, setting, spec_of
+from usae.config.tracking import TrackingConfig
 from usae.config.train import RunConfig, SAEConfig, TrainConfig
 
 
@@ -34,6 +35,8 @@ class PipelineConfig(Section):
                                                        "(stage `evaluate`).")
     maco: MacoConfig = setting(MacoConfig, "Coordinated activation maximisation of every run of two or more models "
                                            "(stage `maco`).")
+    tracking: TrackingConfig = setting(TrackingConfig, "Optional experiment tracking of every run (TensorBoard, "
+                                                       "Weights & Biases): training rows and evaluation metrics.")
 
 
 def load_config(data: dict[str, Any]) -> PipelineConfig:

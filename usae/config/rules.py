@@ -13,6 +13,7 @@ import dataclasses
 import re
 from typing import Any, Callable
 
+from usae.registry import TRACKERS
 from usae.weights.source import parse_weights
 
 Rule = Callable[[Any, str], None]
@@ -68,6 +69,14 @@ def _crops_ordered(maco: Any, where: str) -> None:
                          "a crop's side is drawn between them")
 
 
+def _tracking_package_installed(tracking: Any, where: str) -> None:
+    """Said before any job or data loading, not when training reaches its first log row."""
+    missing = TRACKERS.get(tracking.backend, setting=f"{where}.backend").missing_package()
+    if missing:
+        raise ValueError(f"{where}.backend = {tracking.backend!r} needs the {missing} package, which is not "
+                         f"installed: pip install 'usae[tracking]' (or pip install {missing})")
+
+
 def _run_models_exist(pipeline: Any, where: str) -> None:
     for run in pipeline.runs.values():
         unknown = sorted(set(run.models) - set(pipeline.models))
@@ -81,6 +90,7 @@ RULES: dict[str, tuple[Rule, ...]] = {
     "SAEConfig": (_k_below_n_latents,),
     "TrainConfig": (_buffer_holds_a_batch, _lr_decays),
     "MacoConfig": (_crops_ordered,),
+    "TrackingConfig": (_tracking_package_installed,),
     "PipelineConfig": (_run_models_exist,),
 }
 """Cross-field rules by section class name (names, not classes: the classes import this module)."""

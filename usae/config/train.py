@@ -66,8 +66,6 @@ class TrainConfig(Section):
     device: str = setting("auto", "`auto` = CUDA when present, else CPU.", choices=DEVICES)
     precision: str = setting("fp32", "`bf16` autocast on GPU, or `fp32`.", choices=("fp32", "bf16"))
     read_threads: int = setting(4, "Threads reading store chunks.", minimum=1)
-    tracking: str = setting("none", "Optional extra logging: `tensorboard` or `wandb` (installed separately); the "
-                                    "Parquet training log is always written.", choices=("none", "tensorboard", "wandb"))
 
 
 @dataclass(frozen=True, kw_only=True)

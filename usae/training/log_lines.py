@@ -38,6 +38,17 @@ def format_row(row: dict[str, Any], names: list[str], total: int) -> str:
     return " | ".join(parts)
 
 
+SCALARS = ("l0", "tokens_per_s", "lr")  # the row's figures over all models, in a line's order
+
+
+def shown_values(row: dict[str, Any], names: list[str]) -> dict[str, float]:
+    """The figures a log line shows, flat and unformatted, for trackers: ``{"loss/m0": 0.0123,
+    ..., "dead/m1": 0.021, "l0": 4.0, "tokens_per_s": 1234.0, "lr": 0.003}``."""
+    values = {f"{kind}/{name}": float(v) for kind, group in per_model(row, names).items() for name, v in group.items()}
+    values.update({key: float(row[key]) for key in SCALARS})
+    return values
+
+
 def summarize(rows: list[dict[str, Any]], names: list[str]) -> tuple[dict[str, float], float]:
     """Final loss per model (the last row's) and the mean tokens/s (the first window, which
     includes start-up, left out when there is another)."""

@@ -28,7 +28,7 @@ from usae import STAGE_VERSIONS, __version__
 from usae.activations.loader import TokenLoader
 from usae.activations.sources import TokenSource
 from usae.atomic import atomic_path
-from usae.config import SAEConfig, TrainConfig, to_dict
+from usae.config import SAEConfig, TrackingConfig, TrainConfig, to_dict
 from usae.device import resolve_device
 from usae.fingerprint import fingerprint
 from usae.progress import progress_bar
@@ -41,7 +41,7 @@ from usae.training.schedule import learning_rate
 from usae.training.schemes import Scheme
 from usae.training.speed import choose_decode
 from usae.training.step import StepOutput, make_optimizer, optimizer_step
-from usae.training.tracking import Tracker, make_tracker
+from usae.tracking import Tracker, send_row, start_training
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +134,8 @@ class TrainingState:
 
 def train_usae(sources: dict[str, TokenSource], sae_cfg: SAEConfig, cfg: TrainConfig, out_dir: str | Path, *,
                standardization: dict[str, dict] | None = None, provenance: dict[str, Any] | None = None,
-               validation_tokens: int | None = None, stop_after: int | None = None) -> TrainResult:
+               validation_tokens: int | None = None, tracking: TrackingConfig | None = None,
+               stop_after: int | None = None) -> TrainResult:
     """Train (or resume training) a USAE on paired token sources and save it.
 
     Args:
@@ -145,6 +146,8 @@ def train_usae(sources: dict[str, TokenSource], sae_cfg: SAEConfig, cfg: TrainCo
         provenance: what the data is (store paths, manifest hash), saved with the model.
         validation_tokens: tokens of the held-out split, for ``sae.dead_tokens: auto``
             (:func:`usae.training.dead.dead_window`); None when there is none.
+        tracking: where the log rows are also sent (:mod:`usae.tracking`; the run is named
+            after ``out_dir``); None for nowhere.
         stop_after: stop (with a checkpoint) after this global step, as if killed; for tests.
 
     Returns:
@@ -166,18 +169,21 @@ def train_usae(sources: dict[str, TokenSource], sae_cfg: SAEConfig, cfg: TrainCo
                           LogWindow(names, cfg.log_every, device))
     key = fingerprint(settings)
     start_or_resume(state, out_dir / "checkpoints", key, loader, device)
-    tracker = make_tracker(cfg.tracking, out_dir, settings)
+    tracker = start_training(tracking, fingerprint=key, folder=out_dir, settings=shown_settings(settings),
+                             names=names, rows=state.rows)
     end = min(total, stop_after + 1) if stop_after is not None else total
     first, tick = state.step, time.perf_counter()
-    run_steps(state, scheme, loader, cfg, total=total, end=end, tracker=tracker, key=key, out_dir=out_dir)
-    tracker.close()
+    try:
+        run_steps(state, scheme, loader, cfg, total=total, end=end, tracker=tracker, key=key, out_dir=out_dir)
+    finally:
+        tracker.close()
     logger.info("%s", format_summary(state.rows, names, steps=end, total=total, ran=max(0, end - first),
                                      seconds=time.perf_counter() - tick))
     _write_log(state.rows, out_dir / "train_log.parquet")
     if end < total:
         logger.info("stopped after step %d of %d (checkpoint written)", end - 1, total)
     model_dir = save_trained_model(model, cfg, steps=end, decode=state.decode, standardization=standardization,
-                                   provenance=provenance, directory=out_dir / "model")
+                                   provenance=provenance, directory=out_dir / "model", fingerprint=key)
     final, speed = summarize(state.rows, names)
     return TrainResult(model_dir=model_dir, log_path=out_dir / "train_log.parquet", steps=end,
                        final_losses=final, tokens_per_s=speed)
@@ -215,10 +221,14 @@ def run_settings(sources: dict[str, TokenSource], sae_cfg: SAEConfig, cfg: Train
             "code": {"usae": __version__, "train_stage": STAGE_VERSIONS["train"]}}
 
 
+def shown_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The run's settings a person reads (log, tracker config): data statistics and code versions left out."""
+    return {k: v for k, v in settings.items() if k not in ("provenance", "standardization", "code")}
+
+
 def _log_plan(settings: dict[str, Any], total: int, loader: TokenLoader, cfg: TrainConfig) -> None:
-    shown = {k: v for k, v in settings.items() if k not in ("provenance", "standardization", "code")}
     logger.info("train: %d steps of %d tokens (%.2f epochs of %d tokens): %s", total, cfg.batch_tokens,
-                total / loader.steps_per_epoch, loader.tokens_per_epoch, json.dumps(shown))
+                total / loader.steps_per_epoch, loader.tokens_per_epoch, json.dumps(shown_settings(settings)))
 
 
 def start_or_resume(state: TrainingState, directory: Path, key: str, loader: TokenLoader,
@@ -270,7 +280,7 @@ def _log_row(state: TrainingState, step: int, lr: float, tracker: Tracker, bar: 
     dead_tokens = state.model.cfg.dead_tokens
     row = state.window.close(step, lr, state.dead, dead_tokens)
     state.rows.append(row)
-    tracker.log(row, step)
+    send_row(tracker, row, state.window.names)
     logger.info("%s", format_row(row, state.window.names, total))
     loss = sum(row[f"loss_{n}"] for n in state.window.names)
     bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
@@ -279,9 +289,11 @@ def _log_row(state: TrainingState, step: int, lr: float, tracker: Tracker, bar: 
 
 def save_trained_model(model: USAE, cfg: TrainConfig, *, steps: int, decode: str,
                        standardization: dict[str, dict] | None, provenance: dict[str, Any] | None,
-                       directory: Path) -> Path:
-    """Record the run in ``model.meta`` and the data's standardisation in the model, then save it."""
+                       directory: Path, fingerprint: str | None = None) -> Path:
+    """Record the run in ``model.meta`` and the data's standardisation in the model, then save it.
+    ``fingerprint`` (the checkpoints' key) lets evaluation find the run's tracker run."""
     model.meta = {"scheme": cfg.scheme, "train": to_dict(cfg), "steps": steps, "decode": decode,
+                  "fingerprint": fingerprint,
                   "standardization": standardization or {}, "provenance": provenance or {},
                   "usae_version": __version__, "seed": cfg.seed}
     for name, stats in (standardization or {}).items():

@@ -5,7 +5,7 @@ rule extract_activations:
     input:
         manifest=paths.manifest(PIPE),
     output:
-        store=directory(paths.extract_part(PIPE)),
+        store=paths.store_marker(paths.extract_part(PIPE)),  # not directory(): see paths.store_marker
     params:
         spec=model_spec,
         cfg=to_dict(PIPE.extract),

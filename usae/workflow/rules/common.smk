@@ -58,12 +58,13 @@ def model_spec(wildcards):
 
 
 def extraction_parts(wildcards):
-    return paths.extract_parts(PIPE, wildcards.model, wildcards.layer)
+    """Every extraction part of the model's layer, as store markers (paths.store_marker)."""
+    return [paths.store_marker(p) for p in paths.extract_parts(PIPE, wildcards.model, wildcards.layer)]
 
 
 def run_stores(wildcards):
-    """Aligned stores of the run's models, in the run's model order."""
-    return list(paths.run_stores(PIPE, wildcards.run).values())
+    """Aligned stores of the run's models, in the run's model order, as store markers."""
+    return [paths.store_marker(p) for p in paths.run_stores(PIPE, wildcards.run).values()]
 
 
 def run_params(wildcards):

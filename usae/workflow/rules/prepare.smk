@@ -6,7 +6,7 @@ rule prepare_activations:
         manifest=paths.manifest(PIPE),
         parts=extraction_parts,
     output:
-        store=directory(paths.aligned(PIPE)),
+        store=paths.store_marker(paths.aligned(PIPE)),  # not directory(): see paths.store_marker
         stats=paths.aligned_stats(PIPE),
     params:
         cfg=to_dict(PIPE.prepare),

@@ -2,6 +2,7 @@
 
 import torch
 
+from usae import paths
 from usae.activations.prepare import prepare_activations
 from usae.config import PrepareConfig, from_dict
 from usae.runlog import configure_logging
@@ -10,5 +11,5 @@ snakemake = globals()["snakemake"]  # injected by Snakemake
 configure_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 cfg = from_dict(PrepareConfig, snakemake.params.cfg, section="prepare")
-prepare_activations(list(snakemake.input.parts), snakemake.input.manifest, cfg, snakemake.output.store,
-                    snakemake.output.stats, num_workers=snakemake.threads)
+prepare_activations([paths.store_of(p) for p in snakemake.input.parts], snakemake.input.manifest, cfg,
+                    paths.store_of(snakemake.output.store), snakemake.output.stats, num_workers=snakemake.threads)

@@ -2,7 +2,8 @@
 
 import torch
 
-from usae.config import SAEConfig, TrainConfig, from_dict
+from usae import paths
+from usae.config import SAEConfig, TrackingConfig, TrainConfig, from_dict
 from usae.runlog import configure_logging
 from usae.training.loop import train_from_stores
 
@@ -11,7 +12,8 @@ configure_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 run = snakemake.params.run
 section = f"runs.{snakemake.wildcards.run}"
-stores = dict(zip(run["models"], snakemake.input.stores))
+stores = dict(zip(run["models"], [paths.store_of(p) for p in snakemake.input.stores]))
 train_from_stores(stores, from_dict(SAEConfig, run["sae"], section=f"{section}.sae"),
                   from_dict(TrainConfig, run["train"], section=f"{section}.train"),
-                  snakemake.output.model.removesuffix("/model"))
+                  snakemake.output.model.removesuffix("/model"),
+                  tracking=from_dict(TrackingConfig, snakemake.params.tracking, section="tracking"))
