@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from usae.config.base import from_dict
 from usae.config.checks import Section
 from usae.config.settings import setting
 from usae.registry import TRACKERS
@@ -21,8 +22,9 @@ class TrackingConfig(Section):
 
     backend: str = setting(
         "none", "`tensorboard` (event files in `results/runs/<run>/tensorboard/`) or `wandb` (Weights & Biases); "
-        "needs the package (`pip install 'usae[tracking]'`), checked at start. Changing `tracking` reruns training "
-        "(from its last checkpoint: no step again; the logged rows are sent) and what follows it.",
+        "needs the package (`pip install 'usae[tracking]'`), checked at start. Tracking changes no result, so changing `tracking` reruns "
+        "nothing; to send a finished run: `snakemake --forcerun train_usae` (from its final checkpoint: no step "
+        "again, every logged row is sent).",
         choices=TRACKERS)
     project: str = setting("usae", "W&B project.")
     entity: str | None = setting(None, "W&B entity (user or team); `null` = your default entity.")
@@ -34,3 +36,12 @@ class TrackingConfig(Section):
     def run_name(self, run: str) -> str:
         """The name shown for run ``run``: :attr:`name` with ``{run}`` filled."""
         return self.name.replace(RUN_PLACEHOLDER, run)
+
+
+def workflow_tracking(config: dict) -> TrackingConfig:
+    """The ``tracking`` section of the workflow's whole config (``snakemake.config``).
+
+    The rules read it from there, not from ``params``: a tracker changes no result, so turning it
+    on or off must not rerun training and everything after it.
+    """
+    return from_dict(TrackingConfig, config.get("tracking") or {}, section="tracking")

@@ -10,7 +10,6 @@ rule evaluate_usae:
         directory(paths.run_eval(PIPE)),
     params:
         cfg=to_dict(PIPE.evaluate),
-        tracking=to_dict(PIPE.tracking),
         models=lambda wc: list(PIPE.runs[wc.run].models),
         synthetic=paths.synthetic_images(PIPE),
         version=usae.STAGE_VERSIONS["evaluate"],

@@ -9,7 +9,6 @@ rule train_usae:
         log=paths.run_log(PIPE),
     params:
         run=run_params,
-        tracking=to_dict(PIPE.tracking),
         version=usae.STAGE_VERSIONS["train"],
     log:
         paths.log(PIPE, "train_usae", "{run}"),

@@ -3,7 +3,8 @@
 import torch
 
 from usae import paths
-from usae.config import EvaluateConfig, TrackingConfig, from_dict
+from usae.config import EvaluateConfig, from_dict
+from usae.config.tracking import workflow_tracking
 from usae.evaluation.run import evaluate_run
 from usae.runlog import configure_logging
 from usae.tracking import track_evaluation
@@ -15,5 +16,4 @@ cfg = from_dict(EvaluateConfig, snakemake.params.cfg, section="evaluate")
 stores = dict(zip(snakemake.params.models, [paths.store_of(p) for p in snakemake.input.stores]))
 metrics = evaluate_run(snakemake.input.model, stores, cfg, snakemake.output[0],
                        manifest_path=snakemake.input.manifest, synthetic_dir=snakemake.params.synthetic)
-track_evaluation(from_dict(TrackingConfig, snakemake.params.tracking, section="tracking"), snakemake.input.model,
-                 metrics)
+track_evaluation(workflow_tracking(snakemake.config), snakemake.input.model, metrics)

@@ -3,7 +3,8 @@
 import torch
 
 from usae import paths
-from usae.config import SAEConfig, TrackingConfig, TrainConfig, from_dict
+from usae.config import SAEConfig, TrainConfig, from_dict
+from usae.config.tracking import workflow_tracking
 from usae.runlog import configure_logging
 from usae.training.loop import train_from_stores
 
@@ -16,4 +17,4 @@ stores = dict(zip(run["models"], [paths.store_of(p) for p in snakemake.input.sto
 train_from_stores(stores, from_dict(SAEConfig, run["sae"], section=f"{section}.sae"),
                   from_dict(TrainConfig, run["train"], section=f"{section}.train"),
                   snakemake.output.model.removesuffix("/model"),
-                  tracking=from_dict(TrackingConfig, snakemake.params.tracking, section="tracking"))
+                  tracking=workflow_tracking(snakemake.config))
