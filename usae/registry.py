@@ -116,6 +116,7 @@ LOSSES = _declare("reconstruction loss", {
 SCHEMES = _declare("training scheme", {
     "paper": "usae.training.schemes:PaperScheme",
     "all_sources": "usae.training.schemes:AllSourcesScheme",
+    "sparc": "usae.training.schemes:SparcScheme",
 })
 """``train.scheme``: which models are sources at a step and which parameters they update."""
 

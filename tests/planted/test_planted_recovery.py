@@ -1,4 +1,5 @@
-"""Proof on a planted ground truth: the USAE recovers shared concepts, and entropy separates them.
+"""Proof on a planted ground truth: the USAE recovers shared concepts, and entropy separates them;
+SPARC's shared-index scheme recovers the shared atoms at least as well as the paper's.
 
 Setting of the issue: 3 models of widths 64/96/128, 128 shared + 32 private atoms each,
 about 6 active per token. Targets: >= 90% of shared atoms recovered at cosine >= 0.9 in
@@ -22,6 +23,8 @@ The test pins torch to one thread (restored afterwards): on a loaded machine a m
 run slows down far more than in proportion, as its threads wait for each other.
 """
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -38,7 +41,7 @@ TRAIN = TrainConfig(epochs=20, batch_tokens=512, buffer_tokens=65_536, lr=5e-3, 
                     checkpoint_every=10_000, device="cpu", scheme="paper", seed=0, read_threads=1)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def one_thread():
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -46,16 +49,49 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def test_paper_scheme_recovers_planted_shared_concepts(tmp_path, one_thread):
-    from usae.training.loop import train_usae
-
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
     data = generate_planted(PlantedConfig(widths=(64, 96, 128), n_shared=128, n_private=32, n_tokens=60_000,
                                           active_shared=4.0, active_private=2.0, seed=0))
-    paths = data.save(tmp_path / "data")
-    result = train_usae(open_arrays({n: paths[n] for n in data.names}), SAE, TRAIN, tmp_path / "run")
-    rec = evaluate_recovery(data, USAE.load(result.model_dir))
+    return data, data.save(tmp_path_factory.mktemp("planted"))
+
+
+def trained_recovery(planted, out_dir, train: TrainConfig):
+    from usae.training.loop import train_usae
+
+    data, paths = planted
+    result = train_usae(open_arrays({n: paths[n] for n in data.names}), SAE, train, out_dir)
+    return evaluate_recovery(data, USAE.load(result.model_dir))
+
+
+@pytest.fixture(scope="module")
+def paper_recovery(planted, tmp_path_factory, one_thread):
+    return trained_recovery(planted, tmp_path_factory.mktemp("paper"), TRAIN)
+
+
+def test_paper_scheme_recovers_planted_shared_concepts(paper_recovery):
+    rec = paper_recovery
     for name, share in rec.shared_recovered.items():
         assert share >= 0.9, f"{name}: only {share:.1%} of shared atoms recovered at cosine >= 0.9"
     assert rec.entropy_auroc >= 0.95, f"firing-entropy AUROC {rec.entropy_auroc:.3f}"
     # Cross-model reconstruction works: every off-diagonal R2 is clearly positive.
+    assert (rec.r2 > 0.3).all(), rec.r2
+
+
+def test_sparc_recovers_shared_atoms_at_least_as_well_as_paper(planted, paper_recovery, tmp_path, one_thread):
+    """SPARC's shared-index TopK on the same data. Every model is a source every step, so 7 epochs
+    (820 steps) give each encoder about the updates of the paper scheme's 20 epochs (2340 steps,
+    one source a step); about 25 s. Measured (shared atoms recovered per model, AUROC, smallest
+    off-diagonal R2 with each model encoding alone): seed 0 (this test) 100 / 100 / 100 %, AUROC
+    0.878, R2 0.423; seed 1: 100 / 100 / 100 %, 0.970, 0.422 (paper: 100 %, 1.000, 0.515). SPARC
+    finds the shared atoms as well; it separates private from shared concepts less well (fewer
+    private atoms recovered) and its cross-model R2 is lower. Recovery is a count over 128 atoms:
+    one atom of slack keeps the comparison from hinging on the float summation order of a platform.
+    """
+    rec = trained_recovery(planted, tmp_path / "sparc", replace(TRAIN, scheme="sparc", epochs=7))
+    for name, share in rec.shared_recovered.items():
+        assert share >= 0.9, f"{name}: only {share:.1%} of shared atoms recovered at cosine >= 0.9"
+        paper = paper_recovery.shared_recovered[name]
+        assert share >= paper - 1 / 128, f"{name}: SPARC recovers {share:.1%} of shared atoms, paper {paper:.1%}"
+    assert rec.entropy_auroc >= 0.8, f"firing-entropy AUROC {rec.entropy_auroc:.3f}"
     assert (rec.r2 > 0.3).all(), rec.r2

@@ -61,3 +61,20 @@ def test_r2_is_variance_explained_per_dimension(data):
 def test_untrained_usae_recovers_nothing(data):
     rec = evaluate_recovery(data, USAE(dict(zip(data.names, CFG.widths)), SAE, seed=0))
     assert max(rec.shared_recovered.values()) == 0.0
+
+
+def test_shared_index_scores_the_codes_made_together(data):
+    """``shared_index``: every model's codes come from one TopK over the summed pre-activations."""
+    model = oracle(data).eval()
+    rec = evaluate_recovery(data, model, n_tokens=1000, shared_index=True)
+    acts = {n: torch.from_numpy(data.acts[n][:1000]) for n in data.names}
+    codes = model.encode_shared(acts)
+    for i, source in enumerate(data.names):
+        dense = codes[source].dense(SAE.n_latents)
+        for j, target in enumerate(data.names):
+            x = data.acts[target][:1000].astype(np.float64)
+            x_hat = model.decode(target, dense, standardized=True).detach().double().numpy()
+            expected = 1 - ((x - x_hat) ** 2).sum() / ((x - x.mean(axis=0)) ** 2).sum()
+            assert rec.r2[i, j] == pytest.approx(expected, abs=1e-6)
+    own = evaluate_recovery(data, model, n_tokens=1000)
+    assert not np.allclose(rec.r2, own.r2)  # the shared selection is not each model's own TopK

@@ -25,6 +25,11 @@ class EvaluateConfig(Section):
     batch_images: int = setting(32, "Validation images per block.", minimum=1)
     max_images: int | None = setting(None, "Evaluate on the first this-many validation images only; `null` = all.",
                                      minimum=1)
+    baselines: bool = setting(
+        True, "Also evaluate two baselines and write `baselines.json`: PCA per model (`sae.k` components, fitted on "
+        "as many training images as are evaluated; R2 of each model alone, no cross-model entries) and a random "
+        "dictionary (the USAE untrained: its R2 matrix, firing entropy and universal count), the floor of every "
+        "figure.")
     device: str = setting("auto", "`auto` = CUDA when present, else CPU.", choices=DEVICES)
     min_factor_auroc: float = setting(
         0.75, "Generated images: a concept is labelled with the planted factor it detects best only when that "

@@ -77,6 +77,13 @@ def _tracking_package_installed(tracking: Any, where: str) -> None:
                          f"installed: pip install 'usae[tracking]' (or pip install {missing})")
 
 
+def _shared_index_needs_topk(run: Any, where: str) -> None:
+    if run.train.scheme == "sparc" and run.sae.activation != "topk":
+        raise ValueError(f"{where}: train.scheme = 'sparc' selects each token's latents by one TopK over the sum of "
+                         f"every model's pre-activations and needs sae.activation = 'topk', got "
+                         f"{run.sae.activation!r}")
+
+
 def _run_models_exist(pipeline: Any, where: str) -> None:
     for run in pipeline.runs.values():
         unknown = sorted(set(run.models) - set(pipeline.models))
@@ -91,6 +98,7 @@ RULES: dict[str, tuple[Rule, ...]] = {
     "TrainConfig": (_buffer_holds_a_batch, _lr_decays),
     "MacoConfig": (_crops_ordered,),
     "TrackingConfig": (_tracking_package_installed,),
+    "RunConfig": (_shared_index_needs_topk,),
     "PipelineConfig": (_run_models_exist,),
 }
 """Cross-field rules by section class name (names, not classes: the classes import this module)."""

@@ -46,7 +46,10 @@ class TrainConfig(Section):
     scheme: str = setting(
         "paper", "`paper`: one seeded random source per step, every decoder reconstructs, only the source's encoder "
         "and decoder are updated (other decoders are detached: their gradients are never computed); `all_sources`: "
-        "every model is a source every step, all parameters updated.", choices=SCHEMES)
+        "every model is a source every step, all parameters updated; `sparc` (SPARC, arXiv 2507.06265): as "
+        "`all_sources`, but each token's k latents are one TopK over the sum of every model's pre-activations, the "
+        "same for every model, each model keeping its own values there (needs `sae.activation: topk`; at evaluation "
+        "each model encodes alone).", choices=SCHEMES)
     epochs: float = setting(1.0, "Passes over the training tokens.", exclusive_minimum=0.0)
     max_steps: int | None = setting(None, "Stop after this many steps (overrides `epochs`); `null` = use `epochs`.",
                                     minimum=1)

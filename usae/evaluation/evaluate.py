@@ -6,6 +6,8 @@ Outputs (``results/runs/<run>/eval/``):
   concepts.parquet  one row per concept: fires, energy and co-fire proportion per model,
                     firing entropy, co-fires, top images per model (and planted factors)
   heatmaps.zarr     per model: the token activation maps of each concept's top images
+  baselines.json    (``evaluate.baselines``) PCA per model and a random dictionary, the same
+                    figures for the trained USAE beside them (:mod:`usae.evaluation.baselines`)
 """
 
 from __future__ import annotations
@@ -52,16 +54,25 @@ DEFINITIONS = {
 }
 
 
-def blocks(sources: dict[str, TokenSource], block_rows: int,
-           max_images: int | None = None) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
-    """Sequential blocks of valid images: (positions (B,), {name: (B, T, d)})."""
+def blocks(sources: dict[str, TokenSource], block_rows: int, max_images: int | None = None, *,
+           spread: bool = False) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """Blocks of valid images: (positions (B,), {name: (B, T, d)}).
+
+    The first ``max_images`` rows in order, or with ``spread`` about as many rows in blocks
+    spread evenly over the whole split (a sample that is not one end of a sorted listing).
+    """
     first = next(iter(sources.values()))
     valid = np.ones(first.n_rows, dtype=bool)
     for s in sources.values():
         if s.valid is not None:
             valid &= s.valid
     n_rows = first.n_rows if max_images is None else min(first.n_rows, max_images)
-    for start in range(0, n_rows, block_rows):
+    starts = range(0, n_rows, block_rows)
+    if spread and n_rows < first.n_rows:
+        n_blocks = -(-n_rows // block_rows)
+        starts = np.linspace(0, first.n_rows - block_rows, n_blocks).round().astype(int).tolist()
+        n_rows = first.n_rows
+    for start in starts:
         stop = min(start + block_rows, n_rows)
         keep = valid[start:stop]
         if keep.any():
@@ -70,7 +81,8 @@ def blocks(sources: dict[str, TokenSource], block_rows: int,
 
 @torch.no_grad()
 def evaluate_sources(model: USAE, sources: dict[str, TokenSource], cfg: EvaluateConfig, out_dir: str | Path,
-                     *, device: torch.device, factors: Any = None) -> dict[str, Any]:
+                     *, device: torch.device, factors: Any = None,
+                     baseline_sources: dict[str, TokenSource] | None = None) -> dict[str, Any]:
     """Evaluate ``model`` on paired validation ``sources`` and write the outputs to ``out_dir``.
 
     Args:
@@ -81,6 +93,8 @@ def evaluate_sources(model: USAE, sources: dict[str, TokenSource], cfg: Evaluate
         device: where to compute.
         factors: optional planted-factor scorer with ``update(name, codes, positions)`` and
             ``columns() -> dict`` (generated image sets only).
+        baseline_sources: the training tokens (same models) to fit the baselines on
+            (:mod:`usae.evaluation.baselines`, written to ``baselines.json``); None: no baselines.
 
     Returns:
         The metrics written to ``metrics.json``.
@@ -104,17 +118,25 @@ def evaluate_sources(model: USAE, sources: dict[str, TokenSource], cfg: Evaluate
                 factors.update(n, codes[n], positions)
     if acc.n_tokens == 0:
         raise ValueError("no valid validation token to evaluate on; check dataset.val_fraction")
-    metrics, table = _summarise(model, acc, cfg)
+    metrics, table = summarise(model, acc, cfg)
     metrics = _json_safe(metrics)
     if factors is not None:
         for key, column in factors.columns().items():
             table[key] = column
+    baselines = None
+    if baseline_sources is not None:
+        from usae.evaluation.baselines import evaluate_baselines  # it reads this module's blocks and summarise
+
+        baselines = evaluate_baselines(model, baseline_sources, sources, cfg, device, trained=(metrics, table))
+        baselines = _json_safe(baselines)
     maps = _heatmaps(model, sources, acc, cfg, device, rows_of)
     out_dir = Path(out_dir)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
         table.to_parquet(tmp / "concepts.parquet", index=False)
+        if baselines is not None:
+            (tmp / "baselines.json").write_text(json.dumps(baselines, indent=2, allow_nan=False))
         group = zarr.open_group(tmp / "heatmaps.zarr", mode="w")
         group.attrs.update({"tokens_per_image": first.tokens_per_row, "grid": first.attrs.get("grid")})
         for name, (rows, values) in maps.items():
@@ -137,7 +159,8 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _summarise(model: USAE, acc: Accumulator, cfg: EvaluateConfig) -> tuple[dict[str, Any], pd.DataFrame]:
+def summarise(model: USAE, acc: Accumulator, cfg: EvaluateConfig) -> tuple[dict[str, Any], pd.DataFrame]:
+    """The metrics (``metrics.json``) and the concept table of ``model`` from its accumulated sums."""
     names, n = model.names, acc.n_tokens
     r2_g = [[float(r2_global_mean(acc.sse[i, j], acc.sum_x[t], acc.sum_x2[t], n)) for j, t in enumerate(names)]
             for i in range(len(names))]

@@ -81,6 +81,7 @@ def evaluate_run(model_dir: str | Path, store_paths: dict[str, str | Path], cfg:
 
     With ``synthetic_dir`` (the generated image set) and ``manifest_path``, every concept is
     also scored against the planted factors.
+    With ``cfg.baselines`` the baselines are fitted on the stores' ``train`` split.
 
     Raises:
         ValueError: the stores come from other data than the model was trained on.
@@ -108,4 +109,8 @@ def evaluate_run(model_dir: str | Path, store_paths: dict[str, str | Path], cfg:
         factors = PlantedFactors(Path(synthetic_dir), read_manifest(manifest_path), first.rows,
                                  int(first.attrs["grid"][0]), model.names, model.cfg.n_latents,
                                  min_auroc=cfg.min_factor_auroc)
-    return evaluate_sources(model, sources, cfg, out_dir, device=device, factors=factors)
+    baseline_sources = None
+    if cfg.baselines:
+        baseline_sources = open_aligned({n: Path(store_paths[n]) for n in model.names}, split="train")
+    return evaluate_sources(model, sources, cfg, out_dir, device=device, factors=factors,
+                            baseline_sources=baseline_sources)

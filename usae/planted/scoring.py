@@ -38,12 +38,20 @@ class Recovery:
 
 
 @torch.no_grad()
-def evaluate_recovery(data: PlantedData, model: USAE, *, n_tokens: int = 20_000, tau: float = 0.1) -> Recovery:
-    """Compare ``model`` with the truth of ``data`` on its first ``n_tokens`` tokens."""
+def evaluate_recovery(data: PlantedData, model: USAE, *, n_tokens: int = 20_000, tau: float = 0.1,
+                      shared_index: bool = False) -> Recovery:
+    """Compare ``model`` with the truth of ``data`` on its first ``n_tokens`` tokens.
+
+    Each model encodes its own tokens alone; with ``shared_index`` the paired tokens are encoded
+    together instead (``USAE.encode_shared``: SPARC's codes as in training, one TopK over the sum).
+    """
     names = list(data.names)
     acts = {n: torch.from_numpy(np.ascontiguousarray(data.acts[n][:n_tokens])) for n in names}
     model = model.eval()
-    codes = {n: model.encode(n, acts[n], standardized=True) for n in names}
+    if shared_index:
+        codes = {n: c.dense(model.cfg.n_latents) for n, c in model.encode_shared(acts).items()}
+    else:
+        codes = {n: model.encode(n, acts[n], standardized=True) for n in names}
     entropy = firing_entropy(torch.stack([firing_counts(codes[n], tau) for n in names])).numpy()
     shared_rec, shared_cos, private_rec = {}, {}, {}
     best_shared = np.full(model.cfg.n_latents, -1.0)

@@ -137,11 +137,56 @@ class USAE(nn.Module, HubMixin):
         activation without ``gathers`` (values that are not pre at the indices), or
         ``self.sparse_grad`` off.
         """
-        sparse = (self.sparse_grad and not dense_grad and self.bn is None and torch.is_grad_enabled()
-                  and getattr(self.activation, "gathers", False))
-        if sparse:
+        if self._sparse_grad_applies(dense_grad) and getattr(self.activation, "gathers", False):
             return self._encode_sparse_grad(name, acts, keep_pre=keep_pre)
         return self.activate(name, self.pre_codes(name, acts), keep_pre=keep_pre)
+
+    def _sparse_grad_applies(self, dense_grad: bool) -> bool:
+        """Whether the encoder may learn through its active entries alone (see :meth:`encode_sparse`)."""
+        return self.sparse_grad and not dense_grad and self.bn is None and torch.is_grad_enabled()
+
+    def encode_shared(self, acts: dict[str, Tensor], *, keep_pre: bool = False,
+                      dense_grad: bool = False) -> dict[str, Codes]:
+        """Codes of paired tokens ``acts[name]`` (n, d_name) whose K latents are the same for every
+        model: SPARC's global TopK (arXiv 2507.06265, its ``MultiStreamSparseAutoencoder``).
+
+            indices = TopK_K(sum_i pre_i(a_i)),   Z_i = ReLU(pre_i(a_i)[indices])
+
+        One selection over the sum of the models' pre-activations (their mean would select the
+        same latents: dividing by M keeps the order), each model keeping its own values there, so
+        a selected latent may be 0 for one model. The selection passes no gradient: each encoder
+        learns through its own values, by :func:`gather_pre`'s sparse gradient where
+        :meth:`encode_sparse` would use it, else through the dense pre-activations.
+
+        Raises:
+            ValueError: ``sae.activation`` is not ``topk`` (a per-model running threshold has no
+                meaning for a selection over the sum), or the models' token counts differ.
+        """
+        if self.cfg.activation != "topk":
+            raise ValueError(f"shared-index codes (train.scheme = 'sparc') need sae.activation = 'topk', got "
+                             f"{self.cfg.activation!r}")
+        for name, x in acts.items():
+            self._check_model(name, x)
+        if len({x.shape[0] for x in acts.values()}) > 1:
+            raise ValueError(f"shared-index codes need paired tokens, got row counts "
+                             f"{ {n: x.shape[0] for n, x in acts.items()} }")
+        sparse = self._sparse_grad_applies(dense_grad)
+        pre, inputs = {}, {}
+        for name, x in acts.items():
+            if sparse:
+                inputs[name] = (x, self.W_enc[name], self._pre_bias(name))
+                with torch.no_grad():
+                    pre[name] = torch.addmm(inputs[name][2], x, inputs[name][1])
+            else:
+                pre[name] = self.pre_codes(name, x)
+        with torch.no_grad():
+            indices = sum(p.detach() for p in pre.values()).topk(self.cfg.k, dim=1, sorted=False).indices
+        codes = {}
+        for name in acts:
+            at = gather_pre(*inputs[name], pre[name], indices) if sparse else pre[name].gather(1, indices)
+            codes[name] = Codes(F.relu(at), indices, pre[name] if keep_pre else None,
+                                inputs[name] if keep_pre and sparse else None)
+        return codes
 
     def _encode_sparse_grad(self, name: str, acts: Tensor, *, keep_pre: bool) -> Codes:
         """:meth:`encode_sparse` with the dense GEMM outside autograd and a gradient through the

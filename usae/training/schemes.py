@@ -2,13 +2,13 @@
 
 Every entry of :data:`usae.registry.SCHEMES` is a :class:`Scheme` subclass, built as
 ``scheme = cls(names, seed)`` with the models in order and the run's seed. The training step
-asks it three things: :meth:`Scheme.sources` (the models that encode at a step: a pure
+asks it four things: :meth:`Scheme.sources` (the models that encode at a step: a pure
 function of (seed, step), so a resumed run draws the same ones), :attr:`Scheme.update_all`
 (whether every decoder learns from a source's codes, or only the source's own, the others
-being detached) and :meth:`Scheme.updated` (the models whose decoder gradients are projected
-and whose decoder rows are renormalised after the step). A scheme whose codes are not each
-source's own encoding (SPARC-style shared indices: one TopK over the sum of every model's
-pre-activations) also sets :attr:`Scheme.encode`.
+being detached), :meth:`Scheme.updated` (the models whose decoder gradients are projected
+and whose decoder rows are renormalised after the step) and :attr:`Scheme.encode` (how the
+step's sources make their codes: None, each its own encoder; :class:`SparcScheme`: together, one
+TopK over the sum of every source's pre-activations, the same latents for all).
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ import numpy as np
 from torch import Tensor
 
 from usae.sae.model import USAE, Codes
+
+Encode = Callable[..., dict[str, Codes]]
+"""A scheme's ``encode(model, batch, sources, *, keep_pre, dense_grad)``: every source's codes."""
 
 SOURCE_SEED_OFFSET = 1_000_003  # keeps the source draw independent of the loader's streams
 
@@ -33,9 +36,10 @@ class Scheme:
 
     update_all: bool = False
     """True: every decoder learns from each source's codes; False: only the source's decoder does."""
-    encode: Callable[[USAE, dict[str, Tensor], str, bool], Codes] | None = None
-    """``encode(model, batch, source, keep_pre)``: the codes of ``source`` at a step; None: the
-    source's own encoder and ``sae.activation`` (``model.encode_sparse``)."""
+    encode: Encode | None = None
+    """``encode(model, batch, sources, keep_pre=, dense_grad=)``: the codes of all of a step's
+    sources, made together (a method of the subclasses that set it); None: each source encodes
+    alone, with its own encoder and ``sae.activation`` (``USAE.encode_sparse``)."""
 
     def __init__(self, names: list[str], seed: int) -> None:
         self.names = list(names)
@@ -67,3 +71,17 @@ class AllSourcesScheme(Scheme):
 
     def sources(self, step: int) -> list[str]:
         return list(self.names)
+
+
+class SparcScheme(AllSourcesScheme):
+    """SPARC (arXiv 2507.06265): every model is a source every step and every parameter learns, as
+    in :class:`AllSourcesScheme`, but the K latents of a token are chosen once, by TopK over the
+    sum of every model's pre-activations (:meth:`usae.sae.model.USAE.encode_shared`); each model
+    decodes every model from its own values at those latents (SPARC's self and cross
+    reconstructions, weighted alike). At evaluation each model encodes alone (SPARC's single-stream
+    inference: its own TopK)."""
+
+    def encode(self, model: USAE, batch: dict[str, Tensor], sources: list[str], *, keep_pre: bool,
+               dense_grad: bool) -> dict[str, Codes]:
+        """Shared-index codes of ``sources`` (``keep_pre``, ``dense_grad``: as ``USAE.encode_sparse``)."""
+        return model.encode_shared({s: batch[s] for s in sources}, keep_pre=keep_pre, dense_grad=dense_grad)

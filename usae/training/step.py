@@ -5,12 +5,13 @@ For each source i: Z = E_i(A_i), decode Z with every decoder, loss = sum_j loss(
 (``sae.loss``, a ``usae.registry.LOSSES`` entry), plus AuxK on the source. In the paper's scheme
 (Thasarathan et al. 2025, Fig. 3) only E_i and D_i are updated: D_j for j != i would only ever
 receive gradients that are thrown away, so they are detached and never computed. Which models
-are sources and which decoders learn is the scheme's answer (``usae.training.schemes``).
+are sources, which decoders learn and how the sources' codes are made (each its own TopK, or
+SPARC's one TopK over the sum of every model's pre-activations) is the scheme's answer
+(``usae.training.schemes``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -23,10 +24,7 @@ from usae.sae.losses import DenseActivity, Loss, auxk
 from usae.sae.model import USAE, Codes
 from usae.sae.sparse_grad import select_rows
 from usae.training.dead import DeadLatents
-from usae.training.schemes import Scheme
-
-Encode = Callable[[USAE, dict[str, Tensor], str, bool], Codes]
-"""A scheme's ``encode(model, batch, source, keep_pre)``: the codes of ``source`` at a step."""
+from usae.training.schemes import Encode, Scheme
 
 
 @dataclass
@@ -105,12 +103,21 @@ def training_step(model: USAE, batch: dict[str, Tensor], sources: list[str], cfg
                   dead: DeadLatents, *, update_all: bool, encode: Encode | None = None) -> StepOutput:
     """Losses of one step with the given source model(s); call ``.loss.backward()`` after.
 
-    ``update_all`` and ``encode`` are the scheme's (:class:`usae.training.schemes.Scheme`).
+    ``update_all`` and ``encode`` are the scheme's (:class:`usae.training.schemes.Scheme`): with
+    ``encode`` the sources' codes are made together, else each source's when its turn comes (so
+    one source's dense pre-activations are alive at a time).
     """
+    loss_fn: Loss = LOSSES.get(cfg.loss, setting="sae.loss")
+    keep_pre = loss_fn.dense or cfg.aux_k > 0
+    joint = encode(model, batch, sources, keep_pre=keep_pre, dense_grad=loss_fn.dense) if encode is not None else None
     total, per_target, l0 = 0.0, 0.0, 0.0
     fired = {}
     for source in sources:
-        loss, targets, codes = source_loss(model, batch, source, cfg, dead, update_all=update_all, encode=encode)
+        if joint is not None:
+            codes = joint.pop(source)
+        else:
+            codes = model.encode_sparse(source, batch[source], keep_pre=keep_pre, dense_grad=loss_fn.dense)
+        loss, targets = source_loss(model, batch, source, codes, cfg, dead, update_all=update_all)
         total = total + loss
         per_target = per_target + targets
         active = codes.values > 0
@@ -121,20 +128,15 @@ def training_step(model: USAE, batch: dict[str, Tensor], sources: list[str], cfg
     return StepOutput(loss=total, target_losses=per_target / n, l0=l0 / n, fired=fired)
 
 
-def source_loss(model: USAE, batch: dict[str, Tensor], source: str, cfg: SAEConfig, dead: DeadLatents,
-                *, update_all: bool, encode: Encode | None = None) -> tuple[Tensor, Tensor, Codes]:
-    """Encode from ``source``, reconstruct every model; return (loss, per-target (M,), codes).
+def source_loss(model: USAE, batch: dict[str, Tensor], source: str, codes: Codes, cfg: SAEConfig,
+                dead: DeadLatents, *, update_all: bool) -> tuple[Tensor, Tensor]:
+    """Reconstruct every model from ``source``'s ``codes``; return (loss, per-target (M,)).
 
     Args:
+        codes: the source's codes, with its pre-activations when the loss or AuxK reads them.
         update_all: if False (paper scheme) decoders other than the source's are detached.
-        encode: ``encode(model, batch, source, keep_pre)``; None: the source's own encoder.
     """
     loss: Loss = LOSSES.get(cfg.loss, setting="sae.loss")
-    keep_pre = loss.dense or cfg.aux_k > 0
-    if encode is None:
-        codes = model.encode_sparse(source, batch[source], keep_pre=keep_pre, dense_grad=loss.dense)
-    else:
-        codes = encode(model, batch, source, keep_pre)
     dense = codes.dense(cfg.n_latents) if loss.dense else None
     per_target = []
     total = batch[source].new_zeros((), dtype=torch.float32)
@@ -154,7 +156,7 @@ def source_loss(model: USAE, batch: dict[str, Tensor], source: str, cfg: SAEConf
             source_hat = x_hat
     if cfg.aux_k > 0:
         total = total + cfg.aux_coef * _auxk_term(model, batch[source], source_hat, codes, source, cfg, dead)
-    return total, torch.stack(per_target), codes
+    return total, torch.stack(per_target)
 
 
 def _auxk_term(model: USAE, x: Tensor, x_hat: Tensor, codes: Codes, source: str, cfg: SAEConfig,
