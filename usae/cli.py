@@ -12,6 +12,7 @@
     usae weights  -c config.yaml [--model dinov2]   # fetch every model's weights into the caches
     usae verify   PATH... | -c config.yaml          # check activation stores in full; exit 1 if damaged
     usae push     --run results/runs/usae --repo user/name [--private] [--out DIR]   # to the Hugging Face hub
+    usae compare  -c config.yaml [--run usae --run solo_dinov2] [--out DIR]   # the runs side by side, one page
     usae train    -c config.yaml --set sae.k=16 --set runs.usae.train.lr=0.001   # override config keys
     usae --version
 """
@@ -216,6 +217,13 @@ def cmd_push(cfg: PipelineConfig | None, args: argparse.Namespace) -> None:
     print(f"{run_dir}: {'written to' if args.out else 'pushed to ' + args.repo + ':'} {done}")
 
 
+def cmd_compare(cfg: PipelineConfig, args: argparse.Namespace) -> None:
+    """The page comparing the config's runs (or those given with ``--run``), default ``<results>/compare``."""
+    from usae.report.compare import compare_config_runs
+
+    print(compare_config_runs(cfg, args.run, args.out))
+
+
 def _runs(cfg: PipelineConfig, chosen: str | None) -> list[str]:
     """The runs a command works on: ``--run`` if given (checked), else every run of the config."""
     if chosen is not None and chosen not in cfg.runs:
@@ -258,13 +266,14 @@ def _name_path(text: str) -> tuple[str, Path]:
 
 COMMANDS = {"manifest": cmd_manifest, "extract": cmd_extract, "prepare": cmd_prepare, "train": cmd_train,
             "evaluate": cmd_evaluate, "report": cmd_report, "maco": cmd_maco, "weights": cmd_weights,
-            "verify": cmd_verify, "push": cmd_push}
+            "verify": cmd_verify, "push": cmd_push, "compare": cmd_compare}
 HELP = {"report": "the report of a run trained on activation arrays (usae train --acts), without images",
         "maco": "coordinated activation maximisation: one optimised image per model for chosen concepts",
         "weights": "fetch every model's weights into the caches (before running offline); print origin, path, sha256",
         "verify": "check activation stores in full (every chunk present, checksums, layout); exit 1 if damaged",
-        "push": "push a run's model, with a generated model card, to the Hugging Face hub"}
-NO_DATA = ("weights", "push")  # commands that read no data: the config's data sizes are not checked
+        "push": "push a run's model, with a generated model card, to the Hugging Face hub",
+        "compare": "one page comparing the config's runs: settings that differ, metric tables, figures, stability"}
+NO_DATA = ("weights", "push", "compare")  # commands that read no data: the config's data sizes are not checked
 
 
 # Commands whose workflow rule sets torch's threads from ``threads:``; ``--threads`` does the same.
@@ -321,6 +330,9 @@ def _command_options(name: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--repo", help="hub repo id, user/name, created if absent (required)")
         p.add_argument("--private", action="store_true", help="create the repo private")
         p.add_argument("--out", help="write the folder that would be pushed (weights, config, card) here instead")
+    if name == "compare":
+        p.add_argument("--run", action="append", help="only this run of the config (repeatable; default: all)")
+        p.add_argument("--out", help="folder of the page (default: RESULTS/compare)")
     if name == "verify":
         p.add_argument("paths", nargs="*", metavar="PATH",
                        help="stores to check (default: every store of the config, -c config.yaml)")

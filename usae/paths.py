@@ -26,6 +26,7 @@ RUN_EVAL = "{root}/runs/{run}/eval"
 RUN_REPORT = "{root}/runs/{run}/report"
 RUN_MACO = "{root}/runs/{run}/maco"
 MACO_SPECTRUM = "{root}/{dataset}/maco_spectrum.npz"
+COMPARE = "{root}/compare"
 LOG = "{root}/logs/{rule}/{name}.log"
 BENCHMARK = "{root}/benchmarks/{rule}/{name}.tsv"
 
@@ -104,6 +105,11 @@ def run_maco(cfg: PipelineConfig, run: str = RUN) -> str:
 
 def maco_spectrum(cfg: PipelineConfig) -> str:
     return _fill(MACO_SPECTRUM, cfg)
+
+
+def compare_dir(cfg: PipelineConfig) -> str:
+    """Folder of the page comparing the config's runs (``index.html``)."""
+    return _fill(COMPARE, cfg)
 
 
 def maco_runs(cfg: PipelineConfig) -> list[str]:
