@@ -12,6 +12,7 @@
     usae weights  -c config.yaml [--model dinov2]   # fetch every model's weights into the caches
     usae verify   PATH... | -c config.yaml          # check activation stores in full; exit 1 if damaged
     usae push     --run results/runs/usae --repo user/name [--private] [--out DIR]   # to the Hugging Face hub
+    usae compare  -c config.yaml [--run usae --run solo_dinov2] [--out DIR]   # the runs side by side, one page
     usae train    -c config.yaml --set sae.k=16 --set runs.usae.train.lr=0.001   # override config keys
     usae workflow init DIR [--force]                # config.yaml and profiles to run the packaged workflow
     usae workflow snakefile                         # its Snakefile: snakemake -s "$(usae workflow snakefile)"
@@ -29,6 +30,8 @@ from typing import TYPE_CHECKING
 from usae import __version__, paths
 from usae.config import EvaluateConfig, PipelineConfig
 from usae.config.files import load_config_file
+from usae.cli_tools import (chosen_models, chosen_runs, cmd_compare, cmd_push, cmd_verify, cmd_workflow,
+                             workflow_parser)
 from usae.runlog import configure_logging
 
 if TYPE_CHECKING:
@@ -43,13 +46,6 @@ def read_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
     return load_config_file(path, overrides or ())
 
 
-def _models(cfg: PipelineConfig, chosen: list[str] | None) -> list[str]:
-    unknown = sorted(set(chosen or []) - set(cfg.models))
-    if unknown:
-        raise ValueError(f"--model {unknown} not in the config's models {sorted(cfg.models)}")
-    return chosen or list(cfg.models)
-
-
 def cmd_manifest(cfg: PipelineConfig, args: argparse.Namespace) -> None:
     from usae.data.manifest import build_manifest
 
@@ -62,7 +58,7 @@ def cmd_extract(cfg: PipelineConfig, args: argparse.Namespace) -> None:
     from usae.activations.extract import extract_activations
 
     parts = [args.part] if args.part is not None else range(cfg.extract.n_parts)
-    for key in _models(cfg, args.model):
+    for key in chosen_models(cfg, args.model):
         spec = cfg.models[key]
         for part in parts:
             out = paths.extract_part(cfg, key, spec.layer_tag, part)
@@ -73,7 +69,7 @@ def cmd_extract(cfg: PipelineConfig, args: argparse.Namespace) -> None:
 def cmd_prepare(cfg: PipelineConfig, args: argparse.Namespace) -> None:
     from usae.activations.prepare import prepare_activations
 
-    for key in _models(cfg, args.model):
+    for key in chosen_models(cfg, args.model):
         layer = cfg.models[key].layer_tag
         out = paths.aligned(cfg, key, layer)
         prepare_activations(paths.extract_parts(cfg, key, layer), paths.manifest(cfg), cfg.prepare, out,
@@ -94,7 +90,7 @@ def cmd_train(cfg: PipelineConfig | None, args: argparse.Namespace) -> None:
         return
     if cfg is None:
         raise ValueError("give a config (-c) or activations (--acts name=path ...)")
-    for key in _runs(cfg, args.run):
+    for key in chosen_runs(cfg, args.run):
         run = cfg.runs[key]
         result = train_from_stores(paths.run_stores(cfg, key), run.sae, run.train, paths.run_dir(cfg, key),
                                    tracking=cfg.tracking)
@@ -115,7 +111,7 @@ def cmd_evaluate(cfg: PipelineConfig | None, args: argparse.Namespace) -> None:
     if args.acts or args.out:
         raise ValueError("--acts and --out of evaluate go with --model RUN_DIR (a run trained with "
                          "`usae train --acts`)")
-    for key in _runs(cfg, args.run):
+    for key in chosen_runs(cfg, args.run):
         out = paths.run_eval(cfg, key)
         metrics = evaluate_run(paths.run_model(cfg, key), paths.run_stores(cfg, key), cfg.evaluate, out,
                                manifest_path=paths.manifest(cfg), synthetic_dir=paths.synthetic_images(cfg))
@@ -141,7 +137,7 @@ def cmd_maco(cfg: PipelineConfig, args: argparse.Namespace) -> None:
     from usae.maco.stage import dataset_spectrum, run_maco
 
     maco = dataclasses.replace(cfg.maco, concepts=tuple(args.concept)) if args.concept else cfg.maco
-    runs = _runs(cfg, args.run) if args.run else paths.maco_runs(cfg)
+    runs = chosen_runs(cfg, args.run) if args.run else paths.macochosen_runs(cfg)
     spectrum = Path(paths.maco_spectrum(cfg))
     if runs and not spectrum.exists():
         dataset_spectrum(paths.manifest(cfg), spectrum, size=maco.image_size, n_images=maco.spectrum_images,
@@ -163,7 +159,7 @@ def cmd_weights(cfg: PipelineConfig, args: argparse.Namespace) -> None:
     """
     from usae.weights import resolve_weights
 
-    for key in _models(cfg, args.model):
+    for key in chosen_models(cfg, args.model):
         spec = cfg.models[key]
         if spec.pretrained and spec.weights is None:
             from usae.backbones import create_backbone
@@ -175,107 +171,6 @@ def cmd_weights(cfg: PipelineConfig, args: argparse.Namespace) -> None:
             print(f"  path   {weights.path}\n  sha256 {weights.sha256}")
 
 
-def cmd_verify(cfg: PipelineConfig | None, args: argparse.Namespace) -> int:
-    """Check stores in full (every chunk read); one line per problem, a summary, 1 if any is damaged.
-
-    With ``-c``, every extraction part and aligned store of the config's models; one not
-    built yet is listed as absent and is not a problem (Snakemake builds it).
-    """
-    from usae.activations.verify import verify_store
-
-    stores = [Path(p) for p in args.paths]
-    if cfg is not None:
-        for key in _models(cfg, None):
-            layer = cfg.models[key].layer_tag
-            built = [Path(p) for p in [*paths.extract_parts(cfg, key, layer), paths.aligned(cfg, key, layer)]]
-            stores += [p for p in built if p.exists()]
-            for absent in (p for p in built if not p.exists()):
-                print(f"{absent}: absent (not built yet)")
-    damaged = 0
-    for store in stores:
-        problems = verify_store(store)
-        damaged += bool(problems)
-        print("\n".join(problems) if problems else f"{store}: ok")
-    print(f"verified {len(stores)} store(s): {len(stores) - damaged} sound, {damaged} damaged")
-    return 1 if damaged else 0
-
-
-def cmd_push(cfg: PipelineConfig | None, args: argparse.Namespace) -> None:
-    """Push a run's model to the Hugging Face hub with a generated card (or write that folder, ``--out``).
-
-    ``--run`` is a run folder, or with ``-c`` a run name of that config.
-    """
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-
-    from usae.sae.hub import push_run
-
-    missing = [option for option in ("run", "repo") if not getattr(args, option)]
-    if missing:
-        raise ValueError(f"push needs {' and '.join('--' + m for m in missing)}")
-    run_dir = Path(paths.run_dir(cfg, _runs(cfg, args.run)[0]) if cfg is not None else args.run)
-    try:
-        done = push_run(run_dir, args.repo, private=args.private or None, out=args.out)
-    except (HfHubHTTPError, OfflineModeIsEnabled) as err:
-        raise ValueError(f"pushing {run_dir} to {args.repo} failed: {err} (check the repo id and your token: "
-                         "`hf auth login` or HF_TOKEN; HF_HUB_OFFLINE must be unset)") from None
-    print(f"{run_dir}: {'written to' if args.out else 'pushed to ' + args.repo + ':'} {done}")
-
-
-def cmd_workflow(args: argparse.Namespace) -> None:
-    """Where the packaged workflow is, or a working folder to run it from (no config read)."""
-    from usae import workflow
-
-    if args.action == "init":
-        for path in workflow.init_folder(args.folder, force=args.force):
-            print(f"{path}: written")
-        print(f'run it there: cd {args.folder} && snakemake -s "$(usae workflow snakefile)" --cores 2')
-    else:
-        print(workflow.snakefile() if args.action == "snakefile" else workflow.WORKFLOW_DIR)
-
-
-def _workflow_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("workflow", help="the packaged Snakemake workflow: its Snakefile, or a folder to run it in")
-    actions = p.add_subparsers(dest="action", required=True)
-    actions.add_parser("snakefile", help="print the Snakefile's path, for snakemake -s")
-    actions.add_parser("path", help="print the workflow's folder (rules, scripts, schemas, profiles)")
-    init = actions.add_parser("init", help="copy config.yaml and the profiles into FOLDER, to edit and run there")
-    init.add_argument("folder", metavar="FOLDER")
-    init.add_argument("--force", action="store_true", help="replace copies that exist already")
-
-
-def _runs(cfg: PipelineConfig, chosen: str | None) -> list[str]:
-    """The runs a command works on: ``--run`` if given (checked), else every run of the config."""
-    if chosen is not None and chosen not in cfg.runs:
-        raise ValueError(f"--run {chosen!r} not in the config's runs {sorted(cfg.runs)}")
-    return [chosen] if chosen else list(cfg.runs)
-
-
-def _acts(args: argparse.Namespace) -> dict[str, Path] | None:
-    """``--acts NAME=PATH ...`` as a mapping (None when not given); a name given twice is refused."""
-    if not args.acts:
-        return None
-    pairs = [_name_path(a) for a in args.acts]
-    twice = sorted({n for n, _ in pairs if sum(m == n for m, _ in pairs) > 1})
-    if twice:
-        raise ValueError(f"--acts gives {twice} more than once")
-    return dict(pairs)
-
-
-def _arrays_settings(cfg: PipelineConfig | None, args: argparse.Namespace) -> ArraysSettings:
-    """Settings of a run on arrays: the config's run (``--run`` when it has several), else the
-    defaults with ``--set`` overrides."""
-    from usae.config.arrays import settings_from_config, settings_from_overrides
-
-    return settings_from_config(cfg, args.run) if cfg is not None else settings_from_overrides(args.set or ())
-
-
-def _evaluate_settings(cfg: PipelineConfig | None, args: argparse.Namespace) -> EvaluateConfig:
-    """``evaluate`` settings of a run on arrays: the config's, else the defaults with ``--set evaluate.*``."""
-    from usae.config.arrays import settings_from_overrides
-
-    return cfg.evaluate if cfg is not None else settings_from_overrides(args.set or (), ("evaluate",)).evaluate
-
-
 def _name_path(text: str) -> tuple[str, Path]:
     name, sep, path = text.partition("=")
     if not sep or not name or not path:
@@ -285,13 +180,14 @@ def _name_path(text: str) -> tuple[str, Path]:
 
 COMMANDS = {"manifest": cmd_manifest, "extract": cmd_extract, "prepare": cmd_prepare, "train": cmd_train,
             "evaluate": cmd_evaluate, "report": cmd_report, "maco": cmd_maco, "weights": cmd_weights,
-            "verify": cmd_verify, "push": cmd_push}
+            "verify": cmd_verify, "push": cmd_push, "compare": cmd_compare}
 HELP = {"report": "the report of a run trained on activation arrays (usae train --acts), without images",
         "maco": "coordinated activation maximisation: one optimised image per model for chosen concepts",
         "weights": "fetch every model's weights into the caches (before running offline); print origin, path, sha256",
         "verify": "check activation stores in full (every chunk present, checksums, layout); exit 1 if damaged",
-        "push": "push a run's model, with a generated model card, to the Hugging Face hub"}
-NO_DATA = ("weights", "push")  # commands that read no data: the config's data sizes are not checked
+        "push": "push a run's model, with a generated model card, to the Hugging Face hub",
+        "compare": "one page comparing the config's runs: settings that differ, metric tables, figures, stability"}
+NO_DATA = ("weights", "push", "compare")  # commands that read no data: the config's data sizes are not checked
 
 
 # Commands whose workflow rule sets torch's threads from ``threads:``; ``--threads`` does the same.
@@ -318,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 + ("image decoding" if name == "manifest" else "torch's" +
                                    (" and dask's (reads, statistics)" if name == "prepare" else "")))
         _command_options(name, p)
-    _workflow_parser(sub)
+    workflow_parser(sub)
     return parser
 
 
@@ -349,6 +245,9 @@ def _command_options(name: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--repo", help="hub repo id, user/name, created if absent (required)")
         p.add_argument("--private", action="store_true", help="create the repo private")
         p.add_argument("--out", help="write the folder that would be pushed (weights, config, card) here instead")
+    if name == "compare":
+        p.add_argument("--run", action="append", help="only this run of the config (repeatable; default: all)")
+        p.add_argument("--out", help="folder of the page (default: RESULTS/compare)")
     if name == "verify":
         p.add_argument("paths", nargs="*", metavar="PATH",
                        help="stores to check (default: every store of the config, -c config.yaml)")

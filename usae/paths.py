@@ -26,6 +26,7 @@ RUN_EVAL = "{root}/runs/{run}/eval"
 RUN_REPORT = "{root}/runs/{run}/report"
 RUN_MACO = "{root}/runs/{run}/maco"
 MACO_SPECTRUM = "{root}/{dataset}/maco_spectrum.npz"
+COMPARE = "{root}/compare"
 LOG = "{root}/logs/{rule}/{name}.log"
 BENCHMARK = "{root}/benchmarks/{rule}/{name}.tsv"
 
@@ -129,6 +130,16 @@ def maco_spectrum(cfg: PipelineConfig) -> str:
     return _fill(MACO_SPECTRUM, cfg)
 
 
+def compare_dir(cfg: PipelineConfig) -> str:
+    """Folder of the page comparing the config's runs (``index.html``)."""
+    return _fill(COMPARE, cfg)
+
+
+def compare_page(cfg: PipelineConfig) -> str:
+    """The comparison page; built by the workflow when the config has two or more runs."""
+    return f"{compare_dir(cfg)}/index.html"
+
+
 def maco_runs(cfg: PipelineConfig) -> list[str]:
     """Runs that get coordinated images: every run of two or more models, when ``maco.enabled``."""
     return sorted(r for r, run in cfg.runs.items() if len(run.models) > 1) if cfg.maco.enabled else []
@@ -141,10 +152,10 @@ def for_runs(cfg: PipelineConfig, *outputs: Callable[[PipelineConfig, str], str]
 
 def all_targets(cfg: PipelineConfig) -> list[str]:
     """What a full run builds: every model's aligned store (its :func:`store_marker`), then each
-    run's model, evaluation and report."""
+    run's model, evaluation and report; the comparison page when there are two or more runs."""
     stores = [store_marker(s) for s in model_stores(cfg, sorted(cfg.models)).values()]
     return (stores + for_runs(cfg, run_model, run_eval, run_report)
-            + [run_maco(cfg, run) for run in maco_runs(cfg)])
+            + [run_maco(cfg, run) for run in maco_runs(cfg)] + ([compare_page(cfg)] if len(cfg.runs) > 1 else []))
 
 
 def log(cfg: PipelineConfig, rule: str, name: str) -> str:

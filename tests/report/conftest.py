@@ -77,3 +77,33 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     evaluate_run(run_dir / "model", stores, EvaluateConfig(tau=0.1, top_n=2, batch_images=4, device="cpu"),
                  run_dir / "eval")
     return {"run": run_dir, "manifest": manifest, "images": images, "deleted": deleted}
+
+
+COMPARED = {"usae": ("a", "b"), "slow": ("a", "b"), "solo_a": ("a",)}
+"""Runs of :func:`compared_runs`: their models. ``slow`` differs from ``usae`` by train.lr only."""
+
+
+@pytest.fixture(scope="session")
+def compared_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Three trained and evaluated runs on planted activations, in a results tree (``results/runs/<run>``).
+
+    ``usae`` and ``slow`` span models a and b (train.lr 0.003 and 0.001), ``solo_a`` model a alone.
+    """
+    from usae.arrays import evaluate_arrays, train_arrays
+    from usae.config.arrays import settings_from_overrides
+    from usae.planted.activations import PlantedConfig, generate_planted
+
+    base = tmp_path_factory.mktemp("compared")
+    data = generate_planted(PlantedConfig(widths=(12, 16), names=("a", "b"), n_shared=12, n_private=4,
+                                          n_tokens=1200, active_shared=2.0, active_private=1.0)).save(base / "acts")
+    common = ["sae.n_latents=32", "sae.k=3", "sae.aux_k=8", "sae.dead_tokens=400", "sae.decode=sparse",
+              "train.max_steps=24", "train.batch_tokens=100", "train.buffer_tokens=400", "train.log_every=4",
+              "train.device=cpu", "train.read_threads=1", "evaluate.device=cpu", "evaluate.batch_images=2"]
+    lrs = {"usae": 0.003, "slow": 0.001, "solo_a": 0.003}
+    runs = {}
+    for name, models in COMPARED.items():
+        settings = settings_from_overrides([*common, f"train.lr={lrs[name]}"])
+        runs[name] = paths.stage_path(paths.RUN_DIR, base / "results", run=name)
+        train_arrays({m: data[m] for m in models}, settings, runs[name])
+        evaluate_arrays(runs[name], settings.evaluate)
+    return runs

@@ -58,7 +58,8 @@ def test_nothing_reruns_when_nothing_changed(built):
 def test_layer_change_reruns_only_that_model(pipeline_copy):
     write_config(pipeline_copy, **{"models.a14.layer": 0})
     assert planned_jobs(pipeline_copy) == {"extract_activations": 2, "prepare_activations": 1, "train_usae": 2,
-                                           "evaluate_usae": 2, "maco": 2, "render_report": 3, "all": 1}
+                                           "evaluate_usae": 2, "maco": 2, "render_report": 3, "compare_runs": 1,
+                                           "all": 1}
     out = snakemake(pipeline_copy, "-n").stdout
     assert "a14/block0" in out and "b16" not in out.split("Job stats:")[0]
 
@@ -68,7 +69,7 @@ def test_standardization_change_reruns_only_prepare(pipeline_copy):
     before = extract.stat().st_mtime_ns
     write_config(pipeline_copy, **{"prepare.standardize": "per_dim"})
     assert planned_jobs(pipeline_copy) == {"prepare_activations": 2, "train_usae": 3, "evaluate_usae": 3,
-                                           "maco": 2, "render_report": 3, "all": 1}
+                                           "maco": 2, "render_report": 3, "compare_runs": 1, "all": 1}
     snakemake(pipeline_copy)
     stats = open_store(pipeline_copy / "results/tiny/aligned/b16/final.zarr").attrs["standardization"]
     assert stats["kind"] == "per_dim" and len(stats["mean"]) == 48
@@ -79,12 +80,13 @@ def test_training_change_reruns_only_training(pipeline_copy):
     write_config(pipeline_copy, **{"train.max_steps": 8})
     # Both runs inherit train.max_steps; each run's report compares all runs.
     assert planned_jobs(pipeline_copy) == {"train_usae": 3, "evaluate_usae": 3, "maco": 2, "render_report": 3,
-                                           "all": 1}
+                                           "compare_runs": 1, "all": 1}
 
 
 def test_tau_change_reruns_only_evaluation_and_report(pipeline_copy):
     write_config(pipeline_copy, **{"evaluate.tau": 0.2})
-    assert planned_jobs(pipeline_copy) == {"evaluate_usae": 3, "maco": 2, "render_report": 3, "all": 1}
+    assert planned_jobs(pipeline_copy) == {"evaluate_usae": 3, "maco": 2, "render_report": 3, "compare_runs": 1,
+                                           "all": 1}
 
 
 def test_evaluation_reports_metrics_and_planted_factors(built):
@@ -183,7 +185,7 @@ def test_snakemake_report_lists_the_run_report(built, tmp_path):
 def test_a_run_override_changes_only_that_run(pipeline_copy):
     write_config(pipeline_copy, **{"runs.k2.sae.k": 3})
     assert planned_jobs(pipeline_copy) == {"train_usae": 1, "evaluate_usae": 1, "maco": 1, "render_report": 3,
-                                           "all": 1}
+                                           "compare_runs": 1, "all": 1}
 
 
 def test_named_layers_get_their_own_paths(tmp_path):
@@ -212,7 +214,7 @@ def test_a_damaged_model_stops_the_workflow_and_keeps_its_evaluation(pipeline_co
     assert metrics.stat().st_mtime_ns == before  # no job ran, nothing was deleted
     shutil.rmtree(model)
     assert planned_jobs(pipeline_copy) == {"train_usae": 1, "evaluate_usae": 1, "maco": 1, "render_report": 3,
-                                           "all": 1}
+                                           "compare_runs": 1, "all": 1}
 
 
 def test_maco_images_of_each_multi_model_run(built):

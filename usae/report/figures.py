@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 DPI = 110
 TOP_RANK = 1000
 SMOOTH = 25
-_PALETTE = matplotlib.colormaps["tab10"].colors
+PALETTE = matplotlib.colormaps["tab10"].colors
 _RC = {"font.size": 9, "axes.titlesize": 10, "axes.spines.top": False, "axes.spines.right": False,
        "axes.grid": True, "grid.alpha": 0.3, "legend.fontsize": 8, "legend.frameon": False}
 _DEFAULT_DEFS = {
@@ -65,7 +65,7 @@ class _Run:
     concepts: pd.DataFrame | None
 
     def colour(self, model: str) -> tuple[float, float, float]:
-        return _PALETTE[self.models.index(model) % len(_PALETTE)] if model in self.models else (0.4, 0.4, 0.4)
+        return PALETTE[self.models.index(model) % len(PALETTE)] if model in self.models else (0.4, 0.4, 0.4)
 
     def define(self, key: str) -> str:
         return str(self.metrics.get("definitions", {}).get(key, _DEFAULT_DEFS.get(key, key)))
@@ -274,6 +274,23 @@ _DRAW: dict[str, Callable[[_Run, MplFigure], str]] = {
 }
 
 
+def render_figure(path: Path, title: str, caption: str, size: tuple[float, float],
+                  draw: Callable[[MplFigure], str]) -> Figure:
+    """Draw one figure in the report's style (``draw(fig)`` returns a note for the caption) and save it as ``path``.
+
+    Returns:
+        Its record: ``path`` is the file name (relative to its folder); the note ends the caption.
+    """
+    with matplotlib.rc_context(_RC):
+        fig = MplFigure(figsize=size, dpi=DPI, layout="constrained")
+        FigureCanvasAgg(fig)
+        note = draw(fig)
+        fig.suptitle(title, fontsize=11)
+        fig.savefig(path, dpi=DPI, metadata={"Software": None})
+    logger.info("wrote %s", path)
+    return Figure(Path(path.name), title, f"{caption} {note}." if note else caption)
+
+
 def make_figures(run_dir: Path, out_dir: Path) -> dict[str, Figure]:
     """Render the report figures of one run folder as PNGs.
 
@@ -288,15 +305,6 @@ def make_figures(run_dir: Path, out_dir: Path) -> dict[str, Figure]:
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     run = _load(run_dir)
-    figures: dict[str, Figure] = {}
-    with matplotlib.rc_context(_RC):
-        for key, (title, caption, width, height) in _captions(run).items():
-            fig = MplFigure(figsize=(width / 10, height / 10), dpi=DPI, layout="constrained")
-            FigureCanvasAgg(fig)
-            note = _DRAW[key](run, fig)
-            fig.suptitle(title, fontsize=11)
-            name = Path(f"{key}.png")
-            fig.savefig(out_dir / name, dpi=DPI, metadata={"Software": None})
-            figures[key] = Figure(name, title, f"{caption} {note}." if note else caption)
-            logger.info("wrote %s", out_dir / name)
-    return figures
+    return {key: render_figure(out_dir / f"{key}.png", title, caption, (width / 10, height / 10),
+                               lambda fig, key=key: _DRAW[key](run, fig))
+            for key, (title, caption, width, height) in _captions(run).items()}

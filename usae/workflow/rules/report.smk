@@ -30,3 +30,28 @@ rule render_report:
         runtime=30,
     script:
         "../scripts/render_report.py"
+
+
+# One page comparing every run of the config (settings that differ, metric tables, figures).
+
+
+rule compare_runs:
+    input:
+        models=paths.for_runs(PIPE, paths.run_model),
+        evals=paths.for_runs(PIPE, paths.run_eval),
+        logs=paths.for_runs(PIPE, paths.run_log),
+    output:
+        report(paths.compare_page(PIPE), caption="../report/compare.rst", category="Comparison"),
+    params:
+        runs={r: paths.run_dir(PIPE, r) for r in sorted(PIPE.runs)},
+        version=usae.STAGE_VERSIONS["report"],
+    log:
+        paths.log(PIPE, "compare_runs", "all"),
+    benchmark:
+        paths.benchmark(PIPE, "compare_runs", "all")
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../scripts/compare_runs.py"

@@ -1,0 +1,137 @@
+"""The comparison page's tables: which metrics of a run it shows, grouped in families, and how
+each is written (one number format per row, since the runs are the columns).
+
+A metric is a flat key of :func:`usae.report.compare.run_metrics` (``r2_self.<model>``,
+``universal``, ...); a family lists its rows as such keys, ``{model}`` standing for every model
+of the runs compared.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from usae.report.numbers import NumberFormat, column_format
+from usae.sae.card import UNIVERSAL_ENTROPY
+
+FACTOR_AUROC = 0.9
+"""Planted-factor AUROC from which a universal concept counts as detecting its factor."""
+PER_MODEL = "{model}"
+BLANK = ""
+"""A cell whose column has no such metric (a model the run does not have)."""
+
+
+@dataclass(frozen=True)
+class Family:
+    """A group of metrics shown as one table (rows: metrics, columns: runs and baselines).
+
+    Attributes:
+        key: Anchor of the table on the page.
+        title: Heading.
+        definition: What the metrics are, under the heading.
+        rows: ``(metric key, label)``; ``{model}`` in both is replaced by each model.
+        percent: Fractions written as percentages; else one format per row from its values.
+        digits: Decimals of the row formats.
+        figures: Keys of the small-multiples figures shown under the table.
+    """
+
+    key: str
+    title: str
+    definition: str
+    rows: tuple[tuple[str, str], ...]
+    percent: bool = False
+    digits: int = 3
+    figures: tuple[str, ...] = ()
+
+
+def _per_model(prefix: str) -> tuple[tuple[str, str], ...]:
+    return ((f"{prefix}.{PER_MODEL}", PER_MODEL),)
+
+
+FAMILIES = (
+    Family("r2-self", "R2 of each model from its own codes", "Per-dimension R2 (variance explained) of each model "
+           "reconstructed from its own codes, on the validation tokens.", _per_model("r2_self"), figures=("r2",)),
+    Family("r2-cross", "Cross-model R2", "Minimum and mean over the entries with source != target of the "
+           "per-dimension R2 matrix (target j reconstructed from source i's codes); undefined for one model.",
+           (("r2_cross_min", "min"), ("r2_cross_mean", "mean"))),
+    Family("dead", "Dead concepts (never > 0)", "Share of the concepts never active (Z_k > 0) for the model on any "
+           "validation token.", _per_model("dead"), percent=True),
+    Family("dead-tau", "Dead concepts (never > tau)", "Share of the concepts that never fire (Z_k > tau) for the "
+           "model on any validation token.", _per_model("dead_above_tau"), percent=True),
+    Family("l0", "L0", "Mean number of active concepts per validation token.", _per_model("l0"), digits=1),
+    Family("universality", "Universal concepts", f"Concepts with firing entropy >= {UNIVERSAL_ENTROPY} (they fire "
+           f"alike in every model; undefined for one model); of those, the ones whose best planted factor has a "
+           f"patch-level AUROC >= {FACTOR_AUROC} (runs on generated images); concepts that fire in every model.",
+           (("universal", f"firing entropy >= {UNIVERSAL_ENTROPY}"),
+            ("universal_factor", f"... and factor AUROC >= {FACTOR_AUROC}"),
+            ("concepts_firing_in_all_models", "firing in every model")), figures=("entropy",)),
+    Family("pearson", "Co-fires and energy", "Pearson r of log co-fires and log energy over the concepts with "
+           "co-fires, and over those with at least evaluate.min_cofires co-fires.",
+           (("pearson", "Pearson r"), ("pearson_min_cofires", "Pearson r, min_cofires"))),
+    Family("final-loss", "Final training loss", "Loss per target model at the last log row (the mean over its "
+           "train.log_every steps).", _per_model("final_loss"), digits=4),
+    Family("training", "Training", "Optimiser steps; seconds of the logged steps (sum over the log rows of their "
+           "tokens / tokens_per_s: the steps alone, without start-up); wall-clock seconds of the train_usae job "
+           "(its Snakemake benchmark, when present); median tokens per second.",
+           (("steps", "steps"), ("train_seconds", "seconds (steps)"), ("train_wall_seconds", "seconds (job)"),
+            ("tokens_per_s", "tokens / s")), digits=1, figures=("loss", "dead")),
+)
+
+STABILITY_KEYS = ("models", "train.scheme", "train.lr", "train.warmup", "train.grad_clip", "train.batch_tokens",
+                  "train.epochs", "train.max_steps", "sae.n_latents", "sae.k", "sae.aux_k", "sae.aux_coef",
+                  "standardize.")
+"""Settings shown beside the stability verdicts (a key ending in ``.`` stands for each such key)."""
+
+
+def stability_settings(settings: dict[str, dict[str, Any]]) -> list[str]:
+    """The keys of :data:`STABILITY_KEYS` present in any run's settings, in that order."""
+    present = list(dict.fromkeys(k for values in settings.values() for k in values))
+    return [k for wanted in STABILITY_KEYS for k in present if k == wanted or (wanted.endswith(".") and
+                                                                             k.startswith(wanted))]
+
+
+def setting_text(value: Any) -> str:
+    """A setting as written in a config: ``-`` for null, ``true``/``false``, numbers as given, lists as JSON."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _rows(family: Family, models: list[str]) -> list[tuple[str, str]]:
+    return [(key.replace(PER_MODEL, m), label.replace(PER_MODEL, m))
+            for key, label in family.rows for m in (models if PER_MODEL in key else [PER_MODEL])]
+
+
+def metric_tables(columns: dict[str, dict[str, Any]], models: list[str]) -> list[dict[str, Any]]:
+    """Every family as a table over ``columns`` (column name -> metrics).
+
+    Rows no column has and columns with none of the family's metrics are left out, and so is
+    a family left empty. Each row is written in one format (its values decide it, or
+    percentages); a column without the row's metric gets a blank cell, a metric that is null
+    or not finite ``-``.
+
+    Returns:
+        Per family: ``key``, ``title``, ``definition``, ``figures``, ``columns`` and ``rows``
+        (``{"key", "label", "cells"}``, one cell text per column).
+    """
+    tables = []
+    for family in FAMILIES:
+        rows = [(key, label) for key, label in _rows(family, models) if any(key in c for c in columns.values())]
+        shown = [name for name, c in columns.items() if any(key in c for key, _ in rows)]
+        if not rows:
+            continue
+        table_rows = []
+        for key, label in rows:
+            values = [columns[name][key] for name in shown if key in columns[name]]
+            write = NumberFormat("percent", 1) if family.percent else column_format(values, family.digits)
+            table_rows.append({"key": key, "label": label,
+                               "cells": [write(columns[name][key]) if key in columns[name] else BLANK
+                                         for name in shown]})
+        tables.append({"key": family.key, "title": family.title, "definition": family.definition,
+                       "figures": family.figures, "columns": shown, "rows": table_rows})
+    return tables
