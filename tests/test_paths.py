@@ -49,9 +49,12 @@ def test_all_targets_are_every_aligned_store_then_each_runs_outputs():
     expected += [f"results/runs/{r}/{out}" for out in ("model", "eval", "report") for r in runs]
     multi_model = [r for r in runs if len(cfg.runs[r].models) > 1]
     assert multi_model and len(multi_model) < len(runs)
-    assert paths.all_targets(cfg) == expected + [f"results/runs/{r}/maco" for r in multi_model]
+    compare = ["results/compare/index.html"]  # two or more runs: the page comparing them
+    assert paths.all_targets(cfg) == expected + [f"results/runs/{r}/maco" for r in multi_model] + compare
     without = dataclasses.replace(cfg, maco=dataclasses.replace(cfg.maco, enabled=False))
-    assert paths.all_targets(without) == expected
+    assert paths.all_targets(without) == expected + compare
+    one_run = dataclasses.replace(without, runs={runs[0]: cfg.runs[runs[0]]})
+    assert paths.all_targets(one_run)[-1] == f"results/runs/{runs[0]}/report"
 
 
 def test_store_markers_round_trip_and_refuse_other_paths():

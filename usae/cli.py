@@ -171,6 +171,32 @@ def cmd_weights(cfg: PipelineConfig, args: argparse.Namespace) -> None:
             print(f"  path   {weights.path}\n  sha256 {weights.sha256}")
 
 
+def _acts(args: argparse.Namespace) -> dict[str, Path] | None:
+    """``--acts NAME=PATH ...`` as a mapping (None when not given); a name given twice is refused."""
+    if not args.acts:
+        return None
+    pairs = [_name_path(a) for a in args.acts]
+    twice = sorted({n for n, _ in pairs if sum(m == n for m, _ in pairs) > 1})
+    if twice:
+        raise ValueError(f"--acts gives {twice} more than once")
+    return dict(pairs)
+
+
+def _arrays_settings(cfg: PipelineConfig | None, args: argparse.Namespace) -> ArraysSettings:
+    """Settings of a run on arrays: the config's run (``--run`` when it has several), else the
+    defaults with ``--set`` overrides."""
+    from usae.config.arrays import settings_from_config, settings_from_overrides
+
+    return settings_from_config(cfg, args.run) if cfg is not None else settings_from_overrides(args.set or ())
+
+
+def _evaluate_settings(cfg: PipelineConfig | None, args: argparse.Namespace) -> EvaluateConfig:
+    """``evaluate`` settings of a run on arrays: the config's, else the defaults with ``--set evaluate.*``."""
+    from usae.config.arrays import settings_from_overrides
+
+    return cfg.evaluate if cfg is not None else settings_from_overrides(args.set or (), ("evaluate",)).evaluate
+
+
 def _name_path(text: str) -> tuple[str, Path]:
     name, sep, path = text.partition("=")
     if not sep or not name or not path:

@@ -24,32 +24,6 @@ def chosen_runs(cfg: PipelineConfig, chosen: str | None) -> list[str]:
     return [chosen] if chosen else list(cfg.runs)
 
 
-def _acts(args: argparse.Namespace) -> dict[str, Path] | None:
-    """``--acts NAME=PATH ...`` as a mapping (None when not given); a name given twice is refused."""
-    if not args.acts:
-        return None
-    pairs = [_name_path(a) for a in args.acts]
-    twice = sorted({n for n, _ in pairs if sum(m == n for m, _ in pairs) > 1})
-    if twice:
-        raise ValueError(f"--acts gives {twice} more than once")
-    return dict(pairs)
-
-
-def _arrays_settings(cfg: PipelineConfig | None, args: argparse.Namespace) -> ArraysSettings:
-    """Settings of a run on arrays: the config's run (``--run`` when it has several), else the
-    defaults with ``--set`` overrides."""
-    from usae.config.arrays import settings_from_config, settings_from_overrides
-
-    return settings_from_config(cfg, args.run) if cfg is not None else settings_from_overrides(args.set or ())
-
-
-def _evaluate_settings(cfg: PipelineConfig | None, args: argparse.Namespace) -> EvaluateConfig:
-    """``evaluate`` settings of a run on arrays: the config's, else the defaults with ``--set evaluate.*``."""
-    from usae.config.arrays import settings_from_overrides
-
-    return cfg.evaluate if cfg is not None else settings_from_overrides(args.set or (), ("evaluate",)).evaluate
-
-
 def cmd_verify(cfg: PipelineConfig | None, args: argparse.Namespace) -> int:
     """Check stores in full (every chunk read); one line per problem, a summary, 1 if any is damaged.
 
@@ -122,4 +96,4 @@ def cmd_compare(cfg: PipelineConfig, args: argparse.Namespace) -> None:
     """The page comparing the config's runs (or those given with ``--run``), default ``<results>/compare``."""
     from usae.report.compare import compare_config_runs
 
-    print(compare_configchosen_runs(cfg, args.run, args.out))
+    print(compare_config_runs(cfg, args.run, args.out))

@@ -30,7 +30,9 @@ def test_scripts_are_thin_and_read_only_params():
     for script in (REPO / "usae/workflow/scripts").glob("*.py"):
         text = script.read_text()
         assert len(text.splitlines()) <= 40, script.name
-        assert "snakemake.config" not in text, f"{script.name} reads config behind Snakemake's back"
+        # The one exception: the tracker, which changes no result, so changing it must rerun nothing.
+        reads = text.replace("workflow_tracking(snakemake.config)", "")
+        assert "snakemake.config" not in reads, f"{script.name} reads config behind Snakemake's back"
         assert "configure_logging(snakemake.log[0])" in text
 
 
@@ -47,7 +49,7 @@ def test_library_has_no_snakemake_or_prints():
             continue  # run by Snakemake, checked above
         text = module.read_text()
         assert "import snakemake" not in text and "from snakemake" not in text, module
-        if module.name != "cli.py":
+        if module.name not in ("cli.py", "cli_tools.py"):  # the command line prints its results
             assert not re.search(r"^\s*print\(", text, re.M), f"print in {module}"
         assert len(text.splitlines()) <= 400, f"{module} is over 400 lines"
 
