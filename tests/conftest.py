@@ -93,3 +93,17 @@ def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_network: Non
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     return home / "hub"
+
+
+@pytest.fixture
+def restore_logging_and_threads() -> Iterator[None]:
+    """Put back the root logger and torch's threads after a test that calls ``usae.cli.main``
+    (it configures both, as an entry point does)."""
+    import logging
+
+    import torch
+
+    handlers, level, threads = logging.root.handlers[:], logging.root.level, torch.get_num_threads()
+    yield
+    logging.root.handlers[:], logging.root.level = handlers, level
+    torch.set_num_threads(threads)

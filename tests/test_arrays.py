@@ -1,13 +1,11 @@
 """Own activations end to end, through the ``usae`` command: train, evaluate and report from .npy files."""
 
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from usae.activations.holdout import validation_rows
 from usae.arrays import run_folder
@@ -20,13 +18,7 @@ SETTINGS = ["--set", "sae.n_latents=32", "--set", "sae.k=4", "--set", "sae.aux_k
             "--set", "dataset.val_fraction=0.25", "--set", "dataset.seed=1", "--set", "prepare.standardize=per_dim"]
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging_and_threads():
-    """``main`` configures the root logger and torch's threads, as an entry point does."""
-    handlers, level, threads = logging.root.handlers[:], logging.root.level, torch.get_num_threads()
-    yield
-    logging.root.handlers[:], logging.root.level = handlers, level
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("restore_logging_and_threads")  # main() sets both, as an entry point does
 
 
 def _npy(folder: Path, shape: tuple[int, ...]) -> dict[str, Path]:

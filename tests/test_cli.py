@@ -1,6 +1,5 @@
 """The ``usae`` command: --version, --set on every command, --threads where a command uses it."""
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +13,7 @@ from usae.sae.model import USAE
 TINY = str(Path(__file__).parent / "workflow" / "tiny_config.yaml")
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging_and_threads():
-    """``main`` configures the root logger and torch's threads, as an entry point does."""
-    handlers, level, threads = logging.root.handlers[:], logging.root.level, torch.get_num_threads()
-    yield
-    logging.root.handlers[:], logging.root.level = handlers, level
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("restore_logging_and_threads")  # main() sets both, as an entry point does
 
 
 def test_version_prints_the_package_version(capsys):

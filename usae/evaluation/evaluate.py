@@ -130,7 +130,16 @@ def evaluate_sources(model: USAE, sources: dict[str, TokenSource], cfg: Evaluate
         baselines = evaluate_baselines(model, baseline_sources, sources, cfg, device, trained=(metrics, table))
         baselines = _json_safe(baselines)
     maps = _heatmaps(model, sources, acc, cfg, device, rows_of)
-    out_dir = Path(out_dir)
+    _write_outputs(Path(out_dir), metrics, table, baselines, maps,
+                   {"tokens_per_image": first.tokens_per_row, "grid": first.attrs.get("grid")})
+    logger.info("evaluated %d tokens of %d images: R2 (per-dim) diagonal %s", acc.n_tokens, acc.n_images,
+                np.round(np.diag(metrics["r2_per_dim"]), 3).tolist())
+    return metrics
+
+
+def _write_outputs(out_dir: Path, metrics: dict[str, Any], table: pd.DataFrame, baselines: dict[str, Any] | None,
+                   maps: dict[str, tuple[np.ndarray, np.ndarray]], heatmap_attrs: dict[str, Any]) -> None:
+    """The evaluation folder, written whole or not at all (``atomic_path``)."""
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
@@ -138,14 +147,11 @@ def evaluate_sources(model: USAE, sources: dict[str, TokenSource], cfg: Evaluate
         if baselines is not None:
             (tmp / "baselines.json").write_text(json.dumps(baselines, indent=2, allow_nan=False))
         group = zarr.open_group(tmp / "heatmaps.zarr", mode="w")
-        group.attrs.update({"tokens_per_image": first.tokens_per_row, "grid": first.attrs.get("grid")})
+        group.attrs.update(heatmap_attrs)
         for name, (rows, values) in maps.items():
             sub = group.create_group(name)
             sub.create_array("rows", data=rows)
             sub.create_array("maps", data=values, chunks=(min(256, values.shape[0]),) + values.shape[1:])
-    logger.info("evaluated %d tokens of %d images: R2 (per-dim) diagonal %s", acc.n_tokens, acc.n_images,
-                np.round(np.diag(metrics["r2_per_dim"]), 3).tolist())
-    return metrics
 
 
 def _json_safe(value: Any) -> Any:
