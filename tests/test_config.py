@@ -211,7 +211,7 @@ def test_the_pypi_weights_preset_validates():
 
 
 SAE_KEYS = "['activation', 'aux_coef', 'aux_k', 'batchnorm', 'dead_tokens', 'decode', 'k', 'loss', 'n_latents']"
-TOP_KEYS = "['dataset', 'evaluate', 'extract', 'maco', 'models', 'prepare', 'results', 'runs', 'sae', 'tracking', 'train']"
+TOP_KEYS = "['dataset', 'evaluate', 'extract', 'maco', 'models', 'prepare', 'results', 'runs', 'sae', 'test_sets', 'tracking', 'train']"
 
 
 @pytest.mark.parametrize(("change", "message"), [

@@ -4,7 +4,7 @@
     usae extract  -c config.yaml [--model dinov2] [--part 0]
     usae prepare  -c config.yaml [--model dinov2]
     usae train    -c config.yaml [--run usae]
-    usae evaluate -c config.yaml [--run usae]
+    usae evaluate -c config.yaml [--run usae] [--test-set other]   # other: a test set of the config
     usae maco     -c config.yaml [--run usae] [--concept 17 --concept 240]   # coordinated images
     usae train    --acts dinov2=a.npy --acts siglip=b.zarr --out runs/mine [--set sae.k=16 | -c config.yaml --run usae]
     usae evaluate --model runs/mine [--acts dinov2=a.npy ...] [--split val]   # a run on arrays, its held-out rows
@@ -111,11 +111,15 @@ def cmd_evaluate(cfg: PipelineConfig | None, args: argparse.Namespace) -> None:
     if args.acts or args.out:
         raise ValueError("--acts and --out of evaluate go with --model RUN_DIR (a run trained with "
                          "`usae train --acts`)")
+    data = args.test_set  # None: the training data's validation split
+    paths.dataset_config(cfg, data)  # an unknown test set is named before any work
     for key in chosen_runs(cfg, args.run):
-        out = paths.run_eval(cfg, key)
-        metrics = evaluate_run(paths.run_model(cfg, key), paths.run_stores(cfg, key), cfg.evaluate, out,
-                               manifest_path=paths.manifest(cfg), synthetic_dir=paths.synthetic_images(cfg))
-        track_evaluation(cfg.tracking, paths.run_model(cfg, key), metrics)
+        out = paths.run_eval_on(cfg, key, data) if data else paths.run_eval(cfg, key)
+        metrics = evaluate_run(paths.run_model(cfg, key), paths.run_stores(cfg, key, dataset=data), cfg.evaluate, out,
+                               manifest_path=paths.manifest(cfg, dataset=data),
+                               synthetic_dir=paths.synthetic_images(cfg, dataset=data), test_set=bool(data))
+        if not data:
+            track_evaluation(cfg.tracking, paths.run_model(cfg, key), metrics)
         print(f"{out}: R2 (per-dim) {metrics['r2_per_dim']}")
 
 
@@ -252,6 +256,9 @@ def _command_options(name: str, p: argparse.ArgumentParser) -> None:
     if name in ("train", "evaluate", "maco"):
         p.add_argument("--run", help="only this run of the config (default: all; maco: those of 2+ models; "
                                      "train --acts: the run whose settings to use, needed when there are several)")
+    if name == "evaluate":
+        p.add_argument("--test-set", help="evaluate on this test set of the config (its stores built by snakemake) "
+                                          "into RUN_DIR/eval_<test set>")
     if name == "maco":
         p.add_argument("--concept", action="append", type=int, help="optimise this concept id (repeatable; "
                        "default: maco.concepts, else chosen from the evaluation)")

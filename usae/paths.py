@@ -3,7 +3,8 @@ results layout, used by the rule files (``usae/workflow/rules/*.smk``) and the `
 
 A function's wildcard arguments default to Snakemake placeholders (``"{model}"``), so
 ``aligned(cfg)`` is a rule's output pattern and ``aligned(cfg, "dino", "final")`` a
-concrete path. The ``{root}``/``{dataset}`` patterns below are the layout itself.
+concrete path. The data paths take ``dataset=``: a test set's name (``config test_sets``), or
+:data:`TEST_SET` for the test-set rules' patterns; the training dataset when left out. The ``{root}``/``{dataset}`` patterns below are the layout itself.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ RUN_DIR = "{root}/runs/{run}"
 RUN_MODEL = "{root}/runs/{run}/model"
 RUN_LOG = "{root}/runs/{run}/train_log.parquet"
 RUN_EVAL = "{root}/runs/{run}/eval"
+RUN_EVAL_ON = "{root}/runs/{run}/eval_{test_set}"
 RUN_REPORT = "{root}/runs/{run}/report"
 RUN_MACO = "{root}/runs/{run}/maco"
 MACO_SPECTRUM = "{root}/{dataset}/maco_spectrum.npz"
@@ -30,7 +32,7 @@ COMPARE = "{root}/compare"
 LOG = "{root}/logs/{rule}/{name}.log"
 BENCHMARK = "{root}/benchmarks/{rule}/{name}.tsv"
 
-MODEL, LAYER, PART, RUN = "{model}", "{layer}", "{part}", "{run}"
+MODEL, LAYER, PART, RUN, TEST_SET = "{model}", "{layer}", "{part}", "{run}", "{test_set}"
 """Snakemake wildcard placeholders: the default of every wildcard argument below."""
 
 
@@ -62,44 +64,59 @@ def stage_path(pattern: str, root: str | Path = "results", **fields: object) -> 
     return Path(pattern.format(root=root, **fields))
 
 
-def _fill(pattern: str, cfg: PipelineConfig, **fields: object) -> str:
-    return pattern.format(root=cfg.results, dataset=cfg.dataset.name, **fields)
+def _fill(pattern: str, cfg: PipelineConfig, dataset: str | None = None, **fields: object) -> str:
+    return pattern.format(root=cfg.results, dataset=dataset or cfg.dataset.name, **fields)
 
 
-def manifest(cfg: PipelineConfig) -> str:
-    return _fill(MANIFEST, cfg)
+def dataset_config(cfg: PipelineConfig, dataset: str | None = None):
+    """The ``dataset`` section of the training data (None) or of test set ``dataset``.
+
+    Raises:
+        ValueError: ``dataset`` is neither the training dataset nor a configured test set.
+    """
+    if dataset is None or dataset == cfg.dataset.name:
+        return cfg.dataset
+    if dataset not in cfg.test_sets:
+        raise ValueError(f"test set {dataset!r} is not configured; test_sets has {sorted(cfg.test_sets)}")
+    return cfg.test_sets[dataset]
 
 
-def synthetic_images(cfg: PipelineConfig) -> str | None:
+def manifest(cfg: PipelineConfig, *, dataset: str | None = None) -> str:
+    return _fill(MANIFEST, cfg, dataset)
+
+
+def synthetic_images(cfg: PipelineConfig, *, dataset: str | None = None) -> str | None:
     """Folder of the generated images and their planted factors; None unless the source is synthetic."""
-    return _fill(SYNTHETIC_DIR, cfg) if cfg.dataset.source == "synthetic" else None
+    return _fill(SYNTHETIC_DIR, cfg, dataset) if dataset_config(cfg, dataset).source == "synthetic" else None
 
 
-def extract_part(cfg: PipelineConfig, model: str = MODEL, layer: str = LAYER, part: int | str = PART) -> str:
-    return _fill(EXTRACT_PART, cfg, model=model, layer=layer, part=part)
+def extract_part(cfg: PipelineConfig, model: str = MODEL, layer: str = LAYER, part: int | str = PART, *,
+                 dataset: str | None = None) -> str:
+    return _fill(EXTRACT_PART, cfg, dataset, model=model, layer=layer, part=part)
 
 
-def extract_parts(cfg: PipelineConfig, model: str, layer: str) -> list[str]:
+def extract_parts(cfg: PipelineConfig, model: str, layer: str, *, dataset: str | None = None) -> list[str]:
     """Every extraction part of one model's layer, in part order."""
-    return [extract_part(cfg, model, layer, k) for k in range(cfg.extract.n_parts)]
+    return [extract_part(cfg, model, layer, k, dataset=dataset) for k in range(cfg.extract.n_parts)]
 
 
-def aligned(cfg: PipelineConfig, model: str = MODEL, layer: str = LAYER) -> str:
-    return _fill(ALIGNED, cfg, model=model, layer=layer)
+def aligned(cfg: PipelineConfig, model: str = MODEL, layer: str = LAYER, *, dataset: str | None = None) -> str:
+    return _fill(ALIGNED, cfg, dataset, model=model, layer=layer)
 
 
-def aligned_stats(cfg: PipelineConfig, model: str = MODEL, layer: str = LAYER) -> str:
-    return _fill(ALIGNED_STATS, cfg, model=model, layer=layer)
+def aligned_stats(cfg: PipelineConfig, model: str = MODEL, layer: str = LAYER, *, dataset: str | None = None) -> str:
+    return _fill(ALIGNED_STATS, cfg, dataset, model=model, layer=layer)
 
 
-def model_stores(cfg: PipelineConfig, models: list[str] | tuple[str, ...]) -> dict[str, str]:
+def model_stores(cfg: PipelineConfig, models: list[str] | tuple[str, ...], *,
+                 dataset: str | None = None) -> dict[str, str]:
     """Aligned store of each of ``models`` at its configured layer, in the order given."""
-    return {m: aligned(cfg, m, cfg.models[m].layer_tag) for m in models}
+    return {m: aligned(cfg, m, cfg.models[m].layer_tag, dataset=dataset) for m in models}
 
 
-def run_stores(cfg: PipelineConfig, run: str) -> dict[str, str]:
+def run_stores(cfg: PipelineConfig, run: str, *, dataset: str | None = None) -> dict[str, str]:
     """Aligned store of each model of run ``run``, in the run's model order."""
-    return model_stores(cfg, cfg.runs[run].models)
+    return model_stores(cfg, cfg.runs[run].models, dataset=dataset)
 
 
 def run_dir(cfg: PipelineConfig, run: str = RUN) -> str:
@@ -116,6 +133,16 @@ def run_log(cfg: PipelineConfig, run: str = RUN) -> str:
 
 def run_eval(cfg: PipelineConfig, run: str = RUN) -> str:
     return _fill(RUN_EVAL, cfg, run=run)
+
+
+def run_eval_on(cfg: PipelineConfig, run: str = RUN, test_set: str = TEST_SET) -> str:
+    """Evaluation of run ``run`` on test set ``test_set``: the same files as :func:`run_eval`."""
+    return _fill(RUN_EVAL_ON, cfg, run=run, test_set=test_set)
+
+
+def test_set_evals(cfg: PipelineConfig, run: str) -> dict[str, str]:
+    """The evaluation of run ``run`` on each test set, by test set name (sorted)."""
+    return {name: run_eval_on(cfg, run, name) for name in sorted(cfg.test_sets)}
 
 
 def run_report(cfg: PipelineConfig, run: str = RUN) -> str:
@@ -152,9 +179,11 @@ def for_runs(cfg: PipelineConfig, *outputs: Callable[[PipelineConfig, str], str]
 
 def all_targets(cfg: PipelineConfig) -> list[str]:
     """What a full run builds: every model's aligned store (its :func:`store_marker`), then each
-    run's model, evaluation and report; the comparison page when there are two or more runs."""
+    run's model, evaluation and report, its evaluation on each test set; the comparison page when
+    there are two or more runs."""
     stores = [store_marker(s) for s in model_stores(cfg, sorted(cfg.models)).values()]
-    return (stores + for_runs(cfg, run_model, run_eval, run_report)
+    on_test_sets = [path for run in sorted(cfg.runs) for path in test_set_evals(cfg, run).values()]
+    return (stores + for_runs(cfg, run_model, run_eval, run_report) + on_test_sets
             + [run_maco(cfg, run) for run in maco_runs(cfg)] + ([compare_page(cfg)] if len(cfg.runs) > 1 else []))
 
 

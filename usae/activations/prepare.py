@@ -3,6 +3,7 @@
 Input: the extraction parts of one (model, layer). Output: one aligned store whose
 ``train`` and ``val`` groups hold (images, grid*grid, d) float16 tokens in manifest order,
 identical in row order for every model, plus the statistics as JSON beside the store.
+A test set's store takes the training data's statistics and holds every image in ``val``.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def open_parts(part_paths: list[str | Path], expected_hash: str | None = None) -
 
 
 def prepare_activations(part_paths: list[str | Path], manifest_path: str | Path, cfg: PrepareConfig,
-                        out_path: str | Path, stats_path: str | Path, *, num_workers: int = 1) -> Standardization:
+                        out_path: str | Path, stats_path: str | Path, *, num_workers: int = 1,
+                        reference_stats: str | Path | None = None) -> Standardization:
     """Align, standardise and write one model's tokens; return the statistics used.
 
     Args:
@@ -64,6 +66,10 @@ def prepare_activations(part_paths: list[str | Path], manifest_path: str | Path,
         out_path: the aligned store to write (published atomically).
         stats_path: JSON file for the statistics (written after the store).
         num_workers: threads for dask reads and reductions.
+        reference_stats: a test set's case: the training data's statistics file of the same
+            model (``stats_path`` of its own preparation). Its statistics are applied instead of
+            this data's own, so a trained model sees the scale it was trained on, and every image
+            goes to the ``val`` group (a test set has no split). Recorded as ``standardized_with``.
     """
     logger.info("prepare %s: cfg=%s", out_path, to_dict(cfg))
     table = read_manifest(manifest_path)
@@ -76,12 +82,38 @@ def prepare_activations(part_paths: list[str | Path], manifest_path: str | Path,
     patches = da.concatenate([da.from_zarr(g["patches"], chunks=g["patches"].chunks) for g in groups])
     rows = np.concatenate([g["rows"][:] for g in groups])
     valid = np.concatenate([g["valid"][:] for g in groups])
-    split_of_row = table.set_index("index")["split"]
-    splits = split_of_row.loc[rows].to_numpy()
 
     def aligned(x: np.ndarray) -> np.ndarray:
         return resize_grid(x, src_grid, dst_grid).numpy()
 
+    extra = {}
+    if reference_stats is None:
+        splits = table.set_index("index")["split"].loc[rows].to_numpy()
+        stats = _fit_statistics(patches, splits, valid, aligned, cfg, head, part_paths, num_workers)
+    else:
+        splits = np.full(len(rows), "val", dtype=object)
+        stats, extra["standardized_with"] = reference_standardization(reference_stats, head, cfg.grid)
+    logger.info("statistics (%s over %d images): mean %s, std %.5f", stats.kind, stats.n_images,
+                np.round(stats.mean, 5) if stats.mean.ndim == 0 else f"vector of {stats.mean.size}", stats.std)
+
+    attrs = base_attrs(stage="prepare", model=head["model"], layer=head["layer"], grid=list(dst_grid),
+                       source_grid=list(src_grid), d_model=head["d_model"], manifest_hash=head["manifest_hash"],
+                       standardization=stats.to_dict(), config=to_dict(cfg), dtype="float16",
+                       failed={path: why for g in groups for path, why in (g.attrs.get("failed") or {}).items()},
+                       **extra)
+    with atomic_store(out_path) as group:
+        group.attrs.update(attrs)
+        for split in SPLITS:
+            positions = np.flatnonzero(splits == split)
+            _write_split(group.create_group(split), patches, positions, rows, valid, aligned, stats, cfg,
+                         label=f"{head['model']['key']} {split}")
+    _write_json_atomic(stats_path, {"store": str(out_path), **attrs, "complete": True})
+    return stats
+
+
+def _fit_statistics(patches: da.Array, splits: np.ndarray, valid: np.ndarray, aligned, cfg: PrepareConfig,
+                    head: dict, part_paths: list, num_workers: int) -> Standardization:
+    """This data's statistics, from a seeded sample of its valid training images."""
     train_pos = np.flatnonzero((splits == "train") & valid)
     if len(train_pos) == 0:
         raise ValueError(f"no valid training image in {part_paths}; check dataset.val_fraction")
@@ -93,21 +125,27 @@ def prepare_activations(part_paths: list[str | Path], manifest_path: str | Path,
     if not (np.isfinite(stats.mean).all() and np.isfinite(stats.std)):
         raise ValueError(f"{head['model']['key']}: standardisation statistics are not finite (NaN or inf in the "
                          f"extracted activations of {part_paths}); rerun its extraction")
-    logger.info("statistics (%s over %d images): mean %s, std %.5f", stats.kind, stats.n_images,
-                np.round(stats.mean, 5) if stats.mean.ndim == 0 else f"vector of {stats.mean.size}", stats.std)
-
-    attrs = base_attrs(stage="prepare", model=head["model"], layer=head["layer"], grid=list(dst_grid),
-                       source_grid=list(src_grid), d_model=head["d_model"], manifest_hash=head["manifest_hash"],
-                       standardization=stats.to_dict(), config=to_dict(cfg), dtype="float16",
-                       failed={path: why for g in groups for path, why in (g.attrs.get("failed") or {}).items()})
-    with atomic_store(out_path) as group:
-        group.attrs.update(attrs)
-        for split in SPLITS:
-            positions = np.flatnonzero(splits == split)
-            _write_split(group.create_group(split), patches, positions, rows, valid, aligned, stats, cfg,
-                         label=f"{head['model']['key']} {split}")
-    _write_json_atomic(stats_path, {"store": str(out_path), **attrs, "complete": True})
     return stats
+
+
+def reference_standardization(stats_path: str | Path, head: dict, grid: int) -> tuple[Standardization, dict]:
+    """The training data's statistics of the model in extraction attrs ``head``, and where they come from.
+
+    Raises:
+        FileNotFoundError: no statistics file (prepare the training data first).
+        ValueError: the file is of another model, layer, width or grid.
+    """
+    path = Path(stats_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training statistics {path} not found; prepare the training data's stores first")
+    ref = json.loads(path.read_text())
+    mine = {"model": head["model"]["key"], "layer": head["layer"], "d_model": head["d_model"], "grid": [grid, grid]}
+    theirs = {"model": ref["model"]["key"], "layer": ref["layer"], "d_model": ref["d_model"], "grid": ref["grid"]}
+    if mine != theirs:
+        raise ValueError(f"training statistics {path} are of {theirs}, not of these activations {mine}; "
+                         "rerun prepare for the training data with the current settings")
+    return Standardization.from_dict(ref["standardization"]), {"stats": str(path),
+                                                               "manifest_hash": ref["manifest_hash"]}
 
 
 def _write_split(group: zarr.Group, patches: da.Array, positions: np.ndarray, rows: np.ndarray,

@@ -31,7 +31,13 @@ class SyntheticImagesConfig(Section):
 
     n_images: int = setting(256, "Number of generated images.", minimum=1)
     image_size: int = setting(224, "Side of the generated square images in pixels.", minimum=32)
-    max_objects: int = setting(3, "Each image holds 1 to `max_objects` objects.", minimum=1, maximum=8)
+    max_objects: int = setting(3, "Each image holds `min_objects` to `max_objects` objects.", minimum=1, maximum=8)
+    min_objects: int = setting(1, "Fewest objects per image; at most `max_objects`.", minimum=1, maximum=8)
+    factor_weights: dict[str, dict[str, float]] = setting(
+        {}, "Relative frequency of planted factor values, e.g. `{shape: {circle: 3, star: 1}, colour: {red: 1}}`: "
+        "a factor named draws only the values it lists, in proportion; the others stay uniform over all values "
+        "(shapes circle, square, triangle, star, cross; colours red, green, blue, yellow, magenta, cyan; "
+        "textures solid, stripes, dots, checker). Other data for a test set without retraining.")
 
 
 @dataclass(frozen=True, kw_only=True)

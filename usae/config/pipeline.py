@@ -31,6 +31,11 @@ class PipelineConfig(Section):
         REQUIRED, "Training runs by name (`results/runs/<name>/`); `null` = one run named `usae`. Each may pick "
         "models and override `sae`/`train` keys, e.g. `runs: {k32: {}, k16: {sae: {k: 16}}}`.",
         keys=NAME, absent={"usae": {}})
+    test_sets: dict[str, ManifestConfig] = setting(
+        {}, "Other image sets every run is also evaluated on, without retraining, by name (`results/<name>/`, "
+        "`results/runs/<run>/eval_<name>/`); each is a `dataset` section (its `name` is the key). Every image of a "
+        "test set is evaluated (no split; `val_fraction` is unused), standardised with the training data's "
+        "statistics.", keys=NAME, item="test set")
     evaluate: EvaluateConfig = setting(EvaluateConfig, "Evaluation of every run on the validation tokens "
                                                        "(stage `evaluate`).")
     maco: MacoConfig = setting(MacoConfig, "Coordinated activation maximisation of every run of two or more models "
@@ -64,7 +69,8 @@ def load_config(data: dict[str, Any]) -> PipelineConfig:
     if not isinstance(runs, dict):
         raise ValueError("runs: expected a mapping of run name -> settings")
     built = {key: _run(key, value, shared, list(specs)) for key, value in runs.items()}
-    return from_dict(PipelineConfig, data, models=specs, runs=built, sae=sae, train=train)
+    test_sets = _test_sets(data.pop("test_sets", None))
+    return from_dict(PipelineConfig, data, models=specs, runs=built, sae=sae, train=train, test_sets=test_sets)
 
 
 def _models(models: Any) -> dict[str, BackboneSpec]:
@@ -76,6 +82,17 @@ def _models(models: Any) -> dict[str, BackboneSpec]:
     field = _field(PipelineConfig, "models")
     check_field("models", specs, hints_of(PipelineConfig)["models"], spec_of(field))
     return specs
+
+
+def _test_sets(test_sets: Any) -> dict[str, ManifestConfig]:
+    """Every ``test_sets`` entry as a ``dataset`` section named by its key."""
+    built = {}
+    for key, value in as_mapping("test_sets", test_sets).items():
+        value = as_mapping(f"test_sets.{key}", value)
+        if value.pop("name", key) != key:
+            raise ValueError(f"test_sets.{key}.name: a test set is named by its key ({key!r}); leave name out")
+        built[key] = from_dict(ManifestConfig, value, section=f"test_sets.{key}", name=key)
+    return built
 
 
 def _run(key: str, value: dict[str, Any] | None, shared: dict[str, dict[str, Any]], all_models: list[str]) -> RunConfig:

@@ -24,6 +24,15 @@ def _path_unless_synthetic(dataset: Any, where: str) -> None:
         raise ValueError(f"{where}.path is required when {where}.source = {dataset.source!r}")
 
 
+def _synthetic_draws_possible(synthetic: Any, where: str) -> None:
+    from usae.planted.factors import factor_probabilities  # numpy only
+
+    if synthetic.min_objects > synthetic.max_objects:
+        raise ValueError(f"{where}.min_objects = {synthetic.min_objects} is more than "
+                         f"{where}.max_objects = {synthetic.max_objects}")
+    factor_probabilities(synthetic.factor_weights, f"{where}.factor_weights")
+
+
 def _k_below_n_latents(sae: Any, where: str) -> None:
     if sae.k >= sae.n_latents:
         raise ValueError(f"{where}.k = {sae.k} must be smaller than {where}.n_latents = {sae.n_latents}")
@@ -91,15 +100,28 @@ def _run_models_exist(pipeline: Any, where: str) -> None:
             raise ValueError(f"runs.{run.key}.models: {unknown} are not in models {sorted(pipeline.models)}")
 
 
+RESULTS_FOLDERS = ("runs", "logs", "benchmarks", "compare")
+"""Folders under ``results`` that are no dataset's: a test set may not take their names."""
+
+
+def _test_sets_apart(pipeline: Any, where: str) -> None:
+    """A test set's stores live in ``results/<name>/``, so its name may be no other folder there."""
+    for name in pipeline.test_sets:
+        if name == pipeline.dataset.name or name in RESULTS_FOLDERS:
+            taken = "dataset.name" if name == pipeline.dataset.name else "a results folder"
+            raise ValueError(f"test_sets.{name}: the name is taken ({taken}, results/{name}/); rename the test set")
+
+
 RULES: dict[str, tuple[Rule, ...]] = {
     "ManifestConfig": (_path_unless_synthetic,),
+    "SyntheticImagesConfig": (_synthetic_draws_possible,),
     "BackboneSpec": (_weights_fit_pretrained,),
     "SAEConfig": (_k_below_n_latents,),
     "TrainConfig": (_buffer_holds_a_batch, _lr_decays),
     "MacoConfig": (_crops_ordered,),
     "TrackingConfig": (_tracking_package_installed,),
     "RunConfig": (_shared_index_needs_topk,),
-    "PipelineConfig": (_run_models_exist,),
+    "PipelineConfig": (_run_models_exist, _test_sets_apart),
 }
 """Cross-field rules by section class name (names, not classes: the classes import this module)."""
 

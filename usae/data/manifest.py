@@ -133,7 +133,8 @@ def _list_synthetic(cfg: ManifestConfig, out_dir: Path) -> pd.DataFrame:
 
     syn = cfg.synthetic
     image_set = generate_images(out_dir / "synthetic", n_images=syn.n_images, image_size=syn.image_size,
-                                max_objects=syn.max_objects, seed=cfg.seed)
+                                max_objects=syn.max_objects, seed=cfg.seed, min_objects=syn.min_objects,
+                                factor_weights=syn.factor_weights)
     paths = [Path(p).resolve() for p in image_set.paths]
     return pd.DataFrame({"image_id": [p.stem for p in paths], "path": [str(p) for p in paths],
                          "split": None, "label": None})

@@ -74,17 +74,36 @@ def factor_label(names: list[str], best: int, score: float, min_auroc: float) ->
     return "background" if score <= 1 - min_auroc else None
 
 
+def _check_data(model_dir: str | Path, trained_on: str | None, sources: dict, test_set: bool) -> None:
+    """The stores hold the data the model was trained on or, for a test set, data on its scale."""
+    for name, source in sources.items():
+        if test_set:
+            scaled_by = (source.attrs.get("standardized_with") or {}).get("manifest_hash")
+            if scaled_by is None or (trained_on and scaled_by != trained_on):
+                raise ValueError(f"{name}: the test set's store was not standardised with the statistics of the "
+                                 f"data {model_dir} was trained on (manifest {str(trained_on)[:12]}, store: "
+                                 f"{str(scaled_by)[:12]}); prepare the test set again")
+            continue
+        now = source.attrs.get("manifest_hash")
+        if trained_on and now and trained_on != now:
+            raise ValueError(f"{model_dir} was trained on manifest {trained_on[:12]} but the stores hold "
+                             f"{now[:12]}; retrain or point to the right stores")
+
+
 def evaluate_run(model_dir: str | Path, store_paths: dict[str, str | Path], cfg: EvaluateConfig,
                  out_dir: str | Path, *, manifest_path: str | Path | None = None,
-                 synthetic_dir: str | Path | None = None) -> dict[str, Any]:
+                 synthetic_dir: str | Path | None = None, test_set: bool = False) -> dict[str, Any]:
     """Load the model, open the stores' ``val`` split, check they match, evaluate.
 
     With ``synthetic_dir`` (the generated image set) and ``manifest_path``, every concept is
     also scored against the planted factors.
     With ``cfg.baselines`` the baselines are fitted on the stores' ``train`` split.
+    With ``test_set``, the stores are of other data (a test set: every image in ``val``,
+    standardised with the statistics of the data the model was trained on); no baselines.
 
     Raises:
-        ValueError: the stores come from other data than the model was trained on.
+        ValueError: the stores come from other data than the model was trained on (with
+            ``test_set``: were not standardised with its training data's statistics).
     """
     logger.info("evaluate %s: cfg=%s", model_dir, to_dict(cfg))
     model = USAE.load(model_dir)
@@ -92,11 +111,7 @@ def evaluate_run(model_dir: str | Path, store_paths: dict[str, str | Path], cfg:
     if missing:
         raise ValueError(f"{model_dir} spans {model.names}, but no store is given for {missing}")
     sources = open_aligned({n: Path(store_paths[n]) for n in model.names}, split="val")
-    trained_on = model.meta.get("provenance", {}).get("manifest_hash")
-    now = next(iter(sources.values())).attrs.get("manifest_hash")
-    if trained_on and now and trained_on != now:
-        raise ValueError(f"{model_dir} was trained on manifest {trained_on[:12]} but the stores hold "
-                         f"{now[:12]}; retrain or point to the right stores")
+    _check_data(model_dir, model.meta.get("provenance", {}).get("manifest_hash"), sources, test_set)
     for name, source in sources.items():
         if source.d_model != model.dims[name]:
             raise ValueError(f"{name}: store width {source.d_model} != the model's {model.dims[name]}")
@@ -110,7 +125,7 @@ def evaluate_run(model_dir: str | Path, store_paths: dict[str, str | Path], cfg:
                                  int(first.attrs["grid"][0]), model.names, model.cfg.n_latents,
                                  min_auroc=cfg.min_factor_auroc)
     baseline_sources = None
-    if cfg.baselines:
+    if cfg.baselines and not test_set:
         baseline_sources = open_aligned({n: Path(store_paths[n]) for n in model.names}, split="train")
     return evaluate_sources(model, sources, cfg, out_dir, device=device, factors=factors,
                             baseline_sources=baseline_sources)

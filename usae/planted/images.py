@@ -18,16 +18,10 @@ import zarr
 from PIL import Image, ImageDraw
 from zarr.codecs import ZstdCodec
 
+from usae.planted.factors import FACTORS, factor_probabilities
 from usae.progress import progress_bar
 
 logger = logging.getLogger(__name__)
-
-FACTORS: dict[str, tuple[str, ...]] = {
-    "shape": ("circle", "square", "triangle", "star", "cross"),
-    "colour": ("red", "green", "blue", "yellow", "magenta", "cyan"),
-    "texture": ("solid", "stripes", "dots", "checker"),
-}
-"""Values of each categorical factor, in the order used by :func:`patch_factor_coverage`."""
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255),
@@ -113,16 +107,22 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return base + (ramp + noise)[:, :, None] + tint[None, None, :]
 
 
-def _render(seed: int, index: int, image_size: int, max_objects: int) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    """Render image ``index``: its RGB uint8 array, its object map and its object rows."""
+def _render(seed: int, index: int, image_size: int, max_objects: int, min_objects: int = 1,
+            probabilities: dict[str, np.ndarray | None] | None = None) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """Render image ``index``: its RGB uint8 array, its object map and its object rows.
+
+    ``probabilities`` (:func:`usae.planted.factors.factor_probabilities`) skews the factor
+    draws; a factor without (None) is drawn as the original generator did, rng call for call.
+    """
+    probabilities = probabilities or {}
     rng = np.random.default_rng([seed, index])  # per-image stream: image i does not depend on n_images
     rgb = _background(rng, image_size)
     omap = np.zeros((image_size, image_size), dtype=np.uint8)
     lo = max(8, round(0.12 * image_size))
     hi = max(lo, round(0.4 * image_size))
     rows = []
-    for k in range(1, int(rng.integers(1, max_objects + 1)) + 1):
-        shape, colour, texture = (str(rng.choice(FACTORS[f])) for f in ("shape", "colour", "texture"))
+    for k in range(1, int(rng.integers(min_objects, max_objects + 1)) + 1):
+        shape, colour, texture = (str(rng.choice(FACTORS[f], p=probabilities.get(f))) for f in FACTORS)
         s = int(rng.integers(lo, hi + 1))
         cx = int(rng.integers(s // 2, image_size - s + s // 2 + 1))
         cy = int(rng.integers(s // 2, image_size - s + s // 2 + 1))
@@ -138,14 +138,22 @@ def _render(seed: int, index: int, image_size: int, max_objects: int) -> tuple[n
     return np.clip(np.round(rgb), 0, 255).astype(np.uint8), omap, rows
 
 
-def _attrs(n_images: int, image_size: int, max_objects: int, seed: int) -> dict:
-    return {
+def _attrs(n_images: int, image_size: int, max_objects: int, seed: int, min_objects: int = 1,
+           factor_weights: dict[str, dict[str, float]] | None = None) -> dict:
+    attrs = {
         "generator": GENERATOR, "version": GENERATOR_VERSION, "n_images": n_images,
         "image_size": image_size, "max_objects": max_objects, "seed": seed,
         "factors": {k: list(v) for k, v in FACTORS.items()},
         "colours_rgb": {k: list(v) for k, v in COLOURS.items()}, "shade": SHADE,
         "labels": "0 = background, k = object k (1-based, as in objects.parquet) visible after occlusion",
     }
+    # Recorded only when set, so sets made before these options existed still match and are reused.
+    if min_objects != 1:
+        attrs["min_objects"] = min_objects
+    if factor_weights:
+        attrs["factor_weights"] = {f: {v: float(w) for v, w in sorted(ws.items())}
+                                   for f, ws in sorted(factor_weights.items())}
+    return attrs
 
 
 def image_ids(n_images: int) -> list[str]:
@@ -171,13 +179,15 @@ def _load_set(out_dir: Path, attrs: dict) -> SyntheticImageSet | None:
     return SyntheticImageSet(paths=paths, objects=objects, object_map_path=out_dir / "object_map.zarr")
 
 
-def _check_arguments(n_images: int, image_size: int, max_objects: int, seed: int) -> None:
+def _check_arguments(n_images: int, image_size: int, max_objects: int, seed: int, min_objects: int = 1) -> None:
     if n_images < 1:
         raise ValueError(f"n_images = {n_images} must be >= 1")
     if image_size < 32:
         raise ValueError(f"image_size = {image_size} must be >= 32")
     if not 1 <= max_objects <= 255:
         raise ValueError(f"max_objects = {max_objects} must be in 1..255 (object map is uint8)")
+    if not 1 <= min_objects <= max_objects:
+        raise ValueError(f"min_objects = {min_objects} must be in 1..max_objects = {max_objects}")
     if seed < 0:
         raise ValueError(f"seed = {seed} must be >= 0")
 
@@ -212,8 +222,10 @@ def _write_set(root: Path, attrs: dict) -> int:
                             compressors=ZstdCodec(level=5), attributes=attrs, zarr_format=3)
     rows: list[dict] = []
     buf = np.zeros((chunk, image_size, image_size), dtype=np.uint8)
+    probabilities = factor_probabilities(attrs.get("factor_weights"))
     for i, path in enumerate(progress_bar(_image_paths(root, n_images), desc="synthetic images", unit="img")):
-        rgb, buf[i % chunk], obj_rows = _render(attrs["seed"], i, image_size, attrs["max_objects"])
+        rgb, buf[i % chunk], obj_rows = _render(attrs["seed"], i, image_size, attrs["max_objects"],
+                                              attrs.get("min_objects", 1), probabilities)
         Image.fromarray(rgb).save(path, format="PNG", compress_level=1)  # fast; bytes stay deterministic
         rows.extend(obj_rows)
         if i % chunk == chunk - 1 or i == n_images - 1:
@@ -235,7 +247,8 @@ def _publish(tmp: Path, out_dir: Path) -> None:
 
 
 def generate_images(out_dir: Path, n_images: int, image_size: int = 224, max_objects: int = 3,
-                    seed: int = 0) -> SyntheticImageSet:
+                    seed: int = 0, *, min_objects: int = 1,
+                    factor_weights: dict[str, dict[str, float]] | None = None) -> SyntheticImageSet:
     """Generate (or reuse) a synthetic image set with planted factors.
 
     Writes ``images/img_{i:06d}.png``, ``objects.parquet`` and ``object_map.zarr`` into a
@@ -249,7 +262,12 @@ def generate_images(out_dir: Path, n_images: int, image_size: int = 224, max_obj
         n_images: Number of images (>= 1).
         image_size: Side of the square images in pixels (>= 32).
         max_objects: Each image holds 1..max_objects objects (1..255).
-        seed: Non-negative seed; image ``i`` depends only on ``(seed, i)`` and the size arguments.
+        seed: Non-negative seed; image ``i`` depends only on ``(seed, i)`` and the other arguments.
+        min_objects: Fewest objects per image (1..max_objects).
+        factor_weights: Relative frequency of factor values, ``{"shape": {"circle": 3, "star": 1}}``:
+            a factor named draws only the values it lists; one left out stays uniform
+            (:func:`usae.planted.factors.factor_probabilities`). The default set (1 object at
+            least, no weights) is byte-identical to the one made before these options.
 
     Returns:
         The set on disk. The same arguments always give byte-identical PNGs.
@@ -258,9 +276,10 @@ def generate_images(out_dir: Path, n_images: int, image_size: int = 224, max_obj
         ValueError: On an out-of-range argument.
         FileExistsError: If ``out_dir`` exists, is not empty and is not a set made by this module.
     """
-    _check_arguments(n_images, image_size, max_objects, seed)
+    _check_arguments(n_images, image_size, max_objects, seed, min_objects)
+    factor_probabilities(factor_weights)  # refuse unknown factors or values before any work
     out_dir = Path(out_dir)
-    attrs = _attrs(n_images, image_size, max_objects, seed)
+    attrs = _attrs(n_images, image_size, max_objects, seed, min_objects, factor_weights)
     existing = _existing_set(out_dir, attrs)
     if existing is not None:
         return existing

@@ -25,6 +25,7 @@ from usae.report.cards import card
 from usae.report.explorer import NO_IMAGES, ExplorerIndex, write_explorer
 from usae.report.figures import make_figures
 from usae.report.maco import load_maco, maco_section
+from usae.report.other_data import other_data_section
 from usae.report.templating import environment
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,8 @@ def select_concepts(table: pd.DataFrame, models: list[str], n: int = N_CARDS,
 
 
 def build_report(run_dir: str | Path, manifest_path: str | Path | None, out_dir: str | Path, *,
-                 other_runs: dict[str, str | Path] | None = None, maco_dir: str | Path | None = None) -> Path:
+                 other_runs: dict[str, str | Path] | None = None, maco_dir: str | Path | None = None,
+                 test_sets: list[str] | tuple[str, ...] = ()) -> Path:
     """Write the report of the run in ``run_dir`` to ``out_dir`` (atomically); return index.html.
 
     Args:
@@ -65,6 +67,8 @@ def build_report(run_dir: str | Path, manifest_path: str | Path | None, out_dir:
         other_runs: run name -> run folder, compared side by side with this one.
         maco_dir: the run's MACO folder (``maco.json``, ``images/``): its images are copied to
             ``maco/`` and shown on the cards, the concept pages and index.html. None: no MACO.
+        test_sets: names of the test sets the run was evaluated on (``eval_<name>/``), shown in
+            the "Other data" section beside the training data's validation metrics.
 
     Raises:
         FileNotFoundError: ``maco_dir`` is given but has no ``maco.json``.
@@ -90,6 +94,7 @@ def build_report(run_dir: str | Path, manifest_path: str | Path | None, out_dir:
         context["excluded"] = excluded_images(manifest, stores, limit=MAX_EXCLUDED_LISTED,
                                               fold_after=FOLD_EXCLUDED_AFTER) if manifest is not None else None
         context["no_images"] = NO_IMAGES if manifest is None else None
+        context["other_data"] = other_data_section(run_dir, test_sets)
         (tmp / "index.html").write_text(environment().get_template("index.html").render(**context))
     logger.info("report of %s written to %s", run_dir.name, out_dir)
     return out_dir / "index.html"

@@ -81,6 +81,21 @@ def _load(name: str, run_dir: Path) -> RunRecord:
                      table(run_dir / "train_log.parquet"))
 
 
+def load_evaluation(run: RunRecord, test_set: str) -> RunRecord:
+    """The run as evaluated on test set ``test_set`` (``eval_<test_set>/``): its metrics and concepts.
+
+    Raises:
+        FileNotFoundError: the run was not evaluated on that test set.
+    """
+    eval_dir = Path(paths.stage_path(paths.RUN_EVAL_ON, run.path.parent.parent, run=run.path.name,
+                                     test_set=test_set))
+    metrics_path, concepts = eval_dir / "metrics.json", eval_dir / "concepts.parquet"
+    if not metrics_path.is_file():
+        raise FileNotFoundError(f"run {run.name} has no evaluation on test set {test_set!r}: {metrics_path} is missing")
+    return RunRecord(f"{run.name} on {test_set}", run.path, run.config, json.loads(metrics_path.read_text()),
+                     pd.read_parquet(concepts) if concepts.is_file() else None, None)
+
+
 def run_settings(config: dict[str, Any], metrics: dict[str, Any] | None = None) -> dict[str, Any]:
     """A run's settings as flat keys, from its ``model/config.json`` (and ``eval/metrics.json``).
 
@@ -219,16 +234,24 @@ def read_baselines(eval_dir: str | Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def metric_columns(runs: dict[str, RunRecord]) -> dict[str, dict[str, Any]]:
-    """Column name -> metrics: each run (:func:`run_metrics`), then each run's baselines as ``<run>: <name>``."""
+def metric_columns(runs: dict[str, RunRecord], test_sets: list[str] | tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
+    """Column name -> metrics: each run (:func:`run_metrics`), then each run's baselines as ``<run>: <name>``,
+    then each run on each of ``test_sets`` as ``<run> on <test set>`` (its evaluation metrics only)."""
     columns = {name: run_metrics(run) for name, run in runs.items()}
     for name, run in runs.items():
         columns |= {f"{name}: {base}": values for base, values in read_baselines(run.path / "eval").items()}
+    for name, run in runs.items():
+        for test_set in test_sets:
+            on = load_evaluation(run, test_set)
+            columns[on.name] = {k: v for k, v in run_metrics(on).items() if k not in _training(on)}
     return columns
 
 
-def build_comparison(run_dirs: dict[str, str | Path], out_dir: str | Path) -> Path:
+def build_comparison(run_dirs: dict[str, str | Path], out_dir: str | Path,
+                     test_sets: list[str] | tuple[str, ...] = ()) -> Path:
     """Write the comparison page of the runs ``run_dirs`` (name -> run folder) to ``out_dir``; return index.html.
+
+    Each run's evaluation on each of ``test_sets`` (config ``test_sets``) is a column of the tables too.
 
     The folder is replaced atomically: ``index.html``, ``figures/`` and ``static/style.css``.
 
@@ -243,7 +266,7 @@ def build_comparison(run_dirs: dict[str, str | Path], out_dir: str | Path) -> Pa
         (tmp / "static").mkdir(parents=True)
         shutil.copyfile(STATIC / "style.css", tmp / "static" / "style.css")
         figures = comparison_figures({name: _panel_run(run) for name, run in runs.items()}, tmp / "figures")
-        columns = metric_columns(runs)
+        columns = metric_columns(runs, test_sets)
         context = {"runs": [_run_header(run, out_dir) for run in runs.values()], "models": models,
                    "baselines": [name for name in columns if name not in runs],
                    "differing": {k: {r: setting_text(v) for r, v in by_run.items()}
@@ -311,4 +334,5 @@ def compare_config_runs(cfg: PipelineConfig, runs: list[str] | None = None, out:
     if unknown:
         raise ValueError(f"--run {unknown} not in the config's runs {sorted(cfg.runs)}")
     chosen = list(dict.fromkeys(runs)) if runs else list(cfg.runs)
-    return build_comparison({r: paths.run_dir(cfg, r) for r in chosen}, out or paths.compare_dir(cfg))
+    return build_comparison({r: paths.run_dir(cfg, r) for r in chosen}, out or paths.compare_dir(cfg),
+                            sorted(cfg.test_sets))

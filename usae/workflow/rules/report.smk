@@ -8,6 +8,7 @@ rule render_report:
         manifest=paths.manifest(PIPE),
         stores=run_stores,  # images flagged invalid at extraction are listed in the report
         maco=lambda wc: [paths.run_maco(PIPE, wc.run)] if wc.run in paths.maco_runs(PIPE) else [],
+        test_sets=lambda wc: list(paths.test_set_evals(PIPE, wc.run).values()),  # its "Other data" section
     output:
         report(
             directory(paths.run_report(PIPE)),
@@ -19,6 +20,7 @@ rule render_report:
     params:
         runs=sorted(PIPE.runs),
         run_dir=lambda wc: paths.run_dir(PIPE, wc.run),
+        test_sets=sorted(PIPE.test_sets),
         version=usae.STAGE_VERSIONS["report"],
     log:
         paths.log(PIPE, "render_report", "{run}"),
@@ -40,10 +42,12 @@ rule compare_runs:
         models=paths.for_runs(PIPE, paths.run_model),
         evals=paths.for_runs(PIPE, paths.run_eval),
         logs=paths.for_runs(PIPE, paths.run_log),
+        test_sets=[path for run in sorted(PIPE.runs) for path in paths.test_set_evals(PIPE, run).values()],
     output:
         report(paths.compare_page(PIPE), caption="../report/compare.rst", category="Comparison"),
     params:
         runs={r: paths.run_dir(PIPE, r) for r in sorted(PIPE.runs)},
+        test_sets=sorted(PIPE.test_sets),
         version=usae.STAGE_VERSIONS["report"],
     log:
         paths.log(PIPE, "compare_runs", "all"),

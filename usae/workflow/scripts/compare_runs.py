@@ -8,4 +8,4 @@ from usae.runlog import configure_logging
 snakemake = globals()["snakemake"]  # injected by Snakemake
 configure_logging(snakemake.log[0])
 build_comparison({name: Path(folder) for name, folder in snakemake.params.runs.items()},
-                 Path(snakemake.output[0]).parent)
+                 Path(snakemake.output[0]).parent, snakemake.params.test_sets)
