@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import zarr
+from zarr.core.buffer.cpu import NDBuffer
 
 from usae.activations.store import open_store
 from usae.data.manifest import SPLITS
@@ -96,9 +97,55 @@ class TokenSource:
         block = np.array(block) if isinstance(self._array, np.ndarray) else np.asarray(block)
         return block.reshape(stop - start, self.tokens_per_row, self.d_model)
 
+    def read_into(self, start: int, stop: int, out: np.ndarray) -> None:
+        """Rows ``start:stop`` written into ``out`` (``(stop - start, tokens_per_row, d_model)``, the stored dtype).
+
+        Zarr arrays decode straight into ``out`` (no intermediate array); others are copied once.
+        """
+        if not 0 <= start <= stop <= self.n_rows:
+            raise IndexError(f"{self.name}: rows {start}:{stop} outside 0:{self.n_rows}")
+        expected = (stop - start, self.tokens_per_row, self.d_model)
+        if out.shape != expected or out.dtype != self.dtype:
+            raise ValueError(f"{self.name}: read_into needs an array of shape {expected} and dtype {self.dtype}, "
+                             f"got {out.shape} {out.dtype}")
+        if isinstance(self._array, zarr.Array):
+            target = out.view()
+            target.shape = (stop - start,) + tuple(self._array.shape[1:])  # raises rather than copies
+            self._array.get_basic_selection(slice(start, stop), out=NDBuffer.from_numpy_array(target))
+        else:
+            out[...] = np.asarray(self._array[start:stop]).reshape(expected)
+
     def __repr__(self) -> str:
         return (f"TokenSource({self.name!r}, shape={self.shape}, dtype={self.dtype}, chunk_rows={self.chunk_rows}, "
                 f"valid={'all' if self.valid is None else int(self.valid.sum())})")
+
+
+# Bits of an IEEE float that are not the sign, and their least value for inf or NaN (exponent all ones).
+_NON_FINITE = {2: (np.uint16, 0x7FFF, 0x7C00), 4: (np.uint32, 0x7FFFFFFF, 0x7F800000),
+               8: (np.uint64, 0x7FFFFFFFFFFFFFFF, 0x7FF0000000000000)}
+
+
+def check_finite(source: TokenSource, block: np.ndarray, start: int) -> None:
+    """Refuse NaN/inf in rows ``start:start + len(block)`` of ``source``, naming the store, row and image.
+
+    One bad value would make every later training step non-finite. The test reads the bits
+    (exponent all ones), one pass several times faster than ``np.isfinite`` on float16.
+    """
+    kind = _NON_FINITE.get(block.dtype.itemsize)
+    if kind is not None and block.size and block.flags.c_contiguous:
+        unsigned, magnitude, least = kind
+        if np.bitwise_and(block.view(unsigned), unsigned(magnitude)).max() < least:
+            return
+    finite = np.isfinite(block).reshape(len(block), -1).all(axis=1)
+    if finite.all():
+        return
+    bad = np.flatnonzero(~finite)
+    first = start + int(bad[0])
+    image = f", manifest index {int(source.rows[first])}" if source.rows is not None else ""
+    where = f"{source.name} ({source.path})" if source.path is not None else source.name
+    raise ValueError(f"{where}: NaN or inf in {len(bad)} row(s) of rows {start}:{start + len(block)} "
+                     f"(first: row {first}{image}); the store is corrupt or its activations overflowed. "
+                     "Recompute it (rerun its extraction and preparation) before training")
 
 
 def open_aligned(paths: dict[str, Path], split: str = "train") -> dict[str, TokenSource]:

@@ -7,26 +7,25 @@ import time
 
 import torch
 
-from usae.activations.loader import TokenLoader
 from usae.config import SAEConfig
 from usae.sae.model import USAE
+from usae.training.startup import RunStream
 
 logger = logging.getLogger(__name__)
 
 
-def choose_decode(model: USAE, loader: TokenLoader, cfg: SAEConfig, device: torch.device, repeats: int = 3) -> str:
+def choose_decode(model: USAE, stream: RunStream, cfg: SAEConfig, device: torch.device, repeats: int = 3) -> str:
     """``sparse`` or ``dense``: the configured choice, or for ``auto`` the faster one measured.
 
-    Times a forward and backward of every decoder on one real batch with each method;
-    the choice is recorded in checkpoints so a resumed run keeps it.
+    Times a forward and backward of every decoder on the run's first batch (peeked at, so
+    step 0 still trains on it) with each method; the choice is recorded in checkpoints so a
+    resumed run keeps it.
     """
     if cfg.decode != "auto":
         return cfg.decode
     if model.activation.padded:
         return "sparse"  # codes padded past k slots (BatchTopK: 2k); gathering stays cheaper
-    stream = loader.batches(0)
-    batch = {n: t.to(device).float() for n, t in next(stream).items()}
-    stream.close()
+    batch = {n: t.to(device).float() for n, t in stream.peek().items()}
     source = model.names[0]
     with torch.no_grad():
         codes = model.encode_sparse(source, batch[source])
