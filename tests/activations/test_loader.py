@@ -141,15 +141,15 @@ def test_batches_mix_tokens_of_many_images(sources, seed):
 
 
 def spy_reads(monkeypatch, sources, before=None):
-    """Record every ``read_into`` as (source, start, stop); ``before(start)`` runs first when given."""
+    """Record every block read as (source, start, stop); ``before(start)`` runs first when given."""
     calls = []
     for source in sources.values():
-        def read_into(start, stop, out, source=source, original=source.read_into):
+        def read_pieces(start, stop, map_chunks=True, source=source, original=source.read_pieces):
             if before is not None:
                 before(start)
             calls.append((source.name, start, stop))
-            return original(start, stop, out)
-        monkeypatch.setattr(source, "read_into", read_into)
+            return original(start, stop, map_chunks)
+        monkeypatch.setattr(source, "read_pieces", read_pieces)
     return calls
 
 
@@ -217,17 +217,25 @@ def test_next_buffer_reads_follow_the_consumer(tmp_path, monkeypatch):
     stream.close()
 
 
-def test_batches_are_new_tensors_that_keep_no_buffer_alive(sources):
-    stream = TokenLoader(sources, BATCH, BUFFER, seed=0).batches()
-    batch = next(stream)
-    stream.close()
-    assert batch["a"].is_contiguous() and batch["a"].untyped_storage().nbytes() == BATCH * 4 * 2
+def test_kept_batches_and_views_are_never_overwritten_and_dropped_ones_are_reused(sources):
+    loader = TokenLoader(sources, BATCH, BUFFER, seed=0)
+    n = 2 * loader.steps_per_epoch
+    expected = [positions(b) for b in islice(loader.batches(), n)]
+    kept = list(islice(loader.batches(), n))  # every batch held at once: more than the pool's arrays
+    assert [positions(b) for b in kept] == expected
+    views, pointers = [], []
+    for k, batch in enumerate(islice(loader.batches(), n)):
+        pointers.append(batch["a"].data_ptr())
+        if k % 3 == 0:
+            views.append(batch["b"][1:])  # a view keeps its batch's array
+    assert [positions({"a": v[:, :4] - 0.5, "b": v})[0] for v in views] == [p[1] for p in expected[::3]][:len(views)]
+    assert len(set(pointers)) < n  # dropped batches' arrays were gathered into again
 
 
 def test_reader_errors_reach_the_consumer(sources, monkeypatch):
-    def broken(start, stop, out):
+    def broken(start, stop, map_chunks):
         raise OSError(f"disk gone at rows {start}:{stop}")
-    monkeypatch.setattr(sources["b"], "read_into", broken)
+    monkeypatch.setattr(sources["b"], "read_pieces", broken)
     with pytest.raises(OSError, match="disk gone at rows"):
         next(TokenLoader(sources, BATCH, BUFFER, seed=0).batches())
 
@@ -316,6 +324,7 @@ def test_nan_or_inf_in_a_store_is_refused_naming_store_and_image(tmp_path, bad_v
     zarr.open_group(bad, mode="r+")["train/tokens"][13, 5, 2] = bad_value
     sources = open_aligned({"a": write_store(tmp_path / "a.zarr", 4, 0.0, CHUNK, valid), "b": bad})
     loader = TokenLoader(sources, BATCH, BUFFER, seed=0)
-    with pytest.raises(ValueError, match=r"b \(.*b.zarr\): NaN or inf in 1 row\(s\) of rows 12:15 "
+    # Checked chunk by chunk where it lies: b's chunk of 2 rows, 12:14
+    with pytest.raises(ValueError, match=r"b \(.*b.zarr\): NaN or inf in 1 row\(s\) of rows 12:14 "
                                          r"\(first: row 13, manifest index 13\)"):
         list(islice(loader.batches(0), loader.steps_per_epoch))

@@ -105,3 +105,30 @@ def test_a_fresh_run_reads_through_one_stream(tmp_path, monkeypatch):
     assert opened == [0]
     loop.train_usae(open_arrays(paths), sae, cfg, tmp_path / "run")
     assert opened == [0, 3]  # the resumed run: one stream from its checkpoint's step
+
+
+@pytest.mark.parametrize(("sparse_s", "dense_s", "dense_runs", "choice"), [(1.0, 10.0, 2, "sparse"),
+                                                                       (1.0, 1.5, 4, "sparse"), (3.0, 1.0, 4, "dense")])
+def test_auto_decode_stops_timing_a_clearly_slower_method(monkeypatch, sparse_s, dense_s, dense_runs, choice):
+    """A fake clock: each run of a method takes its given seconds; runs are counted per method."""
+    import usae.training.speed as speed
+
+    loader, _ = loader_of()
+    model = USAE({"a": 2, "b": 2}, SAEConfig(n_latents=8, k=2, aux_k=0, decode="auto"), seed=0)
+    clock, runs = [0.0], {"sparse": 0, "dense": 0}
+    decode = model.decode_sparse
+
+    def counted(name, codes):
+        if name == "a":
+            runs["sparse" if model.sparse_decode else "dense"] += 1
+        return decode(name, codes)
+
+    def tick():  # two reads a run: half the run's time each
+        clock[0] += (sparse_s if model.sparse_decode else dense_s) / 2
+        return clock[0]
+    monkeypatch.setattr(model, "decode_sparse", counted)
+    monkeypatch.setattr(speed.time, "perf_counter", tick)
+    stream = RunStream(loader.batches(0))
+    assert choose_decode(model, stream, model.cfg, torch.device("cpu"), repeats=3) == choice
+    stream.close()
+    assert runs == {"sparse": 4, "dense": dense_runs}

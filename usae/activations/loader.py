@@ -56,6 +56,7 @@ logger = logging.getLogger(__name__)
 
 _PLAN_CACHE = 8
 RAMP_BATCHES = 2  # batches the first buffer of epoch 0 holds: what the first batch waits for
+MAX_MAPS = 16_384
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,9 @@ class TokenLoader:
         starts = np.arange(0, self.n_rows, self.block_rows)
         self.block_valid = np.add.reduceat(self.valid.astype(np.int64), starts)
         self._check_sizes(int(buffer_tokens))
+        # Map chunk files only while two buffers' mappings stay far below Linux's default 65,530 maps.
+        chunks = sum(-(-self.rows_per_buffer // s.chunk_rows) + 1 for s in sources.values())
+        self.map_chunks = 2 * chunks <= MAX_MAPS
         self._lock = threading.RLock()
         self._plans: OrderedDict[int, Plan] = OrderedDict()
         self._epoch_steps: dict[int, int] = {}

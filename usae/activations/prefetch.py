@@ -3,28 +3,31 @@
 Beside the consumer, one thread (``TokenLoader-prefetch``) gathers batches and a pool of
 ``read_threads`` threads reads blocks:
 
-* **Two slots.** Each source has two preallocated buffer arrays, reused for the whole
-  stream (no fresh memory to fault in per buffer): batches are gathered from one while
-  the next buffer is read into the other.
-* **Paced reads.** The next buffer's block reads are submitted in step with the
-  consumer's progress through the current buffer, to be done when ``PACE`` of it is
-  consumed: the reading cost is spread evenly over the steps instead of slowing the few
-  steps after a buffer switch. Only the stream's first buffer is read at once.
-* **Batch by batch.** Each batch is gathered (``np.take``, which releases the GIL) into
-  new tensors when the queue of ``prefetch`` ready batches has room, so gathering is
-  spread evenly too, and a batch kept by the consumer keeps no buffer alive.
+* **Pieces, not copies.** A block of an uncompressed usae store is its chunk files,
+  memory-mapped and checked (checksum, NaN/inf) where they lie in the page cache
+  (``TokenSource.read_pieces``); other sources are read into one array a block. A
+  buffer is the list of its blocks' pieces: nothing is copied into a buffer.
+* **Paced reads.** While batches come from one buffer, the next one's block reads are
+  submitted in step with the consumer's progress, to be done when ``PACE`` of the
+  current buffer is consumed: the reading cost is spread evenly over the steps instead
+  of slowing the few steps after a buffer switch. Only the stream's first buffer is read
+  at once (the loader keeps it small, see its ramp).
+* **Batch by batch.** Each batch is gathered (``np.take``, which releases the GIL,
+  piece by piece in ascending order) into arrays reused once the consumer dropped them,
+  when the queue of ``prefetch`` ready batches has room: gathering is spread evenly too,
+  and a batch kept by the consumer keeps no buffer alive. A batch holds its tokens in
+  buffer order (the set is the shuffled slice; the order within it is the reading order).
 
-Reads decode straight into the slot (``TokenSource.read_into``) and are checked for
-NaN/inf there. An error in any thread is re-raised by the consumer as is; closing or
-dropping the stream sets a stop event that ends the threads.
+An error in any thread is re-raised by the consumer as is; closing or dropping the
+stream sets a stop event that ends the threads.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import queue
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -64,27 +67,22 @@ def reads_due(n_blocks: int, consumed: int, n_batches: int) -> int:
 
 
 class _BufferRead:
-    """The block reads of one buffer into one slot, submitted on demand."""
+    """The block reads of one buffer, submitted on demand; each gives a source's rows as pieces."""
 
-    def __init__(self, loader: TokenLoader, pool: ThreadPoolExecutor, slot: dict[str, np.ndarray], epoch: int,
-                 buffer: int) -> None:
+    def __init__(self, loader: TokenLoader, pool: ThreadPoolExecutor, epoch: int, buffer: int) -> None:
         self.epoch, self.buffer = epoch, buffer
         self.spans = [loader.block_span(k) for k in loader.buffer_blocks(epoch, buffer)]
         self.offsets = np.concatenate([[0], np.cumsum([stop - start for start, stop in self.spans])]).astype(int)
-        self.loader, self.pool, self.slot = loader, pool, slot
-        self.futures: list[Future] = []
-
-    @property
-    def n_rows(self) -> int:
-        return int(self.offsets[-1])
+        self.loader, self.pool = loader, pool
+        self.futures: list[Future] = []  # block-major, one per source
 
     def submit(self, n_blocks: int) -> None:
         """Have the first ``n_blocks`` blocks' reads submitted (each source a task)."""
-        for i in range(len(self.futures) // len(self.slot), min(n_blocks, len(self.spans))):
-            (start, stop), offset = self.spans[i], self.offsets[i]
-            for name, source in self.loader.sources.items():
-                out = self.slot[name][offset:offset + stop - start]
-                self.futures.append(self.pool.submit(_read_checked, source, out, start, stop))
+        sources = self.loader.sources
+        for i in range(len(self.futures) // len(sources), min(n_blocks, len(self.spans))):
+            start, stop = self.spans[i]
+            for source in sources.values():
+                self.futures.append(self.pool.submit(_read_checked, source, start, stop, self.loader.map_chunks))
 
     def finish(self, stop: threading.Event) -> bool:
         """Submit what is left and wait for every read (errors raised); False if ``stop`` came first."""
@@ -98,8 +96,19 @@ class _BufferRead:
                 future.result()
         return True
 
+    def pieces(self) -> dict[str, tuple[list[np.ndarray], np.ndarray]]:
+        """Per source, its pieces as ``(tokens, d)`` arrays in buffer order and the buffer token index of each
+        piece's first token (with the end last). Call after :meth:`finish`."""
+        per_row, names = self.loader.tokens_per_row, list(self.loader.sources)
+        out = {}
+        for s, name in enumerate(names):
+            arrays = [piece for future in self.futures[s::len(names)] for piece in future.result()]
+            rows = np.cumsum([0] + [len(a) for a in arrays])
+            out[name] = ([a.reshape(len(a) * per_row, -1) for a in arrays], rows * per_row)
+        return out
+
     def order(self) -> np.ndarray:
-        """Slot token indices of the buffer's valid tokens, in the buffer's shuffled order."""
+        """Buffer token indices of the buffer's valid tokens, in the buffer's shuffled order."""
         per_row, loader = self.loader.tokens_per_row, self.loader
         row_valid = np.concatenate([loader.valid[start:stop] for start, stop in self.spans])
         token_index = (np.flatnonzero(row_valid)[:, None] * per_row + np.arange(per_row)).ravel()
@@ -107,9 +116,11 @@ class _BufferRead:
         return token_index[perm]
 
 
-def _read_checked(source: TokenSource, out: np.ndarray, start: int, stop: int) -> None:
-    source.read_into(start, stop, out)
-    check_finite(source, out, start)
+def _read_checked(source: TokenSource, start: int, stop: int, map_chunks: bool) -> list[np.ndarray]:
+    pieces = source.read_pieces(start, stop, map_chunks=map_chunks)
+    for piece, offset in zip(pieces, np.cumsum([0] + [len(p) for p in pieces])):
+        check_finite(source, piece, start + int(offset))
+    return pieces
 
 
 def _buffers(loader: TokenLoader, epoch: int, buffer: int) -> Iterator[tuple[int, int, int]]:
@@ -120,11 +131,6 @@ def _buffers(loader: TokenLoader, epoch: int, buffer: int) -> Iterator[tuple[int
             if steps[b] > 0:
                 yield epoch, b, int(steps[b])
         epoch, buffer = epoch + 1, 0
-
-
-def _slots(loader: TokenLoader) -> list[dict[str, np.ndarray]]:
-    shape = (loader.rows_per_buffer, loader.tokens_per_row)
-    return [{name: np.empty(shape + (s.d_model,), s.dtype) for name, s in loader.sources.items()} for _ in range(2)]
 
 
 def stream_batches(loader: TokenLoader, epoch: int, buffer: int, skip: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -148,15 +154,16 @@ def _produce(loader: TokenLoader, epoch: int, buffer: int, skip: int, ready: que
              stop: threading.Event) -> None:
     pool = ThreadPoolExecutor(loader.read_threads, thread_name_prefix="TokenLoader-read")
     try:
-        slots, buffers = _slots(loader), _buffers(loader, epoch, buffer)
+        buffers = _buffers(loader, epoch, buffer)
+        arrays = _BatchArrays(loader.prefetch + 4)  # the queue's, the one being gathered, the consumer's
         e, b, n_steps = next(buffers)
-        current = _BufferRead(loader, pool, slots[0], e, b)
-        for k in itertools.count(1):
+        current = _BufferRead(loader, pool, e, b)
+        while True:
             if not current.finish(stop):
                 return
             e, b, n_next = next(buffers)
-            upcoming = _BufferRead(loader, pool, slots[k % 2], e, b)
-            if not _serve(loader, current, upcoming, skip, n_steps, ready, stop):
+            upcoming = _BufferRead(loader, pool, e, b)
+            if not _serve(loader, current, upcoming, skip, n_steps, ready, stop, arrays):
                 return
             current, n_steps, skip = upcoming, n_next, 0
     except BaseException as err:  # handed to the consumer, which re-raises it
@@ -167,13 +174,12 @@ def _produce(loader: TokenLoader, epoch: int, buffer: int, skip: int, ready: que
 
 
 def _serve(loader: TokenLoader, current: _BufferRead, upcoming: _BufferRead, skip: int, n_steps: int,
-           ready: queue.Queue, stop: threading.Event) -> bool:
+           ready: queue.Queue, stop: threading.Event, arrays: _BatchArrays) -> bool:
     """Put batches ``skip:n_steps`` of ``current`` on ``ready``, submitting ``upcoming``'s reads as they fall due."""
-    order, size, rows = current.order(), loader.batch_tokens, current.n_rows
-    flat = {name: a[:rows].reshape(rows * loader.tokens_per_row, -1) for name, a in current.slot.items()}
+    order, size, pieces = current.order(), loader.batch_tokens, current.pieces()
     n_batches, put = n_steps - skip, 0
     for j in range(skip, n_steps):
-        batch = _gather(flat, order[j * size:(j + 1) * size], loader.pin_memory)
+        batch = _gather(pieces, np.sort(order[j * size:(j + 1) * size]), loader.pin_memory, arrays)
         while True:
             upcoming.submit(reads_due(len(upcoming.spans), put - ready.qsize(), n_batches))
             if _try_put(ready, batch):
@@ -184,12 +190,45 @@ def _serve(loader: TokenLoader, current: _BufferRead, upcoming: _BufferRead, ski
     return True
 
 
-def _gather(flat: dict[str, np.ndarray], index: np.ndarray, pin_memory: bool) -> dict[str, torch.Tensor]:
+class _BatchArrays:
+    """Arrays to gather batches into, each reused once nothing else refers to it.
+
+    A fresh batch-sized allocation faults in every page, which costs as much as the copy
+    itself. A batch tensor (``torch.from_numpy``) and every view of it keep a reference to
+    its array, so an array whose only references are the pool's is free: reuse never
+    overwrites a batch the consumer still holds. At most ``size`` arrays are pooled;
+    beyond that, batches get fresh ones.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.pool: dict[tuple, list[np.ndarray]] = {}
+
+    def get(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        arrays = self.pool.setdefault((shape, np.dtype(dtype).str), [])
+        for i in range(len(arrays)):
+            if sys.getrefcount(arrays[i]) == 2:  # the list's reference and getrefcount's argument
+                return arrays[i]
+        array = np.empty(shape, dtype)
+        if len(arrays) < self.size:
+            arrays.append(array)
+        return array
+
+
+def _gather(pieces: dict[str, tuple[list[np.ndarray], np.ndarray]], index: np.ndarray, pin_memory: bool,
+            arrays: _BatchArrays) -> dict[str, torch.Tensor]:
+    """The tokens ``index`` (sorted buffer token indices) of every source, taken piece by piece."""
     batch = {}
-    for name, array in flat.items():
-        dtype = torch.from_numpy(array[:0]).dtype
-        tensor = torch.empty((len(index), array.shape[1]), dtype=dtype, pin_memory=pin_memory)
-        np.take(array, index, axis=0, out=tensor.numpy(), mode="clip")  # indices are in range: no bounds pass
+    for name, (parts, starts) in pieces.items():
+        shape, dtype = (len(index), parts[0].shape[1]), parts[0].dtype
+        if pin_memory:  # CUDA's caching host allocator reuses pinned blocks itself
+            tensor = torch.empty(shape, dtype=torch.from_numpy(parts[0][:0]).dtype, pin_memory=True)
+        else:
+            tensor = torch.from_numpy(arrays.get(shape, dtype))
+        out, cuts = tensor.numpy(), np.searchsorted(index, starts)
+        for part, first, lo, hi in zip(parts, starts, cuts[:-1], cuts[1:]):
+            if hi > lo:  # indices are in range: no bounds pass
+                np.take(part, index[lo:hi] - first, axis=0, out=out[lo:hi], mode="clip")
         batch[name] = tensor
     return batch
 
