@@ -11,6 +11,9 @@ before issue 14's loader changes, exported with ``git archive``):
 1. **Read rate**, rounds interleaved, ``--repeats`` rounds:
    - ``raw_direct``: every chunk of every store in order, read and checksummed into a new
      array (``TokenSource.read``, which reads uncompressed chunk files directly);
+   - ``raw_direct_kept``: the same, each chunk into its place in one array per store, which
+     keeps what was read (as any buffer must; memory the cache cannot hold, where
+     ``raw_direct`` rereads one chunk-sized array, cache-resident on a large L3);
    - ``raw_zarr``: the same chunks through Zarr (``open_store``: Zarr's decode, usae's checksum);
    - ``loader`` / ``loader_before``: ``TokenLoader`` (6,272-token batches, one read thread,
      before: the baseline's loader reading through Zarr as it did,
@@ -129,6 +132,13 @@ def read_rates(paths: dict[str, Path], repeats: int, buffers: list[int]) -> dict
             for lo in range(0, n_rows, CHUNK):
                 source.read(lo, min(lo + CHUNK, n_rows))
 
+    kept = {n: np.empty(s.shape, s.dtype) for n, s in sources.items()}
+
+    def raw_direct_kept() -> None:
+        for name, source in sources.items():
+            for lo in range(0, n_rows, CHUNK):
+                source.read_into(lo, min(lo + CHUNK, n_rows), kept[name][lo:lo + CHUNK])
+
     def raw_zarr() -> None:
         for array in arrays.values():
             for lo in range(0, n_rows, CHUNK):
@@ -143,8 +153,8 @@ def read_rates(paths: dict[str, Path], repeats: int, buffers: list[int]) -> dict
         stream.close()
         return n * BATCH
 
-    raw_direct(), raw_zarr()  # warm the page cache
-    variants = {"raw_direct": raw_direct, "raw_zarr": raw_zarr}
+    raw_direct(), raw_zarr(), raw_direct_kept()  # warm the page cache (and fault ``kept`` in)
+    variants = {"raw_direct": raw_direct, "raw_direct_kept": raw_direct_kept, "raw_zarr": raw_zarr}
     served = {}
     for buffer in buffers:
         for label, cls in [("loader", TokenLoader), ("loader_before", before)]:
@@ -166,7 +176,7 @@ def rate_ratios(rounds: list[dict]) -> dict:
     for name in rounds[0]:
         if name.startswith("raw"):
             continue
-        for raw in ("raw_direct", "raw_zarr"):
+        for raw in ("raw_direct", "raw_direct_kept", "raw_zarr"):
             for unit in ("tokens_per_s", "tokens_per_cpu_s"):
                 values = [r[name][unit] / r[raw][unit] for r in rounds]
                 out[f"{name} / {raw}" + (" (cpu)" if unit == "tokens_per_cpu_s" else "")] = spread(values)

@@ -21,8 +21,9 @@ Design:
   shared by all sources: position ``p`` of every model's batch is the same image token.
   Shuffling is per token, so a batch mixes many images; its quality grows with the buffer.
 * **Batches.** A buffer gives ``n_tokens // batch_tokens`` batches of consecutive slices
-  of the shuffled tokens; the remainder is dropped (it changes from epoch to epoch).
-  Batches cross buffers and epochs as one infinite stream of global steps.
+  of the shuffled tokens, each slice's tokens in buffer order (reading them in order is
+  faster; a batch is a set to the loss); the remainder is dropped (it changes from epoch
+  to epoch). Batches cross buffers and epochs as one infinite stream of global steps.
 * **Determinism and resuming.** The batch of global step ``s`` is a pure function of
   ``(seed, s)`` and the sources: the steps of every buffer follow from the valid masks
   alone (a per-epoch step table, computed lazily), so ``batches(start_step=s)`` goes
@@ -30,11 +31,13 @@ Design:
 * **Reading beside training** (:mod:`usae.activations.prefetch`): two buffers exist at
   once, the one batches are gathered from and the next, read block by block by
   ``read_threads`` threads at a pace spread over the current buffer's batches (no burst
-  of reading when a buffer ends, hence no slow steps); each batch is gathered alone,
-  ``prefetch`` batches ahead of the consumer.
+  of reading when a buffer ends, hence no slow steps); uncompressed store chunks are
+  memory-mapped, not copied; each batch is gathered alone, ``prefetch`` batches ahead of
+  the consumer.
 
-Batches are ``{name: torch.Tensor (batch_tokens, d_i)}``, new tensors (dtype as stored;
-pinned if ``pin_memory``).
+Batches are ``{name: torch.Tensor (batch_tokens, d_i)}`` (dtype as stored; pinned if
+``pin_memory``) that share memory with nothing the loader writes while they are referenced:
+they may be kept.
 """
 
 from __future__ import annotations

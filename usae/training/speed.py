@@ -14,7 +14,7 @@ from usae.training.startup import RunStream
 logger = logging.getLogger(__name__)
 
 
-TIMING_TOKENS = 2048  # both methods' costs grow linearly with the tokens: a slice of the batch tells
+TIMING_TOKENS = 512  # both methods' costs grow linearly with the tokens: a slice of the batch tells
 CLEARLY_SLOWER = 2.0  # a method this much slower than the other's best after one timed run is not repeated
 
 
