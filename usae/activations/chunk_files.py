@@ -7,7 +7,7 @@ caller's array and the checksum computed there, in place (:meth:`ChunkFiles.read
 or it is memory-mapped and used where it lies, in the page cache (:meth:`ChunkFiles.map_rows`,
 what the training loader shuffles from). Zarr's read of the same chunk
 goes through its asynchronous machinery, a bytes object and a copy into the output,
-about twice the CPU time (``benchmarks/bench_loader.py``), which a training step shares
+two to three times the CPU time (``benchmarks/bench_loader.py``), which a training step shares
 its cores with. Any other layout (compressed, sharded, other key encodings or byte
 orders) is left to Zarr. Damage is reported as :class:`CheckedStore` reports it.
 """
