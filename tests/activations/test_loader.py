@@ -1,4 +1,4 @@
-"""TokenLoader on planted stores: aligned pairs, epoch coverage, determinism, resuming, block reads, threads."""
+"""TokenLoader on planted stores: aligned pairs, epoch coverage, determinism, resuming, ramp, paced reads, threads."""
 
 import gc
 import threading
@@ -10,12 +10,15 @@ import pytest
 import torch
 
 from usae.activations.loader import TokenLoader
+from usae.activations.prefetch import reads_due
 from usae.activations.sources import TokenSource, open_aligned, open_arrays
 from usae.activations.store import atomic_store, base_attrs, create_array
 
 ROWS, TOKENS, CHUNK = 20, 16, 3
 INVALID = [4, 11]
 BATCH, BUFFER = 64, 5 * CHUNK * TOKENS  # 5 blocks of 3 rows per buffer: 2 buffers per epoch (7 blocks)
+# Blocks per buffer: epoch 0 ramps up from ceil(2 batches / 48 tokens a block) = 3 blocks, doubling (capped at 5).
+SIZES = {0: [3, 4], 1: [5, 2], 2: [5, 2]}
 
 
 def planted(d, offset):
@@ -56,16 +59,19 @@ def positions(batch):
 
 
 def buffer_tokens_of_epoch(seed, epoch):
-    """Valid tokens of each buffer, from the documented block order (7 blocks, 5 per buffer)."""
+    """Valid tokens and blocks of each buffer, from the documented block order (7 blocks) and SIZES."""
     valid = np.ones(ROWS, bool)
     valid[INVALID] = False
     order = np.random.default_rng([seed, epoch]).permutation(7)
-    return [sum(int(valid[k * CHUNK:(k + 1) * CHUNK].sum()) * TOKENS for k in order[i:i + 5]) for i in (0, 5)], order
+    bounds = np.cumsum([0] + SIZES[epoch])
+    blocks = [order[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
+    return [sum(int(valid[k * CHUNK:(k + 1) * CHUNK].sum()) * TOKENS for k in bl) for bl in blocks], blocks
 
 
 def test_batches_pair_the_same_positions_in_every_model(sources):
     loader = TokenLoader(sources, BATCH, BUFFER, seed=0)
-    assert loader.block_rows == CHUNK and loader.blocks_per_buffer == 5
+    assert loader.block_rows == CHUNK and loader.blocks_per_buffer == 5 and loader.first_buffer_blocks == 3
+    assert [loader.buffer_sizes(e) for e in SIZES] == list(SIZES.values())
     for batch in islice(loader.batches(), 3 * loader.steps_per_epoch):
         assert batch["a"].shape == (BATCH, 4) and batch["b"].shape == (BATCH, 6)
         assert batch["a"].dtype == batch["b"].dtype == torch.float16
@@ -73,19 +79,20 @@ def test_batches_pair_the_same_positions_in_every_model(sources):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 7])
-def test_an_epoch_visits_every_valid_token_once_except_dropped_remainders(sources, seed):
+def test_every_epoch_visits_every_valid_token_once_except_dropped_remainders(sources, seed):
     loader = TokenLoader(sources, BATCH, BUFFER, seed=seed)
-    tokens, order = buffer_tokens_of_epoch(seed, 0)
-    assert loader.steps_per_epoch == sum(n // BATCH for n in tokens)
     stream = loader.batches()
-    seen = []
-    for b, n in enumerate(tokens):  # batches of buffer b come from its blocks only
-        rows = {r for k in order[b * 5:(b + 1) * 5] for r in range(k * CHUNK, min((k + 1) * CHUNK, ROWS))}
-        got = [p for batch in islice(stream, n // BATCH) for p in positions(batch)]
-        assert {row for row, _ in got} <= rows - set(INVALID)
-        seen += got
+    for epoch in (0, 1, 2):  # epoch 0 with its ramp of buffers, then full ones
+        tokens, blocks = buffer_tokens_of_epoch(seed, epoch)
+        assert loader.steps_in_epoch(epoch) == sum(n // BATCH for n in tokens)
+        seen = []
+        for n, bl in zip(tokens, blocks):  # batches of a buffer come from its blocks only
+            rows = {r for k in bl for r in range(k * CHUNK, min((k + 1) * CHUNK, ROWS))}
+            got = [p for batch in islice(stream, n // BATCH) for p in positions(batch)]
+            assert {row for row, _ in got} <= rows - set(INVALID)
+            seen += got
+        assert len(seen) == len(set(seen)) == loader.tokens_per_epoch - sum(n % BATCH for n in tokens)
     stream.close()
-    assert len(seen) == len(set(seen)) == loader.tokens_per_epoch - sum(n % BATCH for n in tokens)
     assert loader.tokens_per_epoch == (ROWS - len(INVALID)) * TOKENS
 
 
@@ -117,26 +124,32 @@ def test_resuming_gives_the_batches_of_the_uninterrupted_stream(sources):
 def test_single_buffer_epochs_resume_far_ahead(sources):
     loader = TokenLoader(sources, BATCH, 10**6, seed=2)
     assert loader.blocks_per_buffer == loader.n_blocks == 7
-    n = loader.steps_per_epoch
-    assert n == (ROWS - len(INVALID)) * TOKENS // BATCH
-    full = [positions(b) for b in islice(loader.batches(), 4 * n)]
-    assert [positions(b) for b in islice(loader.batches(start_step=3 * n - 1), 2)] == full[3 * n - 1:3 * n + 1]
+    assert loader.buffer_sizes(0) == [3, 4] and loader.buffer_sizes(1) == [7]
+    first, n = loader.steps_in_epoch(0), loader.steps_in_epoch(1)
+    assert n == loader.steps_in_epoch(5) == (ROWS - len(INVALID)) * TOKENS // BATCH
+    full = [positions(b) for b in islice(loader.batches(), first + 4 * n)]
+    far = first + 3 * n - 1
+    assert loader.locate(far) == (3, 0, n - 1)
+    assert [positions(b) for b in islice(loader.batches(start_step=far), 2)] == full[far:far + 2]
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_batches_mix_tokens_of_many_images(sources, seed):
-    loader = TokenLoader(sources, BATCH, 10**6, seed=seed)  # one buffer: the whole store
-    for batch in islice(loader.batches(), 2 * loader.steps_per_epoch):
+    loader = TokenLoader(sources, BATCH, 10**6, seed=seed)  # after epoch 0's ramp, one buffer: the whole store
+    for batch in islice(loader.batches(loader.steps_in_epoch(0)), 2 * loader.steps_in_epoch(1)):
         assert len({row for row, _ in positions(batch)}) > 10
 
 
-def spy_reads(monkeypatch, sources):
+def spy_reads(monkeypatch, sources, before=None):
+    """Record every block read as (source, start, stop); ``before(start)`` runs first when given."""
     calls = []
     for source in sources.values():
-        def read(start, stop, source=source, original=source.read):
+        def read_pieces(start, stop, map_chunks=True, source=source, original=source.read_pieces):
+            if before is not None:
+                before(start)
             calls.append((source.name, start, stop))
-            return original(start, stop)
-        monkeypatch.setattr(source, "read", read)
+            return original(start, stop, map_chunks)
+        monkeypatch.setattr(source, "read_pieces", read_pieces)
     return calls
 
 
@@ -153,20 +166,76 @@ def test_reads_are_whole_blocks_and_skip_blocks_without_valid_rows(sources, monk
     assert {name for name, _, _ in calls} == {"a", "b"}
 
 
-def test_prefetch_keeps_at_most_one_buffer_ahead(sources, monkeypatch):
-    calls = spy_reads(monkeypatch, sources)
-    loader = TokenLoader(sources, BATCH, 2 * CHUNK * TOKENS, seed=0, prefetch=1)  # 4 buffers of 2 blocks
+def test_buffer_sizes_ramp_up_by_doubling_in_epoch_zero_only():
+    source = TokenSource("m", np.zeros((100, 10, 2), np.float32), chunk_rows=1)  # blocks of 10 tokens
+    loader = TokenLoader({"m": source}, batch_tokens=10, buffer_tokens=160, seed=0)
+    assert (loader.first_buffer_blocks, loader.blocks_per_buffer) == (2, 16)
+    assert loader.buffer_sizes(0) == [2, 4, 8, 16, 16, 16, 16, 16, 6]
+    assert loader.buffer_sizes(1) == [16] * 6 + [4]
+    assert TokenLoader({"m": source}, 30, 160, seed=0).buffer_sizes(0)[:3] == [6, 12, 16]  # 2 batches: 6 blocks
+
+
+def test_the_first_batch_waits_for_the_first_ramp_buffer_only(sources, monkeypatch):
+    """With one buffer as large as the store, the first batch still comes from the first 3 blocks read."""
+    loader = TokenLoader(sources, BATCH, 10**6, seed=0, read_threads=1)
+    first = set(loader.buffer_blocks(0, 0))
+    assert len(first) == 3 and loader.blocks_per_buffer == 7
+    release = threading.Event()
+    calls = spy_reads(monkeypatch, sources, before=lambda start: start // CHUNK in first or release.wait(10))
     stream = loader.batches()
+    batch = next(stream)  # would wait 10 s on the blocked reads if it needed any other block
+    assert not release.is_set()
+    assert {row // CHUNK for row, _ in positions(batch)} <= first
+    release.set()
+    stream.close()
+    assert {start // CHUNK for _, start, _ in calls[:2 * len(first)]} == first
+
+
+def test_reads_due_spread_the_next_buffer_over_the_current_one():
+    assert [reads_due(6, consumed, 8) for consumed in range(-2, 8)] == [0, 0, 1, 2, 3, 4, 5, 6, 6, 6]
+    assert reads_due(4, 0, 0) == 4  # nothing to wait for
+    assert reads_due(3, 0, 1) == 3
+
+
+def test_next_buffer_reads_follow_the_consumer(tmp_path, monkeypatch):
+    """A consumer that took one batch of a 5-6 batch buffer has let at most 3 of the next 4 blocks be read."""
+    valid = np.ones(ROWS, bool)
+    sources = open_aligned({"a": write_store(tmp_path / "a.zarr", 4, 0.0, CHUNK, valid)})
+    loader = TokenLoader(sources, 16, BUFFER, seed=0, prefetch=1, read_threads=1)  # one row a batch
+    assert loader.buffer_sizes(0) == [1, 2, 4]
+    start, n_batches = (int(n) for n in loader.plan(0).steps[:2])  # buffer 1: 2 blocks, 5 or 6 batches
+    assert loader.locate(start) == (0, 1, 0)
+    calls = spy_reads(monkeypatch, sources)
+    stream = loader.batches(start)
     next(stream)
-    time.sleep(0.3)
-    assert len(calls) <= 2 * 2 * len(sources)  # the current buffer and the next, 2 blocks each, per source
+    time.sleep(0.3)  # room for the reader to run ahead, were it not paced
+    upcoming = set(loader.buffer_blocks(0, 2))
+    assert reads_due(4, 1, n_batches) <= 3
+    assert sum(s // CHUNK in upcoming for _, s, _ in calls) <= reads_due(4, 1, n_batches)
+    list(islice(stream, n_batches))  # buffer 1 consumed, and the first batch of buffer 2: read in full
+    assert {s // CHUNK for _, s, _ in calls} >= upcoming
     stream.close()
 
 
+def test_kept_batches_and_views_are_never_overwritten_and_dropped_ones_are_reused(sources):
+    loader = TokenLoader(sources, BATCH, BUFFER, seed=0)
+    n = 2 * loader.steps_per_epoch
+    expected = [positions(b) for b in islice(loader.batches(), n)]
+    kept = list(islice(loader.batches(), n))  # every batch held at once: more than the pool's arrays
+    assert [positions(b) for b in kept] == expected
+    views, pointers = [], []
+    for k, batch in enumerate(islice(loader.batches(), n)):
+        pointers.append(batch["a"].data_ptr())
+        if k % 3 == 0:
+            views.append(batch["b"][1:])  # a view keeps its batch's array
+    assert [positions({"a": v[:, :4] - 0.5, "b": v})[0] for v in views] == [p[1] for p in expected[::3]][:len(views)]
+    assert len(set(pointers)) < n  # dropped batches' arrays were gathered into again
+
+
 def test_reader_errors_reach_the_consumer(sources, monkeypatch):
-    def broken(start, stop):
+    def broken(start, stop, map_chunks):
         raise OSError(f"disk gone at rows {start}:{stop}")
-    monkeypatch.setattr(sources["b"], "read", broken)
+    monkeypatch.setattr(sources["b"], "read_pieces", broken)
     with pytest.raises(OSError, match="disk gone at rows"):
         next(TokenLoader(sources, BATCH, BUFFER, seed=0).batches())
 
@@ -255,6 +324,7 @@ def test_nan_or_inf_in_a_store_is_refused_naming_store_and_image(tmp_path, bad_v
     zarr.open_group(bad, mode="r+")["train/tokens"][13, 5, 2] = bad_value
     sources = open_aligned({"a": write_store(tmp_path / "a.zarr", 4, 0.0, CHUNK, valid), "b": bad})
     loader = TokenLoader(sources, BATCH, BUFFER, seed=0)
-    with pytest.raises(ValueError, match=r"b \(.*b.zarr\): NaN or inf in 1 row\(s\) of rows 12:15 "
+    # Checked chunk by chunk where it lies: b's chunk of 2 rows, 12:14
+    with pytest.raises(ValueError, match=r"b \(.*b.zarr\): NaN or inf in 1 row\(s\) of rows 12:14 "
                                          r"\(first: row 13, manifest index 13\)"):
         list(islice(loader.batches(0), loader.steps_per_epoch))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import zarr
 
-from usae.activations.sources import NPY_CHUNK_BYTES, TokenSource, open_aligned, open_arrays
+from usae.activations.sources import NPY_CHUNK_BYTES, TokenSource, check_finite, open_aligned, open_arrays
 from usae.activations.store import atomic_store, base_attrs, create_array
 
 N_ROWS, TOKENS = 10, 4
@@ -159,3 +159,42 @@ def test_token_source_checks_its_valid_mask():
         TokenSource("m", np.zeros((4, 2, 3), np.float32), chunk_rows=2, valid=np.ones(3, bool))
     source = TokenSource("m", np.zeros((4, 2, 3), np.float32), chunk_rows=100)
     assert source.chunk_rows == 4 and "TokenSource('m'" in repr(source)
+
+
+def test_read_into_writes_what_read_returns_for_stores_zarr_npy_and_2d(tmp_path):
+    store = open_aligned({"s": write_aligned(tmp_path / "s.zarr")})["s"]
+    z = zarr.create_array(tmp_path / "z.zarr", shape=(7, 5), chunks=(2, 5), dtype="float32")
+    z[:] = np.arange(35, dtype=np.float32).reshape(7, 5)
+    np.save(tmp_path / "n.npy", planted(6, 2, 3, dtype=np.float32))
+    sources = [store, TokenSource("z", zarr.open_array(tmp_path / "z.zarr", mode="r"), chunk_rows=2),
+               TokenSource("n", np.load(tmp_path / "n.npy", mmap_mode="r"), chunk_rows=2)]
+    for source in sources:
+        for start, stop in [(0, 2), (1, 4), (3, 3)]:
+            out = np.full((stop - start, source.tokens_per_row, source.d_model), -1, source.dtype)
+            source.read_into(start, stop, out)
+            np.testing.assert_array_equal(out, source.read(start, stop))
+
+
+def test_read_into_refuses_a_wrong_target_or_range(tmp_path):
+    source = open_aligned({"s": write_aligned(tmp_path / "s.zarr")})["s"]
+    with pytest.raises(ValueError, match=r"s: read_into needs an array of shape \(2, 4, 3\) and dtype float16, "
+                                         r"got \(2, 4, 3\) float32"):
+        source.read_into(0, 2, np.empty((2, TOKENS, 3), np.float32))
+    with pytest.raises(ValueError, match="needs an array of shape"):
+        source.read_into(0, 2, np.empty((3, TOKENS, 3), np.float16))
+    with pytest.raises(IndexError, match=r"rows 8:11 outside 0:10"):
+        source.read_into(8, 11, np.empty((3, TOKENS, 3), np.float16))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_check_finite_finds_every_non_finite_value_and_passes_the_largest_finite(dtype, bad):
+    source = TokenSource("m", np.zeros((6, 2, 3), dtype), chunk_rows=2, rows=np.arange(6) * 10)
+    block = np.full((3, 2, 3), -np.finfo(dtype).max, dtype)
+    block[0] = np.finfo(dtype).max
+    block[1] = np.finfo(dtype).tiny / 2  # subnormal
+    check_finite(source, block, 3)
+    block[2, 1, 2] = bad
+    with pytest.raises(ValueError, match=r"m: NaN or inf in 1 row\(s\) of rows 3:6 \(first: row 5, manifest index 50\)"):
+        check_finite(source, block, 3)
+    check_finite(source, block[:2], 3)

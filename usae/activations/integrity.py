@@ -121,10 +121,9 @@ class CheckedStore(WrapperStore[LocalStore]):
         where = chunk_key(key)
         if where is None:
             return buf
-        array, chunk = where
-        checksummed, shape, chunk_shape = await self._layout(array)
+        checksummed, _, _ = await self._layout(where[0])
         if buf is None:
-            raise self.damage(array, chunk, shape, chunk_shape, f"is missing (no file {Path(self.path) / key})")
+            raise self.missing(key)
         if not checksummed:
             return buf
         if byte_range is not None:
@@ -132,9 +131,24 @@ class CheckedStore(WrapperStore[LocalStore]):
                              "their checksum")
         data = buf.as_numpy_array()
         if not checksum_ok(data):
-            raise self.damage(array, chunk, shape, chunk_shape,
-                              f"fails its {CHECKSUM_CODEC} checksum (file {Path(self.path) / key} was altered)")
+            raise self.altered(key)
         return prototype.buffer.from_array_like(data[:-4])  # a view: what Zarr's codec would pass on
+
+    def missing(self, key: str) -> DamagedStoreError:
+        """The error for chunk ``key`` (``train/tokens/c/3/0/0``) having no file."""
+        return self._chunk_damage(key, f"is missing (no file {Path(self.path) / key})")
+
+    def altered(self, key: str) -> DamagedStoreError:
+        """The error for chunk ``key`` failing its checksum."""
+        return self._chunk_damage(key, f"fails its {CHECKSUM_CODEC} checksum (file {Path(self.path) / key} was altered)")
+
+    def _chunk_damage(self, key: str, reason: str) -> DamagedStoreError:
+        array, chunk = chunk_key(key)
+        if array not in self._layouts:  # a chunk read around Zarr (``chunk_files``): metadata not seen yet
+            meta = Path(self.path) / array / "zarr.json"
+            self._layouts[array] = _layout_of(json.loads(meta.read_text()) if meta.exists() else {})
+        _, shape, chunk_shape = self._layouts[array]
+        return self.damage(array, chunk, shape, chunk_shape, reason)
 
     async def _get_many(self, requests: Iterable[tuple[str, BufferPrototype, ByteRequest | None]]
                         ) -> AsyncGenerator[tuple[str, Buffer | None], None]:

@@ -54,8 +54,11 @@ class TrainConfig(Section):
     max_steps: int | None = setting(None, "Stop after this many steps (overrides `epochs`); `null` = use `epochs`.",
                                     minimum=1)
     batch_tokens: int = setting(6272, "Tokens per step (paper: 32 images × 196).", minimum=1)
-    buffer_tokens: int = setting(1_048_576, "Tokens shuffled together, at least `batch_tokens` (memory about "
-                                            "2 × buffer × Σ widths × 2 bytes).", minimum=1)
+    buffer_tokens: int = setting(1_048_576, "Tokens shuffled together, at least `batch_tokens`; the first epoch "
+                                            "starts with buffers of 2 batches, doubling up to this, so step 0 waits "
+                                            "for a few chunks only (memory: 2 buffers, uncompressed stores mapped "
+                                            "from the page cache, others about 2 × buffer × Σ widths × 2 bytes).",
+                                 minimum=1)
     lr: float = setting(3e-4, "Peak learning rate: linear warm-up to it, then cosine decay to `lr_end`, on the "
                               "global step.", exclusive_minimum=0.0)
     lr_end: float = setting(1e-6, "Learning rate at the end of the cosine decay; at most `lr`.", minimum=0.0)
@@ -68,7 +71,10 @@ class TrainConfig(Section):
     log_every: int = setting(50, "Steps between training-log rows (the only host syncs).", minimum=1)
     device: str = setting("auto", "`auto` = CUDA when present, else CPU.", choices=DEVICES)
     precision: str = setting("fp32", "`bf16` autocast on GPU, or `fp32`.", choices=("fp32", "bf16"))
-    read_threads: int = setting(4, "Threads reading store chunks.", minimum=1)
+    read_threads: int = setting(4, "Threads reading store chunks. The next buffer's reads are spread over the "
+                                   "steps whatever this is; more threads speed up only the first buffer and a disk "
+                                   "slower than training (on 2 cores, 1 leaves the step its other core).",
+                                minimum=1)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -40,6 +40,7 @@ from usae.training.log_lines import format_row, format_summary, summarize
 from usae.training.schedule import learning_rate
 from usae.training.schemes import Scheme
 from usae.training.speed import choose_decode
+from usae.training.startup import RunStream, initial_means
 from usae.training.step import StepOutput, make_optimizer, optimizer_step
 from usae.tracking import Tracker, send_row, start_training
 
@@ -168,13 +169,13 @@ def train_usae(sources: dict[str, TokenSource], sae_cfg: SAEConfig, cfg: TrainCo
     state = TrainingState(model, make_optimizer(model, cfg), DeadLatents(names, sae_cfg.n_latents, device),
                           LogWindow(names, cfg.log_every, device))
     key = fingerprint(settings)
-    start_or_resume(state, out_dir / "checkpoints", key, loader, device)
+    stream = start_or_resume(state, out_dir / "checkpoints", key, loader, device)
     tracker = start_training(tracking, fingerprint=key, folder=out_dir, settings=shown_settings(settings),
                              names=names, rows=state.rows)
     end = min(total, stop_after + 1) if stop_after is not None else total
     first, tick = state.step, time.perf_counter()
     try:
-        run_steps(state, scheme, loader, cfg, total=total, end=end, tracker=tracker, key=key, out_dir=out_dir)
+        run_steps(state, scheme, stream, cfg, total=total, end=end, tracker=tracker, key=key, out_dir=out_dir)
     finally:
         tracker.close()
     logger.info("%s", format_summary(state.rows, names, steps=end, total=total, ran=max(0, end - first),
@@ -232,27 +233,30 @@ def _log_plan(settings: dict[str, Any], total: int, loader: TokenLoader, cfg: Tr
 
 
 def start_or_resume(state: TrainingState, directory: Path, key: str, loader: TokenLoader,
-                    device: torch.device) -> None:
+                    device: torch.device) -> RunStream:
     """Restore ``state`` from the newest checkpoint in ``directory`` with fingerprint ``key``;
-    without one, start afresh: decoder bias = mean activation, dead-latent lists, decoding
-    method (``sae.decode``, timed when ``auto``). Other settings' checkpoints stay until
-    this run writes its first (:func:`save_checkpoint`)."""
+    without one, start afresh: decoder bias = mean activation (a strided sample), dead-latent
+    lists, decoding method (``sae.decode``, timed on the first batch when ``auto``). Other
+    settings' checkpoints stay until this run writes its first (:func:`save_checkpoint`).
+    Returns the run's batch stream from ``state.step``, opened before the start-up reads."""
     saved = latest_checkpoint(directory, key)
     if saved is not None:
         state.restore(saved)
-    else:
-        state.model.init_decoder_bias(_mean_activation(loader, device))
+    stream = RunStream(loader.batches(state.step))
+    if saved is None:
+        state.model.init_decoder_bias(initial_means(loader, device))
         state.dead.refresh(state.model.cfg.dead_tokens)
-        state.decode = choose_decode(state.model, loader, state.model.cfg, device)
+        state.decode = choose_decode(state.model, stream, state.model.cfg, device)
     state.model.sparse_decode = state.decode == "sparse"
+    return stream
 
 
-def run_steps(state: TrainingState, scheme: Scheme, loader: TokenLoader, cfg: TrainConfig, *, total: int, end: int,
+def run_steps(state: TrainingState, scheme: Scheme, stream: RunStream, cfg: TrainConfig, *, total: int, end: int,
               tracker: Tracker, key: str, out_dir: Path) -> None:
-    """Steps ``state.step`` to ``end - 1`` of ``total``: a log row closes every ``log_every`` steps
-    (and at the last step), a checkpoint is written every ``checkpoint_every`` steps and at ``end``."""
+    """Steps ``state.step`` to ``end - 1`` of ``total`` on ``stream`` (batches from ``state.step``): a log
+    row closes every ``log_every`` steps (and at the last step), a checkpoint is written every
+    ``checkpoint_every`` steps and at ``end``."""
     device = next(state.model.parameters()).device
-    stream = loader.batches(state.step)
     state.model.train()
     state.window.restart_clock()
     bar = progress_bar(range(state.step, end), initial=state.step, total=total, desc="train", unit="step")
@@ -299,17 +303,6 @@ def save_trained_model(model: USAE, cfg: TrainConfig, *, steps: int, decode: str
     for name, stats in (standardization or {}).items():
         model.set_standardization(name, torch.as_tensor(stats["mean"]), float(stats["std"]))
     return model.eval().save(directory)
-
-
-@torch.no_grad()
-def _mean_activation(loader: TokenLoader, device: torch.device, n_batches: int = 4) -> dict[str, torch.Tensor]:
-    stream = loader.batches(0)
-    sums: dict[str, torch.Tensor] = {}
-    for _ in range(n_batches):
-        for name, tensor in next(stream).items():
-            sums[name] = sums.get(name, 0) + tensor.to(device).float().mean(dim=0)
-    stream.close()
-    return {name: s / n_batches for name, s in sums.items()}
 
 
 def _check_finite(window: torch.Tensor, first_step: int, names: list[str]) -> None:

@@ -1,0 +1,68 @@
+"""Direct chunk-file reads: which arrays take them, same values as Zarr, same damage reports."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from usae.activations.chunk_files import ChunkFiles
+from usae.activations.integrity import DamagedStoreError
+from usae.activations.store import atomic_store, base_attrs, create_array, open_store
+
+ROWS, CHUNK = 20, 3  # 7 chunks, the last padded (rows 18:20 of 18:21)
+
+
+def store(path, compressor="none", dims=(5, 4)):
+    with atomic_store(path) as group:
+        group.attrs.update(base_attrs(stage="prepare"))
+        sub = group.create_group("train")
+        tokens = create_array(sub, "tokens", (ROWS, *dims), dtype="float16", chunk_rows=CHUNK, compressor=compressor)
+        tokens[:] = np.arange(ROWS * np.prod(dims)).reshape(ROWS, *dims).astype(np.float16)
+    return path
+
+
+def tokens_of(path):
+    return open_store(path)["train/tokens"]
+
+
+def test_uncompressed_checked_arrays_only(tmp_path):
+    files = ChunkFiles.of(tokens_of(store(tmp_path / "a.zarr")))
+    assert files is not None and (files.chunk_rows, files.shape, files.dtype) == (CHUNK, (ROWS, 5, 4), np.float16)
+    assert ChunkFiles.of(tokens_of(store(tmp_path / "z.zarr", compressor="zstd"))) is None
+    assert ChunkFiles.of(zarr.open_group(tmp_path / "a.zarr", mode="r")["train/tokens"]) is None  # not checked
+    assert ChunkFiles.of(tokens_of(store(tmp_path / "b.zarr", dims=(7,)))) is not None  # 2-D arrays too
+
+
+@pytest.mark.parametrize("dims", [(5, 4), (7,)])
+def test_reads_equal_zarr_for_any_row_range(tmp_path, dims):
+    array = tokens_of(store(tmp_path / "a.zarr", dims=dims))
+    files = ChunkFiles.of(array)
+    for start, stop in [(0, 3), (3, 12), (1, 2), (2, 7), (17, 20), (18, 20), (0, 20), (5, 5)]:
+        out = np.full((stop - start, *dims), -1, np.float16)
+        files.read_into(start, stop, out)
+        np.testing.assert_array_equal(out, array[start:stop])
+
+
+def damage_of(read):
+    with pytest.raises(DamagedStoreError) as caught:
+        read()
+    return str(caught.value)
+
+
+@pytest.mark.parametrize("harm", ["delete", "truncate", "append", "flip"])
+def test_damage_is_reported_as_zarr_reads_report_it(tmp_path, harm):
+    path = store(tmp_path / "a.zarr")
+    chunk = Path(path) / "train/tokens/c/6/0/0"  # the padded last chunk
+    data = bytearray(chunk.read_bytes())
+    if harm == "delete":
+        chunk.unlink()
+    else:
+        if harm == "flip":
+            data[7] ^= 0x10
+        chunk.write_bytes(bytes(data[:-1] if harm == "truncate" else data + b"\0" if harm == "append" else data))
+    array = tokens_of(path)
+    ours = damage_of(lambda: ChunkFiles.of(array).read_into(15, 20, np.empty((5, 5, 4), np.float16)))
+    assert ours == damage_of(lambda: tokens_of(path)[15:20])
+    reason = "is missing (no file" if harm == "delete" else "fails its crc32c checksum"
+    assert f"chunk (6, 0, 0) of array 'train/tokens' (rows 18:20) {reason}" in ours

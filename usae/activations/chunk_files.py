@@ -1,0 +1,128 @@
+"""Direct reads of uncompressed, checksummed store chunks: the fast paths of ``TokenSource``.
+
+A usae store written without a compressor (``compressor: none``, the default) keeps each
+chunk as one file: its values, little-endian in C order, then the CRC-32C of those bytes
+(``docs/stores.md``). Such a chunk needs no decoding: its file is read straight into the
+caller's array and the checksum computed there, in place (:meth:`ChunkFiles.read_into`),
+or it is memory-mapped and used where it lies, in the page cache (:meth:`ChunkFiles.map_rows`,
+what the training loader shuffles from). Zarr's read of the same chunk
+goes through its asynchronous machinery, a bytes object and a copy into the output,
+two to three times the CPU time (``benchmarks/bench_loader.py``), which a training step shares
+its cores with. Any other layout (compressed, sharded, other key encodings or byte
+orders) is left to Zarr. Damage is reported as :class:`CheckedStore` reports it.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import sys
+from pathlib import Path
+
+import google_crc32c
+import numpy as np
+import zarr
+
+from usae.activations.integrity import CHECKSUM_CODEC, CheckedStore
+
+
+class ChunkFiles:
+    """The chunk files of one uncompressed, checksummed array chunked along its first axis only."""
+
+    def __init__(self, store: CheckedStore, array_path: str, shape: tuple[int, ...], chunk_rows: int,
+                 dtype: np.dtype) -> None:
+        self.store, self.array_path = store, array_path
+        self.shape, self.chunk_rows, self.dtype = shape, chunk_rows, np.dtype(dtype)
+
+    @classmethod
+    def of(cls, array: zarr.Array) -> ChunkFiles | None:
+        """The chunk files of ``array`` when it is read through a :class:`CheckedStore` and laid out as
+        above, else None (Zarr reads it)."""
+        store = array.store
+        if not isinstance(store, CheckedStore) or sys.byteorder != "little":
+            return None
+        meta_path = Path(store.path) / array.path / "zarr.json"
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError):
+            return None
+        codecs = meta.get("codecs") or []
+        chunks = (meta.get("chunk_grid") or {}).get("configuration", {}).get("chunk_shape")
+        shape = tuple(meta.get("shape", ()))
+        plain = ([c.get("name") if isinstance(c, dict) else c for c in codecs] == ["bytes", CHECKSUM_CODEC]
+                 and (codecs[0].get("configuration") or {}).get("endian", "little") == "little")
+        keys = meta.get("chunk_key_encoding") == {"name": "default", "configuration": {"separator": "/"}}
+        if not (plain and keys and chunks and len(shape) >= 1 and tuple(chunks[1:]) == shape[1:]
+                and not meta.get("storage_transformers")):
+            return None
+        return cls(store, array.path, shape, int(chunks[0]), np.dtype(meta["data_type"]))
+
+    def read_into(self, start: int, stop: int, out: np.ndarray) -> None:
+        """Rows ``start:stop`` into the C-contiguous ``out`` (``(stop - start, *shape[1:])``, stored dtype).
+
+        Raises:
+            DamagedStoreError: a chunk file is missing, or short, long or altered (checksum).
+        """
+        rows = self.chunk_rows
+        for chunk in range(start // rows, -(-stop // rows)):
+            lo = chunk * rows
+            first, last = max(lo, start), min(lo + rows, stop)
+            if first == lo and last == lo + rows:  # a whole chunk wanted: straight into ``out``
+                self._read_chunk(chunk, out[first - start:last - start])
+            else:  # edge chunks are stored whole (padded): read, then keep the rows asked for
+                whole = np.empty((rows,) + self.shape[1:], self.dtype)
+                self._read_chunk(chunk, whole)
+                out[first - start:last - start] = whole[first - lo:last - lo]
+
+    def map_rows(self, start: int, stop: int) -> list[np.ndarray]:
+        """Rows ``start:stop`` as read-only arrays over the memory-mapped chunk files, one per chunk, in order.
+
+        No copy is made: the arrays are the page cache's pages (each chunk's checksum
+        verified once, here). A mapping lives as long as an array of it.
+
+        Raises:
+            DamagedStoreError: as :meth:`read_into`.
+        """
+        rows, pieces = self.chunk_rows, []
+        for chunk in range(start // rows, -(-stop // rows)):
+            key, path = self._where(chunk)
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                raise self.store.missing(key) from None
+            try:
+                size = os.fstat(fd).st_size
+                mapped = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ) if size else b""
+            finally:
+                os.close(fd)
+            data = np.frombuffer(mapped, np.uint8)
+            if size != self._chunk_bytes + 4 or google_crc32c.value(data[:-4]) != int.from_bytes(data[-4:], "little"):
+                raise self.store.altered(key)
+            whole = data[:-4].view(self.dtype).reshape((rows,) + self.shape[1:])
+            lo = chunk * rows
+            pieces.append(whole[max(lo, start) - lo:min(lo + rows, stop) - lo])
+        return pieces
+
+    @property
+    def _chunk_bytes(self) -> int:
+        return self.chunk_rows * int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+
+    def _where(self, chunk: int) -> tuple[str, Path]:
+        key = "/".join([*self.array_path.split("/"), "c", str(chunk)] + ["0"] * (len(self.shape) - 1)).lstrip("/")
+        return key, Path(self.store.path) / key
+
+    def _read_chunk(self, chunk: int, target: np.ndarray) -> None:
+        key, path = self._where(chunk)
+        data = target.reshape(-1).view(np.uint8)
+        try:
+            file = open(path, "rb", buffering=0)
+        except FileNotFoundError:
+            raise self.store.missing(key) from None
+        with file:
+            n_read = 0
+            while n_read < len(data) and (n := file.readinto(memoryview(data[n_read:]))):
+                n_read += n
+            tail = file.read(5)
+        if n_read != len(data) or len(tail) != 4 or google_crc32c.value(data) != int.from_bytes(tail, "little"):
+            raise self.store.altered(key)

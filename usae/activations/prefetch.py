@@ -1,0 +1,258 @@
+"""Background reading and gathering for :class:`~usae.activations.loader.TokenLoader`: double buffered, paced.
+
+Beside the consumer, one thread (``TokenLoader-prefetch``) gathers batches and a pool of
+``read_threads`` threads reads blocks:
+
+* **Pieces, not copies.** A block of an uncompressed usae store is its chunk files,
+  memory-mapped and checked (checksum, NaN/inf) where they lie in the page cache
+  (``TokenSource.read_pieces``); other sources are read into one array a block. A
+  buffer is the list of its blocks' pieces: nothing is copied into a buffer.
+* **Paced reads.** While batches come from one buffer, the next one's block reads are
+  submitted in step with the consumer's progress, to be done when ``PACE`` of the
+  current buffer is consumed: the reading cost is spread evenly over the steps instead
+  of slowing the few steps after a buffer switch. Only the stream's first buffer is read
+  at once (the loader keeps it small, see its ramp).
+* **Batch by batch.** Each batch is gathered (``np.take``, which releases the GIL,
+  piece by piece in ascending order) into arrays reused once the consumer dropped them,
+  when the queue of ``prefetch`` ready batches has room: gathering is spread evenly too,
+  and a batch kept by the consumer keeps no buffer alive. A batch holds its tokens in
+  buffer order (the set is the shuffled slice; the order within it is the reading order).
+
+An error in any thread is re-raised by the consumer as is; closing or dropping the
+stream sets a stop event that ends the threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from usae.activations.sources import TokenSource, check_finite
+
+if TYPE_CHECKING:
+    from usae.activations.loader import TokenLoader
+
+logger = logging.getLogger(__name__)
+
+_POLL_S = 0.1
+PACE = 0.75  # the next buffer is read by the time this share of the current one is consumed
+
+
+@dataclass(frozen=True)
+class _Failure:
+    error: BaseException
+
+
+def reads_due(n_blocks: int, consumed: int, n_batches: int) -> int:
+    """Blocks of the next buffer to have submitted once ``consumed`` of ``n_batches`` batches are taken.
+
+    ``consumed`` is negative while the consumer still takes batches of the buffer before.
+
+    One batch ahead of an even spread that ends at ``PACE`` of the current buffer, so a
+    block is in flight while the consumer trains on the batch before it is needed.
+    """
+    if n_batches <= 0:
+        return n_blocks
+    return max(0, min(n_blocks, math.ceil(n_blocks * (consumed + 1) / (PACE * n_batches))))
+
+
+class _BufferRead:
+    """The block reads of one buffer, submitted on demand; each gives a source's rows as pieces."""
+
+    def __init__(self, loader: TokenLoader, pool: ThreadPoolExecutor, epoch: int, buffer: int) -> None:
+        self.epoch, self.buffer = epoch, buffer
+        self.spans = [loader.block_span(k) for k in loader.buffer_blocks(epoch, buffer)]
+        self.offsets = np.concatenate([[0], np.cumsum([stop - start for start, stop in self.spans])]).astype(int)
+        self.loader, self.pool = loader, pool
+        self.futures: list[Future] = []  # block-major, one per source
+
+    def submit(self, n_blocks: int) -> None:
+        """Have the first ``n_blocks`` blocks' reads submitted (each source a task)."""
+        sources = self.loader.sources
+        for i in range(len(self.futures) // len(sources), min(n_blocks, len(self.spans))):
+            start, stop = self.spans[i]
+            for source in sources.values():
+                self.futures.append(self.pool.submit(_read_checked, source, start, stop, self.loader.map_chunks))
+
+    def finish(self, stop: threading.Event) -> bool:
+        """Submit what is left and wait for every read (errors raised); False if ``stop`` came first."""
+        self.submit(len(self.spans))
+        pending = self.futures
+        while pending:
+            if stop.is_set():
+                return False
+            done, pending = wait(pending, timeout=_POLL_S, return_when=FIRST_EXCEPTION)
+            for future in done:
+                future.result()
+        return True
+
+    def pieces(self) -> dict[str, tuple[list[np.ndarray], np.ndarray]]:
+        """Per source, its pieces as ``(tokens, d)`` arrays in buffer order and the buffer token index of each
+        piece's first token (with the end last). Call after :meth:`finish`."""
+        per_row, names = self.loader.tokens_per_row, list(self.loader.sources)
+        out = {}
+        for s, name in enumerate(names):
+            arrays = [piece for future in self.futures[s::len(names)] for piece in future.result()]
+            rows = np.cumsum([0] + [len(a) for a in arrays])
+            out[name] = ([a.reshape(len(a) * per_row, -1) for a in arrays], rows * per_row)
+        return out
+
+    def order(self) -> np.ndarray:
+        """Buffer token indices of the buffer's valid tokens, in the buffer's shuffled order."""
+        per_row, loader = self.loader.tokens_per_row, self.loader
+        row_valid = np.concatenate([loader.valid[start:stop] for start, stop in self.spans])
+        token_index = (np.flatnonzero(row_valid)[:, None] * per_row + np.arange(per_row)).ravel()
+        perm = np.random.default_rng([loader.seed, self.epoch, self.buffer]).permutation(len(token_index))
+        return token_index[perm]
+
+
+def _read_checked(source: TokenSource, start: int, stop: int, map_chunks: bool) -> list[np.ndarray]:
+    pieces = source.read_pieces(start, stop, map_chunks=map_chunks)
+    for piece, offset in zip(pieces, np.cumsum([0] + [len(p) for p in pieces])):
+        check_finite(source, piece, start + int(offset))
+    return pieces
+
+
+def _buffers(loader: TokenLoader, epoch: int, buffer: int) -> Iterator[tuple[int, int, int]]:
+    """``(epoch, buffer, batches)`` of every buffer with a batch, from ``(epoch, buffer)`` on."""
+    while True:
+        steps = loader.plan(epoch).steps
+        for b in range(buffer, len(steps)):
+            if steps[b] > 0:
+                yield epoch, b, int(steps[b])
+        epoch, buffer = epoch + 1, 0
+
+
+def stream_batches(loader: TokenLoader, epoch: int, buffer: int, skip: int) -> Iterator[dict[str, torch.Tensor]]:
+    """The loader's batches from batch ``skip`` of ``buffer`` of ``epoch`` on (see the module docstring)."""
+    ready: queue.Queue = queue.Queue(maxsize=loader.prefetch)
+    stop = threading.Event()
+    thread = threading.Thread(target=_produce, args=(loader, epoch, buffer, skip, ready, stop),
+                              name="TokenLoader-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = _get(ready, thread)
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+
+
+def _produce(loader: TokenLoader, epoch: int, buffer: int, skip: int, ready: queue.Queue,
+             stop: threading.Event) -> None:
+    pool = ThreadPoolExecutor(loader.read_threads, thread_name_prefix="TokenLoader-read")
+    try:
+        buffers = _buffers(loader, epoch, buffer)
+        arrays = _BatchArrays(loader.prefetch + 4)  # the queue's, the one being gathered, the consumer's
+        e, b, n_steps = next(buffers)
+        current = _BufferRead(loader, pool, e, b)
+        while True:
+            if not current.finish(stop):
+                return
+            e, b, n_next = next(buffers)
+            upcoming = _BufferRead(loader, pool, e, b)
+            if not _serve(loader, current, upcoming, skip, n_steps, ready, stop, arrays):
+                return
+            current, n_steps, skip = upcoming, n_next, 0
+    except BaseException as err:  # handed to the consumer, which re-raises it
+        logger.debug("TokenLoader prefetch thread failed: %r", err)
+        _wait(lambda: _try_put(ready, _Failure(err)), stop)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _serve(loader: TokenLoader, current: _BufferRead, upcoming: _BufferRead, skip: int, n_steps: int,
+           ready: queue.Queue, stop: threading.Event, arrays: _BatchArrays) -> bool:
+    """Put batches ``skip:n_steps`` of ``current`` on ``ready``, submitting ``upcoming``'s reads as they fall due."""
+    order, size, pieces = current.order(), loader.batch_tokens, current.pieces()
+    n_batches, put = n_steps - skip, 0
+    for j in range(skip, n_steps):
+        batch = _gather(pieces, np.sort(order[j * size:(j + 1) * size]), loader.pin_memory, arrays)
+        while True:
+            upcoming.submit(reads_due(len(upcoming.spans), put - ready.qsize(), n_batches))
+            if _try_put(ready, batch):
+                break
+            if stop.is_set():
+                return False
+        put += 1
+    return True
+
+
+class _BatchArrays:
+    """Arrays to gather batches into, each reused once nothing else refers to it.
+
+    A fresh batch-sized allocation faults in every page, which costs as much as the copy
+    itself. A batch tensor (``torch.from_numpy``) and every view of it keep a reference to
+    its array, so an array whose only references are the pool's is free: reuse never
+    overwrites a batch the consumer still holds. At most ``size`` arrays are pooled;
+    beyond that, batches get fresh ones.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.pool: dict[tuple, list[np.ndarray]] = {}
+
+    def get(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        arrays = self.pool.setdefault((shape, np.dtype(dtype).str), [])
+        for i in range(len(arrays)):
+            if sys.getrefcount(arrays[i]) == 2:  # the list's reference and getrefcount's argument
+                return arrays[i]
+        array = np.empty(shape, dtype)
+        if len(arrays) < self.size:
+            arrays.append(array)
+        return array
+
+
+def _gather(pieces: dict[str, tuple[list[np.ndarray], np.ndarray]], index: np.ndarray, pin_memory: bool,
+            arrays: _BatchArrays) -> dict[str, torch.Tensor]:
+    """The tokens ``index`` (sorted buffer token indices) of every source, taken piece by piece."""
+    batch = {}
+    for name, (parts, starts) in pieces.items():
+        shape, dtype = (len(index), parts[0].shape[1]), parts[0].dtype
+        if pin_memory:  # CUDA's caching host allocator reuses pinned blocks itself
+            tensor = torch.empty(shape, dtype=torch.from_numpy(parts[0][:0]).dtype, pin_memory=True)
+        else:
+            tensor = torch.from_numpy(arrays.get(shape, dtype))
+        out, cuts = tensor.numpy(), np.searchsorted(index, starts)
+        for part, first, lo, hi in zip(parts, starts, cuts[:-1], cuts[1:]):
+            if hi > lo:  # indices are in range: no bounds pass
+                np.take(part, index[lo:hi] - first, axis=0, out=out[lo:hi], mode="clip")
+        batch[name] = tensor
+    return batch
+
+
+def _try_put(ready: queue.Queue, item: object) -> bool:
+    try:
+        ready.put(item, timeout=_POLL_S)
+        return True
+    except queue.Full:
+        return False
+
+
+def _wait(attempt: Callable[[], bool], stop: threading.Event) -> bool:
+    """Retry ``attempt`` (a bounded wait) until it succeeds (True) or ``stop`` is set (False)."""
+    while not stop.is_set():
+        if attempt():
+            return True
+    return False
+
+
+def _get(ready: queue.Queue, thread: threading.Thread) -> object:
+    while True:
+        try:
+            return ready.get(timeout=_POLL_S)
+        except queue.Empty:
+            if not thread.is_alive() and ready.empty():
+                raise RuntimeError("TokenLoader prefetch thread ended without a result") from None
