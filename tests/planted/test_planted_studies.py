@@ -10,7 +10,7 @@
   so each run has 600 steps per model: at a fixed 1,600 steps, recovery fell with M (the worst
   model 100, 96, 67, 46% for M = 2..5) and so did the energetic universal count (24, 21, 13, 13).
 
-Cost: about 20 s for the depth proof and 80 s for the models proof on one loaded CPU thread
+Cost: 55 s for the depth proof and 150 s for the models proof on one CPU thread of a loaded machine
 (runs of 256-token steps), hence slow.
 """
 
