@@ -57,7 +57,7 @@ def test_top_level_matches_pipeline_config():
 
 
 @pytest.mark.parametrize("path", ["config.yaml", "presets/paper.yaml", "presets/random.yaml", "presets/pypi_weights.yaml",
-                                  "tests/workflow/tiny_config.yaml"])
+                                  "presets/depth.yaml", "presets/models.yaml", "tests/workflow/tiny_config.yaml"])
 def test_shipped_configs_validate(path):
     cfg = yaml.safe_load((REPO / path).read_text())
     validate(cfg, str(REPO / "usae/workflow/schemas/config.schema.yaml"))

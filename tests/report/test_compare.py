@@ -71,6 +71,21 @@ def test_settings_of_real_runs_differ_by_their_models_and_lr_only(compared_runs:
         "-", "true", "0.001", "1e-06", "1", "[7, 7]", "per_dim"]
 
 
+def test_runs_at_several_depths_differ_by_their_layers() -> None:
+    def config(layers: dict[str, str]) -> dict:
+        return {"models": list(layers), "meta": {"provenance": {"backbones": {
+            m: {"name": "mobilenet_v2" if m.startswith("cnn") else "vit", "layer": layer}
+            for m, layer in layers.items()}}}}
+
+    shallow = run_settings(config({"cnn_d1": "features.4", "vit_d1": "block2"}))
+    deep = run_settings(config({"cnn_d4": "features.18", "vit_d4": "final"}))
+    assert (shallow["layers"], deep["layers"]) == ("features.4, block2", "features.18, final")
+    diff = differing_settings({"d1": shallow, "d4": deep})
+    assert diff["layers"] == {"d1": "features.4, block2", "d4": "features.18, final"}
+    assert "layer.cnn_d1" not in diff  # each depth's model is in one run only: its own layer never differs
+    assert "layers" not in run_settings({"models": ["a"], "meta": {"provenance": {"arrays": {"a": "a.npy"}}}})
+
+
 def test_run_figures_are_the_evaluation_s(compared_runs: dict[str, Path]) -> None:
     runs = load_runs(compared_runs)
     metrics = json.loads((compared_runs["usae"] / "eval" / "metrics.json").read_text())
@@ -99,7 +114,9 @@ def test_tables_have_runs_as_columns_and_blanks_for_models_a_run_lacks(compared_
     assert _row(tables["l0"], "l0.b") == ["3.0", "3.0", ""]
     assert _row(tables["training"], "steps") == ["24", "24", "24"]
     assert _row(tables["universality"], "universal")[2] == "-"
-    assert [r["key"] for r in tables["universality"]["rows"]] == ["universal", "concepts_firing_in_all_models"]
+    assert [r["key"] for r in tables["universality"]["rows"]] == ["universal", "universal_energetic",
+                                                                   "universal_energy_share",
+                                                                   "concepts_firing_in_all_models"]
     assert [r["label"] for r in tables["final-loss"]["rows"]] == ["a", "b"]
 
 
@@ -136,6 +153,23 @@ BASELINES = {"models": ["a", "b"], "table": [
     {"method": "random_dictionary", "r2_self": {"a": 0.05, "b": 0.02}, "r2_cross_min": -0.3, "r2_cross_mean": -0.2,
      "universal": 7, "concepts_firing": 32, "concepts_firing_in_all_models": 31,
      "dead_above_tau_fraction": {"a": 0.125, "b": 0.25}}]}
+
+
+def test_universal_concepts_weighed_by_energy_known_answer(compared_runs: dict[str, Path], tmp_path: Path) -> None:
+    run = _copy_run(compared_runs, tmp_path)
+    concepts = pd.read_parquet(run / "eval" / "concepts.parquet")
+    n = len(concepts)
+    entropy = np.full(n, 0.2)
+    entropy[:3] = [0.95, 0.91, 0.99]
+    energy = np.full(n, 1.0)
+    energy[:3] = [n, 0.5, 2.0]  # mean energy: (n + 0.5 + 2 + n - 3) / n, just below 2
+    concepts.assign(firing_entropy=entropy, energy_total=energy).to_parquet(run / "eval" / "concepts.parquet")
+    got = run_metrics(load_runs({"usae": run})["usae"])
+    assert (got["universal"], got["universal_energetic"]) == (3, 2)  # the weak one (0.5) is left out
+    assert got["universal_energy_share"] == pytest.approx((n + 2.5) / (2 * n - 0.5))
+    concepts.assign(firing_entropy=entropy, energy_total=0.0).to_parquet(run / "eval" / "concepts.parquet")
+    silent = run_metrics(load_runs({"usae": run})["usae"])
+    assert silent["universal_energy_share"] is None and silent["universal_energetic"] is None
 
 
 def test_baselines_of_an_evaluation_become_extra_columns(compared_runs: dict[str, Path], tmp_path: Path) -> None:

@@ -99,7 +99,7 @@ def load_evaluation(run: RunRecord, test_set: str) -> RunRecord:
 def run_settings(config: dict[str, Any], metrics: dict[str, Any] | None = None) -> dict[str, Any]:
     """A run's settings as flat keys, from its ``model/config.json`` (and ``eval/metrics.json``).
 
-    ``models`` (in order); per model ``backbone.<m>``, ``layer.<m>``, ``pretrained.<m>`` and
+    ``models`` (in order); ``layers`` (their layers in that order, when the models have any); per model ``backbone.<m>``, ``layer.<m>``, ``pretrained.<m>`` and
     ``standardize.<m>`` (the kind); ``sae.*``; ``train.*`` (scheme and seed among them);
     ``steps``, ``grid`` and ``data`` (the first 12 hex digits of the manifest hash); and
     ``evaluate.*`` from the evaluation's settings.
@@ -113,6 +113,10 @@ def run_settings(config: dict[str, Any], metrics: dict[str, Any] | None = None) 
         kind = ((meta.get("standardization") or {}).get(m) or {}).get("kind")
         values = (backbone.get("name", arrays.get(m)), backbone.get("layer"), backbone.get("pretrained"), kind)
         out |= {f"{key}.{m}": value for key, value in zip(MODEL_KEYS, values)}
+    layers = [(backbones.get(m) or {}).get("layer") for m in config["models"]]
+    if any(layer is not None for layer in layers):
+        # Runs at several depths have a model key per layer, so no layer.<m> is shared and none would differ.
+        out["layers"] = ", ".join(setting_text(layer) for layer in layers)
     out |= {f"sae.{k}": v for k, v in (config.get("sae") or {}).items()}
     out |= {f"train.{k}": v for k, v in (meta.get("train") or {}).items()}
     manifest = provenance.get("manifest_hash")
@@ -146,7 +150,8 @@ def run_metrics(run: RunRecord) -> dict[str, Any]:
     Per model ``r2_self.<m>``, ``dead.<m>``, ``dead_above_tau.<m>``, ``l0.<m>`` and
     ``final_loss.<m>``; ``r2_cross_min`` and ``r2_cross_mean`` over the off-diagonal of the
     per-dimension R2 matrix (None for one model); ``universal`` (concepts with firing entropy
-    >= 0.9; None for one model) and ``universal_factor`` (those with planted-factor AUROC >= 0.9;
+    >= 0.9; None for one model), ``universal_energetic`` (those whose energy is at least the mean
+    concept's), ``universal_energy_share`` (their share of all concepts' energy) and ``universal_factor`` (those with planted-factor AUROC >= 0.9;
     only when the concept table has ``factor_auroc``); the Pearson r's; ``steps``,
     ``train_seconds`` (the logged steps' time: sum of tokens / tokens_per_s over the log rows),
     ``tokens_per_s`` (median over the rows) and ``train_wall_seconds`` (the Snakemake benchmark
@@ -178,6 +183,13 @@ def _universality(run: RunRecord) -> dict[str, Any]:
         return {"universal": None, **({"universal_factor": None} if "factor_auroc" in table.columns else {})}
     universal = table["firing_entropy"].to_numpy(dtype=float) >= UNIVERSAL_ENTROPY
     out = {"universal": int(universal.sum())}
+    if "energy_total" in table.columns:
+        # Weak latents that fire now and then in every model count as universal too; weighing by
+        # energy keeps the count to the concepts that carry the reconstruction.
+        energy = np.nan_to_num(table["energy_total"].to_numpy(dtype=float))
+        total = energy.sum()
+        out["universal_energetic"] = int((universal & (energy >= total / len(energy))).sum()) if total > 0 else None
+        out["universal_energy_share"] = float(energy[universal].sum() / total) if total > 0 else None
     if "factor_auroc" in table.columns:
         out["universal_factor"] = int((universal & (table["factor_auroc"].to_numpy(dtype=float) >= FACTOR_AUROC)).sum())
     return out

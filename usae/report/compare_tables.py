@@ -61,9 +61,13 @@ FAMILIES = (
            "model on any validation token.", _per_model("dead_above_tau"), percent=True),
     Family("l0", "L0", "Mean number of active concepts per validation token.", _per_model("l0"), digits=1),
     Family("universality", "Universal concepts", f"Concepts with firing entropy >= {UNIVERSAL_ENTROPY} (they fire "
-           f"alike in every model; undefined for one model); of those, the ones whose best planted factor has a "
-           f"patch-level AUROC >= {FACTOR_AUROC} (runs on generated images); concepts that fire in every model.",
+           f"alike in every model; undefined for one model); of those, the ones with at least the mean concept's "
+           f"energy (rare weak latents fire alike everywhere and swell the first count) and the universal concepts' "
+           f"share of all concepts' energy; the universal ones whose best planted factor has a patch-level AUROC >= "
+           f"{FACTOR_AUROC} (runs on generated images); concepts that fire in every model.",
            (("universal", f"firing entropy >= {UNIVERSAL_ENTROPY}"),
+            ("universal_energetic", "... and energy >= mean"),
+            ("universal_energy_share", "their energy share"),
             ("universal_factor", f"... and factor AUROC >= {FACTOR_AUROC}"),
             ("concepts_firing_in_all_models", "firing in every model")), figures=("entropy",)),
     Family("pearson", "Co-fires and energy", "Pearson r of log co-fires and log energy over the concepts with "
