@@ -83,7 +83,8 @@ def test_no_config_at_all_says_which_file_is_missing(tmp_path):
 
 @pytest.mark.parametrize(("changes", "message"), [
     ({"modelz": {}}, "invalid config: top level: unknown key(s) ['modelz'] (did you mean 'models'?); allowed: "
-     "['dataset', 'evaluate', 'extract', 'maco', 'models', 'prepare', 'results', 'runs', 'sae', 'test_sets', 'tracking', 'train']"),
+     "['dataset', 'evaluate', 'extract', 'maco', 'models', 'prepare', 'results', 'runs', 'sae', 'test_sets', "
+     "'tracking', 'train']"),
     ({"sae.kk": 3}, "invalid config: sae: unknown key(s) ['kk'] (did you mean 'k'?); allowed: ['activation', "
      "'aux_coef', 'aux_k', 'batchnorm', 'dead_tokens', 'decode', 'k', 'loss', 'n_latents']"),
     ({"train.batch_tokens": 10_000_000}, "invalid config: train.batch_tokens = 10000000 is more than "
