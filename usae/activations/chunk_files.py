@@ -24,7 +24,7 @@ import google_crc32c
 import numpy as np
 import zarr
 
-from usae.activations.integrity import CHECKSUM_CODEC, CheckedStore
+from usae.activations.integrity import CHECKSUM_CODEC, CheckedStore, checksum_ok, codec_names
 
 
 class ChunkFiles:
@@ -47,11 +47,11 @@ class ChunkFiles:
             meta = json.loads(meta_path.read_text())
         except (OSError, ValueError):
             return None
-        codecs = meta.get("codecs") or []
+        first = (meta.get("codecs") or [None])[0]
+        endian = (first.get("configuration") or {}).get("endian", "little") if isinstance(first, dict) else "little"
         chunks = (meta.get("chunk_grid") or {}).get("configuration", {}).get("chunk_shape")
         shape = tuple(meta.get("shape", ()))
-        plain = ([c.get("name") if isinstance(c, dict) else c for c in codecs] == ["bytes", CHECKSUM_CODEC]
-                 and (codecs[0].get("configuration") or {}).get("endian", "little") == "little")
+        plain = codec_names(meta) == ["bytes", CHECKSUM_CODEC] and endian == "little"
         keys = meta.get("chunk_key_encoding") == {"name": "default", "configuration": {"separator": "/"}}
         if not (plain and keys and chunks and len(shape) >= 1 and tuple(chunks[1:]) == shape[1:]
                 and not meta.get("storage_transformers")):
@@ -97,7 +97,7 @@ class ChunkFiles:
             finally:
                 os.close(fd)
             data = np.frombuffer(mapped, np.uint8)
-            if size != self._chunk_bytes + 4 or google_crc32c.value(data[:-4]) != int.from_bytes(data[-4:], "little"):
+            if size != self._chunk_bytes + 4 or not checksum_ok(data):
                 raise self.store.altered(key)
             whole = data[:-4].view(self.dtype).reshape((rows,) + self.shape[1:])
             lo = chunk * rows
