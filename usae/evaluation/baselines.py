@@ -26,12 +26,11 @@ from usae.config import EvaluateConfig, SAEConfig
 from usae.evaluation.accumulate import Accumulator
 from usae.evaluation.evaluate import blocks, summarise
 from usae.metrics import r2_global_mean, r2_per_dim
+from usae.sae.card import UNIVERSAL_ENTROPY  # the pipeline's one definition (maco.min_entropy's default)
 from usae.sae.model import USAE
 
 logger = logging.getLogger(__name__)
 
-UNIVERSAL_ENTROPY = 0.9
-"""Firing entropy from which a concept counts as universal (the README's and ``maco.min_entropy``'s)."""
 ENTROPY_BINS = 10
 
 DEFINITIONS = {
