@@ -73,3 +73,25 @@ def test_python_m_usae_config_checks_files_as_snakemake_would(tmp_path, capsys):
         f"invalid config: {typo}: sae: unknown key(s) ['kk'] (did you mean 'k'?); allowed: ['activation', 'aux_coef', "
         "'aux_k', 'batchnorm', 'dead_tokens', 'decode', 'k', 'loss', 'n_latents']"]
     assert load_config_file(tiny).models.keys() == {"a14", "b16"}
+
+
+def test_merge_keys_share_settings_and_a_written_key_overrides(tmp_path):
+    path = tmp_path / "anchors.yaml"
+    path.write_text("models:\n  a: &base {name: x, layer: l1, image_size: 64}\n"
+                    "  b: {<<: *base, layer: l2}\n  c:\n    <<: *base\n    name: y\n")
+    models = read_config_file(path)["models"]
+    assert models["b"] == {"name": "x", "layer": "l2", "image_size": 64}
+    assert models["c"] == {"name": "y", "layer": "l1", "image_size": 64}
+    path.write_text("models:\n  a: &base {name: x}\n  b: {<<: *base, layer: l2, layer: l3}\n")
+    with pytest.raises(ValueError, match="key 'layer' is written twice"):
+        read_config_file(path)
+
+
+def test_the_depth_preset_gives_each_depth_its_backbone_and_own_layer():
+    cfg = load_config_file(REPO / "presets" / "depth.yaml")
+    layers = {key: spec.layer for key, spec in cfg.models.items()}
+    assert layers["mobilenet_d2"] == "features.8" and layers["dinov2_d4"] == "/backbone/encoder/layer.11/Add_1_output_0"
+    assert len(set(layers.values())) == 8
+    for family in ("mobilenet", "dinov2"):
+        specs = [spec for key, spec in cfg.models.items() if key.startswith(family)]
+        assert len({(s.library, s.name, s.weights, s.weights_sha256) for s in specs}) == 1

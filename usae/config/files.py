@@ -17,11 +17,14 @@ from usae.config.pipeline import PipelineConfig, load_config
 
 class _UniqueKeyLoader(yaml.SafeLoader):
     """YAML's safe loader, refusing a key written twice in one mapping (plain YAML keeps the
-    last one silently: a second ``train:`` section would replace the first)."""
+    last one silently: a second ``train:`` section would replace the first). Merge keys
+    (``<<: *anchor``) work as in YAML 1.1: a key written beside them overrides the merged one."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, yaml.Mark] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # the safe loader's own merge (flatten_mapping) runs in super()
             key = self.construct_object(key_node, deep=deep)
             if not isinstance(key, (str, int, float, bool, type(None))):
                 continue  # an unhashable key: the safe loader's own message names it
