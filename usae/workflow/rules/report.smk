@@ -42,6 +42,7 @@ rule compare_runs:
         models=paths.for_runs(PIPE, paths.run_model),
         evals=paths.for_runs(PIPE, paths.run_eval),
         logs=paths.for_runs(PIPE, paths.run_log),
+        reports=paths.for_runs(PIPE, paths.run_report),  # the page links each run's report: built first
         test_sets=[path for run in sorted(PIPE.runs) for path in paths.test_set_evals(PIPE, run).values()],
     output:
         report(paths.compare_page(PIPE), caption="../report/compare.rst", category="Comparison"),
