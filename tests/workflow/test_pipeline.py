@@ -146,6 +146,8 @@ def test_usae_command_matches_the_workflow(built, tmp_path):
         proc = subprocess.run([sys.executable, "-m", "usae.cli", stage, "-c", "config.yaml"], cwd=tmp_path,
                               capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr
+    assert "its extraction parts are deleted (extract.keep: false)" in proc.stdout
+    assert not list((tmp_path / "results/tiny/acts").rglob("*.zarr"))
     by_hand = open_store(tmp_path / "results/tiny/aligned/b16/final.zarr")
     by_rule = open_store(built / "results/tiny/aligned/b16/final.zarr")
     np.testing.assert_array_equal(by_hand["val"]["tokens"][:], by_rule["val"]["tokens"][:])
