@@ -72,9 +72,10 @@ def cmd_prepare(cfg: PipelineConfig, args: argparse.Namespace) -> None:
     for key in chosen_models(cfg, args.model):
         layer = cfg.models[key].layer_tag
         out = paths.aligned(cfg, key, layer)
-        prepare_activations(paths.extract_parts(cfg, key, layer), paths.manifest(cfg), cfg.prepare, out,
-                            paths.aligned_stats(cfg, key, layer), num_workers=args.threads)
-        print(f"{out}: done")
+        parts = paths.extract_parts(cfg, key, layer)
+        prepare_activations(parts, paths.manifest(cfg), cfg.prepare, out, paths.aligned_stats(cfg, key, layer),
+                            num_workers=args.threads, keep_parts=cfg.extract.keep)
+        print(f"{out}: done" + ("" if cfg.extract.keep else "; its extraction parts are deleted (extract.keep: false)"))
 
 
 def cmd_train(cfg: PipelineConfig | None, args: argparse.Namespace) -> None:

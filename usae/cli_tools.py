@@ -27,19 +27,11 @@ def chosen_runs(cfg: PipelineConfig, chosen: str | None) -> list[str]:
 def cmd_verify(cfg: PipelineConfig | None, args: argparse.Namespace) -> int:
     """Check stores in full (every chunk read); one line per problem, a summary, 1 if any is damaged.
 
-    With ``-c``, every extraction part and aligned store of the config's models; one not
-    built yet is listed as absent and is not a problem (Snakemake builds it).
+    With ``-c``, every extraction part and aligned store of the config's models (see :func:`config_stores`).
     """
     from usae.activations.verify import verify_store
 
-    stores = [Path(p) for p in args.paths]
-    if cfg is not None:
-        for key in chosen_models(cfg, None):
-            layer = cfg.models[key].layer_tag
-            built = [Path(p) for p in [*paths.extract_parts(cfg, key, layer), paths.aligned(cfg, key, layer)]]
-            stores += [p for p in built if p.exists()]
-            for absent in (p for p in built if not p.exists()):
-                print(f"{absent}: absent (not built yet)")
+    stores = [Path(p) for p in args.paths] + (config_stores(cfg) if cfg is not None else [])
     damaged = 0
     for store in stores:
         problems = verify_store(store)
@@ -47,6 +39,27 @@ def cmd_verify(cfg: PipelineConfig | None, args: argparse.Namespace) -> int:
         print("\n".join(problems) if problems else f"{store}: ok")
     print(f"verified {len(stores)} store(s): {len(stores) - damaged} sound, {damaged} damaged")
     return 1 if damaged else 0
+
+
+def config_stores(cfg: PipelineConfig) -> list[Path]:
+    """The extraction parts and aligned stores of the config's models that exist; prints what is absent.
+
+    One not built yet is listed as absent and is not a problem (Snakemake builds it). With
+    ``extract.keep: false`` a model's parts are deleted once its aligned store is written: those
+    are said to be deleted, not absent.
+    """
+    stores = []
+    for key in chosen_models(cfg, None):
+        layer = cfg.models[key].layer_tag
+        parts, aligned = [Path(p) for p in paths.extract_parts(cfg, key, layer)], Path(paths.aligned(cfg, key, layer))
+        deleted = not cfg.extract.keep and aligned.exists()
+        if deleted and not all(p.exists() for p in parts):
+            print(f"{aligned}: extraction parts deleted once it was written (extract.keep: false)")
+        built = [p for p in parts if p.exists() or not deleted] + [aligned]
+        stores += [p for p in built if p.exists()]
+        for absent in (p for p in built if not p.exists()):
+            print(f"{absent}: absent (not built yet)")
+    return stores
 
 
 def cmd_push(cfg: PipelineConfig | None, args: argparse.Namespace) -> None:

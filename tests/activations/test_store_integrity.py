@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 import yaml
 import zarr
-from PIL import Image
+from real_stores import N_IMAGES, SPEC, build
 
-from usae.activations.extract import extract_activations
 from usae.activations.integrity import DamagedStoreError, checksum_ok, chunk_key
 from usae.activations.loader import TokenLoader
 from usae.activations.prepare import prepare_activations
@@ -25,29 +24,7 @@ from usae.activations.store import (PROTOCOL, ChunkWriter, atomic_store, base_at
                                     write_array)
 from usae.activations.verify import verify_store
 from usae.cli import main
-from usae.config import BackboneSpec, ExtractConfig, ManifestConfig, PrepareConfig
-from usae.data.manifest import build_manifest
-
-SPEC = BackboneSpec(key="tiny", name="vit_small_patch16_224", pretrained=False, image_size=64,
-                    kwargs={"depth": 1, "embed_dim": 32, "num_heads": 2})
-N_IMAGES = 12
-
-
-def build(root: Path, compressor: str) -> dict[str, Path]:
-    rng = np.random.default_rng(0)
-    folder = root / "imgs" / "cls"
-    folder.mkdir(parents=True)
-    for i in range(N_IMAGES):
-        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    manifest = root / "manifest.parquet"
-    build_manifest(ManifestConfig(source="folder", path=str(root / "imgs"), val_fraction=0.3), manifest)
-    part = root / "acts" / "tiny" / "final" / "part0.zarr"
-    extract_activations(manifest, SPEC, ExtractConfig(n_parts=1, batch_size=4, num_workers=0, device="cpu",
-                                                      images_per_chunk=2, compressor=compressor), 0, part)
-    aligned = root / "aligned" / "tiny" / "final.zarr"
-    prepare_activations([part], manifest, PrepareConfig(grid=2, images_per_chunk=2, compressor=compressor),
-                        aligned, aligned.with_suffix(".stats.json"))
-    return {"root": root, "manifest": manifest, "part": part, "aligned": aligned}
+from usae.config import PrepareConfig
 
 
 @pytest.fixture(autouse=True)
@@ -222,16 +199,40 @@ def test_verify_a_config_checks_its_stores(stores, tmp_path, capsys):
     (results / "synthetic").mkdir(parents=True)
     shutil.copytree(stores["root"] / "acts", results / "synthetic" / "acts")
     shutil.copytree(stores["root"] / "aligned", results / "synthetic" / "aligned")
-    config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({"results": str(results), "dataset": {"name": "synthetic"},
-                                      "extract": {"n_parts": 2},
-                                      "models": {"tiny": {"name": SPEC.name, "image_size": 64}}}))
+    config = write_verify_config(tmp_path, results, keep=True)
     assert main(["verify", "-c", str(config)]) == 0
     out = capsys.readouterr().out
     assert "part1.zarr: absent (not built yet)" in out and "verified 2 store(s): 2 sound, 0 damaged" in out
     (results / "synthetic" / "acts" / "tiny" / "final" / "part0.zarr" / "valid" / "c" / "0").unlink()
     assert main(["verify", "-c", str(config)]) == 1
     assert "chunk (0,) of array 'valid'" in capsys.readouterr().out
+
+
+def test_verify_a_config_does_not_miss_parts_deleted_by_design(stores, tmp_path, capsys):
+    """extract.keep false: parts absent beside their aligned store were deleted, not missed; any left are checked."""
+    results = tmp_path / "results"
+    (results / "synthetic").mkdir(parents=True)
+    shutil.copytree(stores["root"] / "aligned", results / "synthetic" / "aligned")
+    config = write_verify_config(tmp_path, results, keep=False)
+    assert main(["verify", "-c", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "absent" not in out and "verified 1 store(s): 1 sound, 0 damaged" in out
+    assert "final.zarr: extraction parts deleted once it was written (extract.keep: false)" in out
+    shutil.copytree(stores["root"] / "acts", results / "synthetic" / "acts")  # part0 left by an interrupted prepare
+    assert main(["verify", "-c", str(config)]) == 0
+    assert "verified 2 store(s): 2 sound, 0 damaged" in capsys.readouterr().out
+    shutil.rmtree(results / "synthetic" / "aligned")  # before preparation, absent parts are not built yet
+    assert main(["verify", "-c", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "part1.zarr: absent (not built yet)" in out and "final.zarr: absent (not built yet)" in out
+
+
+def write_verify_config(tmp_path, results, *, keep):
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"results": str(results), "dataset": {"name": "synthetic"},
+                                      "extract": {"n_parts": 2, "keep": keep},
+                                      "models": {"tiny": {"name": SPEC.name, "image_size": 64}}}))
+    return config
 
 
 def test_stores_of_the_previous_protocol_are_refused_with_the_stage_to_rerun(stores):

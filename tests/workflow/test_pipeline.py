@@ -64,16 +64,17 @@ def test_layer_change_reruns_only_that_model(pipeline_copy):
     assert "a14/block0" in out and "b16" not in out.split("Job stats:")[0]
 
 
-def test_standardization_change_reruns_only_prepare(pipeline_copy):
-    extract = pipeline_copy / "results/tiny/acts/b16/final/part0.zarr"
-    before = extract.stat().st_mtime_ns
+def test_standardization_change_extracts_and_prepares_again(pipeline_copy):
+    """The parts were deleted (extract.keep false): preparing again extracts them again, then deletes them."""
     write_config(pipeline_copy, **{"prepare.standardize": "per_dim"})
-    assert planned_jobs(pipeline_copy) == {"prepare_activations": 2, "train_usae": 3, "evaluate_usae": 3,
-                                           "maco": 2, "render_report": 3, "compare_runs": 1, "all": 1}
+    assert planned_jobs(pipeline_copy) == {"extract_activations": 4, "prepare_activations": 2, "train_usae": 3,
+                                           "evaluate_usae": 3, "maco": 2, "render_report": 3, "compare_runs": 1,
+                                           "all": 1}
     snakemake(pipeline_copy)
     stats = open_store(pipeline_copy / "results/tiny/aligned/b16/final.zarr").attrs["standardization"]
     assert stats["kind"] == "per_dim" and len(stats["mean"]) == 48
-    assert extract.stat().st_mtime_ns == before
+    assert not list((pipeline_copy / "results/tiny/acts").rglob("*.zarr"))
+    assert planned_jobs(pipeline_copy) == {}
 
 
 def test_training_change_reruns_only_training(pipeline_copy):
@@ -145,6 +146,8 @@ def test_usae_command_matches_the_workflow(built, tmp_path):
         proc = subprocess.run([sys.executable, "-m", "usae.cli", stage, "-c", "config.yaml"], cwd=tmp_path,
                               capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr
+    assert "its extraction parts are deleted (extract.keep: false)" in proc.stdout
+    assert not list((tmp_path / "results/tiny/acts").rglob("*.zarr"))
     by_hand = open_store(tmp_path / "results/tiny/aligned/b16/final.zarr")
     by_rule = open_store(built / "results/tiny/aligned/b16/final.zarr")
     np.testing.assert_array_equal(by_hand["val"]["tokens"][:], by_rule["val"]["tokens"][:])
@@ -244,7 +247,7 @@ def test_stores_hold_no_snakemake_files_and_open_without_warnings(built):
     import zarr
 
     stores = sorted((built / "results/tiny").glob("*/*/**/*.zarr"))
-    assert len(stores) == 6  # 2 models x (2 extraction parts + 1 aligned store)
+    assert len(stores) == 2  # the aligned stores; the extraction parts are deleted (test_kept_parts.py keeps them)
     for store in stores:
         assert not list(store.rglob(".snakemake*")), store
         with warnings.catch_warnings():

@@ -157,8 +157,9 @@ def _publish(store: ResumableStore, n: int, failures: dict[int, tuple[str, str]]
 
 def _resume_key(attrs: dict, spec: BackboneSpec, cfg: ExtractConfig, device: torch.device,
                 rows: pd.DataFrame) -> str:
-    """Everything the stored values depend on; worker count and the device string do not matter."""
-    settings = {k: v for k, v in to_dict(cfg).items() if k not in ("num_workers", "device")}
+    """Everything the stored values depend on; worker count, the device string and whether the part is kept
+    after preparation do not matter."""
+    settings = {k: v for k, v in to_dict(cfg).items() if k not in ("num_workers", "device", "keep")}
     payload = {"attrs": {k: v for k, v in attrs.items() if k != "device"}, "spec": to_dict(spec),
                "cfg": settings, "device_type": device.type, "rows": rows["index"].tolist()}
     return fingerprint(payload)

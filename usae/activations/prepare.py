@@ -17,6 +17,7 @@ import numpy as np
 import zarr
 
 from usae.activations.align import resize_grid
+from usae.activations.parts import delete_extraction_parts
 from usae.activations.standardize import Standardization, compute_standardization, sample_images
 from usae.activations.store import ChunkWriter, atomic_store, base_attrs, create_array, open_store, write_array
 from usae.atomic import atomic_path
@@ -56,7 +57,7 @@ def open_parts(part_paths: list[str | Path], expected_hash: str | None = None) -
 
 def prepare_activations(part_paths: list[str | Path], manifest_path: str | Path, cfg: PrepareConfig,
                         out_path: str | Path, stats_path: str | Path, *, num_workers: int = 1,
-                        reference_stats: str | Path | None = None) -> Standardization:
+                        reference_stats: str | Path | None = None, keep_parts: bool = True) -> Standardization:
     """Align, standardise and write one model's tokens; return the statistics used.
 
     Args:
@@ -70,6 +71,8 @@ def prepare_activations(part_paths: list[str | Path], manifest_path: str | Path,
             model (``stats_path`` of its own preparation). Its statistics are applied instead of
             this data's own, so a trained model sees the scale it was trained on, and every image
             goes to the ``val`` group (a test set has no split). Recorded as ``standardized_with``.
+        keep_parts: False (``extract.keep: false``): delete the extraction parts once the store
+            and the statistics are published, not before, so a failed job leaves them to retry with.
     """
     logger.info("prepare %s: cfg=%s", out_path, to_dict(cfg))
     table = read_manifest(manifest_path)
@@ -108,6 +111,8 @@ def prepare_activations(part_paths: list[str | Path], manifest_path: str | Path,
             _write_split(group.create_group(split), patches, positions, rows, valid, aligned, stats, cfg,
                          label=f"{head['model']['key']} {split}")
     _write_json_atomic(stats_path, {"store": str(out_path), **attrs, "complete": True})
+    if not keep_parts:
+        delete_extraction_parts(part_paths)
     return stats
 
 

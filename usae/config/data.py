@@ -153,6 +153,12 @@ class ExtractConfig(Section):
     compressor: str = setting("none", "Codec of the float16 stores (measured: float16 activations compress < 10%).",
                               choices=COMPRESSORS)
     keep_prefix: bool = setting(True, "Also store CLS/register tokens, in their own array.")
+    keep: bool = setting(
+        False, "Keep the extraction parts (`results/<dataset>/acts/`) after the aligned store is written. "
+        "`false`: each model's parts are deleted once its aligned store and statistics are published (about half "
+        "the disk at the paper's widths); the CLS/register tokens of `keep_prefix` go with them, and a later "
+        "change of a `prepare` setting extracts them again. `true`: kept, to prepare again without extracting or "
+        "to use the CLS tokens.")
 
 
 @dataclass(frozen=True, kw_only=True)

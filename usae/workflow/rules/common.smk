@@ -57,6 +57,19 @@ def model_spec(wildcards):
     return to_dict(spec)
 
 
+def extraction_output(store):
+    """An extraction part's output, its store marker: temp() unless extract.keep, so that once the aligned store
+    exists a deleted part is no reason to rerun. prepare_activations deletes the whole store; Snakemake's own
+    temp removal would delete only the marker and then finds it gone, which it allows."""
+    marker = paths.store_marker(store)
+    return marker if PIPE.extract.keep else temp(marker)
+
+
+def extraction_settings():
+    """The extract section without `keep`, which changes no part, only how long it stays (prepare's param)."""
+    return {key: value for key, value in to_dict(PIPE.extract).items() if key != "keep"}
+
+
 def extraction_parts(wildcards):
     """Every extraction part of the model's layer, as store markers (paths.store_marker)."""
     return [paths.store_marker(p) for p in paths.extract_parts(PIPE, wildcards.model, wildcards.layer)]

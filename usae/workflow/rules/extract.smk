@@ -5,10 +5,10 @@ rule extract_activations:
     input:
         manifest=paths.manifest(PIPE),
     output:
-        store=paths.store_marker(paths.extract_part(PIPE)),  # not directory(): see paths.store_marker
+        store=extraction_output(paths.extract_part(PIPE)),  # not directory(): see paths.store_marker
     params:
         spec=model_spec,
-        cfg=to_dict(PIPE.extract),
+        cfg=extraction_settings(),
         version=usae.STAGE_VERSIONS["extract"],
     log:
         paths.log(PIPE, "extract_activations", "{model}_{layer}_part{part}"),

@@ -10,6 +10,7 @@ rule prepare_activations:
         stats=paths.aligned_stats(PIPE),
     params:
         cfg=to_dict(PIPE.prepare),
+        keep=PIPE.extract.keep,  # false: the job deletes the parts once its store is published
         version=usae.STAGE_VERSIONS["prepare"],
     log:
         paths.log(PIPE, "prepare_activations", "{model}_{layer}"),

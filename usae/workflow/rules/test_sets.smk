@@ -35,7 +35,7 @@ use rule extract_activations as extract_test_set_activations with:
     input:
         manifest=paths.manifest(PIPE, dataset=paths.TEST_SET),
     output:
-        store=paths.store_marker(paths.extract_part(PIPE, dataset=paths.TEST_SET)),
+        store=extraction_output(paths.extract_part(PIPE, dataset=paths.TEST_SET)),
     log:
         paths.log(PIPE, "extract_test_set_activations", "{test_set}_{model}_{layer}_part{part}"),
     benchmark:
