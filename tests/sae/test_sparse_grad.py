@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from usae.sae.sparse_grad import decode_rows, gather_pre, pre_columns, select_rows
+from usae.sae.sparse_grad import LatentOrder, decode_rows, gather_pre, pre_columns, select_rows
 
 
 def inputs(n=12, d=5, m=16, seed=0, dtype=torch.float64):
@@ -78,21 +78,73 @@ def test_bf16_upstream_gradient_is_widened(fn):
     assert weight.grad.dtype == torch.float32 and acts.grad.dtype == torch.float32
 
 
-def test_decode_rows_matches_embedding_bag():
-    gen = torch.Generator().manual_seed(5)
+def decode_inputs(seed=5):
+    gen = torch.Generator().manual_seed(seed)
     weight = torch.randn(16, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(6, generator=gen, dtype=torch.float64, requires_grad=True)
     values = torch.rand(10, 4, generator=gen, dtype=torch.float64, requires_grad=True)
     indices = torch.stack([torch.randperm(16, generator=gen)[:4] for _ in range(10)])
     indices[:, 1] = 7  # a row every token reads
     upstream = torch.randn(10, 6, generator=gen, dtype=torch.float64)
-    want_out = torch.nn.functional.embedding_bag(indices, weight, per_sample_weights=values, mode="sum")
-    want = torch.autograd.grad(want_out, (values, weight), upstream)
-    got_out = decode_rows(values, indices, weight)
-    got = torch.autograd.grad(got_out, (values, weight), upstream)
-    torch.testing.assert_close(got_out, want_out, rtol=0, atol=0)
+    return weight, bias, values, indices, upstream
+
+
+def dense_decode(values, indices, weight, bias):
+    """Z D + b with Z the written-out dense (n, m) code matrix."""
+    z = torch.zeros(values.shape[0], weight.shape[0], dtype=values.dtype).scatter_add(1, indices, values)
+    return z @ weight + bias
+
+
+def test_decode_rows_matches_the_dense_definition():
+    weight, bias, values, indices, upstream = decode_inputs()
+    want_out = dense_decode(values, indices, weight, bias)
+    want = torch.autograd.grad(want_out, (values, weight, bias), upstream)
+    got_out = decode_rows(values, indices, weight, bias)
+    got = torch.autograd.grad(got_out, (values, weight, bias), upstream)
+    torch.testing.assert_close(got_out, want_out)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w)
-    assert not decode_rows(values.detach(), indices, weight.detach()).requires_grad
+    assert not decode_rows(values.detach(), indices, weight.detach(), bias.detach()).requires_grad
+
+
+def test_decode_rows_with_detached_rows_still_trains_the_values():
+    """The other models' decoders in the paper scheme: bias added in place, values still learn."""
+    weight, bias, values, indices, upstream = decode_inputs(seed=6)
+    want = torch.autograd.grad(dense_decode(values, indices, weight.detach(), bias.detach()), values, upstream)[0]
+    out = decode_rows(values, indices, weight.detach(), bias.detach())
+    torch.testing.assert_close(torch.autograd.grad(out, values, upstream)[0], want)
+
+
+def test_one_latent_order_serves_the_encoder_and_the_decoder():
+    acts, enc_weight, enc_bias, gen = inputs(n=10, m=16, seed=7)
+    weight, bias, _, indices, upstream = decode_inputs(seed=8)
+    order = LatentOrder(indices, 16)
+    with torch.no_grad():
+        pre = torch.addmm(enc_bias, acts, enc_weight)
+    values = gather_pre(acts, enc_weight, enc_bias, pre, indices, order)
+    out = decode_rows(values, indices, weight, bias, order)
+    params = (acts, enc_weight, enc_bias, weight, bias)
+    got = torch.autograd.grad(out, params, upstream)
+    ref_values = torch.addmm(enc_bias, acts, enc_weight).gather(1, indices)
+    want = torch.autograd.grad(dense_decode(ref_values, indices, weight, bias), params, upstream)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
+def test_latent_order_transposes_the_codes():
+    _, _, values, indices, _ = decode_inputs(seed=9)
+    want = torch.zeros(10, 16, dtype=values.dtype).scatter_add(1, indices, values.detach()).t()
+    torch.testing.assert_close(LatentOrder(indices, 16).transposed(values.detach()).to_dense(), want, rtol=0, atol=0)
+
+
+def test_bf16_codes_decode_in_the_rows_dtype():
+    weight, bias, values, indices, upstream = decode_inputs(seed=10)
+    weight, bias = weight.detach().float().requires_grad_(), bias.detach().float().requires_grad_()
+    codes = values.detach().bfloat16().requires_grad_()
+    out = decode_rows(codes, indices, weight, bias)
+    assert out.dtype == torch.float32
+    out.backward(upstream.float())
+    assert codes.grad.dtype == torch.bfloat16 and weight.grad.dtype == torch.float32
 
 
 def test_select_rows_matches_index_select():

@@ -10,10 +10,12 @@ gradient of their own:
   products with an (n, m) sparse matrix of n S non-zeros (CSR, on the tensors' device).
 - :func:`pre_columns`: pre at a set of columns (AuxK's dead latents); backward one dense
   (d, n) @ (n, c) GEMM, since AuxK reads a large share of those columns.
-- :func:`decode_rows`: the sparse decode Z D, whose decoder gradient is the same kind of
+- :func:`decode_rows`: the sparse decode Z D + b, whose decoder gradient is the same kind of
   sparse product.
 
-Both give the gradients the dense product gives (up to float summation order).
+The encoder's and the decoders' weight gradients multiply by the transpose of one (n, m)
+pattern, the codes' indices: :class:`LatentOrder` groups the entries by latent once for all of
+them. All give the gradients the dense product gives (up to float summation order).
 """
 
 from __future__ import annotations
@@ -32,19 +34,36 @@ def _csr(indices: Tensor, values: Tensor, n_cols: int) -> Tensor:
     return _make_csr(crow, indices.reshape(-1), values.reshape(-1), (n, n_cols))
 
 
-def _csr_transposed(indices: Tensor, values: Tensor, n_cols: int) -> Tensor:
-    """The transpose (n_cols, n) of :func:`_csr`'s matrix, as CSR (entries grouped by column)."""
-    n, s = indices.shape
-    flat = indices.reshape(-1)
-    # Latent indices (< 2^24) sort exactly as float32, which torch sorts several times faster
-    # than int64 on CPU (190 ms vs 45 ms for 200k entries, 2 cores); the order within a latent's
-    # row does not matter.
-    order = torch.sort(flat.to(torch.float32)).indices
-    counts = torch.bincount(flat, minlength=n_cols)
-    crow = torch.zeros(n_cols + 1, device=indices.device, dtype=torch.int64)
-    torch.cumsum(counts, 0, out=crow[1:])
-    rows = torch.div(order, s, rounding_mode="floor")
-    return _make_csr(crow, rows, values.reshape(-1)[order], (n_cols, n))
+class LatentOrder:
+    """Entries of (n, S) latent indices grouped by latent: the layout of the transposed (m, n)
+    sparse matrices the weight gradients multiply by. Built on first use (a sort of the n S
+    indices), then shared by every product over the same indices (the source's encoder and
+    decoder, every model's with shared-index codes)."""
+
+    def __init__(self, indices: Tensor, n_latents: int) -> None:
+        self.indices = indices
+        self.n_latents = n_latents
+        self._layout: tuple[Tensor, Tensor, Tensor] | None = None
+
+    def transposed(self, values: Tensor) -> Tensor:
+        """The (m, n) CSR matrix with values[i, s] at (indices[i, s], i): the transpose of
+        :func:`_csr`'s."""
+        if self._layout is None:
+            self._layout = self._group()
+        order, crow, rows = self._layout
+        return _make_csr(crow, rows, values.reshape(-1)[order], (self.n_latents, self.indices.shape[0]))
+
+    def _group(self) -> tuple[Tensor, Tensor, Tensor]:
+        flat = self.indices.reshape(-1)
+        # Latent indices (< 2^24) sort exactly as float32, which torch sorts several times faster
+        # than int64 on CPU (190 ms vs 45 ms for 200k entries, 2 cores); the order within a
+        # latent's row does not matter.
+        order = torch.sort(flat.to(torch.float32)).indices
+        counts = torch.bincount(flat, minlength=self.n_latents)
+        crow = torch.zeros(self.n_latents + 1, device=flat.device, dtype=torch.int64)
+        torch.cumsum(counts, 0, out=crow[1:])
+        rows = torch.div(order, self.indices.shape[1], rounding_mode="floor")
+        return order, crow, rows
 
 
 def _make_csr(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
@@ -59,9 +78,10 @@ class _GatherPre(torch.autograd.Function):
     """pre.gather(1, indices) as a function of (acts, weight, bias), pre = acts @ weight + bias."""
 
     @staticmethod
-    def forward(ctx, acts: Tensor, weight: Tensor, bias: Tensor, pre: Tensor, indices: Tensor) -> Tensor:
+    def forward(ctx, acts: Tensor, weight: Tensor, bias: Tensor, pre: Tensor, indices: Tensor,
+                order: LatentOrder) -> Tensor:
         ctx.save_for_backward(acts, weight, indices)
-        ctx.bias_shape = bias.shape
+        ctx.order = order
         return pre.gather(1, indices)
 
     @staticmethod
@@ -75,10 +95,10 @@ class _GatherPre(torch.autograd.Function):
         if ctx.needs_input_grad[0]:  # (n, m) sparse @ (m, d): sum_s g[i, s] W[:, idx[i, s]]
             grad_acts = (_csr(indices, grad, m) @ weight.t()).to(acts.dtype)
         if ctx.needs_input_grad[1]:  # (m, n) sparse @ (n, d), then transposed to W's (d, m)
-            grad_weight = (_csr_transposed(indices, grad, m) @ acts.to(weight.dtype)).t()
+            grad_weight = (ctx.order.transposed(grad) @ acts.to(weight.dtype)).t()
         if ctx.needs_input_grad[2]:
             grad_bias = grad.new_zeros(m).index_add_(0, indices.reshape(-1), grad.reshape(-1))
-        return grad_acts, grad_weight, grad_bias, None, None
+        return grad_acts, grad_weight, grad_bias, None, None, None
 
 
 class _PreColumns(torch.autograd.Function):
@@ -104,23 +124,27 @@ class _PreColumns(torch.autograd.Function):
         return grad_acts, grad_weight, grad_bias, None, None
 
 
-class _RowsGrad(torch.autograd.Function):
-    """Identity on ``out`` = embedding_bag(indices, weight, values) (computed with ``weight``
-    detached), giving ``weight`` its gradient: row j gets sum over slots at j of values x grad."""
+class _AddBiasRowsGrad(torch.autograd.Function):
+    """``out`` += bias in place, where out = embedding_bag(indices, weight, values) was computed
+    with ``weight`` detached; gives ``weight`` its gradient (row j: sum over the slots at j of
+    value x grad) and ``bias`` its own. The gradient of ``out`` (so of the values) passes as is."""
 
     @staticmethod
-    def forward(ctx, out: Tensor, weight: Tensor, values: Tensor, indices: Tensor) -> Tensor:
-        ctx.save_for_backward(values, indices)
-        ctx.n_rows = weight.shape[0]
-        return out.clone()
+    def forward(ctx, out: Tensor, weight: Tensor, bias: Tensor, values: Tensor, order: LatentOrder) -> Tensor:
+        ctx.save_for_backward(values)
+        ctx.order = order
+        ctx.mark_dirty(out)
+        return out.add_(bias)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
-        values, indices = ctx.saved_tensors
-        grad_weight = None
+        (values,) = ctx.saved_tensors
+        grad_weight = grad_bias = None
         if ctx.needs_input_grad[1]:  # (m, n) sparse @ (n, d)
-            grad_weight = _csr_transposed(indices, values.float(), ctx.n_rows) @ grad.float()
-        return grad, grad_weight, None, None
+            grad_weight = ctx.order.transposed(values) @ grad
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad.sum(0)
+        return grad, grad_weight, grad_bias, None, None
 
 
 class _SelectRows(torch.autograd.Function):
@@ -144,25 +168,32 @@ def select_rows(weight: Tensor, rows: Tensor) -> Tensor:
     return _SelectRows.apply(weight, rows)
 
 
-def decode_rows(values: Tensor, indices: Tensor, weight: Tensor) -> Tensor:
-    """sum_s values[i, s] weight[indices[i, s]] (n, d), as ``F.embedding_bag`` in sum mode.
+def decode_rows(values: Tensor, indices: Tensor, weight: Tensor, bias: Tensor,
+                order: LatentOrder | None = None) -> Tensor:
+    """sum_s values[i, s] weight[indices[i, s]] + bias (n, d): ``F.embedding_bag`` in sum mode, plus bias.
 
     The gradient of ``weight`` (m, d) is one (m, n) sparse @ (n, d) product over the n S
-    non-zeros, where embedding_bag's own backward sorts the indices as int64 (several times
-    slower on CPU); the gradient of ``values`` is embedding_bag's.
+    non-zeros (``order``: the indices' :class:`LatentOrder`, shared with other products over
+    them), where embedding_bag's own backward sorts the indices as int64 (several times slower
+    on CPU); the gradient of ``values`` is embedding_bag's. The bias is added in place, and the
+    decode runs in the weight's dtype (bf16 autocast codes are widened).
     """
-    out = F.embedding_bag(indices, weight.detach(), per_sample_weights=values, mode="sum")
-    if not (weight.requires_grad and torch.is_grad_enabled()):
-        return out
-    return _RowsGrad.apply(out, weight, values.detach(), indices)
+    out = F.embedding_bag(indices, weight.detach(), per_sample_weights=values.to(weight.dtype), mode="sum")
+    if not ((weight.requires_grad or bias.requires_grad) and torch.is_grad_enabled()):
+        return out.add_(bias)
+    order = order if order is not None else LatentOrder(indices, weight.shape[0])
+    return _AddBiasRowsGrad.apply(out, weight, bias, values.detach().to(weight.dtype), order)
 
 
-def gather_pre(acts: Tensor, weight: Tensor, bias: Tensor, pre: Tensor, indices: Tensor) -> Tensor:
+def gather_pre(acts: Tensor, weight: Tensor, bias: Tensor, pre: Tensor, indices: Tensor,
+               order: LatentOrder | None = None) -> Tensor:
     """pre[i, indices[i, s]] with gradients into ``acts`` (n, d), ``weight`` (d, m), ``bias`` (m,).
 
-    ``pre`` (n, m) must equal ``acts @ weight + bias`` and carry no gradient itself.
+    ``pre`` (n, m) must equal ``acts @ weight + bias`` and carry no gradient itself; ``order``:
+    the indices' :class:`LatentOrder` when other products share it.
     """
-    return _GatherPre.apply(acts, weight, bias, pre.detach(), indices)
+    order = order if order is not None else LatentOrder(indices, weight.shape[1])
+    return _GatherPre.apply(acts, weight, bias, pre.detach(), indices, order)
 
 
 def pre_columns(acts: Tensor, weight: Tensor, bias: Tensor, pre: Tensor, columns: Tensor) -> Tensor:

@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from usae.config import SAEConfig, TrainConfig
@@ -163,16 +162,20 @@ def _auxk_term(model: USAE, x: Tensor, x_hat: Tensor, codes: Codes, source: str,
                dead: DeadLatents) -> Tensor:
     """Top-k_aux dead latents of the source reconstruct its residual (0 when none is dead).
 
-    The k_aux values are scattered into an (n, n_dead) matrix decoded by one matmul against the
-    dead decoder rows: with k_aux a large share of n_dead, its backward is two dense GEMMs,
-    where a gather over k_aux slots a token (embedding_bag) had a sorted scatter backward.
+    The k_aux values sit in an (n, n_dead) matrix decoded by one matmul against the dead
+    decoder rows: with k_aux a large share of n_dead, its backward is two dense GEMMs, where a
+    gather over k_aux slots a token (embedding_bag) had a sorted scatter backward. The matrix
+    is the candidates masked at each token's k_aux-th largest (and at 0, ReLU), which costs
+    elementwise passes where scattering the top-k_aux (and its gather-and-scatter backward) cost
+    3x more; a tie at the k_aux-th value would keep every tied latent.
     """
     dead_index = dead.index[source]
     if len(dead_index) == 0:
         return x.new_zeros((), dtype=torch.float32)
     candidates = codes.pre_at(dead_index)
-    values, slots = candidates.topk(min(cfg.aux_k, len(dead_index)), dim=1, sorted=False)
-    values = F.relu(values)  # negative pre-activations contribute nothing
-    codes_dead = torch.zeros_like(candidates).scatter(1, slots, values)
+    with torch.no_grad():
+        cut = candidates.topk(min(cfg.aux_k, len(dead_index)), dim=1, sorted=False).values.amin(dim=1, keepdim=True)
+        keep = (candidates >= cut) & (candidates > 0)  # negative pre-activations contribute nothing
+    codes_dead = torch.where(keep, candidates, 0)
     residual_hat = codes_dead @ select_rows(model.W_dec[source], dead_index).to(codes_dead.dtype)
     return auxk(x - x_hat, residual_hat)
