@@ -22,13 +22,15 @@ def test_matches_torch_topk(m, k):
     assert_same_selection(x, k)
 
 
-def test_block_path_is_taken_and_recurses(monkeypatch):
-    """At m = 6144, K = 32 the maxima (768 wide) are themselves cut into blocks (96 wide)."""
+@pytest.mark.parametrize(("m", "k", "want"), [(6144, 32, [768, 256]), (24576, 32, [384, 256, 256]), (100, 3, [100])])
+def test_block_path_is_taken_and_recurses(monkeypatch, m, k, want):
+    """Widths torch.topk sees: at m = 6144, K = 32 the 768 block maxima and the 256 candidates;
+    wider rows cut their maxima into blocks again; rows not a multiple of the block go as they are."""
     widths = []
     real = torch.Tensor.topk
     monkeypatch.setattr(torch.Tensor, "topk", lambda self, *a, **kw: widths.append(self.shape[1]) or real(self, *a, **kw))
-    topk_rows(torch.randn(3, 6144), 32)
-    assert widths == [96, 256, 256]
+    topk_rows(torch.randn(3, m), k)
+    assert widths == want
 
 
 def test_all_entries_in_few_blocks():

@@ -1,14 +1,14 @@
 """Exact row-wise top-k through block maxima: the TopK selection over wide pre-activations.
 
-``torch.topk`` over an (n, m) matrix costs several ns per entry on CPU (a per-row heap over
-(value, index) pairs), most of a training step's non-GEMM time at m = 6144. Cut each row into
-``BLOCK`` interleaved blocks; a block whose maximum is not among the row's k largest block
-maxima holds no entry that is needed, since each of those k blocks holds an entry at least as
-large. So the k largest entries lie in the k blocks of largest maxima: ``BLOCK`` x k candidates,
-found by one vectorised max over the row and a top-k over m / ``BLOCK`` maxima (the same
-method again while that is still wide). Same values as ``torch.topk``; where values tie,
-other indices of equal value may be picked, as ``torch.topk`` itself leaves open.
-"""
+``torch.topk`` over an (n, m) matrix costs several ns an entry on CPU (a per-row heap over
+(value, index) pairs): the largest non-GEMM op of a training step at m = 6144. Cut each row into
+m / ``BLOCK`` blocks of ``BLOCK`` entries; a block whose maximum is not among the row's k
+largest block maxima holds no entry that is needed, since each of those k blocks holds an
+entry at least as large. So the k largest entries lie in the k blocks of largest maxima:
+``BLOCK`` x k candidates, found by one vectorised max over the row and a top-k over the
+m / ``BLOCK`` maxima (by the same method while those are still many). Same values as
+``torch.topk``; where values tie, other indices of equal value may be picked, as
+``torch.topk`` itself leaves open."""
 
 from __future__ import annotations
 
@@ -18,9 +18,11 @@ from torch import Tensor
 BLOCK = 8
 """Entries a block: block maxima are one vectorised max of BLOCK (n, m / BLOCK) slices; 8 was
 the fastest of 4, 8 and 16 at m = 6144 and K = 32 on CPU (about 2x torch.topk there)."""
-MIN_BLOCKS_PER_K = 2
+MIN_BLOCKS_PER_K = 4
 """Rows with fewer than this many blocks per selected entry go to ``torch.topk`` directly: the
-candidates would then be a large share of the row and the blocks would save nothing."""
+candidates would be a large share of the row, and each level adds seven passes (every one a
+parallel region, which on shared cores can wait a scheduler slice for its second thread), so
+at m = 6144 and K = 32 one level is used, the 768 block maxima going to ``torch.topk``."""
 
 
 def topk_rows(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
