@@ -107,15 +107,18 @@ def training_step(model: USAE, batch: dict[str, Tensor], sources: list[str], cfg
     one source's dense pre-activations are alive at a time).
     """
     loss_fn: Loss = LOSSES.get(cfg.loss, setting="sae.loss")
-    keep_pre = loss_fn.dense or cfg.aux_k > 0
-    joint = encode(model, batch, sources, keep_pre=keep_pre, dense_grad=loss_fn.dense) if encode is not None else None
+    joint = None
+    if encode is not None:
+        joint = encode(model, batch, sources, keep_pre=loss_fn.dense or cfg.aux_k > 0, dense_grad=loss_fn.dense)
     total, per_target, l0 = 0.0, 0.0, 0.0
     fired = {}
     for source in sources:
         if joint is not None:
             codes = joint.pop(source)
-        else:
-            codes = model.encode_sparse(source, batch[source], keep_pre=keep_pre, dense_grad=loss_fn.dense)
+        else:  # AuxK's dead latents are read with the active ones (one backward for both)
+            columns = dead.index[source] if cfg.aux_k > 0 and len(dead.index[source]) else None
+            codes = model.encode_sparse(source, batch[source], keep_pre=loss_fn.dense, dense_grad=loss_fn.dense,
+                                        columns=columns)
         loss, targets = source_loss(model, batch, source, codes, cfg, dead, update_all=update_all)
         total = total + loss
         per_target = per_target + targets
@@ -172,7 +175,7 @@ def _auxk_term(model: USAE, x: Tensor, x_hat: Tensor, codes: Codes, source: str,
     dead_index = dead.index[source]
     if len(dead_index) == 0:
         return x.new_zeros((), dtype=torch.float32)
-    candidates = codes.pre_at(dead_index)
+    candidates = codes.at_columns if codes.at_columns is not None else codes.pre_at(dead_index)
     with torch.no_grad():
         cut = candidates.topk(min(cfg.aux_k, len(dead_index)), dim=1, sorted=False).values.amin(dim=1, keepdim=True)
         keep = (candidates >= cut) & (candidates > 0)  # negative pre-activations contribute nothing
