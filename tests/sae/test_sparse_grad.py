@@ -69,8 +69,18 @@ def test_slots_and_columns_in_one_backward():
     """AuxK's columns overlap the active latents: both reads' gradients add up in every input."""
     enc, gen = inputs(seed=3)
     indices = torch.stack([torch.randperm(16, generator=gen)[:4] for _ in range(12)])
-    grads = assert_reads_match_dense(enc, gen, indices=indices, columns=torch.tensor([2, 11, 3, 15, 7]))
-    assert grads[1].stride() == enc.weight.stride()  # the weight's own layout, as fused Adam reads it
+    assert_reads_match_dense(enc, gen, indices=indices, columns=torch.tensor([2, 11, 3, 15, 7]))
+
+
+def test_weight_gradient_in_the_encoders_layout():
+    """The model's encoder is its decoder transposed, (d, m) with strides (1, d): the gradient
+    comes in that layout, so autograd keeps it without a copy."""
+    enc, gen = inputs(seed=6)
+    enc = enc._replace(weight=enc.weight.detach().t().contiguous().t().requires_grad_())
+    assert enc.weight.stride() == (1, 5)
+    indices = torch.stack([torch.randperm(16, generator=gen)[:4] for _ in range(12)])
+    grads = assert_reads_match_dense(enc, gen, indices=indices, columns=torch.tensor([1, 8]))
+    assert grads[1].stride() == enc.weight.stride()
 
 
 def test_gradients_only_where_needed():

@@ -9,8 +9,8 @@ gradient of their own:
 - :func:`read_pre`: pre at (n, S) latent indices (the TopK slots) and at a set of columns
   (AuxK's dead latents), in one backward: O(n S d) for the slots, as products with an (n, m)
   sparse matrix of n S non-zeros (CSR, on the tensors' device), and one dense (d, n) @ (n, c)
-  GEMM for the columns, which AuxK reads a large share of; the weight gradient is built once,
-  in the parameter's layout, for both.
+  GEMM for the columns, which AuxK reads a large share of; the weight gradient is built once
+  for both.
 - :func:`decode_rows`: the sparse decode Z D + b, whose decoder gradient is the same kind of
   sparse product.
 
@@ -66,6 +66,13 @@ class LatentOrder:
         torch.cumsum(counts, 0, out=crow[1:])
         rows = torch.div(order, self.indices.shape[1], rounding_mode="floor")
         return order, crow, rows
+
+
+def _sparse_mm(sparse: Tensor, dense: Tensor) -> Tensor:
+    """sparse @ dense, written into an uninitialised result: addmm with beta 0 ignores its input
+    (NaN included), where ``@`` first zero-fills the result (a pass over it for nothing)."""
+    out = dense.new_empty(sparse.shape[0], dense.shape[1])
+    return torch.addmm(out, sparse, dense, beta=0)
 
 
 def _make_csr(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
@@ -144,10 +151,15 @@ def _acts_grad(weight: Tensor, indices: Tensor, grad_at: Tensor | None, columns:
 
 def _weight_grad(centred: Tensor, weight: Tensor, order: LatentOrder | None, grad_at: Tensor | None,
                  columns: Tensor, grad_cols: Tensor | None) -> Tensor:
-    """(d, m), in the weight's layout: (a - b)^T G with G the read entries' gradient, the slots'
-    by an (m, n) sparse @ (n, d) product, the columns' by one (d, n) @ (n, c) GEMM added in place."""
+    """(d, m): (a - b)^T G with G the read entries' gradient, the slots' by an (m, n) sparse @
+    (n, d) product, the columns' by one (d, n) @ (n, c) GEMM added in place.
+
+    The product comes out (m, d) row-major and is returned as its (d, m) transpose: the layout
+    of the encoder weight (initialised as the decoder's transpose), which autograd then keeps
+    as the gradient without a copy; a copy made here would be copied back.
+    """
     if grad_at is not None:
-        grad = (order.transposed(grad_at) @ centred).t().contiguous()
+        grad = _sparse_mm(order.transposed(grad_at), centred).t()
     else:
         grad = torch.zeros_like(weight)
     if grad_cols is not None:
@@ -172,7 +184,7 @@ class _AddBiasRowsGrad(torch.autograd.Function):
         (values,) = ctx.saved_tensors
         grad_weight = grad_bias = None
         if ctx.needs_input_grad[1]:  # (m, n) sparse @ (n, d)
-            grad_weight = ctx.order.transposed(values) @ grad
+            grad_weight = _sparse_mm(ctx.order.transposed(values), grad)
         if ctx.needs_input_grad[2]:
             grad_bias = grad.sum(0)
         return grad, grad_weight, grad_bias, None, None
