@@ -77,9 +77,9 @@ def profile_step(batch: dict[str, torch.Tensor], shape: dict, device: torch.devi
 def top_ops(events: list, total: float, steps: int) -> list[dict]:
     """The TOP events by self CPU time: per step, and as a share of ``total``."""
     ranked = sorted(events, key=lambda e: -e.self_cpu_time_total)[:TOP]
-    return [{"op": e.key, "input_shapes": str(e.input_shapes) if e.input_shapes else "", "calls_per_step": e.count / steps,
-             "ms_per_step": e.self_cpu_time_total / 1e3 / steps, "share": e.self_cpu_time_total / total}
-            for e in ranked]
+    return [{"op": e.key, "input_shapes": str(e.input_shapes) if e.input_shapes else "",
+             "calls_per_step": e.count / steps, "ms_per_step": e.self_cpu_time_total / 1e3 / steps,
+             "share": e.self_cpu_time_total / total} for e in ranked]
 
 
 def print_profile(p: dict) -> None:

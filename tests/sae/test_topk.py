@@ -28,7 +28,12 @@ def test_block_path_is_taken_and_recurses(monkeypatch, m, k, want):
     wider rows cut their maxima into blocks again; rows not a multiple of the block go as they are."""
     widths = []
     real = torch.Tensor.topk
-    monkeypatch.setattr(torch.Tensor, "topk", lambda self, *a, **kw: widths.append(self.shape[1]) or real(self, *a, **kw))
+
+    def spy(self, *args, **kwargs):
+        widths.append(self.shape[1])
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "topk", spy)
     topk_rows(torch.randn(3, m), k)
     assert widths == want
 
