@@ -156,10 +156,14 @@ def test_one_latent_order_serves_the_encoder_and_the_decoder():
         torch.testing.assert_close(g, w)
 
 
-def test_latent_order_transposes_the_codes():
+@pytest.mark.parametrize("n_latents", [16, 40_000])  # int16 sort keys, and int32 past 32767 latents
+def test_latent_order_transposes_the_codes(n_latents):
     _, _, values, indices, _ = decode_inputs(seed=9)
-    want = torch.zeros(10, 16, dtype=values.dtype).scatter_add(1, indices, values.detach()).t()
-    torch.testing.assert_close(LatentOrder(indices, 16).transposed(values.detach()).to_dense(), want, rtol=0, atol=0)
+    step = n_latents // 16
+    indices = indices * step + step - 1  # spread over the latents, up to the last one
+    want = torch.zeros(10, n_latents, dtype=values.dtype).scatter_add(1, indices, values.detach()).t()
+    got = LatentOrder(indices, n_latents).transposed(values.detach()).to_dense()
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 def test_bf16_codes_decode_in_the_rows_dtype():
