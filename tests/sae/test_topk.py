@@ -22,10 +22,11 @@ def test_matches_torch_topk(m, k):
     assert_same_selection(x, k)
 
 
-@pytest.mark.parametrize(("m", "k", "want"), [(6144, 32, [768, 256]), (24576, 32, [384, 256, 256]), (100, 3, [100])])
+@pytest.mark.parametrize(("m", "k", "want"), [(6144, 32, [96, 256, 256]), (1024, 32, [128, 256]), (100, 3, [100])])
 def test_block_path_is_taken_and_recurses(monkeypatch, m, k, want):
-    """Widths torch.topk sees: at m = 6144, K = 32 the 768 block maxima and the 256 candidates;
-    wider rows cut their maxima into blocks again; rows not a multiple of the block go as they are."""
+    """Widths torch.topk sees: at m = 6144, K = 32 the 768 block maxima are cut into blocks again
+    (96 maxima, then 256 candidates twice); at m = 1024 one level (128 maxima, 256 candidates);
+    rows not a multiple of the block go as they are."""
     widths = []
     real = torch.Tensor.topk
 

@@ -17,12 +17,12 @@ from torch import Tensor
 
 BLOCK = 8
 """Entries a block: block maxima are one vectorised max of BLOCK (n, m / BLOCK) slices; 8 was
-the fastest of 4, 8 and 16 at m = 6144 and K = 32 on CPU (about 2x torch.topk there)."""
-MIN_BLOCKS_PER_K = 4
+the fastest of 4, 8 and 16 at m = 6144 and K = 32 on CPU."""
+MIN_BLOCKS_PER_K = 2
 """Rows with fewer than this many blocks per selected entry go to ``torch.topk`` directly: the
-candidates would be a large share of the row, and each level adds seven passes (every one a
-parallel region, which on shared cores can wait a scheduler slice for its second thread), so
-at m = 6144 and K = 32 one level is used, the 768 block maxima going to ``torch.topk``."""
+candidates would be a large share of the row. At m = 6144 and K = 32 the 768 block maxima are
+cut into blocks again (96 maxima to ``torch.topk``): 85 ms where one level took 100 and
+``torch.topk`` 145 (one CPU core; 42, 51 and 71 ms on two)."""
 
 
 def topk_rows(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
