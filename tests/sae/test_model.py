@@ -116,6 +116,29 @@ def test_relu_topk_commute_with_few_positive():
     torch.testing.assert_close(codes.dense(5), torch.tensor([[0.0, 0.0, 3.0, 0.0, 0.0]]))
 
 
+@pytest.mark.parametrize("path", ["sparse", "dense", "no_grad"])
+def test_encode_reads_requested_columns_with_their_gradient(path):
+    """``columns`` (AuxK's dead latents) come back as pre[:, columns], on every encode path, and
+    carry the same gradient into the encoder and the decoder bias as the written-out definition."""
+    model = make()
+    model.sparse_grad = path != "dense"
+    with torch.no_grad():
+        model.b_dec["vit"].normal_(generator=torch.Generator().manual_seed(3))
+    x, columns = acts("vit"), torch.tensor([30, 2, 17, 9])
+    with torch.set_grad_enabled(path != "no_grad"):
+        codes = model.encode_sparse("vit", x, columns=columns)
+    want = (x - model.b_dec["vit"]) @ model.W_enc["vit"] + model.b_enc["vit"]
+    torch.testing.assert_close(codes.at_columns, want[:, columns].detach(), rtol=1e-5, atol=1e-6)
+    assert (codes.grad_inputs is None) and codes.pre is None  # nothing kept without keep_pre
+    if path == "no_grad":
+        return
+    params = [model.W_enc["vit"], model.b_enc["vit"], model.b_dec["vit"]]
+    upstream = torch.randn(codes.at_columns.shape, generator=torch.Generator().manual_seed(4))
+    got = torch.autograd.grad(codes.at_columns, params, upstream)
+    for g, w in zip(got, torch.autograd.grad(want[:, columns], params, upstream)):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+
+
 def test_codes_dense():
     c = Codes(torch.tensor([[2.0, 0.5], [1.0, 0.0]]), torch.tensor([[3, 0], [1, 2]]))
     assert torch.equal(c.dense(4), torch.tensor([[0.5, 0.0, 0.0, 2.0], [0.0, 1.0, 0.0, 0.0]]))

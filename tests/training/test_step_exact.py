@@ -15,7 +15,7 @@ from usae.registry import LOSSES
 from usae.sae.losses import auxk
 from usae.sae.model import USAE
 from usae.training.dead import DeadLatents
-from usae.training.schemes import AllSourcesScheme, PaperScheme
+from usae.training.schemes import AllSourcesScheme, PaperScheme, SparcScheme
 from usae.training.step import make_optimizer, optimizer_step, training_step
 
 DIMS = {"vit": 24, "dino": 16, "clip": 20}
@@ -145,3 +145,24 @@ def test_encoder_gradient_has_the_parameters_layout():
     model, cfg, batch, dead = setup(aux_k=12)
     training_step(model, batch, ["vit"], cfg, dead, update_all=False).loss.backward()
     assert model.W_enc["vit"].grad.stride() == model.W_enc["vit"].stride()
+
+
+@pytest.mark.parametrize("scheme", [PaperScheme, AllSourcesScheme, SparcScheme])
+def test_bf16_autocast_step_follows_fp32(scheme):
+    """The CUDA bf16 path's code, under CPU autocast: the GEMMs in bf16, codes decoded in the
+    decoders' fp32, every gradient fp32 and close to the fp32 step's (AuxK live)."""
+    results = []
+    for bf16 in (False, True):
+        model, cfg, batch, dead = setup(aux_k=12)
+        sources = ["dino"] if scheme is PaperScheme else list(DIMS)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = training_step(model, batch, sources, cfg, dead, update_all=scheme.update_all,
+                                encode=scheme(list(DIMS), 0).encode)
+        results.append((out.loss.detach(), grads(model, out.loss)))
+    (loss, want), (loss_bf16, got) = results
+    assert got.keys() == want.keys()
+    torch.testing.assert_close(loss_bf16, loss, rtol=0.05, atol=0)
+    for key in want:
+        assert got[key].dtype == torch.float32
+        cos = F.cosine_similarity(got[key].flatten(), want[key].flatten(), dim=0)
+        assert cos > 0.9, (key, cos)

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from usae.sae.topk import topk_rows
+
 
 class Activation(Protocol):
     """What an ``ACTIVATIONS`` entry is: a callable with :attr:`padded`."""
@@ -41,7 +43,7 @@ class TopK:
     gradient, ``USAE.encode_sparse``, relies on)."""
 
     def __call__(self, pre: Tensor, k: int, *, threshold: Tensor, training: bool) -> tuple[Tensor, Tensor]:
-        values, indices = pre.topk(k, dim=1, sorted=False)
+        values, indices = topk_rows(pre, k)
         return F.relu(values), indices  # ReLU and TopK commute: top-k of ReLU(pre) = ReLU(top-k of pre)
 
 
@@ -67,7 +69,7 @@ class BatchTopK:
             cut = kth
         else:
             cut = threshold
-        values, indices = relu.topk(min(2 * k, relu.shape[1]), dim=1, sorted=False)
+        values, indices = topk_rows(relu, min(2 * k, relu.shape[1]))
         return values * (values >= cut) * (values > 0), indices
 
 

@@ -87,8 +87,9 @@ def auxk(residual: Tensor, residual_hat: Tensor) -> Tensor:
     Returns:
         0-d tensor.
     """
-    e = residual.detach().float()
-    return F.mse_loss(residual_hat.float(), e) / e.pow(2).mean().clamp_min(1e-12)
+    e = residual.detach().float().reshape(-1)
+    mean_square = torch.dot(e, e) / e.numel()  # one pass, no (n, d) temporary as e.pow(2) makes
+    return F.mse_loss(residual_hat.float().reshape(-1), e) / mean_square.clamp_min(1e-12)
 
 
 # -- training losses (sae.loss) ----------------------------------------------------------------

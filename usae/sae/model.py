@@ -30,7 +30,9 @@ from usae.registry import ACTIVATIONS
 from usae.sae.activations import Activation
 from usae.sae.hub import HubMixin
 from usae.sae.io import read_model_files, write_model_files
-from usae.sae.sparse_grad import decode_rows, gather_pre, pre_columns
+from usae.sae.sparse_grad import EncoderInputs, LatentOrder, decode_rows, read_pre
+from usae.sae.topk import topk_rows
+from usae.sae.workspace import Workspace
 
 
 @dataclass
@@ -45,16 +47,23 @@ class Codes:
     indices: Tensor
     pre: Tensor | None = None
     """Dense pre-activations (n, m), kept for the auxiliary losses during training (without a
-    gradient of their own when :attr:`grad_inputs` is set: read them with :meth:`pre_at`)."""
-    grad_inputs: tuple[Tensor, Tensor, Tensor] | None = None
-    """(acts, weight, bias) with pre = acts @ weight + bias, when ``pre`` was computed without
-    autograd (:meth:`USAE.encode_sparse`'s sparse-gradient path)."""
+    gradient of their own when :attr:`grad_inputs` is set: read them with :meth:`pre_at`; they
+    are then the model's reused buffer, valid until its next sparse-gradient encode)."""
+    grad_inputs: EncoderInputs | None = None
+    """What ``pre`` is a function of, when it was computed without autograd
+    (:meth:`USAE.encode_sparse`'s sparse-gradient path)."""
+    order: LatentOrder | None = None
+    """The indices grouped by latent, shared by the weight gradients of the encoder and the
+    decoders (sparse-gradient path)."""
+    at_columns: Tensor | None = None
+    """pre[:, columns] (n, c) with its gradient, for the ``columns`` the encode was asked to read
+    too (AuxK's dead latents: read with the active latents, one backward for both)."""
 
     def pre_at(self, columns: Tensor) -> Tensor:
         """pre[:, columns] (n, c), carrying the gradient into the encoder; columns must not repeat."""
         if self.grad_inputs is None:
             return self.pre[:, columns]
-        return pre_columns(*self.grad_inputs, self.pre, columns)
+        return read_pre(self.grad_inputs, self.pre, columns=columns)[1]
 
     def dense(self, n_latents: int) -> Tensor:
         """(n, m) dense code matrix."""
@@ -113,6 +122,9 @@ class USAE(nn.Module, HubMixin):
         :meth:`encode_sparse`); False: differentiate the dense pre-activations (the reference)."""
         self.activation: Activation = ACTIVATIONS.get(cfg.activation, setting="sae.activation")
         self.meta: dict = {}
+        self.workspace = Workspace()
+        """The (n, m) pre-activation buffers of the sparse-gradient path, one a model, reused
+        from step to step (a fresh one each step cost page faults: ~15% of the GEMM)."""
 
     # -- encoding ---------------------------------------------------------------------------
     def pre_codes(self, name: str, acts: Tensor) -> Tensor:
@@ -126,20 +138,26 @@ class USAE(nn.Module, HubMixin):
         """c_i - b_i W_i: the biases folded so that pre_i(a) = a W_i + (c_i - b_i W_i)."""
         return self.b_enc[name] - self.b_dec[name] @ self.W_enc[name]
 
-    def encode_sparse(self, name: str, acts: Tensor, *, keep_pre: bool = False, dense_grad: bool = False) -> Codes:
+    def encode_sparse(self, name: str, acts: Tensor, *, keep_pre: bool = False, dense_grad: bool = False,
+                      columns: Tensor | None = None) -> Codes:
         """Codes of ``acts`` (n, d_i) from model ``name``'s encoder and ``sae.activation``.
 
-        ``keep_pre`` keeps the pre-activations for auxiliary losses. When gradients are on, the
-        encoder's gradient costs only the active latents (:meth:`_encode_sparse_grad`) unless
-        ``dense_grad`` asks for the dense pre-activations' own gradient (a loss that reads all of
-        ``codes.pre``, as the paper loss does) or the sparse path does not apply: BatchNorm
-        (its batch statistics spread each latent's gradient over the whole (n, m) batch), an
-        activation without ``gathers`` (values that are not pre at the indices), or
-        ``self.sparse_grad`` off.
+        ``keep_pre`` keeps the pre-activations for auxiliary losses; ``columns`` (latents, no
+        repeats) are read from them into ``codes.at_columns``, with their gradient. When
+        gradients are on, the encoder's gradient costs only the entries read
+        (:meth:`_encode_sparse_grad`) unless ``dense_grad`` asks for the dense pre-activations'
+        own gradient (a loss that reads all of ``codes.pre``, as the paper loss does) or the
+        sparse path does not apply: BatchNorm (its batch statistics spread each latent's
+        gradient over the whole (n, m) batch), an activation without ``gathers`` (values that
+        are not pre at the indices), or ``self.sparse_grad`` off.
         """
         if self._sparse_grad_applies(dense_grad) and getattr(self.activation, "gathers", False):
-            return self._encode_sparse_grad(name, acts, keep_pre=keep_pre)
-        return self.activate(name, self.pre_codes(name, acts), keep_pre=keep_pre)
+            return self._encode_sparse_grad(name, acts, keep_pre=keep_pre, columns=columns)
+        pre = self.pre_codes(name, acts)
+        codes = self.activate(name, pre, keep_pre=keep_pre)
+        if columns is not None:
+            codes.at_columns = pre[:, columns]
+        return codes
 
     def _sparse_grad_applies(self, dense_grad: bool) -> bool:
         """Whether the encoder may learn through its active entries alone (see :meth:`encode_sparse`)."""
@@ -155,7 +173,7 @@ class USAE(nn.Module, HubMixin):
         One selection over the sum of the models' pre-activations (their mean would select the
         same latents: dividing by M keeps the order), each model keeping its own values there, so
         a selected latent may be 0 for one model. The selection passes no gradient: each encoder
-        learns through its own values, by :func:`gather_pre`'s sparse gradient where
+        learns through its own values, by :func:`read_pre`'s sparse gradient where
         :meth:`encode_sparse` would use it, else through the dense pre-activations.
 
         Raises:
@@ -174,32 +192,35 @@ class USAE(nn.Module, HubMixin):
         pre, inputs = {}, {}
         for name, x in acts.items():
             if sparse:
-                inputs[name] = (x, self.W_enc[name], self._pre_bias(name))
+                inputs[name] = EncoderInputs(x, self.W_enc[name], self.b_enc[name], self.b_dec[name])
                 with torch.no_grad():
-                    pre[name] = torch.addmm(inputs[name][2], x, inputs[name][1])
+                    pre[name] = torch.addmm(inputs[name].folded_bias(), x, inputs[name].weight)
             else:
                 pre[name] = self.pre_codes(name, x)
         with torch.no_grad():
-            indices = sum(p.detach() for p in pre.values()).topk(self.cfg.k, dim=1, sorted=False).indices
+            indices = topk_rows(sum(p.detach() for p in pre.values()), self.cfg.k)[1]
+        order = LatentOrder(indices, self.cfg.n_latents) if sparse else None
         codes = {}
         for name in acts:
-            at = gather_pre(*inputs[name], pre[name], indices) if sparse else pre[name].gather(1, indices)
+            at = read_pre(inputs[name], pre[name], indices, order=order)[0] if sparse else pre[name].gather(1, indices)
             codes[name] = Codes(F.relu(at), indices, pre[name] if keep_pre else None,
-                                inputs[name] if keep_pre and sparse else None)
+                                inputs[name] if keep_pre and sparse else None, order)
         return codes
 
-    def _encode_sparse_grad(self, name: str, acts: Tensor, *, keep_pre: bool) -> Codes:
+    def _encode_sparse_grad(self, name: str, acts: Tensor, *, keep_pre: bool, columns: Tensor | None) -> Codes:
         """:meth:`encode_sparse` with the dense GEMM outside autograd and a gradient through the
-        active entries only (O(n K d) instead of O(n m d); :func:`usae.sae.sparse_grad.gather_pre`)."""
-        weight, bias = self.W_enc[name], self._pre_bias(name)
+        entries read only (O(n K d) instead of O(n m d); :func:`usae.sae.sparse_grad.read_pre`)."""
+        inputs = EncoderInputs(acts, self.W_enc[name], self.b_enc[name], self.b_dec[name])
         with torch.no_grad():
-            pre = torch.addmm(bias, acts, weight)
+            pre = self.workspace.addmm(name, inputs.folded_bias(), acts, inputs.weight)
             codes = self.activate(name, pre)
-        gathered = gather_pre(acts, weight, bias, pre, codes.indices)
+        order = LatentOrder(codes.indices, self.cfg.n_latents)
+        gathered, at_columns = read_pre(inputs, pre, codes.indices, columns, order)
         # Active entries are exactly pre at their index (the activation's ``gathers``); the
         # others hold 0 and, like ReLU's or BatchTopK's masked slots, pass no gradient.
         values = torch.where(codes.values > 0, gathered, torch.zeros_like(gathered))
-        return Codes(values, codes.indices, pre if keep_pre else None, (acts, weight, bias) if keep_pre else None)
+        return Codes(values, codes.indices, pre if keep_pre else None, inputs if keep_pre else None, order,
+                     at_columns if columns is not None else None)
 
     def activate(self, name: str, pre: Tensor, *, keep_pre: bool = False) -> Codes:
         """Codes from pre-activations (n, m) of model ``name`` (its BatchTopK threshold, if any)."""
@@ -236,12 +257,11 @@ class USAE(nn.Module, HubMixin):
         if detach:
             weight, bias = weight.detach(), bias.detach()
         if self.sparse_decode and self.sparse_grad:
-            out = decode_rows(codes.values, codes.indices, weight)
-        elif self.sparse_decode:
-            out = F.embedding_bag(codes.indices, weight, per_sample_weights=codes.values, mode="sum")
-        else:
-            out = codes.dense(self.cfg.n_latents) @ weight
-        return out + bias
+            return decode_rows(codes.values, codes.indices, weight, bias, codes.order)
+        if self.sparse_decode:
+            values = codes.values.to(weight.dtype)  # embedding_bag has no autocast rule: bf16 codes, fp32 rows
+            return F.embedding_bag(codes.indices, weight, per_sample_weights=values, mode="sum") + bias
+        return codes.dense(self.cfg.n_latents) @ weight + bias
 
     def decode(self, name: str, codes: Tensor, *, standardized: bool = False) -> Tensor:
         """Decode dense codes (..., m) into model ``name``'s activations (..., d_i).
@@ -298,8 +318,8 @@ class USAE(nn.Module, HubMixin):
         """Drop the gradient component along each decoder row (it would only change the norm)."""
         for name in names or self.names:
             w = self.W_dec[name]
-            if w.grad is not None:
-                w.grad.sub_((w.grad * w).sum(dim=1, keepdim=True) * w)
+            if w.grad is not None:  # in place, with no (m, d) temporary: half the time of g - (g * w).sum(1) w
+                w.grad.addcmul_(torch.linalg.vecdot(w.grad, w, dim=1).unsqueeze(1), w, value=-1)
 
     @torch.no_grad()
     def normalize_decoders(self, names: list[str] | None = None) -> None:
