@@ -21,7 +21,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_killed_snakemake_is_finished_by_the_documented_commands(built, tmp_path):
-    write_config(tmp_path)
+    # Parts kept (extract.keep), so that finished extraction jobs can be checked as not redone; with
+    # the default they are temp() and prepare deletes them (tests/workflow/test_kept_parts.py).
+    write_config(tmp_path, **{"extract.keep": True})
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--cores", "2"]
     driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     # A store is named in the rules by its zarr.json (usae.paths.store_marker), which appears when it is published;

@@ -237,7 +237,8 @@ def test_maco_images_of_each_multi_model_run(built):
 
 def test_maco_change_reruns_only_maco_and_reports(pipeline_copy):
     write_config(pipeline_copy, **{"maco.steps": 4})
-    assert planned_jobs(pipeline_copy) == {"maco": 2, "render_report": 2, "all": 1}
+    # The comparison page links every report, so it follows them (test_compare_after_reports.py).
+    assert planned_jobs(pipeline_copy) == {"maco": 2, "render_report": 2, "compare_runs": 1, "all": 1}
 
 
 def test_stores_hold_no_snakemake_files_and_open_without_warnings(built):
