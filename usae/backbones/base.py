@@ -88,6 +88,21 @@ class Backbone(nn.Module, abc.ABC):
     """Whether the family can load ``spec.weights``; :func:`create_backbone` refuses them otherwise."""
     family_settings: ClassVar[tuple[str, ...]] = ()
     """Which of :data:`FAMILY_SETTINGS` this family reads; the others must keep their defaults."""
+    more_specs: tuple[BackboneSpec, ...] = ()
+    """Further layers of the same model computed by the same forward pass (:meth:`forward_layers`)."""
+    layouts: tuple[TokenLayout, ...] = ()
+    """The token layout of each of :attr:`specs`; ``layout`` is the first."""
+
+    @classmethod
+    def shares_forward(cls, specs: tuple[BackboneSpec, ...]) -> bool:
+        """Whether one instance built as ``cls(specs[0], more_specs=specs[1:])`` computes all these layers
+        (same model, other ``layer``) in one forward pass. The default: no, one instance a layer."""
+        return False
+
+    @property
+    def specs(self) -> tuple[BackboneSpec, ...]:
+        """Every layer this backbone computes: ``spec`` then :attr:`more_specs`."""
+        return (self.spec, *self.more_specs)
 
     @classmethod
     def hub_source(cls, spec: BackboneSpec) -> HubSource | None:
@@ -113,6 +128,14 @@ class Backbone(nn.Module, abc.ABC):
             prefix (batch, n_prefix, d_model) and patches (batch, grid_h * grid_w, d_model).
         """
 
+    def forward_layers(self, pixels: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """(prefix, patches) of every layer of :attr:`specs`, in that order, from one forward pass.
+
+        Families that share the forward pass (:meth:`shares_forward`) override this and
+        make :meth:`forward_tokens` its first entry.
+        """
+        return [self.forward_tokens(pixels)]
+
     def forward(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
         return self.forward_tokens(pixels)
 
@@ -120,32 +143,36 @@ class Backbone(nn.Module, abc.ABC):
         """Backbones are frozen feature extractors: always stay in eval mode (no dropout)."""
         return super().train(False)
 
-    def describe(self) -> dict[str, Any]:
-        """JSON-friendly provenance: what was run, which layer, which token layout."""
+    def describe(self, index: int = 0) -> dict[str, Any]:
+        """JSON-friendly provenance of layer ``index`` of :attr:`specs`: what was run, which layer, which layout."""
+        spec = self.specs[index]
         return {
-            "key": self.spec.key,
-            "library": self.spec.library,
-            "name": self.spec.name,
-            "pretrained": self.spec.pretrained,
-            "init_seed": None if self.spec.pretrained else init_seed(self.spec),
-            "weights": (self.weights or library_weights(self.spec)).to_dict(),
-            "layer": self.spec.layer_tag,
-            "layout": self.layout.to_dict(),
+            "key": spec.key,
+            "library": spec.library,
+            "name": spec.name,
+            "pretrained": spec.pretrained,
+            "init_seed": None if spec.pretrained else init_seed(spec),
+            "weights": (self.weights or library_weights(spec)).to_dict(),
+            "layer": spec.layer_tag,
+            "layout": (self.layouts or (self.layout,))[index].to_dict(),
             "preprocessing": self.preprocessing.to_dict(),
         }
 
     def _probe_layout(self) -> TokenLayout:
-        """Run one blank image to read the layout instead of trusting model attributes."""
+        """Run one blank image to read the layouts (:attr:`layouts`) instead of trusting model attributes;
+        returns the first."""
         size = self.preprocessing.image_size
         with torch.inference_mode():
-            prefix, patches = self.forward_tokens(torch.zeros(1, 3, size, size))
-        return TokenLayout(n_prefix=prefix.shape[1], grid=self._grid(patches.shape[1]),
-                           d_model=patches.shape[2])
+            outputs = self.forward_layers(torch.zeros(1, 3, size, size))
+        self.layouts = tuple(TokenLayout(n_prefix=prefix.shape[1], grid=self._grid(patches.shape[1], spec),
+                                         d_model=patches.shape[2])
+                             for spec, (prefix, patches) in zip(self.specs, outputs, strict=True))
+        return self.layouts[0]
 
-    def _grid(self, n_patches: int) -> tuple[int, int]:
+    def _grid(self, n_patches: int, spec: BackboneSpec | None = None) -> tuple[int, int]:
         side = int(round(n_patches ** 0.5))
         if side * side != n_patches:
-            raise ValueError(f"models.{self.spec.key}: {n_patches} patch tokens do not form a square grid")
+            raise ValueError(f"models.{(spec or self.spec).key}: {n_patches} patch tokens do not form a square grid")
         return side, side
 
 

@@ -81,11 +81,14 @@ def list_backbones() -> list[str]:
     return sorted(BACKBONES.names())
 
 
-def create_backbone(spec: BackboneSpec) -> Backbone:
+def create_backbone(spec: BackboneSpec, more_specs: tuple[BackboneSpec, ...] = ()) -> Backbone:
     """Build the backbone a spec describes, frozen and in eval mode.
 
     Args:
         spec: Which library, model, layer and preprocessing to use.
+        more_specs: Further layers of the same model for one forward pass to compute
+            (:meth:`Backbone.forward_layers`); only for families whose
+            :meth:`Backbone.shares_forward` accepts them (see :class:`usae.backbones.layer_set.LayerSet`).
 
     Returns:
         The backbone, in eval mode and with ``requires_grad`` False on every parameter.
@@ -102,13 +105,16 @@ def create_backbone(spec: BackboneSpec) -> Backbone:
                          f"remove weights to use its own pretrained weights")
     # Random weights must be the same in every job (parts of one extraction run in
     # separate processes), so they come from a seed fixed by the model's name.
+    if more_specs and not cls.shares_forward((spec, *more_specs)):
+        raise ValueError(f"library {spec.library} cannot compute layers {[s.layer for s in (spec, *more_specs)]} "
+                         "in one forward pass; build one backbone a layer")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed(spec))
-        backbone = cls(spec)
+        backbone = cls(spec, more_specs=more_specs) if more_specs else cls(spec)
     if backbone.weights is None:  # an adapter that did not record what it loaded: the stores must say it
         backbone.weights = resolve_weights(spec, fetch=False)
     backbone.eval()
     backbone.requires_grad_(False)
-    logger.info("built backbone %s (%s:%s, layer %s): %s", spec.key, spec.library, spec.name,
-                spec.layer_tag, backbone.layout)
+    logger.info("built backbone %s (%s:%s, layers %s): %s", spec.key, spec.library, spec.name,
+                [s.layer_tag for s in backbone.specs], backbone.layouts or backbone.layout)
     return backbone

@@ -9,7 +9,8 @@ all come from that declaration (``python -m usae.config.generate`` rewrites the 
 from usae.config.base import from_dict, to_dict
 from usae.config.data import (
     CHANNEL_ORDERS, COMPRESSORS, DEVICES, FINAL_LAYER, INPUT_LAYOUTS, SOURCES, STANDARDIZATIONS, BackboneSpec,
-    ExtractConfig, ManifestConfig, PrepareConfig, SyntheticImagesConfig, layer_tag,
+    ExtractConfig, ManifestConfig, PrepareConfig, SyntheticImagesConfig, extraction_group, extraction_groups,
+    layer_tag, same_backbone,
 )
 from usae.config.evaluate import EvaluateConfig
 from usae.config.maco import MacoConfig
@@ -20,6 +21,6 @@ from usae.config.train import RunConfig, SAEConfig, TrainConfig
 __all__ = [
     "CHANNEL_ORDERS", "COMPRESSORS", "DEVICES", "FINAL_LAYER", "INPUT_LAYOUTS", "SOURCES", "STANDARDIZATIONS",
     "BackboneSpec", "ExtractConfig", "ManifestConfig", "PipelineConfig", "PrepareConfig", "SyntheticImagesConfig",
-    "from_dict", "layer_tag", "load_config", "to_dict", "RunConfig", "SAEConfig", "TrainConfig", "EvaluateConfig",
+    "extraction_group", "extraction_groups", "from_dict", "layer_tag", "same_backbone", "load_config", "to_dict", "RunConfig", "SAEConfig", "TrainConfig", "EvaluateConfig",
     "MacoConfig", "TrackingConfig",
 ]

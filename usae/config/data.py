@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ INPUT_LAYOUTS = ("NCHW", "NHWC")
 CHANNEL_ORDERS = ("RGB", "BGR")
 _TAG_LOOKALIKE = re.compile(r"final|block\d+|.*-[0-9a-f]{8}")
 
-__all__ = ["CHANNEL_ORDERS", "COMPRESSORS", "DEVICES", "FINAL_LAYER", "INPUT_LAYOUTS", "SOURCES", "STANDARDIZATIONS",
+__all__ = ["extraction_group", "extraction_groups", "same_backbone", "CHANNEL_ORDERS", "COMPRESSORS", "DEVICES", "FINAL_LAYER", "INPUT_LAYOUTS", "SOURCES", "STANDARDIZATIONS",
            "BackboneSpec", "ExtractConfig", "ManifestConfig", "PrepareConfig", "SyntheticImagesConfig", "layer_tag"]
 
 
@@ -117,6 +118,30 @@ class BackboneSpec(Section):
     def layer_tag(self) -> str:
         """The layer as it appears in paths: ``final``, ``block<i>`` or a path-safe layer name."""
         return layer_tag(self.layer)
+
+
+def same_backbone(a: BackboneSpec, b: BackboneSpec) -> bool:
+    """Whether two specs are the same model with the same weights and input, at most another ``layer``."""
+    return dataclasses.replace(a, key=b.key, layer=b.layer) == b
+
+
+def extraction_groups(models: dict[str, BackboneSpec]) -> dict[str, tuple[str, ...]]:
+    """Model keys that one extraction job serves, by job name: models that differ only in ``layer``
+    (:func:`same_backbone`) share a job, which runs the backbone once for all their layers.
+
+    A job is named after its first model in config order, so a model that shares with no
+    other keeps its own name.
+    """
+    groups: dict[str, list[str]] = {}
+    for key, spec in models.items():
+        home = next((name for name in groups if same_backbone(models[name], spec)), key)
+        groups.setdefault(home, []).append(key)
+    return {name: tuple(keys) for name, keys in groups.items()}
+
+
+def extraction_group(models: dict[str, BackboneSpec], key: str) -> str:
+    """The name of the extraction job (:func:`extraction_groups`) that serves model ``key``."""
+    return next(name for name, keys in extraction_groups(models).items() if key in keys)
 
 
 def layer_tag(layer: str | int) -> str:
