@@ -39,7 +39,8 @@ import numpy as np
 import pandas as pd
 
 from usae.activations.prepare import prepare_activations
-from usae.activations.store import atomic_store, base_attrs, create_array, open_store, write_array
+from usae.activations.parts import create_part_layer
+from usae.activations.store import atomic_store, base_attrs, open_store, write_array
 from usae.config import ExtractConfig, PrepareConfig
 from usae.data.manifest import COLUMNS, manifest_hash
 
@@ -131,7 +132,7 @@ def write_paper_run(root: Path, n_images: int) -> Path:
     extract, prepare = ExtractConfig(n_parts=1), PrepareConfig(grid=14)
     rng = np.random.default_rng(0)
     for key, layout in PAPER.items():
-        part = dataset / "acts" / key / "final" / "part0.zarr"
+        part = dataset / "acts" / key / "part0.zarr"
         write_part(part, key, layout, manifest_hash(table), n_images, extract, rng)
         aligned = dataset / "aligned" / key / "final.zarr"
         prepare_activations([part], manifest, prepare, aligned, aligned.with_suffix(".stats.json"))
@@ -141,16 +142,13 @@ def write_paper_run(root: Path, n_images: int) -> Path:
 def write_part(path: Path, key: str, layout: dict, manifest: str, n: int, cfg: ExtractConfig,
                rng: np.random.Generator) -> None:
     """The arrays and attributes ``extract_activations`` writes for one part (tokens seeded, not computed)."""
-    n_patches, d = int(np.prod(layout["grid"])), layout["d_model"]
     with atomic_store(path) as group:
-        group.attrs.update(base_attrs(stage="extract", model={"key": key, "layout": layout}, layer="final",
-                                      grid=layout["grid"], d_model=d, n_prefix=layout["n_prefix"],
-                                      manifest_hash=manifest, part=0, n_parts=1, n_images=n, dtype="float16"))
-        shapes = {"patches": (n, n_patches, d), "prefix": (n, layout["n_prefix"], d)}
-        for name in ["patches", "prefix"] if cfg.keep_prefix else ["patches"]:
-            array = create_array(group, name, shapes[name], dtype="float16", chunk_rows=cfg.images_per_chunk,
-                                 compressor=cfg.compressor)
-            array[:] = rng.standard_normal(shapes[name], dtype=np.float32).astype(np.float16)
+        group.attrs.update(base_attrs(stage="extract", models={key: "final"}, manifest_hash=manifest, part=0,
+                                      n_parts=1, n_images=n, dtype="float16"))
+        arrays = create_part_layer(group, "final", {"model": {"key": key, "layout": layout}, **layout}, n,
+                                   prefix=cfg.keep_prefix, chunk_rows=cfg.images_per_chunk, compressor=cfg.compressor)
+        for array in arrays.values():
+            array[:] = rng.standard_normal(array.shape, dtype=np.float32).astype(np.float16)
         write_array(group, "rows", np.arange(n, dtype=np.int64))
         write_array(group, "valid", np.ones(n, dtype=bool))
 

@@ -21,7 +21,7 @@ def _cfg(**changes):
 def test_rule_patterns_keep_the_wildcards_open():
     cfg = _cfg()
     assert paths.manifest(cfg) == "results/tiny/manifest.parquet"
-    assert paths.extract_part(cfg) == "results/tiny/acts/{model}/{layer}/part{part}.zarr"
+    assert paths.extract_part(cfg) == "results/tiny/acts/{backbone}/part{part}.zarr"
     assert paths.aligned(cfg) == "results/tiny/aligned/{model}/{layer}.zarr"
     assert paths.aligned_stats(cfg) == "results/tiny/aligned/{model}/{layer}.stats.json"
     assert [f(cfg) for f in (paths.run_dir, paths.run_model, paths.run_log, paths.run_eval, paths.run_report)] == [
@@ -34,12 +34,23 @@ def test_rule_patterns_keep_the_wildcards_open():
 
 def test_concrete_paths_follow_the_config():
     cfg = _cfg(results="out", models={"a14": {"name": "x", "layer": 1}, "b16": {"name": "y"}})
-    assert paths.extract_parts(cfg, "a14", "block1") == [
-        "out/tiny/acts/a14/block1/part0.zarr", "out/tiny/acts/a14/block1/part1.zarr"]
+    assert paths.extract_parts(cfg, "a14") == ["out/tiny/acts/a14/part0.zarr", "out/tiny/acts/a14/part1.zarr"]
+    assert paths.sharing_stats(cfg, "a14") == []
     assert paths.run_stores(cfg, "solo_b16") == {"b16": "out/tiny/aligned/b16/final.zarr"}
     assert list(paths.run_stores(cfg, "k2")) == ["a14", "b16"]  # the run's model order
     assert paths.synthetic_images(cfg) == "out/tiny/synthetic"
     assert paths.synthetic_images(_cfg(dataset={"name": "imgs", "source": "folder", "path": "/x"})) is None
+
+
+def test_models_that_differ_only_in_layer_share_the_extraction_parts():
+    cfg = _cfg(results="out", models={"a1": {"name": "x", "layer": 1}, "b": {"name": "y"}, "a3": {"name": "x", "layer": 3},
+                                      "a3w": {"name": "x", "layer": 3, "image_size": 112}}, runs={"all": {}})
+    assert paths.extract_parts(cfg, "a3") == paths.extract_parts(cfg, "a1") == [
+        "out/tiny/acts/a1/part0.zarr", "out/tiny/acts/a1/part1.zarr"]  # named after the first in config order
+    assert paths.extract_parts(cfg, "a3w") == ["out/tiny/acts/a3w/part0.zarr", "out/tiny/acts/a3w/part1.zarr"]
+    assert paths.sharing_stats(cfg, "a1") == ["out/tiny/aligned/a3/block3.stats.json"]
+    assert paths.sharing_stats(cfg, "a3") == ["out/tiny/aligned/a1/block1.stats.json"]
+    assert paths.sharing_stats(cfg, "a3", dataset="other") == ["out/other/aligned/a1/block1.stats.json"]
 
 
 def test_all_targets_are_every_aligned_store_then_each_runs_outputs():

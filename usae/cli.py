@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from usae import __version__, paths
-from usae.config import EvaluateConfig, PipelineConfig
+from usae.config import EvaluateConfig, PipelineConfig, extraction_groups
 from usae.config.files import load_config_file
 from usae.cli_tools import (chosen_models, chosen_runs, cmd_compare, cmd_push, cmd_verify, cmd_workflow,
                              workflow_parser)
@@ -58,12 +58,14 @@ def cmd_extract(cfg: PipelineConfig, args: argparse.Namespace) -> None:
     from usae.activations.extract import extract_activations
 
     parts = [args.part] if args.part is not None else range(cfg.extract.n_parts)
-    for key in chosen_models(cfg, args.model):
-        spec = cfg.models[key]
-        for part in parts:
-            out = paths.extract_part(cfg, key, spec.layer_tag, part)
-            result = extract_activations(paths.manifest(cfg), spec, cfg.extract, part, out)
-            print(f"{out}: {result.n_images} images, {result.images_per_s:.1f} images/s")
+    chosen = chosen_models(cfg, args.model)
+    for backbone, keys in extraction_groups(cfg.models).items():
+        if not set(keys) & set(chosen):
+            continue
+        for part in parts:  # a part holds every layer of its backbone: models that differ only in layer share it
+            out = paths.extract_part(cfg, backbone, part)
+            result = extract_activations(paths.manifest(cfg), [cfg.models[k] for k in keys], cfg.extract, part, out)
+            print(f"{out} ({', '.join(keys)}): {result.n_images} images, {result.images_per_s:.1f} images/s")
 
 
 def cmd_prepare(cfg: PipelineConfig, args: argparse.Namespace) -> None:
@@ -72,10 +74,12 @@ def cmd_prepare(cfg: PipelineConfig, args: argparse.Namespace) -> None:
     for key in chosen_models(cfg, args.model):
         layer = cfg.models[key].layer_tag
         out = paths.aligned(cfg, key, layer)
-        parts = paths.extract_parts(cfg, key, layer)
+        parts = paths.extract_parts(cfg, key)
         prepare_activations(parts, paths.manifest(cfg), cfg.prepare, out, paths.aligned_stats(cfg, key, layer),
-                            num_workers=args.threads, keep_parts=cfg.extract.keep)
-        print(f"{out}: done" + ("" if cfg.extract.keep else "; its extraction parts are deleted (extract.keep: false)"))
+                            layer=layer, num_workers=args.threads, keep_parts=cfg.extract.keep,
+                            sharing=paths.sharing_stats(cfg, key))
+        gone = not cfg.extract.keep and not any(Path(p).exists() for p in parts)
+        print(f"{out}: done" + ("; its extraction parts are deleted (extract.keep: false)" if gone else ""))
 
 
 def cmd_train(cfg: PipelineConfig | None, args: argparse.Namespace) -> None:

@@ -48,14 +48,16 @@ def config_stores(cfg: PipelineConfig) -> list[Path]:
     ``extract.keep: false`` a model's parts are deleted once its aligned store is written: those
     are said to be deleted, not absent.
     """
-    stores = []
+    stores: list[Path] = []
+    listed: set[Path] = set()  # parts shared by the models of one backbone are listed once
     for key in chosen_models(cfg, None):
         layer = cfg.models[key].layer_tag
-        parts, aligned = [Path(p) for p in paths.extract_parts(cfg, key, layer)], Path(paths.aligned(cfg, key, layer))
+        parts, aligned = [Path(p) for p in paths.extract_parts(cfg, key)], Path(paths.aligned(cfg, key, layer))
         deleted = not cfg.extract.keep and aligned.exists()
         if deleted and not all(p.exists() for p in parts):
             print(f"{aligned}: extraction parts deleted once it was written (extract.keep: false)")
-        built = [p for p in parts if p.exists() or not deleted] + [aligned]
+        built = [p for p in parts if (p.exists() or not deleted) and p not in listed] + [aligned]
+        listed.update(built)
         stores += [p for p in built if p.exists()]
         for absent in (p for p in built if not p.exists()):
             print(f"{absent}: absent (not built yet)")

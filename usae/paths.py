@@ -12,12 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from usae.config.data import extraction_group, extraction_groups
+
 if TYPE_CHECKING:
     from usae.config import PipelineConfig
 
 MANIFEST = "{root}/{dataset}/manifest.parquet"
 SYNTHETIC_DIR = "{root}/{dataset}/synthetic"
-EXTRACT_PART = "{root}/{dataset}/acts/{model}/{layer}/part{part}.zarr"
+EXTRACT_PART = "{root}/{dataset}/acts/{backbone}/part{part}.zarr"
 ALIGNED = "{root}/{dataset}/aligned/{model}/{layer}.zarr"
 ALIGNED_STATS = "{root}/{dataset}/aligned/{model}/{layer}.stats.json"
 RUN_DIR = "{root}/runs/{run}"
@@ -32,7 +34,7 @@ COMPARE = "{root}/compare"
 LOG = "{root}/logs/{rule}/{name}.log"
 BENCHMARK = "{root}/benchmarks/{rule}/{name}.tsv"
 
-MODEL, LAYER, PART, RUN, TEST_SET = "{model}", "{layer}", "{part}", "{run}", "{test_set}"
+MODEL, LAYER, PART, RUN, TEST_SET, BACKBONE = "{model}", "{layer}", "{part}", "{run}", "{test_set}", "{backbone}"
 """Snakemake wildcard placeholders: the default of every wildcard argument below."""
 
 
@@ -90,14 +92,23 @@ def synthetic_images(cfg: PipelineConfig, *, dataset: str | None = None) -> str 
     return _fill(SYNTHETIC_DIR, cfg, dataset) if dataset_config(cfg, dataset).source == "synthetic" else None
 
 
-def extract_part(cfg: PipelineConfig, model: str = MODEL, layer: str = LAYER, part: int | str = PART, *,
+def extract_part(cfg: PipelineConfig, backbone: str = BACKBONE, part: int | str = PART, *,
                  dataset: str | None = None) -> str:
-    return _fill(EXTRACT_PART, cfg, dataset, model=model, layer=layer, part=part)
+    """Part ``part`` of extraction job ``backbone`` (:func:`usae.config.extraction_groups`: one job serves the
+    models that differ only in ``layer``)."""
+    return _fill(EXTRACT_PART, cfg, dataset, backbone=backbone, part=part)
 
 
-def extract_parts(cfg: PipelineConfig, model: str, layer: str, *, dataset: str | None = None) -> list[str]:
-    """Every extraction part of one model's layer, in part order."""
-    return [extract_part(cfg, model, layer, k, dataset=dataset) for k in range(cfg.extract.n_parts)]
+def extract_parts(cfg: PipelineConfig, model: str, *, dataset: str | None = None) -> list[str]:
+    """Every extraction part that holds model ``model``'s layer, in part order."""
+    backbone = extraction_group(cfg.models, model)
+    return [extract_part(cfg, backbone, k, dataset=dataset) for k in range(cfg.extract.n_parts)]
+
+
+def sharing_stats(cfg: PipelineConfig, model: str, *, dataset: str | None = None) -> list[str]:
+    """The statistics files of the other models whose layers share ``model``'s extraction parts."""
+    keys = extraction_groups(cfg.models)[extraction_group(cfg.models, model)]
+    return [aligned_stats(cfg, key, cfg.models[key].layer_tag, dataset=dataset) for key in keys if key != model]
 
 
 def aligned(cfg: PipelineConfig, model: str = MODEL, layer: str = LAYER, *, dataset: str | None = None) -> str:

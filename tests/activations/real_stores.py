@@ -17,7 +17,7 @@ N_IMAGES = 12
 
 
 def build(root: Path, compressor: str) -> dict[str, Path]:
-    """Images, manifest, part ``acts/tiny/final/part0.zarr`` and aligned store ``aligned/tiny/final.zarr`` under
+    """Images, manifest, part ``acts/tiny/part0.zarr`` and aligned store ``aligned/tiny/final.zarr`` under
     ``root``; the parts are kept."""
     rng = np.random.default_rng(0)
     folder = root / "imgs" / "cls"
@@ -26,7 +26,7 @@ def build(root: Path, compressor: str) -> dict[str, Path]:
         Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     manifest = root / "manifest.parquet"
     build_manifest(ManifestConfig(source="folder", path=str(root / "imgs"), val_fraction=0.3), manifest)
-    part = root / "acts" / "tiny" / "final" / "part0.zarr"
+    part = root / "acts" / "tiny" / "part0.zarr"
     extract_activations(manifest, SPEC, ExtractConfig(n_parts=1, batch_size=4, num_workers=0, device="cpu",
                                                       images_per_chunk=2, compressor=compressor), 0, part)
     aligned = root / "aligned" / "tiny" / "final.zarr"

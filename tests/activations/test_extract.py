@@ -40,12 +40,14 @@ def test_part_rows_are_contiguous_and_cover_everything(manifest):
 def test_stored_tokens_equal_the_backbone_output(manifest, tmp_path):
     cfg = ExtractConfig(n_parts=2, batch_size=2, num_workers=0, device="cpu", images_per_chunk=2)
     result = extract_activations(manifest, SPEC, cfg, 1, tmp_path / "part1.zarr")
-    store = open_store(tmp_path / "part1.zarr")
-    rows = store["rows"][:]
+    part = open_store(tmp_path / "part1.zarr")
+    rows = part["rows"][:]
     assert rows.tolist() == part_rows(read_manifest(manifest), 1, 2)["index"].tolist() == [4, 5, 6]
-    assert result.n_images == 3 and store["valid"][:].all()
+    assert result.n_images == 3 and part["valid"][:].all()
+    assert part.attrs["part"] == 1 and part.attrs["models"] == {"tiny": "final"}
+    store = part["final"]  # one group a layer
     assert store["patches"].shape == (3, 16, 32) and store["prefix"].shape == (3, 1, 32)
-    assert store.attrs["grid"] == [4, 4] and store.attrs["part"] == 1
+    assert store.attrs["grid"] == [4, 4] and store.attrs["layer"] == "final"
     backbone = create_backbone(SPEC)
     table = read_manifest(manifest).set_index("index")
     prep = backbone.preprocessing
@@ -70,7 +72,7 @@ def test_image_deleted_after_the_manifest_is_flagged_not_fatal(manifest, tmp_pat
     result = extract_activations(manifest, SPEC, cfg, 0, tmp_path / "p.zarr")
     store = open_store(tmp_path / "p.zarr")
     assert result.n_failed == 1 and store["valid"][:].tolist() == [True, False] + [True] * 5
-    assert victim in store.attrs["failed"] and "prefix" not in store
+    assert victim in store.attrs["failed"] and "prefix" not in store["final"]
     assert victim in caplog.text
 
 
@@ -99,8 +101,45 @@ def test_the_weights_origin_and_sha256_are_recorded_and_carried_to_the_aligned_s
     cfg = ExtractConfig(n_parts=1, batch_size=4, num_workers=0, device="cpu", images_per_chunk=4)
     extract_activations(manifest, spec, cfg, 0, tmp_path / "part0.zarr")
     expected = {"origin": f"file:{checkpoint}", "sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest()}
-    assert open_store(tmp_path / "part0.zarr").attrs["model"]["weights"] == expected
+    assert open_store(tmp_path / "part0.zarr")["final"].attrs["model"]["weights"] == expected
     prepare_activations([tmp_path / "part0.zarr"], manifest, PrepareConfig(grid=2, stats_images=3),
                         tmp_path / "aligned.zarr", tmp_path / "stats.json")
     assert open_store(tmp_path / "aligned.zarr").attrs["model"]["weights"] == expected
     assert json.loads((tmp_path / "stats.json").read_text())["model"]["weights"] == expected
+
+
+def test_layers_of_one_model_are_one_job_with_a_group_a_layer(manifest, tmp_path):
+    """Two layers extracted together store what each extracted alone stores; the layers can be read apart."""
+    import dataclasses
+
+    from usae.activations.parts import open_part_layer
+
+    deep = dataclasses.replace(SPEC, kwargs={**SPEC.kwargs, "depth": 2})
+    specs = [dataclasses.replace(deep, key="b0", layer=0), dataclasses.replace(deep, key="b1", layer=1)]
+    cfg = ExtractConfig(n_parts=1, batch_size=3, num_workers=0, device="cpu", images_per_chunk=2)
+    extract_activations(manifest, specs, cfg, 0, tmp_path / "both.zarr")
+    both = open_store(tmp_path / "both.zarr")
+    assert both.attrs["models"] == {"b0": "block0", "b1": "block1"}
+    for spec in specs:
+        extract_activations(manifest, spec, cfg, 0, tmp_path / f"{spec.key}.zarr")
+        alone = open_part_layer(tmp_path / f"{spec.key}.zarr")
+        shared = open_part_layer(tmp_path / "both.zarr", spec.layer_tag)
+        np.testing.assert_array_equal(shared.patches[:], alone.patches[:])
+        np.testing.assert_array_equal(shared.rows, alone.rows)
+        assert shared.attrs["model"]["key"] == spec.key and shared.attrs["layer"] == spec.layer_tag
+    assert not np.array_equal(open_part_layer(tmp_path / "both.zarr", "block0").patches[:],
+                              open_part_layer(tmp_path / "both.zarr", "block1").patches[:])
+    with pytest.raises(ValueError, match=r"several layers \['block0', 'block1'\]; say which"):
+        open_part_layer(tmp_path / "both.zarr")
+    with pytest.raises(ValueError, match=r"without layer 'block7' \(it has \['block0', 'block1'\]\)"):
+        open_part_layer(tmp_path / "both.zarr", "block7")
+
+
+def test_models_that_differ_in_more_than_the_layer_are_refused(manifest, tmp_path):
+    import dataclasses
+
+    other = dataclasses.replace(SPEC, key="wide", image_size=32)
+    cfg = ExtractConfig(n_parts=1, batch_size=3, num_workers=0, device="cpu")
+    with pytest.raises(ValueError, match=r"models \['wide'\] differ from models.tiny in more than the layer"):
+        extract_activations(manifest, [SPEC, other], cfg, 0, tmp_path / "p.zarr")
+    assert not (tmp_path / "p.zarr").exists()

@@ -63,7 +63,8 @@ def loaded(monkeypatch):
 
 def arrays(path):
     store = open_store(path)
-    return {name: store[name][:] for name in ("patches", "prefix", "rows", "valid")}, store.attrs.asdict()
+    names = ("final/patches", "final/prefix", "rows", "valid")
+    return {name: store[name][:] for name in names}, store.attrs.asdict()
 
 
 def assert_same_store(a, b):

@@ -31,7 +31,7 @@ def test_deletes_a_real_extraction_part_whole_with_its_emptied_folders(stores):
     part = stores["part"]
     assert delete_extraction_parts([part]) == [part]
     assert not part.exists()
-    assert not (stores["root"] / "acts" / "tiny").exists()  # <model>/<layer> held only this part
+    assert not (stores["root"] / "acts" / "tiny").exists()  # <backbone> held only this part
     assert (stores["root"] / "acts").is_dir() and open_store(stores["aligned"]).attrs["complete"]
 
 
@@ -49,9 +49,9 @@ def test_a_folder_holding_something_else_is_kept(stores):
 
 @pytest.mark.parametrize("what, message", [
     ("aligned", "a store of stage 'prepare', not an extraction part"),
-    ("folder", "not a Zarr store"),
-    ("foreign", "not a usae store"),
-    ("manifest", "not a Zarr store"),
+    ("folder", "not a finished usae store .* is not a readable Zarr group"),
+    ("foreign", "not a finished usae store .*store protocol None"),
+    ("manifest", "not a finished usae store .* is not a readable Zarr group"),
 ])
 def test_refuses_anything_but_an_extraction_part_and_deletes_nothing(stores, what, message):
     foreign = stores["root"] / "foreign.zarr"
@@ -89,3 +89,16 @@ def test_a_failed_prepare_keeps_its_parts(stores, tmp_path):
         prepare_activations([stores["part"]], stores["manifest"], cfg, tmp_path / "o.zarr", tmp_path / "o.json",
                             keep_parts=False)
     assert open_store(stores["part"]).attrs["stage"] == "extract"
+
+
+def test_parts_shared_with_other_layers_wait_for_their_last_preparation(stores, tmp_path):
+    """Parts that hold several models' layers are deleted by whichever preparation finishes last."""
+    cfg = PrepareConfig(grid=2, images_per_chunk=2)
+    other = tmp_path / "other_layer.stats.json"  # the statistics the other layer's preparation publishes last
+    prepare_activations([stores["part"]], stores["manifest"], cfg, tmp_path / "a.zarr", tmp_path / "a.json",
+                        keep_parts=False, sharing=[other])
+    assert stores["part"].exists() and open_store(tmp_path / "a.zarr").attrs["complete"]
+    other.write_text("{}")
+    prepare_activations([stores["part"]], stores["manifest"], cfg, tmp_path / "b.zarr", tmp_path / "b.json",
+                        keep_parts=False, sharing=[tmp_path / "a.json"])
+    assert not stores["part"].exists()

@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 
 from usae.activations.align import resize_grid
+from usae.activations.parts import create_part_layer
 from usae.activations.prepare import prepare_activations
-from usae.activations.store import atomic_store, base_attrs, create_array, open_store
+from usae.activations.store import atomic_store, base_attrs, open_store
 from usae.config import PrepareConfig
 from usae.data.manifest import COLUMNS, manifest_hash
 
@@ -38,9 +39,11 @@ def write_parts(root, table, tokens, grid, bounds, *, valid=None, manifest=None)
     for part, (lo, hi) in enumerate(bounds):
         path = root / f"part{part}.zarr"
         with atomic_store(path) as g:
-            g.attrs.update(base_attrs(model={"key": "m"}, layer="final", grid=[grid, grid], d_model=D, n_prefix=1,
-                                      manifest_hash=manifest or manifest_hash(table), part=part, n_parts=len(bounds)))
-            create_array(g, "patches", (hi - lo, grid * grid, D), dtype="float16", chunk_rows=3)[:] = tokens[lo:hi]
+            g.attrs.update(base_attrs(stage="extract", models={"m": "final"}, manifest_hash=manifest or manifest_hash(table),
+                                      part=part, n_parts=len(bounds), n_images=hi - lo))
+            layer = create_part_layer(g, "final", {"model": {"key": "m"}, "grid": [grid, grid], "d_model": D,
+                                                   "n_prefix": 1}, hi - lo, prefix=False, chunk_rows=3, compressor="none")
+            layer["patches"][:] = tokens[lo:hi]
             g.create_array("rows", data=np.arange(lo, hi, dtype=np.int64))
             g.create_array("valid", data=np.ones(hi - lo, bool) if valid is None else valid[lo:hi])
         paths.append(path)

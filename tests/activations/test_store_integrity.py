@@ -124,12 +124,12 @@ def test_report_warns_of_a_damaged_valid_array_instead_of_listing_every_image(st
 
 
 def test_missing_chunk_of_an_extraction_part_stops_prepare(stores, tmp_path):
-    (stores["part"] / "patches" / "c" / "2" / "0" / "0").unlink()
+    (stores["part"] / "final" / "patches" / "c" / "2" / "0" / "0").unlink()
     with pytest.raises(DamagedStoreError) as caught:
         prepare_activations([stores["part"]], stores["manifest"], PrepareConfig(grid=2, images_per_chunk=2),
                             tmp_path / "again.zarr", tmp_path / "again.stats.json")
     message = str(caught.value)
-    assert str(stores["part"]) in message and "chunk (2, 0, 0) of array 'patches'" in message
+    assert str(stores["part"]) in message and "chunk (2, 0, 0) of array 'final/patches'" in message
     assert "rerun its stage, extract" in message and "usae extract -c config.yaml --model tiny --part 0" in message
     assert not (tmp_path / "again.zarr").exists()
 
@@ -159,10 +159,10 @@ def test_flipped_bit_in_compressed_chunks_is_caught_before_decompression(built, 
     root = tmp_path / "copy"
     shutil.copytree(built["zstd"]["root"], root)
     part = root / Path(built["zstd"]["part"]).relative_to(built["zstd"]["root"])
-    chunk = part / "patches" / "c" / "1" / "0" / "0"
+    chunk = part / "final" / "patches" / "c" / "1" / "0" / "0"
     flip_bit(chunk, len(chunk.read_bytes()) // 2, 6)
-    with pytest.raises(DamagedStoreError, match=r"chunk \(1, 0, 0\) of array 'patches'.*checksum"):
-        open_store(part)["patches"][:]
+    with pytest.raises(DamagedStoreError, match=r"chunk \(1, 0, 0\) of array 'final/patches'.*checksum"):
+        open_store(part)["final/patches"][:]
     assert verify_store(built["zstd"]["aligned"]) == []
 
 
@@ -185,7 +185,7 @@ def test_verify_checks_the_layout_against_the_spec(stores):
     group.attrs["n_images"] = N_IMAGES + 1
     del group["rows"]
     problems = verify_store(stores["part"])
-    assert any(f"array 'patches' has shape ({N_IMAGES}, 16, 32), expected ({N_IMAGES + 1}, 16, 32)" in p
+    assert any(f"array 'final/patches' has shape ({N_IMAGES}, 16, 32), expected ({N_IMAGES + 1}, 16, 32)" in p
                for p in problems), problems
     assert any("array 'rows' is missing" in p for p in problems)
     foreign = zarr.open_group(stores["root"] / "foreign.zarr", mode="w")
@@ -203,7 +203,7 @@ def test_verify_a_config_checks_its_stores(stores, tmp_path, capsys):
     assert main(["verify", "-c", str(config)]) == 0
     out = capsys.readouterr().out
     assert "part1.zarr: absent (not built yet)" in out and "verified 2 store(s): 2 sound, 0 damaged" in out
-    (results / "synthetic" / "acts" / "tiny" / "final" / "part0.zarr" / "valid" / "c" / "0").unlink()
+    (results / "synthetic" / "acts" / "tiny" / "part0.zarr" / "valid" / "c" / "0").unlink()
     assert main(["verify", "-c", str(config)]) == 1
     assert "chunk (0,) of array 'valid'" in capsys.readouterr().out
 

@@ -220,10 +220,11 @@ def test_extraction_stores_torchvision_tokens(tmp_path):
     spec = _spec(layer="layer3.1.add")
     cfg = ExtractConfig(n_parts=1, batch_size=2, num_workers=0, device="cpu", images_per_chunk=2)
     extract_activations(manifest, spec, cfg, 0, tmp_path / "part0.zarr")
-    store = open_store(tmp_path / "part0.zarr")
+    part = open_store(tmp_path / "part0.zarr")
+    store = part[spec.layer_tag]
     assert store["patches"].shape == (3, 16, 256) and store["prefix"].shape == (3, 0, 256)
     assert store.attrs["layer"] == "layer3.1.add" and store.attrs["model"]["node"] == "layer3.1.add"
-    assert store.attrs["grid"] == [4, 4] and store["valid"][:].all()
+    assert store.attrs["grid"] == [4, 4] and part["valid"][:].all()
 
 
 

@@ -482,6 +482,6 @@ def test_image_deleted_before_extraction_is_flagged_and_the_rest_extracted(
     assert valid == {p: p != str(victim) for p in ok["path"]}
     assert result.n_failed == 1 and result.n_images == len(ok)
     assert store.attrs["failed"] == {str(victim): "file not found (deleted or moved after the manifest was built?)"}
-    patches = store["patches"][:].astype(np.float32)
+    patches = store[f"{spec.layer_tag}/patches"][:].astype(np.float32)
     assert np.isfinite(patches).all()
     assert str(victim) in caplog.text and "marked invalid" in caplog.text

@@ -51,6 +51,7 @@ def rebuild_hint(store: str | Path, attrs: dict[str, Any]) -> str:
     reruns its job and every job after it.
     """
     stage, model = attrs.get("stage"), (attrs.get("model") or {}).get("key", "<model>")
+    model = next(iter(attrs.get("models") or {}), model)  # an extraction part: any of the models it serves
     forcerun = f"`snakemake --cores 8 --forcerun {store_marker(store)}`"
     if stage == "extract":
         command = f"`usae extract -c config.yaml --model {model} --part {attrs.get('part', '<k>')}`"

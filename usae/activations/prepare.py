@@ -1,6 +1,6 @@
 """Stage 3: align one model's patch grid to the common grid, standardise, write per split.
 
-Input: the extraction parts of one (model, layer). Output: one aligned store whose
+Input: one layer of the extraction parts of a model. Output: one aligned store whose
 ``train`` and ``val`` groups hold (images, grid*grid, d) float16 tokens in manifest order,
 identical in row order for every model, plus the statistics as JSON beside the store.
 A test set's store takes the training data's statistics and holds every image in ``val``.
@@ -17,7 +17,7 @@ import numpy as np
 import zarr
 
 from usae.activations.align import resize_grid
-from usae.activations.parts import delete_extraction_parts
+from usae.activations.parts import PartLayer, delete_extraction_parts, open_part_layer
 from usae.activations.standardize import Standardization, compute_standardization, sample_images
 from usae.activations.store import ChunkWriter, atomic_store, base_attrs, create_array, open_store, write_array
 from usae.atomic import atomic_path
@@ -28,8 +28,10 @@ from usae.progress import progress_bar
 logger = logging.getLogger(__name__)
 
 
-def open_parts(part_paths: list[str | Path], expected_hash: str | None = None) -> list[zarr.Group]:
-    """Open every extraction part of one (model, layer) and check that they belong together.
+def open_parts(part_paths: list[str | Path], layer: str | None = None,
+               expected_hash: str | None = None) -> list[PartLayer]:
+    """Open layer ``layer`` (None: the only one) of every extraction part of one model and check that they
+    belong together.
 
     Raises:
         FileNotFoundError: listing every missing part.
@@ -38,34 +40,36 @@ def open_parts(part_paths: list[str | Path], expected_hash: str | None = None) -
     missing = [str(p) for p in part_paths if not Path(p).exists()]
     if missing:
         raise FileNotFoundError("missing extraction part(s): " + ", ".join(missing))
-    groups = [open_store(p) for p in part_paths]
-    attrs = [g.attrs.asdict() for g in groups]
+    parts = [open_part_layer(p, layer) for p in part_paths]
+    attrs = [p.attrs for p in parts]
     for key in ("manifest_hash", "layer", "grid", "d_model", "n_parts"):
         values = {json.dumps(a.get(key)) for a in attrs}
         if len(values) > 1:
             raise ValueError(f"extraction parts disagree on {key}: {sorted(values)} ({part_paths})")
     if {json.dumps(a["model"]) for a in attrs}.__len__() > 1:
         raise ValueError(f"extraction parts come from different models: {part_paths}")
-    parts = sorted(a["part"] for a in attrs)
-    if parts != list(range(attrs[0]["n_parts"])):
-        raise ValueError(f"extraction parts {parts} do not cover 0..{attrs[0]['n_parts'] - 1}")
+    numbers = sorted(a["part"] for a in attrs)
+    if numbers != list(range(attrs[0]["n_parts"])):
+        raise ValueError(f"extraction parts {numbers} do not cover 0..{attrs[0]['n_parts'] - 1}")
     if expected_hash is not None and attrs[0]["manifest_hash"] != expected_hash:
         raise ValueError(f"extraction parts were made from another manifest "
                          f"({attrs[0]['manifest_hash'][:12]} != {expected_hash[:12]}); rerun extraction")
-    return sorted(groups, key=lambda g: g.attrs["part"])
+    return sorted(parts, key=lambda p: p.attrs["part"])
 
 
 def prepare_activations(part_paths: list[str | Path], manifest_path: str | Path, cfg: PrepareConfig,
-                        out_path: str | Path, stats_path: str | Path, *, num_workers: int = 1,
-                        reference_stats: str | Path | None = None, keep_parts: bool = True) -> Standardization:
+                        out_path: str | Path, stats_path: str | Path, *, layer: str | None = None,
+                        num_workers: int = 1, reference_stats: str | Path | None = None, keep_parts: bool = True,
+                        sharing: list[str | Path] = ()) -> Standardization:
     """Align, standardise and write one model's tokens; return the statistics used.
 
     Args:
-        part_paths: all extraction parts of one (model, layer), any order.
+        part_paths: all extraction parts of the model, any order.
         manifest_path: the manifest they were extracted from.
         cfg: common grid, standardisation kind, sample size, seed, chunking.
         out_path: the aligned store to write (published atomically).
         stats_path: JSON file for the statistics (written after the store).
+        layer: the model's layer tag (the group of the parts to read); None: the parts' only layer.
         num_workers: threads for dask reads and reductions.
         reference_stats: a test set's case: the training data's statistics file of the same
             model (``stats_path`` of its own preparation). Its statistics are applied instead of
@@ -73,18 +77,21 @@ def prepare_activations(part_paths: list[str | Path], manifest_path: str | Path,
             goes to the ``val`` group (a test set has no split). Recorded as ``standardized_with``.
         keep_parts: False (``extract.keep: false``): delete the extraction parts once the store
             and the statistics are published, not before, so a failed job leaves them to retry with.
+        sharing: the statistics files of the other layers the parts hold (models that share the
+            extraction): the parts are deleted only once every one of them exists too. Each job
+            checks after publishing its own, so the last of them to finish deletes the parts.
     """
     logger.info("prepare %s: cfg=%s", out_path, to_dict(cfg))
     table = read_manifest(manifest_path)
-    groups = open_parts(part_paths, expected_hash=manifest_hash(table))
-    head = groups[0].attrs.asdict()
+    parts = open_parts(part_paths, layer, expected_hash=manifest_hash(table))
+    head = parts[0].attrs
     src_grid, dst_grid = tuple(head["grid"]), (cfg.grid, cfg.grid)
     if cfg.grid > min(src_grid):
         raise ValueError(f"prepare.grid = {cfg.grid} is larger than {head['model']['key']}'s patch grid "
                          f"{src_grid[0]}x{src_grid[1]}; choose prepare.grid <= {min(src_grid)}")
-    patches = da.concatenate([da.from_zarr(g["patches"], chunks=g["patches"].chunks) for g in groups])
-    rows = np.concatenate([g["rows"][:] for g in groups])
-    valid = np.concatenate([g["valid"][:] for g in groups])
+    patches = da.concatenate([da.from_zarr(p.patches, chunks=p.patches.chunks) for p in parts])
+    rows = np.concatenate([p.rows for p in parts])
+    valid = np.concatenate([p.valid for p in parts])
 
     def aligned(x: np.ndarray) -> np.ndarray:
         return resize_grid(x, src_grid, dst_grid).numpy()
@@ -102,7 +109,7 @@ def prepare_activations(part_paths: list[str | Path], manifest_path: str | Path,
     attrs = base_attrs(stage="prepare", model=head["model"], layer=head["layer"], grid=list(dst_grid),
                        source_grid=list(src_grid), d_model=head["d_model"], manifest_hash=head["manifest_hash"],
                        standardization=stats.to_dict(), config=to_dict(cfg), dtype="float16",
-                       failed={path: why for g in groups for path, why in (g.attrs.get("failed") or {}).items()},
+                       failed={path: why for p in parts for path, why in (p.attrs.get("failed") or {}).items()},
                        **extra)
     with atomic_store(out_path) as group:
         group.attrs.update(attrs)
@@ -111,7 +118,10 @@ def prepare_activations(part_paths: list[str | Path], manifest_path: str | Path,
             _write_split(group.create_group(split), patches, positions, rows, valid, aligned, stats, cfg,
                          label=f"{head['model']['key']} {split}")
     _write_json_atomic(stats_path, {"store": str(out_path), **attrs, "complete": True})
-    if not keep_parts:
+    waiting = [str(p) for p in sharing if not Path(p).exists()]
+    if not keep_parts and waiting:
+        logger.info("extraction parts kept until the other layers they hold are prepared: %s", waiting)
+    elif not keep_parts:
         delete_extraction_parts(part_paths)
     return stats
 

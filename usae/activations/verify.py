@@ -22,9 +22,11 @@ from usae.activations.store import open_store
 logger = logging.getLogger(__name__)
 
 REQUIRED_ATTRS = {
-    "extract": ("model", "layer", "grid", "d_model", "n_prefix", "manifest_hash", "part", "n_parts", "n_images"),
+    "extract": ("models", "manifest_hash", "part", "n_parts", "n_images"),
     "prepare": ("model", "layer", "grid", "d_model", "manifest_hash", "standardization"),
 }
+LAYER_ATTRS = ("model", "layer", "grid", "d_model", "n_prefix")
+"""Attributes of each layer's group of an extraction part."""
 
 
 def verify_store(path: str | Path) -> list[str]:
@@ -55,14 +57,15 @@ def _arrays(group: zarr.Group) -> list[tuple[str, zarr.Array]]:
 
 def _expected(attrs: dict[str, Any], group: zarr.Group) -> dict[str, tuple[tuple[int, ...], str]]:
     """Array path -> (shape, dtype) that the store's stage writes, sized from its attributes and ``rows``."""
-    grid, d = attrs.get("grid") or [0, 0], attrs.get("d_model")
-    tokens = int(np.prod(grid))
     if attrs.get("stage") == "extract":
         n = attrs.get("n_images")
-        spec = {"patches": ((n, tokens, d), "float16"), "rows": ((n,), "int64"), "valid": ((n,), "bool")}
-        if "prefix" in group:
-            spec["prefix"] = ((n, attrs.get("n_prefix"), d), "float16")
+        spec = {"rows": ((n,), "int64"), "valid": ((n,), "bool")}
+        for layer in sorted(set((attrs.get("models") or {}).values())):
+            if layer in group:
+                spec.update(_layer_arrays(layer, group[layer].attrs.asdict(), group[layer], n))
         return spec
+    grid, d = attrs.get("grid") or [0, 0], attrs.get("d_model")
+    tokens = int(np.prod(grid))
     spec = {}
     for split in ("train", "val"):
         n = group[f"{split}/rows"].shape[0] if f"{split}/rows" in group else None
@@ -71,11 +74,35 @@ def _expected(attrs: dict[str, Any], group: zarr.Group) -> dict[str, tuple[tuple
     return spec
 
 
+def _layer_arrays(layer: str, attrs: dict[str, Any], group: zarr.Group,
+                  n: int) -> dict[str, tuple[tuple[int, ...], str]]:
+    """The arrays of one layer's group of an extraction part, sized from the group's attributes."""
+    tokens, d = int(np.prod(attrs.get("grid") or [0, 0])), attrs.get("d_model")
+    spec = {f"{layer}/patches": ((n, tokens, d), "float16")}
+    if "prefix" in group:
+        spec[f"{layer}/prefix"] = ((n, attrs.get("n_prefix"), d), "float16")
+    return spec
+
+
+def _layer_problems(group: zarr.Group, attrs: dict[str, Any]) -> list[str]:
+    """Missing layer groups of an extraction part, and missing attributes of those present."""
+    problems = []
+    for layer in sorted(set((attrs.get("models") or {}).values())):
+        if layer not in group:
+            problems.append(f"layer group '{layer}' is missing")
+            continue
+        held = group[layer].attrs.asdict()
+        problems += [f"attribute {key!r} of layer group '{layer}' is missing" for key in LAYER_ATTRS if key not in held]
+    return problems
+
+
 def _layout_problems(path: Path, group: zarr.Group, attrs: dict[str, Any]) -> list[str]:
     stage = attrs.get("stage")
     if stage not in REQUIRED_ATTRS:
         return [f"attribute stage is {stage!r}, expected one of {sorted(REQUIRED_ATTRS)}"]
     problems = [f"attribute {key!r} is missing" for key in REQUIRED_ATTRS[stage] if key not in attrs]
+    if stage == "extract":
+        problems += _layer_problems(group, attrs)
     arrays = dict(_arrays(group))
     for name, (shape, dtype) in _expected(attrs, group).items():
         array = arrays.get(name)

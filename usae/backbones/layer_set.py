@@ -18,7 +18,8 @@ from usae.config import BackboneSpec, same_backbone
 
 
 class LayerSet:
-    """The backbones that compute ``specs`` (same model, one entry a layer), in that order."""
+    """The backbones that compute the layers of ``specs`` (same model), in that order: :attr:`specs` holds
+    the first spec of each layer (two keys of one layer are computed once)."""
 
     def __init__(self, specs: Sequence[BackboneSpec]) -> None:
         """Build the backbone(s) for ``specs``.
@@ -33,6 +34,7 @@ class LayerSet:
         if strangers:
             raise ValueError(f"models {strangers} differ from models.{specs[0].key} in more than the layer; "
                              "one extraction job runs one model")
+        specs = tuple({s.layer_tag: s for s in reversed(specs)}.values())[::-1]
         cls = backbone_class(specs[0])
         if len(specs) > 1 and cls.shares_forward(specs):
             self.backbones = [create_backbone(specs[0], more_specs=specs[1:])]

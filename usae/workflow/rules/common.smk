@@ -10,7 +10,7 @@ from snakemake.exceptions import WorkflowError
 
 import usae
 from usae import paths
-from usae.config import load_config, to_dict
+from usae.config import extraction_groups, load_config, to_dict
 from usae.config.files import read_config_file
 
 DEFAULT_CONFIG = "config.yaml"
@@ -34,6 +34,7 @@ try:
         check_geometry(PIPE)  # shapes from weightless models: layer depth, common grid
 except (ValueError, FileNotFoundError) as err:
     raise WorkflowError(f"invalid config: {err}") from None
+EXTRACTION_GROUPS = extraction_groups(PIPE.models)  # one extraction job serves the models that differ only in layer
 
 if workflow.is_main_process:  # a damaged model would otherwise pass as done, and its evaluation rerun fail
     from usae.sae.integrity import damaged_models
@@ -44,17 +45,23 @@ if workflow.is_main_process:  # a damaged model would otherwise pass as done, an
 
 wildcard_constraints:
     model="|".join(sorted(PIPE.models)),
+    backbone="|".join(sorted(EXTRACTION_GROUPS)),
     layer="|".join(sorted({re.escape(spec.layer_tag) for spec in PIPE.models.values()})),  # final, block<i>, names
     part=r"\d+",
     run="|".join(sorted(PIPE.runs)),
 
 
-def model_spec(wildcards):
-    """The one model's settings, as a plain dict in a fixed key order."""
+def backbone_specs(wildcards):
+    """The settings of every model one extraction job serves (same model, one layer each), as plain dicts."""
+    return [to_dict(PIPE.models[key]) for key in EXTRACTION_GROUPS[wildcards.backbone]]
+
+
+def check_layer(wildcards):
+    """The model's layer tag, refusing a path whose layer is not the configured one."""
     spec = PIPE.models[wildcards.model]
     if spec.layer_tag != wildcards.layer:
         raise WorkflowError(f"{wildcards.model}: layer {wildcards.layer} is not the configured {spec.layer_tag}")
-    return to_dict(spec)
+    return spec.layer_tag
 
 
 def extraction_output(store):
@@ -71,8 +78,8 @@ def extraction_settings():
 
 
 def extraction_parts(wildcards):
-    """Every extraction part of the model's layer, as store markers (paths.store_marker)."""
-    return [paths.store_marker(p) for p in paths.extract_parts(PIPE, wildcards.model, wildcards.layer)]
+    """Every extraction part that holds the model's layer, as store markers (paths.store_marker)."""
+    return [paths.store_marker(p) for p in paths.extract_parts(PIPE, wildcards.model)]
 
 
 def run_stores(wildcards):

@@ -10,7 +10,9 @@ rule prepare_activations:
         stats=paths.aligned_stats(PIPE),
     params:
         cfg=to_dict(PIPE.prepare),
-        keep=PIPE.extract.keep,  # false: the job deletes the parts once its store is published
+        layer=check_layer,
+        keep=PIPE.extract.keep,  # false: the parts are deleted once their last layer's store is published
+        sharing=lambda wc: paths.sharing_stats(PIPE, wc.model),  # the other layers the parts hold
         version=usae.STAGE_VERSIONS["prepare"],
     log:
         paths.log(PIPE, "prepare_activations", "{model}_{layer}"),

@@ -10,9 +10,8 @@ wildcard_constraints:
 
 
 def test_set_parts(wildcards):
-    """Every extraction part of the model's layer on the test set, as store markers."""
-    return [paths.store_marker(p)
-            for p in paths.extract_parts(PIPE, wildcards.model, wildcards.layer, dataset=wildcards.test_set)]
+    """Every extraction part that holds the model's layer on the test set, as store markers."""
+    return [paths.store_marker(p) for p in paths.extract_parts(PIPE, wildcards.model, dataset=wildcards.test_set)]
 
 
 def test_set_stores(wildcards):
@@ -37,9 +36,9 @@ use rule extract_activations as extract_test_set_activations with:
     output:
         store=extraction_output(paths.extract_part(PIPE, dataset=paths.TEST_SET)),
     log:
-        paths.log(PIPE, "extract_test_set_activations", "{test_set}_{model}_{layer}_part{part}"),
+        paths.log(PIPE, "extract_test_set_activations", "{test_set}_{backbone}_part{part}"),
     benchmark:
-        paths.benchmark(PIPE, "extract_test_set_activations", "{test_set}_{model}_{layer}_part{part}")
+        paths.benchmark(PIPE, "extract_test_set_activations", "{test_set}_{backbone}_part{part}")
 
 
 use rule prepare_activations as prepare_test_set_activations with:
@@ -50,6 +49,8 @@ use rule prepare_activations as prepare_test_set_activations with:
     output:
         store=paths.store_marker(paths.aligned(PIPE, dataset=paths.TEST_SET)),
         stats=paths.aligned_stats(PIPE, dataset=paths.TEST_SET),
+    params:
+        sharing=lambda wc: paths.sharing_stats(PIPE, wc.model, dataset=wc.test_set),
     log:
         paths.log(PIPE, "prepare_test_set_activations", "{test_set}_{model}_{layer}"),
     benchmark:

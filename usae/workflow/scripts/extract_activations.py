@@ -1,4 +1,4 @@
-"""Rule extract_activations: one model, one layer, one manifest part -> one Zarr store."""
+"""Rule extract_activations: one backbone, its layers, one manifest part -> one Zarr store."""
 
 import torch
 
@@ -10,7 +10,8 @@ from usae.runlog import configure_logging
 snakemake = globals()["snakemake"]  # injected by Snakemake
 configure_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
-spec = from_dict(BackboneSpec, snakemake.params.spec, section=f"models.{snakemake.wildcards.model}")
+specs = [from_dict(BackboneSpec, spec, section=f"models.{spec['key']}")
+         for spec in snakemake.params.specs]
 cfg = from_dict(ExtractConfig, snakemake.params.cfg, section="extract")
-extract_activations(snakemake.input.manifest, spec, cfg, int(snakemake.wildcards.part),
+extract_activations(snakemake.input.manifest, specs, cfg, int(snakemake.wildcards.part),
                     paths.store_of(snakemake.output.store))

@@ -12,6 +12,8 @@ configure_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 cfg = from_dict(PrepareConfig, snakemake.params.cfg, section="prepare")
 prepare_activations([paths.store_of(p) for p in snakemake.input.parts], snakemake.input.manifest, cfg,
-                    paths.store_of(snakemake.output.store), snakemake.output.stats, num_workers=snakemake.threads,
+                    paths.store_of(snakemake.output.store), snakemake.output.stats, layer=snakemake.params.layer,
+                    num_workers=snakemake.threads,
                     reference_stats=snakemake.input.get("reference"),  # a test set's: the training data's
-                    keep_parts=snakemake.params.keep)  # false: the parts are deleted once the store is published
+                    keep_parts=snakemake.params.keep,  # false: deleted once every layer they hold is prepared
+                    sharing=snakemake.params.sharing)
