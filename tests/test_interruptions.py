@@ -83,7 +83,7 @@ def test_killed_extraction_job_resumes_and_equals_an_uninterrupted_one(tmp_path)
     cut, whole = workdir_with_config(tmp_path / "cut"), workdir_with_config(tmp_path / "whole")
     for workdir in (cut, whole):
         usae(workdir, "manifest")
-    store = cut / "results/kill/acts/big/final/part0.zarr"
+    store = cut / "results/kill/acts/big/part0.zarr"
     progress = partial_path(store) / PROGRESS_FILE
 
     def committed() -> int:
@@ -100,11 +100,11 @@ def test_killed_extraction_job_resumes_and_equals_an_uninterrupted_one(tmp_path)
     rerun = usae(cut, "extract", "--model", "big")
     assert f"resuming a killed job at image {done} of 64" in rerun.stderr
     usae(whole, "extract", "--model", "big")
-    a, b = open_store(store), open_store(whole / "results/kill/acts/big/final/part0.zarr")
-    for name in ("patches", "prefix", "rows", "valid"):
+    a, b = open_store(store), open_store(whole / "results/kill/acts/big/part0.zarr")
+    for name in ("final/patches", "final/prefix", "rows", "valid"):
         np.testing.assert_array_equal(a[name][:], b[name][:], err_msg=name)
     assert a.attrs["resumed_at"] == done and b.attrs["resumed_at"] == 0
-    first_chunk = store / "patches" / "c" / "0" / "0" / "0"
+    first_chunk = store / "final" / "patches" / "c" / "0" / "0" / "0"
     assert first_chunk.stat().st_mtime < killed_at, "chunks committed before the kill must not be recomputed"
 
 

@@ -174,7 +174,7 @@ def test_slurm_profile_submits_gpu_jobs_with_their_sbatch_options(cluster_run, t
     records.mkdir()
     for tool in bin_dir.iterdir():
         tool.chmod(0o755)
-    part, model = "results/tiny/acts/a14/final/part0.zarr/zarr.json", "results/runs/usae/model"  # store: its marker
+    part, model = "results/tiny/acts/a14/part0.zarr/zarr.json", "results/runs/usae/model"  # store: its marker
     proc, _ = run_driver(
         tmp_path, "--workflow-profile", str(tmp_path / "profile"), "--retries", "0",
         "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "1",

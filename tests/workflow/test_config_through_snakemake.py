@@ -47,7 +47,7 @@ def test_a_configfile_is_the_whole_config_not_a_patch_over_config_yaml(tmp_path)
     assert jobs == {"build_manifest": 1, "extract_activations": 1, "prepare_activations": 1, "train_usae": 1,
                     "evaluate_usae": 1, "render_report": 1, "all": 1}
     out = snakemake(tmp_path, "-n", "--configfile", str(one)).stdout
-    assert "results/one/acts/b16/final/part0.zarr" in out and "a14" not in out and "runs/k2" not in out
+    assert "results/one/acts/b16/part0.zarr" in out and "a14" not in out and "runs/k2" not in out
     assert planned_jobs(tmp_path)["extract_activations"] == 4  # without --configfile: config.yaml's two models
 
 

@@ -48,7 +48,7 @@ def test_every_job_wrote_its_log_and_benchmark(built):
     assert len([p for p in logs if p.startswith("prepare_activations/")]) == 2
     assert "train_usae/usae.log" in logs and "train_usae/k2.log" in logs
     assert len(list((built / "results" / "benchmarks").rglob("*.tsv"))) == len(logs)
-    assert "images/s" in (built / "results/logs/extract_activations/a14_final_part0.log").read_text()
+    assert "images/s" in (built / "results/logs/extract_activations/a14_part0.log").read_text()
 
 
 def test_nothing_reruns_when_nothing_changed(built):
@@ -197,7 +197,7 @@ def test_named_layers_get_their_own_paths(tmp_path):
     write_config(tmp_path, **{"models.tv": tv, "runs": {"usae": {}}})
     assert planned_jobs(tmp_path)["extract_activations"] == 6
     out = snakemake(tmp_path, "-n").stdout
-    assert "results/tiny/acts/tv/layer3/part1.zarr" in out and "results/tiny/aligned/tv/layer3.zarr" in out
+    assert "results/tiny/acts/tv/part1.zarr" in out and "results/tiny/aligned/tv/layer3.zarr" in out
     write_config(tmp_path, **{"models.tv": {**tv, "layer": "layer5"}, "runs": {"usae": {}}})
     proc = snakemake(tmp_path, check=False)
     assert proc.returncode != 0 and "models.tv.layer = 'layer5' is not a graph node" in proc.stdout + proc.stderr

@@ -34,5 +34,5 @@ def test_a_trained_run_is_evaluated_and_reported_on_the_test_set(tmp_path):
     assert (results / "runs/usae/eval_circles/concepts.parquet").is_file()
     html = (results / "runs/usae/report/index.html").read_text()
     assert 'id="other-data"' in html and "training data (validation)" in html and "<th>circles</th>" in html
-    assert not list(results.glob("*/acts/*/*/*.zarr"))  # extract.keep false: the test set's parts go too
+    assert not list(results.glob("*/acts/*/*.zarr"))  # extract.keep false: the test set's parts go too
     assert planned_jobs(tmp_path) == {}
