@@ -267,3 +267,28 @@ def test_weights_folder_gives_the_shapes_before_running(saved_vit):
 
     spec = BackboneSpec(key="m", library="transformers", name="x", image_size=48, weights=str(saved_vit))
     assert probe_geometry(spec) == TokenLayout(n_prefix=1, grid=(6, 6), d_model=32)
+
+
+CLIP = {"model_type": "clip", "vision_config": {**TINY, "patch_size": 8}}
+
+
+@pytest.mark.parametrize(("config", "layers"), [
+    (VIT, ["final", 1, 0]),
+    (CLIP, [0, "final", 1]),  # 'final' gets post_layernorm also from the pass that returns the blocks
+])
+def test_one_call_gives_each_layer_its_own_tokens(same_as_alone, config, layers):
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    layer_set = same_as_alone(_spec(config), layers, x)
+    assert [layer_set.describe(i)["layer"] for i in range(3)] == [
+        "final" if layer == "final" else f"block{layer}" for layer in layers]
+    assert HFBackbone.shares_forward(layer_set.specs)
+
+
+@pytest.mark.parametrize(("layers", "message"), [
+    ([0, 2], r"models.m1: layer 2 is out of range for transformers model 'tiny-vit', which has depth 2"),
+    (["final", "encoder.layer.0"], r"models.m1.layer = 'encoder.layer.0': library transformers takes 'final'"),
+])
+def test_a_bad_layer_among_several_names_its_model(layers_of, layers, message):
+    first, *rest = layers_of(_spec(VIT), layers)
+    with pytest.raises(ValueError, match=message):
+        create_backbone(first, more_specs=tuple(rest))

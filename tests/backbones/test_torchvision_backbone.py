@@ -232,3 +232,23 @@ def test_prefix_tokens_setting_is_used_for_sequences():
     assert create_backbone(_spec("vit_b_16", image_size=64, prefix_tokens=1)).layout.n_prefix == 1
     with pytest.raises(ValueError, match=r"models.tv: 17 patch tokens do not form a square grid"):
         create_backbone(_spec("vit_b_16", image_size=64, prefix_tokens=0))
+
+
+@pytest.mark.parametrize(("name", "size", "layers"), [
+    # 'final' and layer4 are one graph node; ReLU(inplace=True) overwrites layer3.1.add after it is made.
+    ("resnet18", 64, ["layer2", "final", "layer4", "layer3.1.add", "layer3.1.relu_1", "layer1.0.bn1"]),
+    ("vit_b_16", 32, ["final", "encoder.layers.encoder_layer_3", "encoder.layers.encoder_layer_0"]),
+])
+def test_one_pass_gives_each_layer_its_own_tokens(same_as_alone, name, size, layers):
+    layer_set = same_as_alone(_spec(name, image_size=size), layers, _pixels(size))
+    assert [layer_set.describe(i)["node"] for i in range(len(layers))] == [
+        "layer4.1.relu_1" if layer == "final" and name == "resnet18" else "encoder.ln" if layer == "final" else layer
+        for layer in layers]
+    assert TorchvisionBackbone.shares_forward(layer_set.specs)
+
+
+def test_a_bad_layer_among_several_names_its_model(layers_of):
+    first, *rest = layers_of(_spec(), ["layer2", "layer5"])
+    with pytest.raises(ValueError, match=r"models.tv1.layer = 'layer5' is not a graph node or module of torchvision "
+                                         r"model 'resnet18'"):
+        create_backbone(first, more_specs=tuple(rest))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -42,24 +43,27 @@ class HFBackbone(Backbone):
     * An integer layer ``i`` is ``hidden_states[i + 1]``, the raw output of block ``i``.
     * Token sequences hold ``seq_len - grid**2`` prefix tokens (CLS, registers) first,
       with ``grid = image_size // patch_size``; feature maps (B, C, H, W) have none.
+    * Several layers (``more_specs``), blocks and ``final`` alike, come from one call.
     """
 
     loads_local_weights = True
 
-    def __init__(self, spec: BackboneSpec) -> None:
-        """Build the model of a spec and probe its depth, final norm and token layout.
+    def __init__(self, spec: BackboneSpec, more_specs: Sequence[BackboneSpec] = ()) -> None:
+        """Build the model of a spec and probe its depth, final norm and token layout(s).
 
         Args:
             spec: Hub id or offline config, pretrained flag, layer, input size,
                 normalisation and config overrides.
+            more_specs: Further layers of the same model, computed by the same call.
 
         Raises:
             ValueError: If ``hf_config`` is combined with ``pretrained``, lacks a
                 ``model_type``, or the layer is a name or an index past the model's depth.
         """
         super().__init__()
-        refuse_layer_name(spec)
-        self.spec = spec
+        self.spec, self.more_specs = spec, tuple(more_specs)
+        for s in self.specs:
+            refuse_layer_name(s)
         self.weights = resolve_weights(spec)
         source = _source(spec, self.weights)
         model, config = _build(spec, source)
@@ -112,20 +116,21 @@ class HFBackbone(Backbone):
                              **self._forward_kwargs)
         depth = len(out.hidden_states) - 1
         self.depth = depth
-        layer = self.spec.layer
-        if layer != FINAL_LAYER and layer >= depth:
-            raise ValueError(f"models.{self.spec.key}: layer {layer} is out of range for "
-                             f"transformers model {self.spec.name!r}, which has depth {depth} "
-                             f"(indices 0..{depth - 1})")
-        if layer == FINAL_LAYER and torch.equal(out.last_hidden_state, out.hidden_states[-1]):
+        for spec in self.specs:
+            if spec.layer != FINAL_LAYER and spec.layer >= depth:
+                raise ValueError(f"models.{spec.key}: layer {spec.layer} is out of range for "
+                                 f"transformers model {spec.name!r}, which has depth {depth} "
+                                 f"(indices 0..{depth - 1})")
+        final = next((spec for spec in self.specs if spec.layer == FINAL_LAYER), None)
+        if final is not None and torch.equal(out.last_hidden_state, out.hidden_states[-1]):
             norm = next((m for n, m in self.model.named_modules() if n.endswith("post_layernorm")), None)
             if norm is None:
                 logger.warning("models.%s: last_hidden_state of %s is not normalised and no "
                                "post_layernorm was found; 'final' is the raw last block output",
-                               self.spec.key, self.spec.name)
+                               final.key, final.name)
             else:
                 logger.info("models.%s: applying post_layernorm to last_hidden_state for 'final'",
-                            self.spec.key)
+                            final.key)
             self._final_norm = norm
 
     def forward_tokens(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
@@ -137,25 +142,32 @@ class HFBackbone(Backbone):
         Returns:
             prefix (batch, n_prefix, d_model) and patches (batch, grid_h * grid_w, d_model).
         """
-        final = self.spec.layer == FINAL_LAYER
-        out = self.model(pixel_values=pixels, output_hidden_states=not final, **self._forward_kwargs)
-        if final:
-            tokens = out.last_hidden_state
-            if self._final_norm is not None:
-                tokens = self._final_norm(tokens)
-        else:
-            tokens = out.hidden_states[self.spec.layer + 1]
-        return self._split(tokens)
+        return self.forward_layers(pixels)[0]
 
-    def _split(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+    @classmethod
+    def shares_forward(cls, specs: tuple[BackboneSpec, ...]) -> bool:
+        """Always: one call returns every block's output and the final one."""
+        return True
+
+    def forward_layers(self, pixels: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Prefix and patch tokens of every layer of :attr:`specs`, from one call of the model."""
+        blocks = any(spec.layer != FINAL_LAYER for spec in self.specs)
+        out = self.model(pixel_values=pixels, output_hidden_states=blocks, **self._forward_kwargs)
+        return [self._split(self._final(out.last_hidden_state) if spec.layer == FINAL_LAYER
+                            else out.hidden_states[spec.layer + 1], spec) for spec in self.specs]
+
+    def _final(self, tokens: Tensor) -> Tensor:
+        return tokens if self._final_norm is None else self._final_norm(tokens)
+
+    def _split(self, tokens: Tensor, spec: BackboneSpec) -> tuple[Tensor, Tensor]:
         if tokens.ndim != 3:
-            return split_tokens(tokens, 0, f"models.{self.spec.key}")
-        grid = self.spec.image_size // _patch_size(self.config, self.spec)
+            return split_tokens(tokens, 0, f"models.{spec.key}")
+        grid = spec.image_size // _patch_size(self.config, spec)
         n_prefix = tokens.shape[1] - grid * grid
         if n_prefix < 0:
-            raise ValueError(f"models.{self.spec.key}: {tokens.shape[1]} tokens are fewer than the "
-                             f"{grid}x{grid} patch grid expected at {self.spec.image_size} px")
-        return split_tokens(tokens, n_prefix, f"models.{self.spec.key}")
+            raise ValueError(f"models.{spec.key}: {tokens.shape[1]} tokens are fewer than the "
+                             f"{grid}x{grid} patch grid expected at {spec.image_size} px")
+        return split_tokens(tokens, n_prefix, f"models.{spec.key}")
 
 
 def _source(spec: BackboneSpec, weights: LocalWeights) -> str:

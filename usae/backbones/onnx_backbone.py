@@ -8,6 +8,7 @@ autocast, and passes gradients to the pixels. Needs the optional packages ``onnx
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,16 +41,19 @@ class OnnxBackbone(Backbone):
     * Output: a 4-D tensor is a feature map (NCHW; channels-last maps are recognised by
       their shape) and gives patch tokens; a 3-D tensor is (batch, tokens, d) with
       ``prefix_tokens`` (or an inferred number of) CLS/register tokens first.
+    * Several layers (``more_specs``): the graph is cut after all their tensors and
+      converted once; one pass returns them all.
     """
 
     family_settings = ("input_layout", "channel_order", "prefix_tokens")
     loads_local_weights = True
 
-    def __init__(self, spec: BackboneSpec) -> None:
-        """Read, cut and convert the ONNX file of a spec, and probe its token layout.
+    def __init__(self, spec: BackboneSpec, more_specs: Sequence[BackboneSpec] = ()) -> None:
+        """Read, cut and convert the ONNX file of a spec, and probe its token layout(s).
 
         Args:
             spec: Label, layer, input size, normalisation and input adaptation.
+            more_specs: Further layers of the same file, computed by the same pass.
 
         Raises:
             NotImplementedError: On the meta device (graphs are converted on the CPU).
@@ -64,12 +68,15 @@ class OnnxBackbone(Backbone):
         if torch.empty(0).device.type == "meta":
             raise NotImplementedError("onnx graphs are converted and probed on the CPU")
         onnx, convert = _import_onnx()
-        self.spec = spec
+        self.spec, self.more_specs = spec, tuple(more_specs)
         self.weights = _model_file(spec)
         path = self.weights.path
         model = _read(onnx, path, spec)
-        self.tensor = _select_tensor(spec, model)
-        self.graph = _convert(convert, _cut(model, self.tensor, spec), spec, path)
+        self.tensors = tuple(_select_tensor(s, model) for s in self.specs)
+        self.tensor = self.tensors[0]
+        cut = _cut(model, self.tensors, spec)
+        self._slots, self._n_returned = _output_slots(cut, self.tensors)
+        self.graph = _convert(convert, cut, spec, path)
         if spec.mean is None or spec.std is None:
             logger.warning("models.%s: mean/std not given for ONNX file %s; using ImageNet's", spec.key, path)
         self.preprocessing = Preprocessing(image_size=spec.image_size, mean=spec.mean or IMAGENET_MEAN,
@@ -88,27 +95,45 @@ class OnnxBackbone(Backbone):
         Returns:
             prefix (batch, n_prefix, d_model) and patches (batch, grid_h * grid_w, d_model).
         """
+        return self.forward_layers(pixels)[0]
+
+    def forward_layers(self, pixels: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Prefix and patch tokens of every tensor of :attr:`specs`, from one pass of the cut graph."""
         x = pixels.flip(1) if self.spec.channel_order == "BGR" else pixels
         if self.spec.input_layout == "NHWC":
             x = x.permute(0, 2, 3, 1)
-        out = self.graph(x)
-        where = f"models.{self.spec.key}"
-        if out.ndim != 3:
-            return split_tokens(channels_first(out), 0, where)
-        n_prefix = self.spec.prefix_tokens
-        if n_prefix is None:
-            n_prefix = infer_prefix(out.shape[1], self.spec.image_size, where)
-        return split_tokens(out, n_prefix, where)
+        returned = self.graph(x)
+        if self._n_returned == 1:
+            returned = (returned,)
+        outs = [returned[i] if j is None else returned[i][j] for i, j in self._slots]
+        return [_tokens(out, spec) for out, spec in zip(outs, self.specs, strict=True)]
+
+    @classmethod
+    def shares_forward(cls, specs: tuple[BackboneSpec, ...]) -> bool:
+        """Always: a graph cut after several tensors returns them all."""
+        return True
 
     @classmethod
     def weightless_spec(cls, spec: BackboneSpec) -> BackboneSpec:
         """The spec itself: an ONNX file is architecture and weights in one, so shapes come from the file."""
         return spec
 
-    def describe(self) -> dict[str, Any]:
-        """Provenance, plus the ONNX tensor that ``layer`` resolved to and the input adaptation."""
-        return {**super().describe(), "tensor": self.tensor, "input_layout": self.spec.input_layout,
+    def describe(self, index: int = 0) -> dict[str, Any]:
+        """Provenance of layer ``index``, plus the ONNX tensor that its ``layer`` resolved to and the input
+        adaptation."""
+        return {**super().describe(index), "tensor": self.tensors[index], "input_layout": self.spec.input_layout,
                 "channel_order": self.spec.channel_order}
+
+
+def _tokens(out: Tensor, spec: BackboneSpec) -> tuple[Tensor, Tensor]:
+    """Prefix and patch tokens of a feature map, or of a sequence with ``prefix_tokens`` (else inferred)."""
+    where = f"models.{spec.key}"
+    if out.ndim != 3:
+        return split_tokens(channels_first(out), 0, where)
+    n_prefix = spec.prefix_tokens
+    if n_prefix is None:
+        n_prefix = infer_prefix(out.shape[1], spec.image_size, where)
+    return split_tokens(out, n_prefix, where)
 
 
 def _import_onnx() -> tuple[Any, Any]:
@@ -172,14 +197,14 @@ def _select_tensor(spec: BackboneSpec, model: Any) -> str:
     raise layer_not_found(spec, "tensor or node", tensors, note)
 
 
-def _cut(model: Any, tensor: str, spec: BackboneSpec) -> Any:
-    """A copy of ``model`` whose only output is ``tensor``, without the nodes it does not need.
+def _cut(model: Any, tensors: Sequence[str], spec: BackboneSpec) -> Any:
+    """A copy of ``model`` whose outputs are ``tensors`` (each once), without the nodes they do not need.
 
     Raises:
-        ValueError: If the tensor does not depend on exactly one graph input (the image).
+        ValueError: If the tensors do not depend on exactly one graph input (the image).
     """
-    graph = model.graph
-    needed, kept = {tensor}, []
+    graph, outputs = model.graph, list(dict.fromkeys(tensors))
+    needed, kept = set(outputs), []
     for node in reversed(graph.node):
         if any(name in needed for name in node.output):
             kept.append(node)
@@ -187,16 +212,32 @@ def _cut(model: Any, tensor: str, spec: BackboneSpec) -> Any:
     initializers = {init.name for init in graph.initializer}
     inputs = [i for i in graph.input if i.name in needed and i.name not in initializers]
     if len(inputs) != 1:
-        raise ValueError(f"models.{spec.key}: tensor {tensor!r} depends on the graph inputs "
-                         f"{[i.name for i in inputs]}; expected exactly one image input")
+        what = f"tensor {outputs[0]!r} depends" if len(outputs) == 1 else f"tensors {outputs} depend"
+        raise ValueError(f"models.{spec.key}: {what} on the graph inputs {[i.name for i in inputs]}; expected "
+                         "exactly one image input")
     cut = type(model)()
     cut.CopyFrom(model)
     del cut.graph.node[:], cut.graph.input[:], cut.graph.output[:], cut.graph.initializer[:]
     cut.graph.node.extend(reversed(kept))
     cut.graph.input.extend(inputs)
     cut.graph.initializer.extend(init for init in graph.initializer if init.name in needed)
-    cut.graph.output.add().name = tensor
+    for name in outputs:
+        cut.graph.output.add().name = name
     return cut
+
+
+def _output_slots(cut: Any, tensors: Sequence[str]) -> tuple[tuple[tuple[int, int | None], ...], int]:
+    """Where each of ``tensors`` is in what the converted ``cut`` returns, and how many values it returns.
+
+    onnx2torch returns one value per node that makes a graph output (in output order, each
+    node once; a bare value when there is one), and a node with several outputs gives all
+    of them, in order. A slot is (value, position in that node's outputs or None).
+    """
+    makers = {name: (i, list(node.output)) for i, node in enumerate(cut.graph.node) for name in node.output if name}
+    returned = list(dict.fromkeys(makers[o.name][0] for o in cut.graph.output))
+    slots = tuple((returned.index(makers[t][0]), makers[t][1].index(t) if len(makers[t][1]) > 1 else None)
+                  for t in tensors)
+    return slots, len(returned)
 
 
 def _convert(convert: Any, model: Any, spec: BackboneSpec, path: Path) -> nn.Module:

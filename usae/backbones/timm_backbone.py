@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import timm
@@ -30,6 +31,9 @@ class TimmBackbone(Backbone):
       ``feature_info``, taken with ``forward_intermediates``: block ``i`` for ViTs, and
       for CNNs the stem (0) then each stage (1, 2, ...), as timm counts them.
 
+    Several integer layers (``more_specs``) come from one ``forward_intermediates`` call
+    that stops at the deepest; ``final`` is computed alone (:meth:`shares_forward`).
+
     Models that accept ``img_size`` (ViT-style) are built at ``spec.image_size``, so that
     their position embeddings match the input (e.g. DINOv2, built at 518 by default).
 
@@ -41,12 +45,13 @@ class TimmBackbone(Backbone):
 
     loads_local_weights = True
 
-    def __init__(self, spec: BackboneSpec) -> None:
-        """Build the timm model of a spec and probe its token layout.
+    def __init__(self, spec: BackboneSpec, more_specs: Sequence[BackboneSpec] = ()) -> None:
+        """Build the timm model of a spec and probe its token layout(s).
 
         Args:
             spec: Model name, pretrained flag, layer, input size, normalisation and
                 extra ``timm.create_model`` kwargs.
+            more_specs: Further integer layers of the same model, computed by the same pass.
 
         Raises:
             ValueError: If the layer is a name, or an index past the model's depth, the
@@ -54,13 +59,18 @@ class TimmBackbone(Backbone):
                 holds an ``img_size`` that contradicts ``image_size``.
         """
         super().__init__()
-        refuse_layer_name(spec)
-        self.spec = spec
+        self.spec, self.more_specs = spec, tuple(more_specs)
+        for s in self.specs:
+            refuse_layer_name(s)
+        if self.more_specs and not self.shares_forward(self.specs):
+            raise ValueError(f"models {[s.key for s in self.specs]}: timm computes layer 'final' in a pass of its own; "
+                             "build one backbone a layer")
         self.model, self.weights = self._create(spec, resolve_weights(spec))
         self.model.eval()
         self._prefix_api = False
-        if spec.layer != FINAL_LAYER:
-            self._check_layer(spec.layer)
+        for s in self.specs:
+            if s.layer != FINAL_LAYER:
+                self._check_layer(s)
         self.preprocessing = self._preprocessing(spec, self.model)
         self.layout = self._probe_layout()
 
@@ -85,15 +95,21 @@ class TimmBackbone(Backbone):
         local = {**base, **checkpoint_kwargs(spec, state)}
         return build_strictly(spec, weights, lambda: _create_at_size(spec, local)), weights
 
-    def _check_layer(self, layer: int) -> None:
-        model = self.model
+    @classmethod
+    def shares_forward(cls, specs: tuple[BackboneSpec, ...]) -> bool:
+        """When every layer is a block index: ``forward_intermediates`` returns them all; 'final'
+        (``forward_features``, after the final norm) is a pass of its own."""
+        return all(isinstance(s.layer, int) for s in specs)
+
+    def _check_layer(self, spec: BackboneSpec) -> None:
+        model, layer = self.model, spec.layer
         if not hasattr(model, "forward_intermediates"):
-            raise ValueError(f"models.{self.spec.key}: timm model {self.spec.name!r} has no "
+            raise ValueError(f"models.{spec.key}: timm model {spec.name!r} has no "
                              "forward_intermediates, so only layer 'final' is supported")
         depth = self.depth
         if layer >= depth:
-            raise ValueError(f"models.{self.spec.key}: layer {layer} is out of range for timm model "
-                             f"{self.spec.name!r}, which has depth {depth} (indices 0..{depth - 1})")
+            raise ValueError(f"models.{spec.key}: layer {layer} is out of range for timm model "
+                             f"{spec.name!r}, which has depth {depth} (indices 0..{depth - 1})")
         params = inspect.signature(model.forward_intermediates).parameters
         self._prefix_api = "return_prefix_tokens" in params
 
@@ -129,21 +145,34 @@ class TimmBackbone(Backbone):
             out = self.model.forward_features(pixels)
             if out.ndim == 4 and getattr(self.model, "output_fmt", "NCHW") == "NHWC":
                 out = out.permute(0, 3, 1, 2)
-            return self._split(out, int(getattr(self.model, "num_prefix_tokens", 0) or 0))
-        if self._prefix_api:
-            (out,) = self.model.forward_intermediates(
-                pixels, indices=[self.spec.layer], return_prefix_tokens=True, norm=False,
-                stop_early=True, output_fmt="NLC", intermediates_only=True)
-            if isinstance(out, (tuple, list)):
-                patches, prefix = out
-                return prefix, patches
-            return self._split(out, 0)
-        (out,) = self.model.forward_intermediates(
-            pixels, indices=[self.spec.layer], stop_early=True, intermediates_only=True)
-        return self._split(out, 0)
+            return self._split(out, int(getattr(self.model, "num_prefix_tokens", 0) or 0), self.spec)
+        return self.forward_layers(pixels)[0]
 
-    def _split(self, out: Tensor, n_prefix: int) -> tuple[Tensor, Tensor]:
-        return split_tokens(out, n_prefix, f"models.{self.spec.key}")
+    def forward_layers(self, pixels: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Prefix and patch tokens of every layer of :attr:`specs`; block indices from one pass."""
+        if self.spec.layer == FINAL_LAYER:  # alone: shares_forward keeps 'final' out of a shared pass
+            return [self.forward_tokens(pixels)]
+        # timm returns the blocks in depth order, whatever order they are asked in.
+        indices = sorted({s.layer for s in self.specs})
+        if self._prefix_api:
+            outs = self.model.forward_intermediates(
+                pixels, indices=indices, return_prefix_tokens=True, norm=False,
+                stop_early=True, output_fmt="NLC", intermediates_only=True)
+        else:
+            outs = self.model.forward_intermediates(pixels, indices=indices, stop_early=True, intermediates_only=True)
+        by_index = dict(zip(indices, outs, strict=True))
+        return [self._tokens(by_index[s.layer], s) for s in self.specs]
+
+    def _tokens(self, out: Tensor | tuple[Tensor, Tensor], spec: BackboneSpec) -> tuple[Tensor, Tensor]:
+        """(prefix, patches) of one intermediate: timm's (patches, prefix) pair, or a bare map or sequence."""
+        if isinstance(out, (tuple, list)):
+            patches, prefix = out
+            return prefix, patches
+        return self._split(out, 0, spec)
+
+    @staticmethod
+    def _split(out: Tensor, n_prefix: int, spec: BackboneSpec) -> tuple[Tensor, Tensor]:
+        return split_tokens(out, n_prefix, f"models.{spec.key}")
 
 
 def _create_at_size(spec: BackboneSpec, kwargs: dict[str, Any]) -> nn.Module:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import difflib
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 import torchvision
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
 from usae.backbones.base import (
@@ -44,17 +45,20 @@ class TorchvisionBackbone(Backbone):
       (Swin's stages) are recognised by their shape. ViT token sequences (B, 1 + N, D) keep
       the class token as prefix (other sequences: ``prefix_tokens``, else inferred).
     * ViTs are built at ``image_size``; normalisation defaults to ImageNet mean/std.
+    * Several layers (``more_specs``) come from one traced forward pass that returns every
+      node.
     """
 
     family_settings = ("prefix_tokens",)
     loads_local_weights = True
 
-    def __init__(self, spec: BackboneSpec) -> None:
-        """Build the model of a spec, pick its layer and probe its token layout.
+    def __init__(self, spec: BackboneSpec, more_specs: Sequence[BackboneSpec] = ()) -> None:
+        """Build the model of a spec, pick its layer(s) and probe their token layouts.
 
         Args:
             spec: Model name, pretrained flag, layer, input size, normalisation and
                 builder kwargs.
+            more_specs: Further layers of the same model, computed by the same pass.
 
         Raises:
             ValueError: If the name is not a torchvision classifier, the layer is not a
@@ -64,11 +68,18 @@ class TorchvisionBackbone(Backbone):
                 cannot be fetched).
         """
         super().__init__()
-        self.spec = spec
+        self.spec, self.more_specs = spec, tuple(more_specs)
         model, self.weights = _build(spec)
-        self.node = _select_node(spec, model)
+        _, graph_nodes = get_graph_node_names(model)  # eval mode, as the model runs
+        self.nodes = tuple(_select_node(s, graph_nodes) for s in self.specs)
+        self.node = self.nodes[0]
+        # A module and its last node are one output of the extractor, which keeps one entry per
+        # graph node: asking for both would silently drop one, so every layer asks for its node.
+        self._outputs = tuple(_last_node(node, graph_nodes) for node in self.nodes)
         self._patch_size: int | None = getattr(model, "patch_size", None)  # ViTs
-        self.body = create_feature_extractor(model, return_nodes={self.node: "out"}).eval()
+        self.body = create_feature_extractor(model, return_nodes=list(dict.fromkeys(self._outputs))).eval()
+        if len(set(self._outputs)) > 1:
+            _copy_when_made(self.body)
         mean = spec.mean if spec.mean is not None else IMAGENET_MEAN
         std = spec.std if spec.std is not None else IMAGENET_STD
         self.preprocessing = Preprocessing(image_size=spec.image_size, mean=mean, std=std, interpolation="bicubic")
@@ -83,28 +94,41 @@ class TorchvisionBackbone(Backbone):
         Returns:
             prefix (batch, n_prefix, d_model) and patches (batch, grid_h * grid_w, d_model).
         """
-        out = self.body(pixels)["out"]
-        where = f"models.{self.spec.key}"
+        return self.forward_layers(pixels)[0]
+
+    def forward_layers(self, pixels: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Prefix and patch tokens of every node of :attr:`specs`, from one forward pass."""
+        outs = self.body(pixels)
+        return [self._tokens(outs[output], spec, node)
+                for spec, node, output in zip(self.specs, self.nodes, self._outputs, strict=True)]
+
+    def _tokens(self, out: Tensor, spec: BackboneSpec, node: str) -> tuple[Tensor, Tensor]:
+        where = f"models.{spec.key}"
         if out.ndim != 3:
             return split_tokens(channels_first(out), 0, where)
-        return split_tokens(out, self._prefix(out.shape[1]), where)
+        return split_tokens(out, self._prefix(out.shape[1], spec, node), where)
 
-    def _prefix(self, n_tokens: int) -> int:
+    def _prefix(self, n_tokens: int, spec: BackboneSpec, node: str) -> int:
         """Prefix tokens of a sequence: as set, else all but a ViT's patch grid, else inferred."""
-        where, size = f"models.{self.spec.key}", self.spec.image_size
-        if self.spec.prefix_tokens is not None:
-            return self.spec.prefix_tokens
+        where, size = f"models.{spec.key}", spec.image_size
+        if spec.prefix_tokens is not None:
+            return spec.prefix_tokens
         if self._patch_size is None:
             return infer_prefix(n_tokens, size, where)
         side = size // self._patch_size
         if n_tokens < side * side:
-            raise ValueError(f"{where}: {n_tokens} tokens at node {self.node!r} are fewer than the {side}x{side} "
-                             f"patch grid of {self.spec.name!r} at {size} px")
+            raise ValueError(f"{where}: {n_tokens} tokens at node {node!r} are fewer than the {side}x{side} "
+                             f"patch grid of {spec.name!r} at {size} px")
         return n_tokens - side * side
 
-    def describe(self) -> dict[str, Any]:
-        """Provenance, plus the graph node that ``layer`` resolved to."""
-        return {**super().describe(), "node": self.node}
+    @classmethod
+    def shares_forward(cls, specs: tuple[BackboneSpec, ...]) -> bool:
+        """Always: one traced graph returns any set of nodes."""
+        return True
+
+    def describe(self, index: int = 0) -> dict[str, Any]:
+        """Provenance of layer ``index``, plus the graph node that its ``layer`` resolved to."""
+        return {**super().describe(index), "node": self.nodes[index]}
 
     @classmethod
     def hub_source(cls, spec: BackboneSpec) -> HubSource | None:
@@ -144,9 +168,9 @@ def _build(spec: BackboneSpec) -> tuple[nn.Module, LocalWeights]:
     return model.eval(), weights
 
 
-def _select_node(spec: BackboneSpec, model: nn.Module) -> str:
-    """The graph node of ``spec.layer``: the name itself once checked, or the default for ``final``."""
-    _, nodes = get_graph_node_names(model)  # eval mode, as the model runs
+def _select_node(spec: BackboneSpec, nodes: list[str]) -> str:
+    """The graph node of ``spec.layer`` among ``nodes`` (the model's, in eval mode): the name itself once
+    checked, or the default for ``final``."""
     if spec.layer == FINAL_LAYER:
         node = next((n for n in reversed(nodes) if not _HEAD.fullmatch(n.split(".")[0])), None)
         if node is None:
@@ -160,6 +184,29 @@ def _select_node(spec: BackboneSpec, model: nn.Module) -> str:
         return spec.layer
     note = "; library torchvision takes node names, not block indices" if isinstance(spec.layer, int) else ""
     raise layer_not_found(spec, "graph node or module", names, note)
+
+
+def _copy_when_made(body: fx.GraphModule) -> None:
+    """Return a copy of each output taken as soon as it is computed.
+
+    With several outputs, a later in-place op (``ReLU(inplace=True)`` after the
+    ``layer3.1.add`` that another layer returns) would otherwise change an output before
+    the pass ends.
+    """
+    graph = body.graph
+    output = next(node for node in graph.nodes if node.op == "output")
+    copies = {}
+    for name, node in output.args[0].items():
+        with graph.inserting_after(node):
+            copies[name] = graph.call_method("clone", (node,))
+    output.args = (copies,)
+    body.recompile()
+
+
+def _last_node(name: str, nodes: list[str]) -> str:
+    """The graph node that ``create_feature_extractor`` returns for ``name``: the last one inside it."""
+    depth = name.count(".")
+    return next(n for n in reversed(nodes) if ".".join(n.split(".")[:depth + 1]) == name)
 
 
 __all__ = ["TorchvisionBackbone"]
