@@ -64,7 +64,8 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     stores = {}
     for key, spec in MODELS.items():
         fields = {"dataset": "bad", "model": key, "layer": spec.layer_tag}
-        parts = [paths.stage_path(paths.EXTRACT_PART, root, part=k, **fields) for k in range(extract.n_parts)]
+        parts = [paths.stage_path(paths.EXTRACT_PART, root, part=k, dataset="bad", backbone=key)
+                 for k in range(extract.n_parts)]
         for k, part in enumerate(parts):
             extract_activations(manifest, spec, extract, k, part)
         stores[key] = paths.stage_path(paths.ALIGNED, root, **fields)

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from usae.activations.parts import create_part_layer
 from usae.activations.store import ChunkWriter, ResumableStore, base_attrs, reopen_array, write_array
 from usae.backbones import Preprocessing
-from usae.backbones.layer_set import LayerSet
+from usae.backbones.layer_set import LayerSet, distinct_layers
 from usae.config import BackboneSpec, ExtractConfig, to_dict
 from usae.data.images import ImageReadError, load_rgb
 from usae.data.manifest import manifest_hash, read_manifest, usable
@@ -100,7 +100,8 @@ def extract_activations(manifest_path: str | Path, specs: BackboneSpec | Sequenc
         A summary with images/s over the images computed by this call.
     """
     specs = (specs,) if isinstance(specs, BackboneSpec) else tuple(specs)
-    keys = {s.key: s.layer_tag for s in specs}  # two keys of one layer share its group
+    keys = {s.key: s.layer_tag for s in specs}
+    specs = distinct_layers(specs)  # two keys of one layer share its group
     label = "+".join(keys)
     logger.info("extract %s part %d/%d: specs=%s cfg=%s", label, part, cfg.n_parts, [to_dict(s) for s in specs],
                 to_dict(cfg))

@@ -19,7 +19,7 @@ import zarr
 from usae.activations.align import resize_grid
 from usae.activations.parts import PartLayer, delete_extraction_parts, open_part_layer
 from usae.activations.standardize import Standardization, compute_standardization, sample_images
-from usae.activations.store import ChunkWriter, atomic_store, base_attrs, create_array, open_store, write_array
+from usae.activations.store import ChunkWriter, atomic_store, base_attrs, create_array, write_array
 from usae.atomic import atomic_path
 from usae.config import PrepareConfig, to_dict
 from usae.data.manifest import SPLITS, manifest_hash, read_manifest

@@ -12,14 +12,29 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from usae.backbones.base import Backbone, Preprocessing, TokenLayout
+from usae.backbones.base import Preprocessing, TokenLayout
 from usae.backbones.registry import backbone_class, create_backbone
 from usae.config import BackboneSpec, same_backbone
 
 
+def distinct_layers(specs: Sequence[BackboneSpec]) -> tuple[BackboneSpec, ...]:
+    """The first spec of each layer of ``specs``, in order, once they are checked to be one model.
+
+    Raises:
+        ValueError: If ``specs`` is empty, or two of them differ in more than ``key`` and ``layer``.
+    """
+    specs = tuple(specs)
+    if not specs:
+        raise ValueError("a layer set needs at least one model")
+    strangers = [s.key for s in specs if not same_backbone(specs[0], s)]
+    if strangers:
+        raise ValueError(f"models {strangers} differ from models.{specs[0].key} in more than the layer; "
+                         "one extraction job runs one model")
+    return tuple({s.layer_tag: s for s in reversed(specs)}.values())[::-1]
+
+
 class LayerSet:
-    """The backbones that compute the layers of ``specs`` (same model), in that order: :attr:`specs` holds
-    the first spec of each layer (two keys of one layer are computed once)."""
+    """The backbones that compute ``specs`` (same model, one entry a layer), in that order."""
 
     def __init__(self, specs: Sequence[BackboneSpec]) -> None:
         """Build the backbone(s) for ``specs``.
@@ -28,13 +43,7 @@ class LayerSet:
             ValueError: If ``specs`` is empty, or two of them differ in more than ``key`` and ``layer``.
         """
         specs = tuple(specs)
-        if not specs:
-            raise ValueError("a layer set needs at least one model")
-        strangers = [s.key for s in specs if not same_backbone(specs[0], s)]
-        if strangers:
-            raise ValueError(f"models {strangers} differ from models.{specs[0].key} in more than the layer; "
-                             "one extraction job runs one model")
-        specs = tuple({s.layer_tag: s for s in reversed(specs)}.values())[::-1]
+        distinct_layers(specs)  # the checks
         cls = backbone_class(specs[0])
         if len(specs) > 1 and cls.shares_forward(specs):
             self.backbones = [create_backbone(specs[0], more_specs=specs[1:])]
@@ -81,4 +90,4 @@ class LayerSet:
     __call__ = forward
 
 
-__all__ = ["LayerSet"]
+__all__ = ["LayerSet", "distinct_layers"]
