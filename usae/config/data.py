@@ -170,7 +170,8 @@ class ExtractConfig(Section):
 
     section_name = "extract"
 
-    n_parts: int = setting(2, "Manifest parts: one extraction job and one store each.", minimum=1)
+    n_parts: int = setting(2, "Manifest parts: one extraction job and one store each (per backbone: models that differ only in "
+                                         "`layer` share them).", minimum=1)
     batch_size: int = setting(32, "Images per forward pass.", minimum=1)
     num_workers: int = setting(2, "Image-decoding processes per job.", minimum=0)
     device: str = setting("auto", "`auto` = CUDA when present, else CPU.", choices=DEVICES)
@@ -180,7 +181,8 @@ class ExtractConfig(Section):
     keep_prefix: bool = setting(True, "Also store CLS/register tokens, in their own array.")
     keep: bool = setting(
         False, "Keep the extraction parts (`results/<dataset>/acts/`) after the aligned store is written. "
-        "`false`: each model's parts are deleted once its aligned store and statistics are published (about half "
+        "`false`: the parts are deleted once the aligned stores and statistics of every layer they hold are "
+        "published (about half "
         "the disk at the paper's widths); the CLS/register tokens of `keep_prefix` go with them, and a later "
         "change of a `prepare` setting extracts them again. `true`: kept, to prepare again without extracting or "
         "to use the CLS tokens.")
