@@ -64,3 +64,14 @@ def test_sample_is_seeded_sorted_and_capped():
     assert len(set(a)) == 10 and np.all(np.diff(a) > 0)
     assert not np.array_equal(a, sample_images(100, 10, seed=2))
     np.testing.assert_array_equal(sample_images(5, 1000, seed=0), np.arange(5))
+
+
+@pytest.mark.parametrize("kind", ["scalar", "per_dim"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_statistics_name_the_source_and_the_remedy(kind, bad):
+    x = np.ones((4, 3, 2))
+    x[2, 1, 0] = bad
+    with pytest.raises(ValueError, match=r"^dino: standardisation statistics are not finite \(NaN or inf in the "
+                                         r"sampled tokens\); rerun it$"):
+        compute_standardization(da.from_array(x, chunks=(2, 3, 2)), kind, seed=0, source="dino", remedy="rerun it")
+    assert compute_standardization(da.from_array(x, chunks=(2, 3, 2)), "none", seed=0).std == 1.0

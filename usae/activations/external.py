@@ -76,10 +76,8 @@ def training_statistics(source: TokenSource, train_rows: np.ndarray, cfg: Prepar
     sample = positions[sample_images(len(positions), n_sample, cfg.seed)]
     view = RowView(source)
     tokens = da.from_array(view, chunks=(source.chunk_rows, -1, -1), meta=np.empty((0, 0, 0), view.dtype))
-    stats = compute_standardization(tokens[sample], cfg.standardize, seed=cfg.seed, num_workers=num_workers)
-    if not (np.isfinite(stats.mean).all() and np.isfinite(stats.std)):
-        raise ValueError(f"{source.name} ({source.path}): standardisation statistics are not finite: NaN or inf "
-                         f"in the sampled training rows")
+    stats = compute_standardization(tokens[sample], cfg.standardize, seed=cfg.seed, num_workers=num_workers,
+                                    source=f"{source.name} ({source.path}) training rows")
     logger.info("%s: %s statistics over %d training rows: mean %s, std %.5f", source.name, stats.kind, len(sample),
                 np.round(stats.mean, 5) if stats.mean.ndim == 0 else f"vector of {stats.mean.size}", stats.std)
     return stats

@@ -136,11 +136,9 @@ def _fit_statistics(patches: da.Array, splits: np.ndarray, valid: np.ndarray, al
     sampled = patches[sample].rechunk((cfg.images_per_chunk, -1, -1))
     sampled = sampled.map_blocks(aligned, chunks=(sampled.chunks[0], (cfg.grid * cfg.grid,), sampled.chunks[2]),
                                  dtype=np.float32)
-    stats = compute_standardization(sampled, cfg.standardize, seed=cfg.seed, num_workers=num_workers)
-    if not (np.isfinite(stats.mean).all() and np.isfinite(stats.std)):
-        raise ValueError(f"{head['model']['key']}: standardisation statistics are not finite (NaN or inf in the "
-                         f"extracted activations of {part_paths}); rerun its extraction")
-    return stats
+    return compute_standardization(sampled, cfg.standardize, seed=cfg.seed, num_workers=num_workers,
+                                   source=head["model"]["key"],
+                                   remedy=f"rerun its extraction ({', '.join(str(p) for p in part_paths)})")
 
 
 def reference_standardization(stats_path: str | Path, head: dict, grid: int) -> tuple[Standardization, dict]:

@@ -50,7 +50,8 @@ def sample_images(n_images: int, n_sample: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(n_images, size=size, replace=False))
 
 
-def compute_standardization(tokens: da.Array, kind: str, *, seed: int, num_workers: int = 1) -> Standardization:
+def compute_standardization(tokens: da.Array, kind: str, *, seed: int, num_workers: int = 1,
+                            source: str = "tokens", remedy: str = "") -> Standardization:
     """Statistics of ``tokens`` (images, tokens, d), reading the data once.
 
     Args:
@@ -58,10 +59,23 @@ def compute_standardization(tokens: da.Array, kind: str, *, seed: int, num_worke
         kind: ``scalar``, ``per_dim`` or ``none``.
         seed: recorded with the statistics (the sample was drawn with it).
         num_workers: dask threads.
+        source: what the tokens are, for the error message.
+        remedy: what to do about non-finite statistics, appended to the error message.
 
     Returns:
         The statistics; float64 accumulation throughout.
+
+    Raises:
+        ValueError: the statistics are not finite (NaN or inf in the sample), naming ``source``.
     """
+    stats = _statistics(tokens, kind, seed=seed, num_workers=num_workers)
+    if not (np.isfinite(stats.mean).all() and np.isfinite(stats.std)):
+        raise ValueError(f"{source}: standardisation statistics are not finite (NaN or inf in the sampled "
+                         f"tokens){'; ' + remedy if remedy else ''}")
+    return stats
+
+
+def _statistics(tokens: da.Array, kind: str, *, seed: int, num_workers: int) -> Standardization:
     n_images, n_tok, dim = tokens.shape
     meta = {"n_images": int(n_images), "n_tokens": int(n_images * n_tok), "seed": seed}
     if kind == "none":
