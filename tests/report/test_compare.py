@@ -286,7 +286,8 @@ def test_random_dictionary_floors_stand_beside_the_universal_counts(compared_run
     assert _row(universality, "concepts_firing_in_all_models")[0].endswith(" (random dictionary 31)")
     assert tables["r2-self"]["columns"] == ["usae", "solo_a", "usae: pca", "usae: random_dictionary"]
     page = build_comparison({"usae": run}, tmp_path / "compare").read_text()
-    assert "<td>3 (random dictionary 7)</td>" in page.split('id="table-universality"', 1)[1].split("</table>")[0]
+    universal = page.split('id="table-universality"', 1)[1].split("</table>")[0]
+    assert '<td>3 <span class="floor">(random dictionary 7)</span></td>' in universal
     report = universality_table(run)
     assert [r["cells"] for r in report["rows"]][:2] == [["3 (random dictionary 7)"], ["2 (random dictionary 1)"]]
     assert universality_table(compared_runs["solo_a"]) is None  # one model: no firing entropy

@@ -25,6 +25,7 @@ from usae import __version__, paths
 from usae.atomic import atomic_path
 from usae.evaluation.universal import COUNTS, universal_counts
 from usae.report.compare_figures import PanelRun, comparison_figures
+from usae.report.compare_rows import backbone_rows
 from usae.report.compare_tables import floor_key, floor_metrics, metric_tables, setting_text, stability_settings
 from usae.report.explorer import STATIC
 from usae.report.stability import CRITERION, training_stability
@@ -284,16 +285,26 @@ def build_comparison(run_dirs: dict[str, str | Path], out_dir: str | Path,
         shutil.copyfile(STATIC / "style.css", tmp / "static" / "style.css")
         figures = comparison_figures({name: _panel_run(run) for name, run in runs.items()}, tmp / "figures")
         columns = metric_columns(runs, test_sets)
+        rows = backbone_rows({name: _recorded_specs(run) for name, run in runs.items()})
+        if rows is not None:
+            columns = {name: rows.relabel(values) for name, values in columns.items()}
         context = {"runs": [_run_header(run, out_dir) for run in runs.values()], "models": models,
                    "baselines": [name for name in columns if name not in runs],
+                   "rows_note": rows.note if rows is not None else None,
                    "differing": {k: {r: setting_text(v) for r, v in by_run.items()}
                                  for k, by_run in differing_settings(settings).items()},
                    "stability": _stability_rows(runs, settings), "criterion": CRITERION,
-                   "tables": metric_tables(columns, models), "figures": figures,
+                   "tables": metric_tables(columns, rows.rows if rows is not None else models), "figures": figures,
                    "usae_version": __version__}
         (tmp / "index.html").write_text(environment().get_template("compare.html").render(**context), encoding="utf-8")
     logger.info("comparison of %d runs (%s) written to %s", len(runs), ", ".join(runs), out_dir)
     return out_dir / "index.html"
+
+
+def _recorded_specs(run: RunRecord) -> dict[str, dict[str, Any] | None]:
+    """Model -> the spec its extraction recorded (``model/config.json``), None for a run on arrays."""
+    backbones = ((run.config.get("meta") or {}).get("provenance") or {}).get("backbones") or {}
+    return {m: backbones.get(m) for m in run.models}
 
 
 def _panel_run(run: RunRecord) -> PanelRun:

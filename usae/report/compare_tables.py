@@ -149,7 +149,8 @@ def metric_tables(columns: dict[str, dict[str, Any]], models: list[str]) -> list
 
     Returns:
         Per family: ``key``, ``title``, ``definition``, ``figures``, ``per_model`` (its rows are
-        per model), ``columns`` and ``rows`` (``{"key", "label", "cells"}``, one cell text per column).
+        per model), ``floors`` (its cells end with floors), ``columns`` and ``rows``
+        (``{"key", "label", "cells"}``, one cell text per column).
     """
     tables = []
     for family in FAMILIES:
@@ -169,5 +170,6 @@ def metric_tables(columns: dict[str, dict[str, Any]], models: list[str]) -> list
                 if key in columns[name] else BLANK for name in shown]})
         tables.append({"key": family.key, "title": family.title, "definition": family.definition,
                        "figures": family.figures, "per_model": any(PER_MODEL in key for key, _ in family.rows),
+                       "floors": family.floors,
                        "columns": shown, "rows": table_rows})
     return tables
