@@ -29,7 +29,7 @@ from usae.evaluation.accumulate import Accumulator
 from usae.evaluation.evaluate import add_factor_columns, blocks, score_factors, summarise
 from usae.evaluation.universal import COUNTS, FACTOR_AUROC, universal_counts
 from usae.metrics import r2_global_mean, r2_per_dim
-from usae.sae.card import UNIVERSAL_ENTROPY
+from usae.sae.card import UNIVERSAL_ENTROPY  # the pipeline's one definition (maco.min_entropy's default)
 from usae.sae.model import USAE
 
 logger = logging.getLogger(__name__)
@@ -163,8 +163,8 @@ def evaluate_baselines(model: USAE, train_sources: dict[str, TokenSource], val_s
     rand_metrics, rand_table = summarise(rand, acc, cfg)
     add_factor_columns(rand_table, factors)
     pca = {"k": k, "fit_tokens": moments[names[0]].n,
-           **{key: {n: float(r2(pca_sse[i], acc.sum_x[n], acc.sum_x2[n], acc.n_tokens)) for i, n in enumerate(names)}
-              for key, r2 in (("r2_per_dim", r2_per_dim), ("r2_global_mean", r2_global_mean))}}
+           **{key: {n: float(score(pca_sse[i], acc.sum_x[n], acc.sum_x2[n], acc.n_tokens)) for i, n in enumerate(names)}
+              for key, score in (("r2_per_dim", r2_per_dim), ("r2_global_mean", r2_global_mean))}}
     random = {"seed": seed, **{key: rand_metrics[key] for key in (
         "r2_per_dim", "r2_global_mean", "dead_above_tau_fraction", "concepts_firing_in_all_models")},
         **entropy_summary(rand_table, len(names))}
