@@ -4,6 +4,7 @@ recovery, no cross-model reconstruction), and baselines.json in the evaluation f
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -107,9 +108,12 @@ def test_random_dictionary_on_planted_data_recovers_at_chance():
 
 
 def test_entropy_summary_known_counts():
-    summary = entropy_summary(np.array([np.nan, 0.95, 0.5, 1.0, 0.05, 0.9]))
+    table = pd.DataFrame({"firing_entropy": [np.nan, 0.95, 0.5, 1.0, 0.05, 0.9]})
+    summary = entropy_summary(table, 2)
     assert summary["concepts_firing"] == 5 and summary["universal"] == 3
     assert summary["firing_entropy_histogram"] == [1, 0, 0, 0, 0, 1, 0, 0, 0, 3]
+    assert "universal_energetic" not in summary and "universal_factor" not in summary  # no such columns
+    assert entropy_summary(table, 1)["universal"] is None  # firing entropy is undefined for one model
 
 
 def test_spread_blocks_sample_the_whole_split():

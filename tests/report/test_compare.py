@@ -254,3 +254,40 @@ def test_usae_compare_writes_the_config_s_runs(compared_runs: dict[str, Path], t
     assert out == tmp_path / "all" / "index.html" and "<td>slow</td>" in out.read_text()
     with pytest.raises(ValueError, match=r"--run \['nope'\] not in the config's runs"):
         compare_config_runs(cfg, ["usae", "nope"])
+
+
+def test_random_dictionary_floors_stand_beside_the_universal_counts(compared_runs: dict[str, Path],
+                                                                    tmp_path: Path) -> None:
+    """The random dictionary's counts are read in brackets in the run's own cell (comparison page and run
+    report), not as a column of their own; a count the baseline leaves null gets no bracket."""
+    from usae.report.build import universality_table
+
+    run = _copy_run(compared_runs, tmp_path)
+    concepts = pd.read_parquet(run / "eval" / "concepts.parquet")
+    entropy = np.full(len(concepts), 0.5)
+    entropy[:3] = [0.95, 0.91, 0.99]
+    energy = np.full(len(concepts), 0.0)
+    energy[:4] = [5.0, 1.0, 0.0, 2.0]  # the mean is 8 / 32: concepts 0 and 1 carry energy, 2 does not
+    auroc = np.full(len(concepts), 0.5)
+    auroc[:3] = [0.95, 0.5, 0.97]
+    concepts.assign(firing_entropy=entropy, energy_total=energy, factor_auroc=auroc).to_parquet(
+        run / "eval" / "concepts.parquet")
+    counts = {"universal": 7, "universal_energetic": 1, "universal_energy_share": 0.25, "universal_factor": 0}
+    table = [{**row, **(counts if row["method"] == "random_dictionary" else dict.fromkeys(counts))}
+             for row in BASELINES["table"]]
+    (run / "eval" / "baselines.json").write_text(json.dumps({**BASELINES, "table": table}))
+    tables = _tables({"usae": run, "solo_a": compared_runs["solo_a"]})
+    universality = tables["universality"]
+    assert universality["columns"] == ["usae", "solo_a"]  # the baselines are read in the run's cells
+    assert _row(universality, "universal") == ["3 (random dictionary 7)", "-"]
+    assert _row(universality, "universal_energetic") == ["2 (random dictionary 1)", ""]
+    assert _row(universality, "universal_factor") == ["2 (random dictionary 0)", ""]
+    assert _row(universality, "universal_energy_share")[0] == "0.750 (random dictionary 0.250)"
+    assert _row(universality, "concepts_firing_in_all_models")[0].endswith(" (random dictionary 31)")
+    assert tables["r2-self"]["columns"] == ["usae", "solo_a", "usae: pca", "usae: random_dictionary"]
+    page = build_comparison({"usae": run}, tmp_path / "compare").read_text()
+    universal = page.split('id="table-universality"', 1)[1].split("</table>")[0]
+    assert '<td>3 <span class="floor">(random dictionary 7)</span></td>' in universal
+    report = universality_table(run)
+    assert [r["cells"] for r in report["rows"]][:2] == [["3 (random dictionary 7)"], ["2 (random dictionary 1)"]]
+    assert universality_table(compared_runs["solo_a"]) is None  # one model: no firing entropy

@@ -98,6 +98,16 @@ def test_numbers_use_one_format_per_column_and_no_negative_zero(page: str) -> No
     assert len(re.findall(r"\(\d+\.\d%\)", setup)) == 4  # dead both ways, two models: one percent format
 
 
+def test_universal_counts_stand_beside_their_random_dictionary_floor(tiny_run: dict[str, Path], page: str) -> None:
+    baselines = json.loads((tiny_run["run"] / "eval" / "baselines.json").read_text())
+    usae, rand = (next(r for r in baselines["table"] if r["method"] == m) for m in ("usae", "random_dictionary"))
+    table = page.split('id="universal-table">', 1)[1].split("</table>", 1)[0]
+    rows = {key: _text(cell) for key, cell in re.findall(r'data-key="(\w+)"><td>.*?</td><td>(.*?)</td>', table)}
+    assert rows["universal"] == f"{usae['universal']} (random dictionary {rand['universal']})"
+    assert rows["universal_energetic"] == f"{usae['universal_energetic']} (random dictionary {rand['universal_energetic']})"
+    assert "universal_factor" not in rows  # no planted factors in these images, so no count and no floor
+
+
 def test_no_independent_sae_says_what_it_would_show(page: str) -> None:
     note = _text(page.split('id="consistency-missing">', 1)[1].split("</p>", 1)[0])
     assert note.startswith("No independent SAE among this config's runs")

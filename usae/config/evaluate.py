@@ -28,8 +28,8 @@ class EvaluateConfig(Section):
     baselines: bool = setting(
         True, "Also evaluate two baselines and write `baselines.json`: PCA per model (`sae.k` components, fitted on "
         "as many training images as are evaluated; R2 of each model alone, no cross-model entries) and a random "
-        "dictionary (the USAE untrained: its R2 matrix, firing entropy and universal count), the floor of every "
-        "figure.")
+        "dictionary (the USAE untrained: its R2 matrix, firing entropy and universal-concept counts, those with "
+        "energy >= mean and, on generated images, planted-factor AUROC >= 0.9 too), the floor of every figure.")
     device: str = setting("auto", "`auto` = CUDA when present, else CPU.", choices=DEVICES)
     min_factor_auroc: float = setting(
         0.75, "Generated images: a concept is labelled with the planted factor it detects best only when that "

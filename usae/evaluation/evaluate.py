@@ -91,8 +91,9 @@ def evaluate_sources(model: USAE, sources: dict[str, TokenSource], cfg: Evaluate
         cfg: threshold, top-N, block size.
         out_dir: folder to write (atomically).
         device: where to compute.
-        factors: optional planted-factor scorer with ``update(name, codes, positions)`` and
-            ``columns() -> dict`` (generated image sets only).
+        factors: optional planted-factor scorer with ``update(name, codes, positions)``,
+            ``columns() -> dict`` and ``fresh()`` (an empty one, for the random dictionary's codes;
+            :class:`usae.evaluation.run.PlantedFactors`); generated image sets only.
         baseline_sources: the training tokens (same models) to fit the baselines on
             (:mod:`usae.evaluation.baselines`, written to ``baselines.json``); None: no baselines.
 
@@ -112,22 +113,18 @@ def evaluate_sources(model: USAE, sources: dict[str, TokenSource], cfg: Evaluate
     for positions, block in progress_bar(blocks(sources, block_rows, cfg.max_images), total=n_blocks,
                                          desc="evaluate", unit="block"):
         acts = {n: torch.from_numpy(b.reshape(-1, b.shape[-1])).to(device).float() for n, b in block.items()}
-        codes = acc.update(acts, torch.from_numpy(rows_of[positions]), first.tokens_per_row)
-        if factors is not None:
-            for n in names:
-                factors.update(n, codes[n], positions)
+        score_factors(factors, acc.update(acts, torch.from_numpy(rows_of[positions]), first.tokens_per_row), positions)
     if acc.n_tokens == 0:
         raise ValueError("no valid validation token to evaluate on; check dataset.val_fraction")
     metrics, table = summarise(model, acc, cfg)
     metrics = _json_safe(metrics)
-    if factors is not None:
-        for key, column in factors.columns().items():
-            table[key] = column
+    add_factor_columns(table, factors)
     baselines = None
     if baseline_sources is not None:
         from usae.evaluation.baselines import evaluate_baselines  # it reads this module's blocks and summarise
 
-        baselines = evaluate_baselines(model, baseline_sources, sources, cfg, device, trained=(metrics, table))
+        baselines = evaluate_baselines(model, baseline_sources, sources, cfg, device, trained=(metrics, table),
+                                       factors=factors.fresh() if factors is not None else None)
         baselines = _json_safe(baselines)
     maps = _heatmaps(model, sources, acc, cfg, device, rows_of)
     _write_outputs(Path(out_dir), metrics, table, baselines, maps,
@@ -135,6 +132,20 @@ def evaluate_sources(model: USAE, sources: dict[str, TokenSource], cfg: Evaluate
     logger.info("evaluated %d tokens of %d images: R2 (per-dim) diagonal %s", acc.n_tokens, acc.n_images,
                 np.round(np.diag(metrics["r2_per_dim"]), 3).tolist())
     return metrics
+
+
+def score_factors(factors: Any, codes: dict[str, Codes], positions: np.ndarray) -> None:
+    """Feed each model's codes of the images at ``positions`` to the planted-factor scorer (None: none)."""
+    if factors is not None:
+        for name, model_codes in codes.items():
+            factors.update(name, model_codes, positions)
+
+
+def add_factor_columns(table: pd.DataFrame, factors: Any) -> None:
+    """Add the scorer's columns (best factor and its AUROC per concept) to the concept table (None: none)."""
+    if factors is not None:
+        for key, column in factors.columns().items():
+            table[key] = column
 
 
 def _write_outputs(out_dir: Path, metrics: dict[str, Any], table: pd.DataFrame, baselines: dict[str, Any] | None,

@@ -24,18 +24,37 @@ class PlantedFactors:
     """Scores every concept as a detector of each planted factor of the generated image set.
 
     Token labels come from the set's object map (a patch is positive for "colour=red" when a
-    red object covers at least half of it); AUROC is streamed per model (``FactorAUROC``).
+    red object covers at least half of it, :meth:`from_images`); AUROC is streamed per model
+    (``FactorAUROC``).
+
+    Args:
+        names: ``"factor=value"`` per label column.
+        labels: ``(n_images, tokens_per_image, n_values)`` bool, images in store-row order.
+        models: the models whose codes are scored. n_concepts: latents per code.
+        min_auroc: AUROC from which a concept is named after its best factor (:func:`factor_label`).
     """
 
-    def __init__(self, synthetic_dir: Path, manifest: pd.DataFrame, store_rows: np.ndarray, grid: int,
-                 models: list[str], n_concepts: int, min_auroc: float) -> None:
+    def __init__(self, names: list[str], labels: np.ndarray, models: list[str], n_concepts: int,
+                 min_auroc: float) -> None:
+        self.names = names
+        self.labels = labels
+        self.scorers = {m: FactorAUROC(n_concepts, len(names)) for m in models}
+        self.n_concepts = n_concepts
+        self.min_auroc = min_auroc
+
+    @classmethod
+    def from_images(cls, synthetic_dir: Path, manifest: pd.DataFrame, store_rows: np.ndarray, grid: int,
+                    models: list[str], n_concepts: int, min_auroc: float) -> PlantedFactors:
+        """The scorer of the generated images at ``store_rows`` (manifest indices) on a ``grid`` x ``grid`` grid."""
         ids = manifest.set_index("index").loc[store_rows, "image_id"]
         image_indices = np.array([int(str(i).rsplit("_", 1)[-1]) for i in ids])
         found = factor_labels(synthetic_dir / "object_map.zarr", synthetic_dir / "objects.parquet", image_indices, grid)
-        self.names = found.names
-        self.labels = found.labels.reshape(len(image_indices), grid * grid, len(found.names))
-        self.scorers = {m: FactorAUROC(n_concepts, len(found.names)) for m in models}
-        self.min_auroc = min_auroc
+        labels = found.labels.reshape(len(image_indices), grid * grid, len(found.names))
+        return cls(found.names, labels, models, n_concepts, min_auroc)
+
+    def fresh(self) -> PlantedFactors:
+        """An empty scorer of the same images and factors: another dictionary's codes (a baseline's)."""
+        return PlantedFactors(self.names, self.labels, list(self.scorers), self.n_concepts, self.min_auroc)
 
     def update(self, name: str, codes: Codes, positions: np.ndarray) -> None:
         labels = self.labels[positions].reshape(-1, len(self.names))
@@ -121,9 +140,9 @@ def evaluate_run(model_dir: str | Path, store_paths: dict[str, str | Path], cfg:
         from usae.data.manifest import read_manifest
 
         first = next(iter(sources.values()))
-        factors = PlantedFactors(Path(synthetic_dir), read_manifest(manifest_path), first.rows,
-                                 int(first.attrs["grid"][0]), model.names, model.cfg.n_latents,
-                                 min_auroc=cfg.min_factor_auroc)
+        factors = PlantedFactors.from_images(Path(synthetic_dir), read_manifest(manifest_path), first.rows,
+                                             int(first.attrs["grid"][0]), model.names, model.cfg.n_latents,
+                                             min_auroc=cfg.min_factor_auroc)
     baseline_sources = None
     if cfg.baselines and not test_set:
         baseline_sources = open_aligned({n: Path(store_paths[n]) for n in model.names}, split="train")

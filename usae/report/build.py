@@ -22,6 +22,7 @@ from usae.atomic import atomic_path
 from usae.data.images import reason_kind
 from usae.evaluation.consistency import consistency_with_solo_runs
 from usae.report.cards import card
+from usae.report.compare import floored_metrics, load_runs, metric_tables
 from usae.report.explorer import NO_IMAGES, ExplorerIndex, write_explorer
 from usae.report.figures import make_figures
 from usae.report.maco import load_maco, maco_section
@@ -95,9 +96,20 @@ def build_report(run_dir: str | Path, manifest_path: str | Path | None, out_dir:
                                               fold_after=FOLD_EXCLUDED_AFTER) if manifest is not None else None
         context["no_images"] = NO_IMAGES if manifest is None else None
         context["other_data"] = other_data_section(run_dir, test_sets)
+        context["universality"] = universality_table(run_dir)
         (tmp / "index.html").write_text(environment().get_template("index.html").render(**context))
     logger.info("report of %s written to %s", run_dir.name, out_dir)
     return out_dir / "index.html"
+
+
+def universality_table(run_dir: Path) -> dict[str, Any] | None:
+    """The run's universal-concept counts, each with its random dictionary's floor when the evaluation made
+    baselines: the comparison's universality table for this one run; None for one model (no firing entropy)."""
+    run = load_runs({run_dir.name: run_dir})[run_dir.name]
+    if len(run.models) < 2:
+        return None
+    tables = metric_tables({run.name: floored_metrics(run)}, run.models)
+    return next((t for t in tables if t["key"] == "universality"), None)
 
 
 def excluded_images(manifest_path: str | Path, stores: dict[str, str | Path] | None = None, *,

@@ -23,12 +23,13 @@ import pandas as pd
 
 from usae import __version__, paths
 from usae.atomic import atomic_path
+from usae.evaluation.universal import COUNTS, universal_counts
 from usae.report.compare_figures import PanelRun, comparison_figures
-from usae.report.compare_tables import FACTOR_AUROC, metric_tables, setting_text, stability_settings
+from usae.report.compare_rows import backbone_rows
+from usae.report.compare_tables import floor_key, floor_metrics, metric_tables, setting_text, stability_settings
 from usae.report.explorer import STATIC
 from usae.report.stability import CRITERION, training_stability
 from usae.report.templating import environment
-from usae.sae.card import UNIVERSAL_ENTROPY
 
 if TYPE_CHECKING:
     from usae.config import PipelineConfig
@@ -176,23 +177,7 @@ def run_metrics(run: RunRecord) -> dict[str, Any]:
 
 
 def _universality(run: RunRecord) -> dict[str, Any]:
-    table = run.concepts
-    if table is None or "firing_entropy" not in table.columns:
-        return {}
-    if len(run.models) < 2:
-        return {"universal": None, **({"universal_factor": None} if "factor_auroc" in table.columns else {})}
-    universal = table["firing_entropy"].to_numpy(dtype=float) >= UNIVERSAL_ENTROPY
-    out = {"universal": int(universal.sum())}
-    if "energy_total" in table.columns:
-        # Weak latents that fire now and then in every model count as universal too; weighing by
-        # energy keeps the count to the concepts that carry the reconstruction.
-        energy = np.nan_to_num(table["energy_total"].to_numpy(dtype=float))
-        total = energy.sum()
-        out["universal_energetic"] = int((universal & (energy >= total / len(energy))).sum()) if total > 0 else None
-        out["universal_energy_share"] = float(energy[universal].sum() / total) if total > 0 else None
-    if "factor_auroc" in table.columns:
-        out["universal_factor"] = int((universal & (table["factor_auroc"].to_numpy(dtype=float) >= FACTOR_AUROC)).sum())
-    return out
+    return universal_counts(run.concepts, len(run.models)) if run.concepts is not None else {}
 
 
 def _training(run: RunRecord) -> dict[str, Any]:
@@ -228,8 +213,9 @@ def read_baselines(eval_dir: str | Path) -> dict[str, dict[str, Any]]:
 
     Each row of its ``table`` other than the trained USAE's becomes one set of metrics in the
     keys of :func:`run_metrics` (``r2_self.<m>``, ``r2_cross_min``, ``r2_cross_mean``,
-    ``universal``, ``dead_above_tau.<m>``, ``concepts_firing_in_all_models``); a metric the
-    baseline does not define (null) stays None. No file: no baselines.
+    ``dead_above_tau.<m>``, ``concepts_firing_in_all_models`` and the universal-concept counts
+    of :data:`usae.evaluation.universal.COUNTS` the row has); a metric the baseline does not
+    define (null) stays None. No file: no baselines.
     """
     path = Path(eval_dir) / BASELINES
     if not path.is_file():
@@ -240,18 +226,38 @@ def read_baselines(eval_dir: str | Path) -> dict[str, dict[str, Any]]:
             continue
         values = {f"r2_self.{m}": v for m, v in (row.get("r2_self") or {}).items()}
         values |= {f"dead_above_tau.{m}": v for m, v in (row.get("dead_above_tau_fraction") or {}).items()}
-        values |= {key: row[key] for key in ("r2_cross_min", "r2_cross_mean", "universal",
+        values |= {key: row[key] for key in ("r2_cross_min", "r2_cross_mean", *COUNTS,
                                               "concepts_firing_in_all_models") if key in row}
         out[str(row["method"])] = values
     return out
 
 
+def with_floors(metrics: dict[str, Any], baselines: dict[str, dict[str, Any]]) -> tuple[dict[str, Any],
+                                                                                         dict[str, dict[str, Any]]]:
+    """A run's metrics with its baselines' values of the metrics shown with floors
+    (:func:`usae.report.compare_tables.floor_metrics`) as floor keys, for a metric the run has; and the
+    baselines without those metrics (they are read in the run's column, not in one of their own)."""
+    floored = floor_metrics()
+    out = dict(metrics)
+    for base, values in baselines.items():
+        out |= {floor_key(key, base): v for key, v in values.items() if key in floored and key in metrics}
+    return out, {base: {k: v for k, v in values.items() if k not in floored} for base, values in baselines.items()}
+
+
+def floored_metrics(run: RunRecord) -> dict[str, Any]:
+    """The run's metrics (:func:`run_metrics`) with the floors of its evaluation's baselines (:func:`with_floors`)."""
+    return with_floors(run_metrics(run), read_baselines(run.path / "eval"))[0]
+
+
 def metric_columns(runs: dict[str, RunRecord], test_sets: list[str] | tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
-    """Column name -> metrics: each run (:func:`run_metrics`), then each run's baselines as ``<run>: <name>``,
-    then each run on each of ``test_sets`` as ``<run> on <test set>`` (its evaluation metrics only)."""
-    columns = {name: run_metrics(run) for name, run in runs.items()}
+    """Column name -> metrics: each run (:func:`run_metrics`, with its baselines' floors, :func:`with_floors`),
+    then each run's baselines as ``<run>: <name>``, then each run on each of ``test_sets`` as
+    ``<run> on <test set>`` (its evaluation metrics only)."""
+    columns, bases = {}, {}
     for name, run in runs.items():
-        columns |= {f"{name}: {base}": values for base, values in read_baselines(run.path / "eval").items()}
+        columns[name], bases[name] = with_floors(run_metrics(run), read_baselines(run.path / "eval"))
+    for name in runs:
+        columns |= {f"{name}: {base}": values for base, values in bases[name].items()}
     for name, run in runs.items():
         for test_set in test_sets:
             on = load_evaluation(run, test_set)
@@ -279,16 +285,26 @@ def build_comparison(run_dirs: dict[str, str | Path], out_dir: str | Path,
         shutil.copyfile(STATIC / "style.css", tmp / "static" / "style.css")
         figures = comparison_figures({name: _panel_run(run) for name, run in runs.items()}, tmp / "figures")
         columns = metric_columns(runs, test_sets)
+        rows = backbone_rows({name: _recorded_specs(run) for name, run in runs.items()})
+        if rows is not None:
+            columns = {name: rows.relabel(values) for name, values in columns.items()}
         context = {"runs": [_run_header(run, out_dir) for run in runs.values()], "models": models,
                    "baselines": [name for name in columns if name not in runs],
+                   "rows_note": rows.note if rows is not None else None,
                    "differing": {k: {r: setting_text(v) for r, v in by_run.items()}
                                  for k, by_run in differing_settings(settings).items()},
                    "stability": _stability_rows(runs, settings), "criterion": CRITERION,
-                   "tables": metric_tables(columns, models), "figures": figures,
+                   "tables": metric_tables(columns, rows.rows if rows is not None else models), "figures": figures,
                    "usae_version": __version__}
         (tmp / "index.html").write_text(environment().get_template("compare.html").render(**context), encoding="utf-8")
     logger.info("comparison of %d runs (%s) written to %s", len(runs), ", ".join(runs), out_dir)
     return out_dir / "index.html"
+
+
+def _recorded_specs(run: RunRecord) -> dict[str, dict[str, Any] | None]:
+    """Model -> the spec its extraction recorded (``model/config.json``), None for a run on arrays."""
+    backbones = ((run.config.get("meta") or {}).get("provenance") or {}).get("backbones") or {}
+    return {m: backbones.get(m) for m in run.models}
 
 
 def _panel_run(run: RunRecord) -> PanelRun:

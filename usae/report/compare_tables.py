@@ -3,7 +3,8 @@ each is written (one number format per row, since the runs are the columns).
 
 A metric is a flat key of :func:`usae.report.compare.run_metrics` (``r2_self.<model>``,
 ``universal``, ...); a family lists its rows as such keys, ``{model}`` standing for every model
-of the runs compared.
+of the runs compared. A baseline's value of a metric can ride in a run's column as a floor
+(:func:`floor_key`), written after the run's own value: ``333 (random dictionary 288)``.
 """
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from usae.evaluation.universal import FACTOR_AUROC
 from usae.report.numbers import NumberFormat, column_format
 from usae.sae.card import UNIVERSAL_ENTROPY
 
-FACTOR_AUROC = 0.9
-"""Planted-factor AUROC from which a universal concept counts as detecting its factor."""
 PER_MODEL = "{model}"
 BLANK = ""
 """A cell whose column has no such metric (a model the run does not have)."""
+FLOOR = " @ "
+"""Joins a metric and a baseline in a floor key (:func:`floor_key`)."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ class Family:
         percent: Fractions written as percentages; else one format per row from its values.
         digits: Decimals of the row formats.
         figures: Keys of the small-multiples figures shown under the table.
+        floors: Each run's cell also gives its baselines' values in brackets (floor keys,
+            :func:`floor_key`), and the baselines get no column of their own in this table.
     """
 
     key: str
@@ -43,6 +47,7 @@ class Family:
     percent: bool = False
     digits: int = 3
     figures: tuple[str, ...] = ()
+    floors: bool = False
 
 
 def _per_model(prefix: str) -> tuple[tuple[str, str], ...]:
@@ -64,12 +69,13 @@ FAMILIES = (
            f"alike in every model; undefined for one model); of those, the ones with at least the mean concept's "
            f"energy (rare weak latents fire alike everywhere and swell the first count) and the universal concepts' "
            f"share of all concepts' energy; the universal ones whose best planted factor has a patch-level AUROC >= "
-           f"{FACTOR_AUROC} (runs on generated images); concepts that fire in every model.",
+           f"{FACTOR_AUROC} (runs on generated images); concepts that fire in every model. In brackets, the "
+           f"same figure of the run's random dictionary (the USAE untrained, evaluated alike: its floor).",
            (("universal", f"firing entropy >= {UNIVERSAL_ENTROPY}"),
             ("universal_energetic", "... and energy >= mean"),
             ("universal_energy_share", "their energy share"),
             ("universal_factor", f"... and factor AUROC >= {FACTOR_AUROC}"),
-            ("concepts_firing_in_all_models", "firing in every model")), figures=("entropy",)),
+            ("concepts_firing_in_all_models", "firing in every model")), figures=("entropy",), floors=True),
     Family("pearson", "Co-fires and energy", "Pearson r of log co-fires and log energy over the concepts with "
            "co-fires, and over those with at least evaluate.min_cofires co-fires.",
            (("pearson", "Pearson r"), ("pearson_min_cofires", "Pearson r, min_cofires"))),
@@ -106,21 +112,44 @@ def setting_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+def floor_key(key: str, baseline: str) -> str:
+    """The key of ``baseline``'s value of metric ``key`` in a run's column (its floor)."""
+    return f"{key}{FLOOR}{baseline}"
+
+
+def floor_metrics() -> set[str]:
+    """The metric keys of the families that show floors (:attr:`Family.floors`)."""
+    return {key for family in FAMILIES if family.floors for key, _ in family.rows}
+
+
+def per_model_metrics() -> list[str]:
+    """The prefixes of the per-model metrics (``r2_self`` of ``r2_self.<model>``), in family order."""
+    return [key.split(".", 1)[0] for family in FAMILIES for key, _ in family.rows if PER_MODEL in key]
+
+
 def _rows(family: Family, models: list[str]) -> list[tuple[str, str]]:
     return [(key.replace(PER_MODEL, m), label.replace(PER_MODEL, m))
             for key, label in family.rows for m in (models if PER_MODEL in key else [PER_MODEL])]
+
+
+def _floors(column: dict[str, Any], key: str) -> dict[str, Any]:
+    """Baseline -> its value of ``key`` in ``column``; baselines that do not define it (null) are left out."""
+    prefix = floor_key(key, "")
+    return {k[len(prefix):]: v for k, v in column.items() if k.startswith(prefix) and v is not None}
 
 
 def metric_tables(columns: dict[str, dict[str, Any]], models: list[str]) -> list[dict[str, Any]]:
     """Every family as a table over ``columns`` (column name -> metrics).
 
     Rows no column has and columns with none of the family's metrics are left out, and so is
-    a family left empty. Each row is written in one format (its values decide it, or
-    percentages); a column without the row's metric gets a blank cell, a metric that is null
-    or not finite ``-``.
+    a family left empty. Each row is written in one format (its values and floors decide it,
+    or percentages); a column without the row's metric gets a blank cell, a metric that is null
+    or not finite ``-``. In a family with floors, a cell is followed by each floor of its
+    column, ``(random dictionary 288)``.
 
     Returns:
-        Per family: ``key``, ``title``, ``definition``, ``figures``, ``columns`` and ``rows``
+        Per family: ``key``, ``title``, ``definition``, ``figures``, ``per_model`` (its rows are
+        per model), ``floors`` (its cells end with floors), ``columns`` and ``rows``
         (``{"key", "label", "cells"}``, one cell text per column).
     """
     tables = []
@@ -131,11 +160,16 @@ def metric_tables(columns: dict[str, dict[str, Any]], models: list[str]) -> list
             continue
         table_rows = []
         for key, label in rows:
+            floors = {name: _floors(columns[name], key) if family.floors else {} for name in shown}
             values = [columns[name][key] for name in shown if key in columns[name]]
+            values += [v for by_base in floors.values() for v in by_base.values()]
             write = NumberFormat("percent", 1) if family.percent else column_format(values, family.digits)
-            table_rows.append({"key": key, "label": label,
-                               "cells": [write(columns[name][key]) if key in columns[name] else BLANK
-                                         for name in shown]})
+            table_rows.append({"key": key, "label": label, "cells": [
+                write(columns[name][key]) + "".join(f" ({base.replace('_', ' ')} {write(v)})"
+                                                    for base, v in floors[name].items())
+                if key in columns[name] else BLANK for name in shown]})
         tables.append({"key": family.key, "title": family.title, "definition": family.definition,
-                       "figures": family.figures, "columns": shown, "rows": table_rows})
+                       "figures": family.figures, "per_model": any(PER_MODEL in key for key, _ in family.rows),
+                       "floors": family.floors,
+                       "columns": shown, "rows": table_rows})
     return tables

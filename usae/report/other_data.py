@@ -1,7 +1,8 @@
 """The report's "Other data" section: a run's metrics on each test set beside its training data's.
 
 A test set (config ``test_sets``) is evaluated without retraining, on every one of its images,
-standardised with the training data's statistics; the training data's column is its validation split.
+standardised with the training data's statistics; the training data's column is its validation split
+(with its random dictionary's floors; a test set has no baselines).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from usae.report.compare import load_evaluation, load_runs, metric_tables, run_metrics
+from usae.report.compare import floored_metrics, load_evaluation, load_runs, metric_tables, run_metrics
 
 FAMILIES = ("r2-self", "r2-cross", "dead", "dead-tau", "universality")
 """Tables of :data:`usae.report.compare_tables.FAMILIES` that the section shows (evaluation metrics only)."""
@@ -38,6 +39,7 @@ def other_data_section(run_dir: str | Path, test_sets: list[str] | tuple[str, ..
     run = load_runs({run_dir.name: run_dir})[run_dir.name]
     records = {TRAINING_COLUMN: run, **{name: load_evaluation(run, name) for name in test_sets}}
     columns = {name: run_metrics(record) for name, record in records.items()}
+    columns[TRAINING_COLUMN] = floored_metrics(run)
     edges = np.linspace(0.0, 1.0, ENTROPY_BINS + 1)
     return {
         "columns": list(records), "models": run.models, "entropy_edges": edges.tolist(),

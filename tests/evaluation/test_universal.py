@@ -1,0 +1,97 @@
+"""Universal-concept counts: known answers on a concept table, and on a dictionary planted to have universal,
+energetic and factor-tied latents, whose random-dictionary floor is counted from the random dictionary's own firing."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from usae.activations.sources import TokenSource
+from usae.config import EvaluateConfig, SAEConfig
+from usae.evaluation.baselines import Moments, random_dictionary
+from usae.evaluation.evaluate import blocks, evaluate_sources
+from usae.evaluation.run import PlantedFactors
+from usae.evaluation.universal import universal_counts
+from usae.sae.model import USAE
+
+CPU = torch.device("cpu")
+
+
+def test_counts_of_a_concept_table_known_answer():
+    table = pd.DataFrame({"firing_entropy": [0.95, 0.91, 0.99, 0.5, np.nan, 0.9],
+                          "energy_total": [10.0, 0.1, 3.0, 4.0, 0.0, 0.9],
+                          "factor_auroc": [0.92, 0.99, 0.89, 0.99, np.nan, 0.9]})
+    # mean energy 18 / 6 = 3: of the universal ones (0, 1, 2, 5) concepts 0 and 2 carry at least that
+    assert universal_counts(table, 2) == {"universal": 4, "universal_energetic": 2,
+                                          "universal_energy_share": pytest.approx(14.0 / 18.0),
+                                          "universal_factor": 3}  # 0, 1, 5; concept 3 detects but is not universal
+    assert universal_counts(table.drop(columns=["energy_total", "factor_auroc"]), 3) == {"universal": 4}
+    assert universal_counts(table, 1) == {"universal": None, "universal_factor": None}
+    assert universal_counts(table.drop(columns=["firing_entropy"]), 2) == {}
+    silent = universal_counts(table.assign(energy_total=0.0), 2)
+    assert silent["universal_energetic"] is None and silent["universal_energy_share"] is None
+
+
+KINDS = ((5.0, 5.0), (5.0, 5.0), (0.5, 0.5), (0.5, 0.5), (1.0, 0.0), (1.0, 0.0))
+"""Token kind j: latent j's amplitude in models a and b. Latents 0-3 fire alike in both (universal),
+0-1 strongly (energetic), 4-5 in model a only; latents 6-7 never fire."""
+FACTORS = {"F0": 0, "F1": 2, "F2": 4}
+"""Planted factor -> the token kind it covers: latents 0 and 2 are universal and detect one, 4 detects one
+but is not universal."""
+TOKENS_PER_IMAGE = 3
+
+
+def planted_sources() -> tuple[dict[str, TokenSource], np.ndarray]:
+    """40 images of 3 tokens, kinds in turn, one-hot along the kind's latent; and the (40, 3, 3) factor labels."""
+    kind = np.arange(40 * TOKENS_PER_IMAGE) % len(KINDS)
+    acts = {name: np.zeros((kind.size, 8), dtype=np.float32) for name in ("a", "b")}
+    for i, name in enumerate(acts):
+        acts[name][np.arange(kind.size), kind] = [KINDS[k][i] for k in kind]
+    labels = np.stack([kind == k for k in FACTORS.values()], axis=1).reshape(40, TOKENS_PER_IMAGE, len(FACTORS))
+    return {n: TokenSource(n, x.reshape(40, TOKENS_PER_IMAGE, 8), chunk_rows=8) for n, x in acts.items()}, labels
+
+
+def planted_dictionary() -> USAE:
+    """The identity dictionary: latent j is dimension j in both models, so a token fires its kind's latent."""
+    model = USAE({"a": 8, "b": 8}, SAEConfig(n_latents=8, k=1, aux_k=0), seed=0)
+    with torch.no_grad():
+        for name in model.names:
+            model.W_enc[name].copy_(torch.eye(8))
+            model.W_dec[name].copy_(torch.eye(8))
+    model.meta = {"train": {"seed": 2}}
+    return model
+
+
+def test_planted_dictionary_counts_and_its_random_floor(tmp_path):
+    sources, labels = planted_sources()
+    model = planted_dictionary()
+    factors = PlantedFactors(list(FACTORS), labels, model.names, 8, min_auroc=0.75)
+    cfg = EvaluateConfig(top_n=2, batch_images=4, device="cpu")
+    evaluate_sources(model, sources, cfg, tmp_path / "eval", device=CPU, factors=factors, baseline_sources=sources)
+    out = json.loads((tmp_path / "eval" / "baselines.json").read_text())
+    rows = {row["method"]: row for row in out["table"]}
+    counts = ("universal", "universal_energetic", "universal_factor")
+    assert [rows["usae"][key] for key in counts] == [4, 2, 2]
+    assert [rows["pca"][key] for key in counts] == [None, None, None]
+    # The floor is the random dictionary's own: evaluated on its own as if trained, it counts the same.
+    moments = {n: Moments.empty(8, CPU) for n in model.names}
+    for _, block in blocks(sources, cfg.batch_images, 40, spread=True):
+        for n in model.names:
+            moments[n].update(torch.from_numpy(block[n].reshape(-1, 8)))
+    rand = random_dictionary(model.dims, model.cfg, {n: m.mean().float() for n, m in moments.items()}, seed=2)
+    evaluate_sources(rand, sources, cfg, tmp_path / "rand", device=CPU, factors=factors.fresh())
+    own = universal_counts(pd.read_parquet(tmp_path / "rand" / "concepts.parquet"), 2)
+    assert [rows["random_dictionary"][key] for key in counts] == [own[key] for key in counts]
+    assert out["random_dictionary"]["universal_factor"] == own["universal_factor"]
+    assert [own[key] for key in counts] != [4, 2, 2], own  # not the trained dictionary's
+
+
+def test_no_factor_floor_where_the_usae_has_no_factor_count(tmp_path):
+    sources, _ = planted_sources()
+    evaluate_sources(planted_dictionary(), sources, EvaluateConfig(top_n=2, batch_images=4, device="cpu"),
+                     tmp_path / "eval", device=CPU, baseline_sources=sources)
+    rows = json.loads((tmp_path / "eval" / "baselines.json").read_text())["table"]
+    assert all("universal_factor" not in row and "universal_energetic" in row for row in rows)
+    assert "factor_auroc" not in pd.read_parquet(tmp_path / "eval" / "concepts.parquet").columns
