@@ -91,6 +91,20 @@ def delete_extraction_parts(part_paths: list[str | Path]) -> list[Path]:
     return present
 
 
+def delete_parts_once_prepared(part_paths: list[str | Path], sharing: list[str | Path]) -> list[Path]:
+    """Delete the parts (:func:`delete_extraction_parts`) unless a statistics file of ``sharing`` (the other
+    layers the parts hold) is still missing; return those deleted.
+
+    Every preparation of the parts calls this after publishing its own statistics, so the
+    last of them to finish sees every file and deletes the parts.
+    """
+    waiting = [str(p) for p in sharing if not Path(p).exists()]
+    if waiting:
+        logger.info("extraction parts kept until the other layers they hold are prepared: %s", waiting)
+        return []
+    return delete_extraction_parts(part_paths)
+
+
 def _check_extraction_part(path: Path) -> None:
     try:
         attrs = open_store(path).attrs.asdict()

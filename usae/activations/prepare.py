@@ -17,7 +17,7 @@ import numpy as np
 import zarr
 
 from usae.activations.align import resize_grid
-from usae.activations.parts import PartLayer, delete_extraction_parts, open_part_layer
+from usae.activations.parts import PartLayer, delete_parts_once_prepared, open_part_layer
 from usae.activations.standardize import Standardization, compute_standardization, sample_images
 from usae.activations.store import ChunkWriter, atomic_store, base_attrs, create_array, write_array
 from usae.atomic import atomic_path
@@ -118,11 +118,8 @@ def prepare_activations(part_paths: list[str | Path], manifest_path: str | Path,
             _write_split(group.create_group(split), patches, positions, rows, valid, aligned, stats, cfg,
                          label=f"{head['model']['key']} {split}")
     _write_json_atomic(stats_path, {"store": str(out_path), **attrs, "complete": True})
-    waiting = [str(p) for p in sharing if not Path(p).exists()]
-    if not keep_parts and waiting:
-        logger.info("extraction parts kept until the other layers they hold are prepared: %s", waiting)
-    elif not keep_parts:
-        delete_extraction_parts(part_paths)
+    if not keep_parts:
+        delete_parts_once_prepared(part_paths, sharing)
     return stats
 
 
