@@ -116,3 +116,28 @@ def test_push_names_what_is_missing_or_refused(tmp_path, capsys, offline_hub, mo
     assert main(["push", "--run", str(_saved_run(tmp_path)), "--repo", "me/tiny"]) == 2
     err = capsys.readouterr().err
     assert f"pushing {tmp_path / 'run'} to me/tiny failed: " in err and "offline mode is enabled" in err
+
+
+def test_extract_and_prepare_by_hand_share_one_backbones_parts(tmp_path, monkeypatch, capsys):
+    """`usae extract --model` runs the model's whole backbone (every layer the config asks of it) into one set of
+    parts; `usae prepare` reads each layer from them and deletes them with the last layer prepared."""
+    import yaml
+
+    cfg = yaml.safe_load(Path(TINY).read_text())
+    a14 = cfg["models"].pop("a14")
+    cfg["models"] = {"a14": {**a14, "layer": 0}, "a14_b1": {**a14, "layer": 1}, "b16": cfg["models"]["b16"]}
+    cfg["runs"] = {"usae": {}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    monkeypatch.chdir(tmp_path)
+    assert main(["manifest", "-c", "config.yaml"]) == 0
+    assert main(["extract", "-c", "config.yaml", "--model", "a14_b1"]) == 0
+    out = capsys.readouterr().out
+    parts = [tmp_path / f"results/tiny/acts/a14/part{k}.zarr" for k in range(2)]
+    assert all(f"{p.relative_to(tmp_path)} (a14, a14_b1)" in out for p in parts)
+    assert not (tmp_path / "results/tiny/acts/b16").exists()  # another backbone: not asked for
+    assert main(["prepare", "-c", "config.yaml", "--model", "a14"]) == 0
+    assert all(p.exists() for p in parts), "a14_b1's layer is not prepared yet"
+    assert main(["prepare", "-c", "config.yaml", "--model", "a14_b1"]) == 0
+    assert "its extraction parts are deleted" in capsys.readouterr().out and not any(p.exists() for p in parts)
+    for store in ("a14/block0.zarr", "a14_b1/block1.zarr"):
+        assert (tmp_path / "results/tiny/aligned" / store / "zarr.json").is_file()
