@@ -29,7 +29,9 @@ before issue 14's loader changes, exported with ``git archive``):
    stores) to the first ``optimizer_step``. Per-step time = the interval between two steps'
    starts (the step and the wait for its batch); max/median over steps 1 on, and the max
    over the first three steps of each shuffle buffer (where a rebuild would show) over the
-   median. Runs: buffers of 16 chunks (a rebuild every 16 steps; ``--steps`` steps), and the
+   median; and both again with each interval over the median of the steps with the same
+   source (the paper scheme's steps cost more for a 768-wide source than a 384-wide one,
+   which the plain max/median counts as a stall). Runs: buffers of 16 chunks (a rebuild every 16 steps; ``--steps`` steps), and the
    default 1,048,576-token buffer (3 steps; time to first step only), ``sae.decode`` sparse;
    after, also ``decode: auto`` (start-up times both decodings).
 
@@ -241,10 +243,12 @@ def worker(spec: dict) -> None:
 
     torch.set_num_threads(2)
     starts: list[float] = []
+    sources: list[str] = []
     step = loop.optimizer_step
 
     def timed_step(*args, **kwargs):
         starts.append(time.perf_counter())
+        sources.append("+".join(args[3] if len(args) > 3 else kwargs["sources"]))
         return step(*args, **kwargs)
     loop.optimizer_step = timed_step
     sae = SAEConfig(n_latents=6144, k=32, aux_k=256, dead_tokens=10**7, decode=spec["decode"])
@@ -253,17 +257,32 @@ def worker(spec: dict) -> None:
     opened = time.perf_counter()
     loop.train_from_stores(spec["stores"], sae, cfg, spec["run_dir"])
     loader = TokenLoader(open_aligned({n: Path(p) for n, p in spec["stores"].items()}), BATCH, spec["buffer"], seed=0)
-    print(json.dumps({"first_step_s": starts[0] - opened, "intervals": np.diff(starts).tolist(),
+    print(json.dumps({"first_step_s": starts[0] - opened, "intervals": np.diff(starts).tolist(), "sources": sources,
                       "batch_in_buffer": [loader.locate(s)[2] for s in range(len(starts))]}))
 
 
 def stall_figures(run: dict) -> dict:
-    """max/median of the step intervals from step 1 on, overall and over each buffer's first three steps."""
+    """max/median of the step intervals from step 1 on, overall and over each buffer's first three steps.
+
+    With the paper scheme a step's cost depends on its source (encoder widths 384 and 768 here),
+    so the ``*_same_source`` figures divide each interval by the median interval of steps with
+    the same source: what is left is the loader's share, rebuilds included.
+    """
     steps = run["intervals"][1:]
     median = statistics.median(steps)
     first = [t for t, j in zip(steps, run["batch_in_buffer"][1:]) if j < 3]
-    return {"median_s": median, "max_over_median": max(steps) / median,
-            "rebuild_max_over_median": max(first) / median if first else None}
+    figures = {"median_s": median, "max_over_median": max(steps) / median,
+               "rebuild_max_over_median": max(first) / median if first else None}
+    if "sources" in run:
+        by_source = {}
+        for t, source in zip(steps, run["sources"][1:]):
+            by_source.setdefault(source, []).append(t)
+        medians = {source: statistics.median(ts) for source, ts in by_source.items()}
+        relative = [t / medians[source] for t, source in zip(steps, run["sources"][1:])]
+        first_rel = [r for r, j in zip(relative, run["batch_in_buffer"][1:]) if j < 3]
+        figures.update(max_over_same_source_median=max(relative),
+                       rebuild_max_over_same_source_median=max(first_rel) if first_rel else None)
+    return figures
 
 
 def training(paths: dict[str, Path], folder: Path, repeats: int, steps: int) -> dict:
@@ -279,9 +298,12 @@ def training(paths: dict[str, Path], folder: Path, repeats: int, steps: int) -> 
             run = train_run(root, paths, folder / f"run_{name}_{r}", steps=n, buffer=buffer, decode=decode)
             runs.setdefault(name, []).append({**run, **(stall_figures(run) if n > 3 else {})})
             print(f"  {name} round {r}: first step {run['first_step_s']:.2f} s"
-                  + (f", max/median {runs[name][-1]['max_over_median']:.2f}" if n > 3 else ""), flush=True)
+                  + (f", max/median {runs[name][-1]['max_over_median']:.2f}, rebuilds over the same source's "
+                     f"median {runs[name][-1]['rebuild_max_over_same_source_median']:.2f}" if n > 3 else ""),
+                  flush=True)
     summary = {name: {key: spread([run[key] for run in rs]) for key in
-                      ("first_step_s", "max_over_median", "rebuild_max_over_median", "median_s") if key in rs[0]}
+                      ("first_step_s", "max_over_median", "rebuild_max_over_median", "max_over_same_source_median",
+                       "rebuild_max_over_same_source_median", "median_s") if key in rs[0]}
                for name, rs in runs.items()}
     return {"runs": runs, "summary": summary}
 
