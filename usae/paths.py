@@ -107,7 +107,7 @@ def extract_parts(cfg: PipelineConfig, model: str, *, dataset: str | None = None
 
 def sharing_stats(cfg: PipelineConfig, model: str, *, dataset: str | None = None) -> list[str]:
     """The statistics files of the other models whose layers share ``model``'s extraction parts."""
-    keys = extraction_groups(cfg.models)[extraction_group(cfg.models, model)]
+    keys = next(keys for keys in extraction_groups(cfg.models).values() if model in keys)
     return [aligned_stats(cfg, key, cfg.models[key].layer_tag, dataset=dataset) for key in keys if key != model]
 
 

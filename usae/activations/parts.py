@@ -49,6 +49,11 @@ def create_part_layer(root: zarr.Group, layer: str, attrs: dict, n_images: int, 
                                compressor=compressor) for name in (["patches", "prefix"] if prefix else ["patches"])}
 
 
+def part_layers(attrs: dict) -> list[str]:
+    """The layer tags of an extraction part, from its root attributes (``models``: key -> layer tag), sorted."""
+    return sorted(set((attrs.get("models") or {}).values()))
+
+
 def open_part_layer(path: str | Path, layer: str | None = None) -> PartLayer:
     """Layer tag ``layer`` of extraction part ``path``; None: its only layer.
 
@@ -60,7 +65,7 @@ def open_part_layer(path: str | Path, layer: str | None = None) -> PartLayer:
     attrs = root.attrs.asdict()
     if attrs.get("stage") != "extract":
         raise ValueError(f"{path}: a store of stage {attrs.get('stage')!r}, not an extraction part")
-    layers = sorted(set((attrs.get("models") or {}).values()))
+    layers = part_layers(attrs)
     if layer is None and len(layers) != 1:
         raise ValueError(f"{path}: extraction part of several layers {layers}; say which one to read")
     layer = layers[0] if layer is None else layer

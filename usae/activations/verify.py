@@ -17,6 +17,7 @@ import numpy as np
 import zarr
 
 from usae.activations.integrity import CHECKSUM_CODEC, DamagedStoreError, codec_names, rebuild_hint
+from usae.activations.parts import part_layers
 from usae.activations.store import open_store
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def _expected(attrs: dict[str, Any], group: zarr.Group) -> dict[str, tuple[tuple
     if attrs.get("stage") == "extract":
         n = attrs.get("n_images")
         spec = {"rows": ((n,), "int64"), "valid": ((n,), "bool")}
-        for layer in sorted(set((attrs.get("models") or {}).values())):
+        for layer in part_layers(attrs):
             if layer in group:
                 spec.update(_layer_arrays(layer, group[layer].attrs.asdict(), group[layer], n))
         return spec
@@ -87,7 +88,7 @@ def _layer_arrays(layer: str, attrs: dict[str, Any], group: zarr.Group,
 def _layer_problems(group: zarr.Group, attrs: dict[str, Any]) -> list[str]:
     """Missing layer groups of an extraction part, and missing attributes of those present."""
     problems = []
-    for layer in sorted(set((attrs.get("models") or {}).values())):
+    for layer in part_layers(attrs):
         if layer not in group:
             problems.append(f"layer group '{layer}' is missing")
             continue

@@ -90,8 +90,6 @@ class Backbone(nn.Module, abc.ABC):
     """Which of :data:`FAMILY_SETTINGS` this family reads; the others must keep their defaults."""
     more_specs: tuple[BackboneSpec, ...] = ()
     """Further layers of the same model computed by the same forward pass (:meth:`forward_layers`)."""
-    layouts: tuple[TokenLayout, ...] = ()
-    """The token layout of each of :attr:`specs`; ``layout`` is the first."""
 
     @classmethod
     def shares_forward(cls, specs: tuple[BackboneSpec, ...]) -> bool:
@@ -99,10 +97,18 @@ class Backbone(nn.Module, abc.ABC):
         (same model, other ``layer``) in one forward pass. The default: no, one instance a layer."""
         return False
 
+    _probed: tuple[TokenLayout, ...] = ()
+
     @property
     def specs(self) -> tuple[BackboneSpec, ...]:
         """Every layer this backbone computes: ``spec`` then :attr:`more_specs`."""
         return (self.spec, *self.more_specs)
+
+    @property
+    def layouts(self) -> tuple[TokenLayout, ...]:
+        """The token layout of each of :attr:`specs` (``layout`` is the first): as probed, else ``layout``
+        alone (an adapter that sets it without :meth:`_probe_layout`)."""
+        return self._probed or (self.layout,)
 
     @classmethod
     def hub_source(cls, spec: BackboneSpec) -> HubSource | None:
@@ -154,7 +160,7 @@ class Backbone(nn.Module, abc.ABC):
             "init_seed": None if spec.pretrained else init_seed(spec),
             "weights": (self.weights or library_weights(spec)).to_dict(),
             "layer": spec.layer_tag,
-            "layout": (self.layouts or (self.layout,))[index].to_dict(),
+            "layout": self.layouts[index].to_dict(),
             "preprocessing": self.preprocessing.to_dict(),
         }
 
@@ -164,10 +170,10 @@ class Backbone(nn.Module, abc.ABC):
         size = self.preprocessing.image_size
         with torch.inference_mode():
             outputs = self.forward_layers(torch.zeros(1, 3, size, size))
-        self.layouts = tuple(TokenLayout(n_prefix=prefix.shape[1], grid=self._grid(patches.shape[1], spec),
+        self._probed = tuple(TokenLayout(n_prefix=prefix.shape[1], grid=self._grid(patches.shape[1], spec),
                                          d_model=patches.shape[2])
                              for spec, (prefix, patches) in zip(self.specs, outputs, strict=True))
-        return self.layouts[0]
+        return self._probed[0]
 
     def _grid(self, n_patches: int, spec: BackboneSpec | None = None) -> tuple[int, int]:
         side = int(round(n_patches ** 0.5))

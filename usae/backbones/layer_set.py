@@ -17,19 +17,20 @@ from usae.backbones.registry import backbone_class, create_backbone
 from usae.config import BackboneSpec, same_backbone
 
 
-def distinct_layers(specs: Sequence[BackboneSpec]) -> tuple[BackboneSpec, ...]:
-    """The first spec of each layer of ``specs``, in order, once they are checked to be one model.
-
-    Raises:
-        ValueError: If ``specs`` is empty, or two of them differ in more than ``key`` and ``layer``.
-    """
-    specs = tuple(specs)
+def check_one_model(specs: Sequence[BackboneSpec]) -> None:
+    """Refuse an empty list, or specs that differ in more than ``key`` and ``layer`` (naming them)."""
     if not specs:
         raise ValueError("a layer set needs at least one model")
     strangers = [s.key for s in specs if not same_backbone(specs[0], s)]
     if strangers:
         raise ValueError(f"models {strangers} differ from models.{specs[0].key} in more than the layer; "
                          "one extraction job runs one model")
+
+
+def distinct_layers(specs: Sequence[BackboneSpec]) -> tuple[BackboneSpec, ...]:
+    """The first spec of each layer of ``specs``, in order, once they are checked to be one model
+    (:func:`check_one_model`)."""
+    check_one_model(specs)
     return tuple({s.layer_tag: s for s in reversed(specs)}.values())[::-1]
 
 
@@ -43,7 +44,7 @@ class LayerSet:
             ValueError: If ``specs`` is empty, or two of them differ in more than ``key`` and ``layer``.
         """
         specs = tuple(specs)
-        distinct_layers(specs)  # the checks
+        check_one_model(specs)
         cls = backbone_class(specs[0])
         if len(specs) > 1 and cls.shares_forward(specs):
             self.backbones = [create_backbone(specs[0], more_specs=specs[1:])]
@@ -62,7 +63,7 @@ class LayerSet:
     @property
     def layouts(self) -> tuple[TokenLayout, ...]:
         """Token layout of each of :attr:`specs`."""
-        return tuple(layout for b in self.backbones for layout in (b.layouts or (b.layout,)))
+        return tuple(layout for b in self.backbones for layout in b.layouts)
 
     @property
     def name(self) -> str:
@@ -90,4 +91,4 @@ class LayerSet:
     __call__ = forward
 
 
-__all__ = ["LayerSet", "distinct_layers"]
+__all__ = ["LayerSet", "check_one_model", "distinct_layers"]

@@ -103,11 +103,11 @@ def create_backbone(spec: BackboneSpec, more_specs: tuple[BackboneSpec, ...] = (
     if spec.weights is not None and not cls.loads_local_weights:
         raise ValueError(f"models.{spec.key}.weights: library {spec.library!r} cannot load local weights; "
                          f"remove weights to use its own pretrained weights")
-    # Random weights must be the same in every job (parts of one extraction run in
-    # separate processes), so they come from a seed fixed by the model's name.
     if more_specs and not cls.shares_forward((spec, *more_specs)):
         raise ValueError(f"library {spec.library} cannot compute layers {[s.layer for s in (spec, *more_specs)]} "
                          "in one forward pass; build one backbone a layer")
+    # Random weights must be the same in every job (parts of one extraction run in
+    # separate processes), so they come from a seed fixed by the model's name.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed(spec))
         backbone = cls(spec, more_specs=more_specs) if more_specs else cls(spec)
@@ -116,5 +116,5 @@ def create_backbone(spec: BackboneSpec, more_specs: tuple[BackboneSpec, ...] = (
     backbone.eval()
     backbone.requires_grad_(False)
     logger.info("built backbone %s (%s:%s, layers %s): %s", spec.key, spec.library, spec.name,
-                [s.layer_tag for s in backbone.specs], backbone.layouts or backbone.layout)
+                [s.layer_tag for s in backbone.specs], backbone.layouts)
     return backbone

@@ -21,6 +21,7 @@ from usae.config.train import RunConfig, SAEConfig, TrainConfig
 __all__ = [
     "CHANNEL_ORDERS", "COMPRESSORS", "DEVICES", "FINAL_LAYER", "INPUT_LAYOUTS", "SOURCES", "STANDARDIZATIONS",
     "BackboneSpec", "ExtractConfig", "ManifestConfig", "PipelineConfig", "PrepareConfig", "SyntheticImagesConfig",
-    "extraction_group", "extraction_groups", "from_dict", "layer_tag", "same_backbone", "load_config", "to_dict", "RunConfig", "SAEConfig", "TrainConfig", "EvaluateConfig",
+    "extraction_group", "extraction_groups", "from_dict", "layer_tag", "same_backbone", "load_config", "to_dict",
+    "RunConfig", "SAEConfig", "TrainConfig", "EvaluateConfig",
     "MacoConfig", "TrackingConfig",
 ]

@@ -20,8 +20,9 @@ INPUT_LAYOUTS = ("NCHW", "NHWC")
 CHANNEL_ORDERS = ("RGB", "BGR")
 _TAG_LOOKALIKE = re.compile(r"final|block\d+|.*-[0-9a-f]{8}")
 
-__all__ = ["extraction_group", "extraction_groups", "same_backbone", "CHANNEL_ORDERS", "COMPRESSORS", "DEVICES", "FINAL_LAYER", "INPUT_LAYOUTS", "SOURCES", "STANDARDIZATIONS",
-           "BackboneSpec", "ExtractConfig", "ManifestConfig", "PrepareConfig", "SyntheticImagesConfig", "layer_tag"]
+__all__ = ["CHANNEL_ORDERS", "COMPRESSORS", "DEVICES", "FINAL_LAYER", "INPUT_LAYOUTS", "SOURCES", "STANDARDIZATIONS",
+           "BackboneSpec", "ExtractConfig", "ManifestConfig", "PrepareConfig", "SyntheticImagesConfig",
+           "extraction_group", "extraction_groups", "layer_tag", "same_backbone"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -170,8 +171,8 @@ class ExtractConfig(Section):
 
     section_name = "extract"
 
-    n_parts: int = setting(2, "Manifest parts: one extraction job and one store each (per backbone: models that differ only in "
-                                         "`layer` share them).", minimum=1)
+    n_parts: int = setting(2, "Manifest parts: one extraction job and one store each (per backbone: models that "
+                              "differ only in `layer` share them).", minimum=1)
     batch_size: int = setting(32, "Images per forward pass.", minimum=1)
     num_workers: int = setting(2, "Image-decoding processes per job.", minimum=0)
     device: str = setting("auto", "`auto` = CUDA when present, else CPU.", choices=DEVICES)
@@ -182,10 +183,9 @@ class ExtractConfig(Section):
     keep: bool = setting(
         False, "Keep the extraction parts (`results/<dataset>/acts/`) after the aligned store is written. "
         "`false`: the parts are deleted once the aligned stores and statistics of every layer they hold are "
-        "published (about half "
-        "the disk at the paper's widths); the CLS/register tokens of `keep_prefix` go with them, and a later "
-        "change of a `prepare` setting extracts them again. `true`: kept, to prepare again without extracting or "
-        "to use the CLS tokens.")
+        "published (about half the disk at the paper's widths); the CLS/register tokens of `keep_prefix` go "
+        "with them, and a later change of a `prepare` setting extracts them again. `true`: kept, to prepare "
+        "again without extracting or to use the CLS tokens.")
 
 
 @dataclass(frozen=True, kw_only=True)
