@@ -78,7 +78,8 @@ def write_stores(folder: Path, n_images: int) -> dict[str, Path]:
         with atomic_store(paths[name]) as group:
             group.attrs.update(base_attrs(stage="prepare", manifest_hash="bench", grid=[14, 14], d_model=d,
                                           model={"key": name}, standardization={"kind": "scalar", "mean": 0.0,
-                                                                                "std": 1.0}))
+                                                                                "std": 1.0},
+                                          finite_checked=True))  # as prepare's; normal draws are finite
             for split, n in [("train", n_images), ("val", CHUNK)]:
                 sub = group.create_group(split)
                 writer = ChunkWriter(create_array(sub, "tokens", (n, TOKENS, d), dtype="float16", chunk_rows=CHUNK))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from usae.activations.integrity import DamagedStoreError
 from usae.activations.loader import TokenLoader
 from usae.activations.prefetch import reads_due
 from usae.activations.sources import TokenSource, open_aligned, open_arrays
@@ -29,9 +30,9 @@ def planted(d, offset):
     return (out + offset).astype(np.float16)
 
 
-def write_store(path, d, offset, chunk_rows, valid):
+def write_store(path, d, offset, chunk_rows, valid, **attrs):
     with atomic_store(path) as group:
-        group.attrs.update(base_attrs(stage="prepare", manifest_hash="h", grid=[4, 4], d_model=d))
+        group.attrs.update(base_attrs(stage="prepare", manifest_hash="h", grid=[4, 4], d_model=d, **attrs))
         for split, n in [("train", ROWS), ("val", 0)]:
             sub = group.create_group(split)
             tokens = create_array(sub, "tokens", (n, TOKENS, d), dtype="float16", chunk_rows=chunk_rows)
@@ -217,6 +218,14 @@ def test_next_buffer_reads_follow_the_consumer(tmp_path, monkeypatch):
     stream.close()
 
 
+@pytest.mark.parametrize("read_threads", [1, 2, 7])
+def test_batches_do_not_depend_on_how_many_threads_read_and_gather(sources, read_threads):
+    # A batch is cut into read_threads + 1 row ranges gathered at once; 7 leaves some ranges empty.
+    expected = [positions(b) for b in islice(TokenLoader(sources, BATCH, BUFFER, seed=0, read_threads=3).batches(), 12)]
+    loader = TokenLoader(sources, BATCH, BUFFER, seed=0, read_threads=read_threads)
+    assert [positions(b) for b in islice(loader.batches(), 12)] == expected
+
+
 def test_kept_batches_and_views_are_never_overwritten_and_dropped_ones_are_reused(sources):
     loader = TokenLoader(sources, BATCH, BUFFER, seed=0)
     n = 2 * loader.steps_per_epoch
@@ -327,4 +336,19 @@ def test_nan_or_inf_in_a_store_is_refused_naming_store_and_image(tmp_path, bad_v
     # Checked chunk by chunk where it lies: b's chunk of 2 rows, 12:14
     with pytest.raises(ValueError, match=r"b \(.*b.zarr\): NaN or inf in 1 row\(s\) of rows 12:14 "
                                          r"\(first: row 13, manifest index 13\)"):
+        list(islice(loader.batches(0), loader.steps_per_epoch))
+
+
+def test_a_store_checked_finite_when_written_is_trusted_through_its_checksums(tmp_path):
+    valid = np.ones(ROWS, bool)
+    trusted = write_store(tmp_path / "b.zarr", 6, 0.5, 2, valid, finite_checked=True)
+    sources = open_aligned({"a": write_store(tmp_path / "a.zarr", 4, 0.0, CHUNK, valid), "b": trusted})
+    assert sources["b"].checked_finite and not sources["a"].checked_finite
+    # NaN put into b's chunk file behind the writer's back: its checksum, not a NaN scan, refuses it
+    chunk = trusted / "train" / "tokens" / "c" / "6" / "0" / "0"  # rows 12:14
+    data = bytearray(chunk.read_bytes())
+    data[:2] = np.array([np.nan], np.float16).tobytes()
+    chunk.write_bytes(bytes(data))
+    loader = TokenLoader(sources, BATCH, BUFFER, seed=0)
+    with pytest.raises(DamagedStoreError, match=r"chunk \(6, 0, 0\) of array 'train/tokens' \(rows 12:14\) fails"):
         list(islice(loader.batches(0), loader.steps_per_epoch))

@@ -9,9 +9,10 @@ import pytest
 from usae.activations.align import resize_grid
 from usae.activations.parts import create_part_layer
 from usae.activations.prepare import prepare_activations
+from usae.activations.sources import open_aligned
 from usae.activations.store import atomic_store, base_attrs, open_store
 from usae.config import PrepareConfig
-from usae.data.manifest import COLUMNS, manifest_hash
+from usae.data.manifest import COLUMNS, SPLITS, manifest_hash
 
 N_IMAGES, D = 10, 3
 
@@ -71,6 +72,9 @@ def test_rows_are_split_in_manifest_order_and_aligned(setup):
         np.testing.assert_allclose(store[split]["tokens"][:], expected[rows], atol=0.05)
     assert store["train"]["tokens"].chunks == (2, 16, D)
     assert store.attrs["grid"] == [4, 4] and store.attrs["source_grid"] == [8, 8]
+    # every value was checked finite before it was written: the loader trusts the store through its checksums
+    assert store.attrs["finite_checked"] is True
+    assert all(s.checked_finite for s in open_aligned({"m": root / "out.zarr"}, split).values() for split in SPLITS)
 
 
 def test_scalar_statistics_use_a_seeded_train_sample(setup):

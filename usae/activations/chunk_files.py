@@ -20,11 +20,10 @@ import os
 import sys
 from pathlib import Path
 
-import google_crc32c
 import numpy as np
 import zarr
 
-from usae.activations.integrity import CHECKSUM_CODEC, CheckedStore, checksum_ok, codec_names
+from usae.activations.integrity import CHECKSUM_CODEC, CheckedStore, checksum_ok, codec_names, crc32c
 
 
 class ChunkFiles:
@@ -124,5 +123,5 @@ class ChunkFiles:
             while n_read < len(data) and (n := file.readinto(memoryview(data[n_read:]))):
                 n_read += n
             tail = file.read(5)
-        if n_read != len(data) or len(tail) != 4 or google_crc32c.value(data) != int.from_bytes(tail, "little"):
+        if n_read != len(data) or len(tail) != 4 or crc32c(data) != int.from_bytes(tail, "little"):
             raise self.store.altered(key)

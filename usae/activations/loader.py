@@ -32,8 +32,9 @@ Design:
   once, the one batches are gathered from and the next, read block by block by
   ``read_threads`` threads at a pace spread over the current buffer's batches (no burst
   of reading when a buffer ends, hence no slow steps); uncompressed store chunks are
-  memory-mapped, not copied; each batch is gathered alone, ``prefetch`` batches ahead of
-  the consumer.
+  memory-mapped, not copied, and not scanned for NaN/inf where the store says its writer
+  checked them (its checksums prove the bytes unchanged since); each batch is gathered
+  alone, ``prefetch`` batches ahead of the consumer, by ``read_threads + 1`` threads at once.
 
 Batches are ``{name: torch.Tensor (batch_tokens, d_i)}`` (dtype as stored; pinned if
 ``pin_memory``) that share memory with nothing the loader writes while they are referenced:
@@ -80,7 +81,7 @@ class TokenLoader:
         buffer_tokens: tokens per shuffle buffer (rounded down to whole blocks, at least one).
         seed: non-negative seed of the block orders and token permutations.
         prefetch: batches gathered ahead of the consumer (at least 1).
-        read_threads: block reads in flight at once.
+        read_threads: block reads in flight at once; also the gather threads beside the prefetch thread.
         pin_memory: gather batches into page-locked memory (needs CUDA) for fast async copies.
 
     Raises:

@@ -17,6 +17,10 @@ Beside the consumer, one thread (``TokenLoader-prefetch``) gathers batches and a
   when the queue of ``prefetch`` ready batches has room: gathering is spread evenly too,
   and a batch kept by the consumer keeps no buffer alive. A batch holds its tokens in
   buffer order (the set is the shuffled slice; the order within it is the reading order).
+  Its rows are cut into ``read_threads + 1`` ranges gathered at once, one by this thread
+  and the others by as many gather threads (not the read threads, so that a gather never
+  waits behind a read): the gather is the loader's largest cost, and one core alone would
+  keep it from matching a plain read of the files (``benchmarks/bench_loader.py``).
 
 An error in any thread is re-raised by the consumer as is; closing or dropping the
 stream sets a stop event that ends the threads.
@@ -153,9 +157,11 @@ def stream_batches(loader: TokenLoader, epoch: int, buffer: int, skip: int) -> I
 def _produce(loader: TokenLoader, epoch: int, buffer: int, skip: int, ready: queue.Queue,
              stop: threading.Event) -> None:
     pool = ThreadPoolExecutor(loader.read_threads, thread_name_prefix="TokenLoader-read")
+    helpers = ThreadPoolExecutor(loader.read_threads, thread_name_prefix="TokenLoader-gather")
     try:
         buffers = _buffers(loader, epoch, buffer)
-        arrays = _BatchArrays(loader.prefetch + 4)  # the queue's, the one being gathered, the consumer's
+        # arrays: the queue's batches, the one being gathered, the consumer's
+        gatherers = _Gatherers(helpers, loader.read_threads + 1, _BatchArrays(loader.prefetch + 4))
         e, b, n_steps = next(buffers)
         current = _BufferRead(loader, pool, e, b)
         while True:
@@ -163,7 +169,7 @@ def _produce(loader: TokenLoader, epoch: int, buffer: int, skip: int, ready: que
                 return
             e, b, n_next = next(buffers)
             upcoming = _BufferRead(loader, pool, e, b)
-            if not _serve(loader, current, upcoming, skip, n_steps, ready, stop, arrays):
+            if not _serve(loader, current, upcoming, skip, n_steps, ready, stop, gatherers):
                 return
             current, n_steps, skip = upcoming, n_next, 0
     except BaseException as err:  # handed to the consumer, which re-raises it
@@ -171,15 +177,16 @@ def _produce(loader: TokenLoader, epoch: int, buffer: int, skip: int, ready: que
         _wait(lambda: _try_put(ready, _Failure(err)), stop)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+        helpers.shutdown(wait=False, cancel_futures=True)
 
 
 def _serve(loader: TokenLoader, current: _BufferRead, upcoming: _BufferRead, skip: int, n_steps: int,
-           ready: queue.Queue, stop: threading.Event, arrays: _BatchArrays) -> bool:
+           ready: queue.Queue, stop: threading.Event, gatherers: _Gatherers) -> bool:
     """Put batches ``skip:n_steps`` of ``current`` on ``ready``, submitting ``upcoming``'s reads as they fall due."""
     order, size, pieces = current.order(), loader.batch_tokens, current.pieces()
     n_batches, put = n_steps - skip, 0
     for j in range(skip, n_steps):
-        batch = _gather(pieces, np.sort(order[j * size:(j + 1) * size]), loader.pin_memory, arrays)
+        batch = gatherers.gather(pieces, np.sort(order[j * size:(j + 1) * size]), loader.pin_memory)
         while True:
             upcoming.submit(reads_due(len(upcoming.spans), put - ready.qsize(), n_batches))
             if _try_put(ready, batch):
@@ -215,22 +222,42 @@ class _BatchArrays:
         return array
 
 
-def _gather(pieces: dict[str, tuple[list[np.ndarray], np.ndarray]], index: np.ndarray, pin_memory: bool,
-            arrays: _BatchArrays) -> dict[str, torch.Tensor]:
-    """The tokens ``index`` (sorted buffer token indices) of every source, taken piece by piece."""
-    batch = {}
+Pieces = dict[str, tuple[list[np.ndarray], np.ndarray]]
+
+
+class _Gatherers:
+    """Gathers a batch in ``n_ranges`` row ranges at once (the last on the calling thread, the others on
+    ``pool``) into arrays of ``arrays``."""
+
+    def __init__(self, pool: ThreadPoolExecutor, n_ranges: int, arrays: _BatchArrays) -> None:
+        self.pool, self.n_ranges, self.arrays = pool, max(1, n_ranges), arrays
+
+    def gather(self, pieces: Pieces, index: np.ndarray, pin_memory: bool) -> dict[str, torch.Tensor]:
+        """The tokens ``index`` (sorted buffer token indices) of every source, as ``{name: (len(index), d)}``."""
+        batch = {}
+        for name, (parts, _) in pieces.items():
+            shape, dtype = (len(index), parts[0].shape[1]), parts[0].dtype
+            if pin_memory:  # CUDA's caching host allocator reuses pinned blocks itself
+                batch[name] = torch.empty(shape, dtype=torch.from_numpy(parts[0][:0]).dtype, pin_memory=True)
+            else:
+                batch[name] = torch.from_numpy(self.arrays.get(shape, dtype))
+        outs = {name: tensor.numpy() for name, tensor in batch.items()}
+        bounds = np.linspace(0, len(index), self.n_ranges + 1).astype(np.int64)
+        helped = [self.pool.submit(_take, pieces, index, outs, lo, hi) for lo, hi in zip(bounds[:-2], bounds[1:-1])]
+        _take(pieces, index, outs, bounds[-2], bounds[-1])
+        for future in helped:
+            future.result()
+        return batch
+
+
+def _take(pieces: Pieces, index: np.ndarray, outs: dict[str, np.ndarray], lo: int, hi: int) -> None:
+    """Rows ``lo:hi`` of the batch ``index``: each source's tokens taken piece by piece into ``outs``."""
+    rows = index[lo:hi]
     for name, (parts, starts) in pieces.items():
-        shape, dtype = (len(index), parts[0].shape[1]), parts[0].dtype
-        if pin_memory:  # CUDA's caching host allocator reuses pinned blocks itself
-            tensor = torch.empty(shape, dtype=torch.from_numpy(parts[0][:0]).dtype, pin_memory=True)
-        else:
-            tensor = torch.from_numpy(arrays.get(shape, dtype))
-        out, cuts = tensor.numpy(), np.searchsorted(index, starts)
-        for part, first, lo, hi in zip(parts, starts, cuts[:-1], cuts[1:]):
-            if hi > lo:  # indices are in range: no bounds pass
-                np.take(part, index[lo:hi] - first, axis=0, out=out[lo:hi], mode="clip")
-        batch[name] = tensor
-    return batch
+        out, cuts = outs[name][lo:hi], np.searchsorted(rows, starts)
+        for part, first, a, b in zip(parts, starts, cuts[:-1], cuts[1:]):
+            if b > a:  # indices are in range: no bounds pass
+                np.take(part, rows[a:b] - first, axis=0, out=out[a:b], mode="clip")
 
 
 def _try_put(ready: queue.Queue, item: object) -> bool:

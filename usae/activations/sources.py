@@ -57,11 +57,14 @@ class TokenSource:
         attrs: producer attributes (store attributes for aligned stores; may be empty).
         rows: manifest index of each row for aligned stores, else None.
         path: where the data lives, for messages (None for in-memory arrays).
+        checked_finite: the values were checked finite when written and every read verifies
+            their checksums, so :func:`check_finite` need not scan them again (aligned stores
+            ``prepare`` wrote: see :func:`open_aligned`).
     """
 
     def __init__(self, name: str, array: RowArray, *, chunk_rows: int, valid: np.ndarray | None = None,
                  attrs: dict[str, Any] | None = None, rows: np.ndarray | None = None,
-                 path: Path | None = None) -> None:
+                 path: Path | None = None, checked_finite: bool = False) -> None:
         shape = tuple(int(s) for s in array.shape)
         where = f"{name} ({path})" if path is not None else name
         if len(shape) not in (2, 3):
@@ -82,6 +85,7 @@ class TokenSource:
         self.valid = valid
         self.attrs = dict(attrs or {})
         self.rows = rows
+        self.checked_finite = bool(checked_finite)
         self._array = array
         self._flat = len(shape) == 2
         self._chunk_files = ChunkFiles.of(array) if isinstance(array, zarr.Array) else None
@@ -152,7 +156,13 @@ def check_finite(source: TokenSource, block: np.ndarray, start: int) -> None:
 
     One bad value would make every later training step non-finite. The test is two integer
     maxima over the bits (read-only passes, several times faster than ``np.isfinite`` on float16).
+    A source whose values were checked when written and whose reads verify checksums
+    (``source.checked_finite``) is not scanned again: the checksum proves the bytes are the
+    ones checked, and skipping this pass is most of what makes the loader keep up with a
+    plain read of the files (``benchmarks/bench_loader.py``).
     """
+    if source.checked_finite:
+        return
     kind = _NON_FINITE.get(block.dtype.itemsize)
     if kind is not None and block.size and block.flags.c_contiguous:
         signed, positive, unsigned, negative = kind
@@ -179,7 +189,9 @@ def open_aligned(paths: dict[str, Path], split: str = "train") -> dict[str, Toke
 
     Returns:
         model name -> source over ``<split>/tokens``, with the split's ``valid`` mask,
-        ``rows`` and the store's attributes.
+        ``rows`` and the store's attributes; ``checked_finite`` where the store says its
+        writer checked every value (``finite_checked``, as ``prepare`` does) and its tokens
+        are checksummed.
 
     Raises:
         FileNotFoundError: a store does not exist.
@@ -201,8 +213,10 @@ def open_aligned(paths: dict[str, Path], split: str = "train") -> dict[str, Toke
             raise ValueError(f"{name} ({path}) is not an aligned store: no {what}; was it written by `prepare`?")
         sub = group[split]
         tokens = sub["tokens"]
+        checked = attrs.get("finite_checked") is True and group.store.checksummed(tokens.path)
         sources[name] = TokenSource(name, tokens, chunk_rows=_zarr_chunk_rows(tokens), valid=sub["valid"][:],
-                                    attrs=attrs, rows=np.asarray(sub["rows"][:]), path=path)
+                                    attrs=attrs, rows=np.asarray(sub["rows"][:]), path=path,
+                                    checked_finite=checked)
     _check_same_images(sources, split)
     logger.info("opened %d aligned %s stores: %s", len(sources), split,
                 ", ".join(repr(s) for s in sources.values()))
