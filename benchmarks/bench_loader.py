@@ -1,6 +1,6 @@
 """Token loader: shuffled batches/s against the raw sequential read of the same store, start-up and stalls.
 
-    python benchmarks/bench_loader.py [--images 768] [--repeats 3] [--baseline e9efc61] [--quick]
+    python benchmarks/bench_loader.py [--images 768] [--repeats 3] [--parts rates first training] [--quick]
 
 Three aligned stores as ``prepare`` writes them (float16, the paper's widths 384/768/768,
 196 tokens an image, chunks of 32 images, uncompressed with checksums; seeded normal
@@ -52,6 +52,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -65,6 +66,7 @@ ROOT = HERE.parent
 BASELINE = "e9efc61"  # the last commit before issue 14's loader and start-up changes
 WIDTHS = {"dinov2": 384, "siglip": 768, "vit": 768}
 TOKENS, CHUNK, BATCH = 196, 32, 6272
+PARTS = ("rates", "first", "training")  # read rates, time to first batch, training runs: the docstring's 1-3
 
 
 def write_stores(folder: Path, n_images: int) -> dict[str, Path]:
@@ -92,8 +94,24 @@ def write_stores(folder: Path, n_images: int) -> dict[str, Path]:
     return paths
 
 
+def settle(timeout: float = 60.0) -> list[str]:
+    """Wait until no loader thread of an earlier variant runs; return the names of any still running.
+
+    A closed stream's threads may still be finishing a read (the "before" loader's read
+    thread goes on reading its next buffer for about 0.1 s): timed beside the next variant,
+    they would charge it their CPU time and slow it.
+    """
+    deadline = time.monotonic() + timeout
+    for thread in threading.enumerate():
+        if thread.name.startswith("TokenLoader"):
+            thread.join(max(0.0, deadline - time.monotonic()))
+    return [t.name for t in threading.enumerate() if t.name.startswith("TokenLoader") and t.is_alive()]
+
+
 def timed(fn) -> tuple[float, float]:
-    """Wall and CPU seconds (every thread of the process) of ``fn()``."""
+    """Wall and CPU seconds (every thread of the process) of ``fn()``, once earlier loaders' threads ended."""
+    if left := settle():
+        print(f"warning: loader threads still running from an earlier variant: {left}")
     wall, cpu = time.perf_counter(), time.process_time()
     fn()
     return time.perf_counter() - wall, time.process_time() - cpu
@@ -203,6 +221,7 @@ def first_batches(paths: dict[str, Path], repeats: int, buffers: list[int]) -> d
             seconds = []
             for _ in range(repeats):
                 loader = cls(chosen, BATCH, buffer, seed=0, read_threads=1)
+                settle()
                 start = time.perf_counter()
                 stream = loader.batches()
                 next(stream)
@@ -315,6 +334,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=48, help="steps of the training runs with rebuilds")
     parser.add_argument("--quick", action="store_true", help="256 images, 2 repeats, 12 steps")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                        help="what to measure (default: all; the JSON then lacks the others)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -327,16 +348,20 @@ def main() -> None:
         print(f"warning: load average {load:.2f} on {os.cpu_count()} cores; other processes will skew the timings")
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_stores(Path(tmp), images)
-        rates = read_rates(paths, repeats, [65_536, 2**20])
-        for name, s in rates["ratios"].items():
-            print(f"{name:48s} min {s['min']:.2f}  median {s['median']:.2f}  max {s['max']:.2f}")
-        first = first_batches(paths, repeats, [2**20, 2**22])
-        for name, s in first.items():
-            print(f"first batch {name:20s} median {s['median']:.3f} s (min {s['min']:.3f}, max {s['max']:.3f})")
-        train = training(paths, Path(tmp), repeats, steps)
-        for name, figures in train["summary"].items():
-            print(f"train {name:32s} " + ", ".join(f"{k} median {v['median']:.2f} [{v['min']:.2f}, {v['max']:.2f}]"
-                                                  for k, v in figures.items()))
+        rates = first = train = None
+        if "rates" in args.parts:
+            rates = read_rates(paths, repeats, [65_536, 2**20])
+            for name, s in rates["ratios"].items():
+                print(f"{name:48s} min {s['min']:.2f}  median {s['median']:.2f}  max {s['max']:.2f}")
+        if "first" in args.parts:
+            first = first_batches(paths, repeats, [2**20, 2**22])
+            for name, s in first.items():
+                print(f"first batch {name:20s} median {s['median']:.3f} s (min {s['min']:.3f}, max {s['max']:.3f})")
+        if "training" in args.parts:
+            train = training(paths, Path(tmp), repeats, steps)
+            for name, figures in train["summary"].items():
+                print(f"train {name:32s} " + ", ".join(f"{k} median {v['median']:.2f} [{v['min']:.2f}, "
+                                                      f"{v['max']:.2f}]" for k, v in figures.items()))
     result = {"date": dt.datetime.now().isoformat(timespec="seconds"), "machine": platform.processor() or
               platform.machine(), "cores": os.cpu_count(), "images": images, "repeats": repeats, "batch_tokens": BATCH,
               "widths": WIDTHS, "baseline": BASELINE, "git": git_state(),
