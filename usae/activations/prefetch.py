@@ -1,10 +1,11 @@
 """Background reading and gathering for :class:`~usae.activations.loader.TokenLoader`: double buffered, paced.
 
-Beside the consumer, one thread (``TokenLoader-prefetch``) gathers batches and a pool of
-``read_threads`` threads reads blocks:
+Beside the consumer, one thread (``TokenLoader-prefetch``) gathers batches with the help of
+``read_threads`` gather threads, and a pool of ``read_threads`` threads reads blocks:
 
 * **Pieces, not copies.** A block of an uncompressed usae store is its chunk files,
-  memory-mapped and checked (checksum, NaN/inf) where they lie in the page cache
+  memory-mapped and checked (checksum; NaN/inf unless the store's writer checked them,
+  ``TokenSource.checked_finite``) where they lie in the page cache
   (``TokenSource.read_pieces``); other sources are read into one array a block. A
   buffer is the list of its blocks' pieces: nothing is copied into a buffer.
 * **Paced reads.** While batches come from one buffer, the next one's block reads are
