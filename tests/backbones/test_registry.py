@@ -96,6 +96,7 @@ def test_custom_backbone_is_built_frozen_and_in_eval(clean_registry):
     assert torch.equal(a[1], b[1])
     desc = backbone.describe()
     assert desc["library"] == "toy" and desc["layout"] == {"n_prefix": 1, "grid": [2, 2], "d_model": 4}
+    assert "kwargs" not in desc  # none given: recorded as before kwargs were recorded
 
 
 def test_timm_backbone_is_frozen():
@@ -104,6 +105,8 @@ def test_timm_backbone_is_frozen():
     backbone = create_backbone(spec)
     assert not backbone.training
     assert all(not p.requires_grad for p in backbone.parameters())
+    # what it was built with is recorded: a 1-block ViT is another backbone than the 12-block one
+    assert backbone.describe()["kwargs"] == {"depth": 1, "embed_dim": 16, "num_heads": 2}
 
 
 def test_a_family_that_cannot_load_weights_refuses_them_and_records_what_it_built(clean_registry, tmp_path):

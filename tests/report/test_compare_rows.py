@@ -74,6 +74,10 @@ def test_other_studies_keep_one_row_per_model() -> None:
     other["d2"]["mobilenet_d2"] = {**other["d2"]["mobilenet_d2"], "weights": WEIGHTS["efficientnet"]}
     rows = backbone_rows(other)  # other weights: another backbone, its own row
     assert rows is not None and rows.rows == ["mobilenet", "dinov2", "mobilenet_d2"]
+    narrow = depth_specs()
+    narrow["d3"]["mobilenet_d3"] = {**narrow["d3"]["mobilenet_d3"], "kwargs": {"width_mult": 0.5}}
+    rows = backbone_rows(narrow)  # built with other constructor arguments: another backbone too
+    assert rows is not None and rows.rows == ["mobilenet", "dinov2", "mobilenet_d3"]
     clash = {**depth_specs(), "x": {"mobilenet_d1": spec("nsfw", "mobilenet_d1", "final"),
                                     "dinov2_d1": spec("dinov2", "dinov2_d1", LAYERS["dinov2"][0])}}
     assert backbone_rows(clash) is None  # one key, two backbones (runs of different configs)

@@ -150,8 +150,14 @@ class Backbone(nn.Module, abc.ABC):
         return super().train(False)
 
     def describe(self, index: int = 0) -> dict[str, Any]:
-        """JSON-friendly provenance of layer ``index`` of :attr:`specs`: what was run, which layer, which layout."""
+        """JSON-friendly provenance of layer ``index`` of :attr:`specs`: what was run, which layer, which layout.
+
+        Constructor ``kwargs`` are recorded only when given, so records of models without them
+        read alike before and after they were recorded (the comparison page groups runs' models by
+        these records: :mod:`usae.report.compare_rows`).
+        """
         spec = self.specs[index]
+        built_with = {"kwargs": dict(spec.kwargs)} if spec.kwargs else {}
         return {
             "key": spec.key,
             "library": spec.library,
@@ -162,6 +168,7 @@ class Backbone(nn.Module, abc.ABC):
             "layer": spec.layer_tag,
             "layout": self.layouts[index].to_dict(),
             "preprocessing": self.preprocessing.to_dict(),
+            **built_with,
         }
 
     def _probe_layout(self) -> TokenLayout:
