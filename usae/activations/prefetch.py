@@ -50,6 +50,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _POLL_S = 0.1
+Pieces = dict[str, tuple[list[np.ndarray], np.ndarray]]
+"""Per source, a buffer's pieces as ``(tokens, d)`` arrays in buffer order and the buffer token index of each
+piece's first token (with the end last)."""
 PACE = 0.75  # the next buffer is read by the time this share of the current one is consumed
 
 
@@ -101,9 +104,8 @@ class _BufferRead:
                 future.result()
         return True
 
-    def pieces(self) -> dict[str, tuple[list[np.ndarray], np.ndarray]]:
-        """Per source, its pieces as ``(tokens, d)`` arrays in buffer order and the buffer token index of each
-        piece's first token (with the end last). Call after :meth:`finish`."""
+    def pieces(self) -> Pieces:
+        """The buffer's :data:`Pieces`. Call after :meth:`finish`."""
         per_row, names = self.loader.tokens_per_row, list(self.loader.sources)
         out = {}
         for s, name in enumerate(names):
@@ -158,11 +160,10 @@ def stream_batches(loader: TokenLoader, epoch: int, buffer: int, skip: int) -> I
 def _produce(loader: TokenLoader, epoch: int, buffer: int, skip: int, ready: queue.Queue,
              stop: threading.Event) -> None:
     pool = ThreadPoolExecutor(loader.read_threads, thread_name_prefix="TokenLoader-read")
-    helpers = ThreadPoolExecutor(loader.read_threads, thread_name_prefix="TokenLoader-gather")
+    # arrays: the queue's batches, the one being gathered, the consumer's
+    gatherers = _Gatherers(loader.read_threads, _BatchArrays(loader.prefetch + 4))
     try:
         buffers = _buffers(loader, epoch, buffer)
-        # arrays: the queue's batches, the one being gathered, the consumer's
-        gatherers = _Gatherers(helpers, loader.read_threads + 1, _BatchArrays(loader.prefetch + 4))
         e, b, n_steps = next(buffers)
         current = _BufferRead(loader, pool, e, b)
         while True:
@@ -178,7 +179,7 @@ def _produce(loader: TokenLoader, epoch: int, buffer: int, skip: int, ready: que
         _wait(lambda: _try_put(ready, _Failure(err)), stop)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
-        helpers.shutdown(wait=False, cancel_futures=True)
+        gatherers.close()
 
 
 def _serve(loader: TokenLoader, current: _BufferRead, upcoming: _BufferRead, skip: int, n_steps: int,
@@ -223,15 +224,17 @@ class _BatchArrays:
         return array
 
 
-Pieces = dict[str, tuple[list[np.ndarray], np.ndarray]]
-
-
 class _Gatherers:
-    """Gathers a batch in ``n_ranges`` row ranges at once (the last on the calling thread, the others on
-    ``pool``) into arrays of ``arrays``."""
+    """Gathers each batch in ``helpers + 1`` row ranges at once, the last on the calling thread and the others
+    on ``helpers`` gather threads of its own, into arrays of ``arrays``."""
 
-    def __init__(self, pool: ThreadPoolExecutor, n_ranges: int, arrays: _BatchArrays) -> None:
-        self.pool, self.n_ranges, self.arrays = pool, max(1, n_ranges), arrays
+    def __init__(self, helpers: int, arrays: _BatchArrays) -> None:
+        self.pool = ThreadPoolExecutor(helpers, thread_name_prefix="TokenLoader-gather")
+        self.n_ranges, self.arrays = helpers + 1, arrays
+
+    def close(self) -> None:
+        """End the gather threads (a gather in progress is waited for by its caller, not here)."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
     def gather(self, pieces: Pieces, index: np.ndarray, pin_memory: bool) -> dict[str, torch.Tensor]:
         """The tokens ``index`` (sorted buffer token indices) of every source, as ``{name: (len(index), d)}``."""
