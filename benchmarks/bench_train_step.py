@@ -1,6 +1,6 @@
 """Training-step speed: our USAE step vs the reference code's, against the encoder-GEMM bound.
 
-    python benchmarks/bench_train_step.py [--device cpu|cuda] [--quick]
+    python benchmarks/bench_train_step.py [--device cpu|cuda] [--precision fp32|bf16] [--images N] [--quick]
 
 Measures in one run, on random seeded activations already on the device (no I/O):
 
@@ -14,13 +14,19 @@ Measures in one run, on random seeded activations already on the device (no I/O)
    configuration runs: sparse gradient, the faster decoding, as ``sae.decode: auto`` picks).
 2. The reference code's step (``benchmarks/reference_step.py``).
 3. The encoder-GEMM bound: the time of the two dense matmuls no TopK SAE step can avoid,
-   the encoder forward (n x d) @ (d x m) and its weight gradient (d x n) @ (n x m), fp32,
-   at the exact shapes, timed on this device in this run.
+   the encoder forward (n x d) @ (d x m) and its weight gradient (d x n) @ (n x m), in the
+   step's precision (fp32, or bf16 for ``--precision bf16``), at the exact shapes, timed on
+   this device in this run.
+
+``--precision bf16`` (CUDA only) runs our step as ``train.precision: bf16`` does (bf16 autocast,
+fp32 weights and optimiser); the reference step stays fp32, as the reference code runs.
+``--images`` sets the batch (default 32 images x 196 tokens, the paper's).
 
 Each step uses one source model; sources go round-robin so each model is the source equally
 often (the expectation of the paper's uniform draw). A variant's ms/step is the mean over
 sources of the median time of that source's steps, after warm-up steps for every source.
-Results are printed as a table and written to ``benchmarks/results/train_step_<device>.json``.
+Results are printed as a table and written to
+``benchmarks/results/train_step_<device>[_bf16][_<images>img][_quick].json``.
 """
 
 from __future__ import annotations
@@ -75,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(threads)
     seed_everything(SEED)
     n_tokens = shape["images"] * shape["grid"] ** 2
-    print(f"device {describe_device(device)}, {threads} threads, torch {torch.__version__}")
+    print(f"device {describe_device(device)}, {threads} threads, torch {torch.__version__}, "
+          f"precision {args.precision}")
     print(f"shapes: models {MODELS}, m = {shape['n_latents']}, K = {shape['k']}, {n_tokens} tokens a step "
           f"({shape['images']} images x {shape['grid']}x{shape['grid']}); "
           f"{shape['warmup']} warm-up step(s), then {shape['repeats']} timed steps per source model")
@@ -84,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = load_average()
     if device.type == "cpu" and load_before is not None and load_before > 0.25 * threads:
         print(f"warning: load average {load_before:.2f} on {threads} cores; other processes will skew the timings")
-    rows, gemm = run_variants(shape, device, n_tokens)
+    rows, gemm = run_variants(shape, device, n_tokens, args.precision)
     bound = encoder_bound(gemm, n_tokens, shape["n_latents"])
     ref_ms = rows[0]["ms_per_step"]
     for row in rows:
@@ -98,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows, bound)
     print(f"(total {time.perf_counter() - started:.0f} s)")
 
-    out = args.out or HERE / "results" / f"train_step_{device.type}{'_quick' if args.quick else ''}.json"
+    out = args.out or HERE / "results" / result_name(args)
     out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -106,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_1min": {"before": load_before, "after": load_average()},
         "git": git_state(),
         "quick": args.quick,
+        "precision": args.precision,
         "shapes": {"models": MODELS, "n_tokens": n_tokens, **shape},
         "timing": "ms_per_step = mean over source models of the median of that source's timed steps",
         "gemm": gemm,
@@ -121,13 +129,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--quick", action="store_true", help="small shapes, for a smoke test (< 30 s)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="our step's train.precision (bf16: CUDA only) and the GEMM bound's dtype")
+    parser.add_argument("--images", type=int, help="images a step, 196 tokens each (default: 32, the paper's)")
     parser.add_argument("--repeats", type=int, help="timed steps per source model (default: cpu 3, cuda 10)")
     parser.add_argument("--warmup", type=int, help="untimed steps first, sources in turn (default: cpu 1, cuda 6)")
     parser.add_argument("--out", type=Path, help="JSON path (default: benchmarks/results/train_step_<device>.json)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but no CUDA device is available")
+    if args.precision == "bf16" and args.device != "cuda":
+        parser.error("--precision bf16 is CUDA's (train.precision: bf16 autocasts on CUDA only)")
     return args
+
+
+def result_name(args: argparse.Namespace) -> str:
+    parts = [f"train_step_{args.device}"] + (["bf16"] if args.precision == "bf16" else [])
+    parts += [f"{args.images}img"] if args.images is not None else []
+    return "_".join(parts + (["quick"] if args.quick else [])) + ".json"
 
 
 def run_shape(args: argparse.Namespace) -> dict:
@@ -139,13 +158,16 @@ def run_shape(args: argparse.Namespace) -> dict:
         shape["repeats"] = args.repeats
     if args.warmup is not None:
         shape["warmup"] = args.warmup
+    if args.images is not None:
+        shape["images"] = args.images
     return shape
 
 
-def run_variants(shape: dict, device: torch.device, n_tokens: int) -> tuple[list[dict], dict]:
+def run_variants(shape: dict, device: torch.device, n_tokens: int, precision: str = "fp32") -> tuple[list[dict], dict]:
     """The reference step, then ours with AuxK idle and live (see :func:`bench_ours`); and the
     encoder GEMMs, timed before and after the steps (the faster of the two per matmul)."""
-    gemm_before = measure_gemm(device, n_tokens, shape["n_latents"], shape["gemm_repeats"])
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    gemm_before = measure_gemm(device, n_tokens, shape["n_latents"], shape["gemm_repeats"], dtype)
     rows = []
     ref_batch, our_batch = make_batches(shape, device)
     rows.append(bench_reference(ref_batch, shape, device))
@@ -153,11 +175,11 @@ def run_variants(shape: dict, device: torch.device, n_tokens: int) -> tuple[list
     for live in (False, True):
         for decode, sparse_grad in (("sparse", True), ("dense", True), ("sparse", False)):
             rows.append(bench_ours(our_batch, shape, device, aux_k=shape["aux_k"], live=live, decode=decode,
-                                   sparse_grad=sparse_grad))
+                                   sparse_grad=sparse_grad, precision=precision))
             print_row(rows[-1])
     mark_default(rows)
     del ref_batch, our_batch
-    gemm = best_gemm(gemm_before, measure_gemm(device, n_tokens, shape["n_latents"], shape["gemm_repeats"]))
+    gemm = best_gemm(gemm_before, measure_gemm(device, n_tokens, shape["n_latents"], shape["gemm_repeats"], dtype))
     return rows, gemm
 
 
@@ -181,7 +203,7 @@ def encoder_bound(gemm: dict, n_tokens: int, m: int) -> dict:
             "flops_per_token": flops_per_token,
             "tokens_per_s_at_peak_gflops": gemm["peak_gflops"] * 1e9 / flops_per_token,
             "definition": "mean over source widths d of the measured time of (n x d)@(d x m) plus "
-                          "(d x n)@(n x m) in fp32: the encoder forward and weight gradient"}
+                          f"(d x n)@(n x m) in {gemm['dtype']}: the encoder forward and weight gradient"}
 
 
 # -- measuring ----------------------------------------------------------------------------------
@@ -238,16 +260,16 @@ def summarise(name: str, description: str, times: dict[str, list[float]], loss: 
             "last_loss": loss}
 
 
-def measure_gemm(device: torch.device, n: int, m: int, repeats: int) -> dict:
-    """fp32 time of the encoder's forward and weight-gradient matmuls, for each model width."""
+def measure_gemm(device: torch.device, n: int, m: int, repeats: int, dtype: torch.dtype = torch.float32) -> dict:
+    """Time of the encoder's forward and weight-gradient matmuls in ``dtype``, for each model width."""
     gen = torch.Generator(device=device).manual_seed(SEED)
     per_width = {}
     for d in sorted(set(MODELS.values())):
-        x = torch.randn(n, d, device=device, generator=gen)
-        w = torch.randn(d, m, device=device, generator=gen)
-        g = torch.randn(n, m, device=device, generator=gen)
-        out = torch.empty(n, m, device=device)
-        wgrad = torch.empty(d, m, device=device)
+        x = torch.randn(n, d, device=device, generator=gen).to(dtype)
+        w = torch.randn(d, m, device=device, generator=gen).to(dtype)
+        g = torch.randn(n, m, device=device, generator=gen).to(dtype)
+        out = torch.empty(n, m, device=device, dtype=dtype)
+        wgrad = torch.empty(d, m, device=device, dtype=dtype)
         entry = {}
         for label, fn in (("fwd", lambda: torch.mm(x, w, out=out)), ("wgrad", lambda: torch.mm(x.t(), g, out=wgrad))):
             fn()
@@ -264,7 +286,8 @@ def measure_gemm(device: torch.device, n: int, m: int, repeats: int) -> dict:
         per_width[str(d)] = entry
         del x, w, g, out, wgrad
     peak = max(max(e["fwd_gflops"], e["wgrad_gflops"]) for e in per_width.values())
-    return {"dtype": "float32", "float32_matmul_precision": torch.get_float32_matmul_precision(),
+    return {"dtype": str(dtype).removeprefix("torch."),
+            "float32_matmul_precision": torch.get_float32_matmul_precision(),
             "per_width": per_width, "peak_gflops": peak}
 
 
@@ -317,30 +340,33 @@ def bench_reference(batch: dict[str, torch.Tensor], shape: dict, device: torch.d
 
 
 def bench_ours(batch: dict[str, torch.Tensor], shape: dict, device: torch.device, *, aux_k: int, live: bool,
-               decode: str, sparse_grad: bool) -> dict:
+               decode: str, sparse_grad: bool, precision: str = "fp32") -> dict:
     """``optimizer_step`` as the training loop runs it, with the loop's optimiser and default settings;
     ``live``: a tenth of the latents dead, so AuxK works; ``sparse_grad`` False: the encoder
     differentiated through its dense pre-activations (the path before the sparse gradient)."""
-    step, names = our_step(batch, shape, device, aux_k=aux_k, live=live, decode=decode, sparse_grad=sparse_grad)
+    step, names = our_step(batch, shape, device, aux_k=aux_k, live=live, decode=decode, sparse_grad=sparse_grad,
+                           precision=precision)
     times, loss = time_steps(step, names, device, shape["warmup"], shape["repeats"])
     del step
     grad = "" if sparse_grad else " dense-grad"
     row = summarise(f"ours aux {'live' if live else 'idle'} {decode}{grad}",
                     f"usae optimizer_step (the training loop's step), paper scheme, loss mse, aux_k={aux_k} "
                     f"({'10% of latents dead' if live else 'no latent dead'}), decode {decode}, encoder gradient "
-                    f"{'sparse' if sparse_grad else 'dense (before the sparse gradient)'}, full optimiser step",
-                    times, loss)
-    return {**row, "aux_k": aux_k, "aux_live": live, "decode": decode, "sparse_grad": sparse_grad}
+                    f"{'sparse' if sparse_grad else 'dense (before the sparse gradient)'}, full optimiser step, "
+                    f"precision {precision}", times, loss)
+    return {**row, "aux_k": aux_k, "aux_live": live, "decode": decode, "sparse_grad": sparse_grad,
+            "precision": precision}
 
 
 def our_step(batch: dict[str, torch.Tensor], shape: dict, device: torch.device, *, aux_k: int, live: bool,
-             decode: str, sparse_grad: bool) -> tuple[Callable[[str], torch.Tensor], list[str]]:
+             decode: str, sparse_grad: bool,
+             precision: str = "fp32") -> tuple[Callable[[str], torch.Tensor], list[str]]:
     """One optimiser step of a fresh seeded USAE (see :func:`bench_ours`) as ``step(source) -> loss``,
     and the model names."""
     seed_everything(SEED)
     cfg = SAEConfig(n_latents=shape["n_latents"], k=shape["k"], loss="mse", aux_k=aux_k, decode=decode,
                     dead_tokens=1_000_000)  # a fixed window: the benchmark marks latents dead itself
-    train = TrainConfig()  # scheme paper, Adam, lr 3e-4, grad clip 1.0, fp32
+    train = TrainConfig(precision=precision)  # scheme paper, Adam, lr 3e-4, grad clip 1.0
     model = USAE({n: t.shape[-1] for n, t in batch.items()}, cfg, seed=SEED).to(device).train()
     model.sparse_decode = decode == "sparse"
     model.sparse_grad = sparse_grad

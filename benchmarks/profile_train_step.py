@@ -1,14 +1,15 @@
 """Where a training step's time goes: torch.profiler over the default step at paper shapes.
 
-    python benchmarks/profile_train_step.py [--threads 1 2] [--quick]
+    python benchmarks/profile_train_step.py [--threads 1 2] [--device cpu|cuda] [--precision fp32|bf16] [--quick]
 
 Profiles ``usae.training.step.optimizer_step`` as ``bench_train_step.py`` times it, in the
 variant the default configuration runs (sparse decode, sparse encoder gradient; paper scheme,
 loss mse, aux_k 256, Adam), AuxK idle and live (a tenth of the latents dead), for each thread
 count asked: after warm-up steps, one profiled step per source model. Ops are aten ops grouped
 by name and input shapes, ranked by self CPU time, each with its share of the total self time
-(which, ops being timed on the calling thread, is the profiled steps' time). Written to
-``benchmarks/results/train_step_profile_<device>[_quick].json``.
+(which, ops being timed on the calling thread, is the profiled steps' time). On CUDA they are
+ranked by self device time (the kernels each op launched), the GPU's share of a step. Written to
+``benchmarks/results/train_step_profile_<device>[_bf16][_quick].json``.
 """
 
 from __future__ import annotations
@@ -33,53 +34,68 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first, sources in turn")
     parser.add_argument("--quick", action="store_true", help="the benchmark's small shapes")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="train.precision (bf16: CUDA)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     shape = dict(QUICK if args.quick else FULL)
-    device = torch.device("cpu")
+    device = torch.device(args.device)
     _, batch = make_batches(shape, device)
     profiles = []
     for threads in args.threads:
         for live in (False, True):
-            profiles.append(profile_step(batch, shape, device, threads=threads, live=live, warmup=args.warmup))
+            profiles.append(profile_step(batch, shape, device, threads=threads, live=live, warmup=args.warmup,
+                                         precision=args.precision))
             print_profile(profiles[-1])
-    out = args.out or HERE / "results" / f"train_step_profile_{device.type}{'_quick' if args.quick else ''}.json"
+    name = f"train_step_profile_{device.type}{'_bf16' if args.precision == 'bf16' else ''}"
+    out = args.out or HERE / "results" / f"{name}{'_quick' if args.quick else ''}.json"
     report = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "machine": machine(device, max(args.threads)), "load_average_1min": load_average(),
-              "git": git_state(), "quick": args.quick, "shapes": shape,
-              "grouping": "aten ops by name and input shapes; ms_per_step = self CPU time / profiled steps; "
-                          "share = self CPU time / all ops' self CPU time",
+              "git": git_state(), "quick": args.quick, "shapes": shape, "precision": args.precision,
+              "grouping": f"aten ops by name and input shapes; ms_per_step = self {clock(device)} time / profiled "
+                          f"steps; share = self {clock(device)} time / all ops' self {clock(device)} time",
               "profiles": profiles}
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
 
 
+def clock(device: torch.device) -> str:
+    """Whose time ops are ranked by: the host's on a CPU, the kernels' on a GPU."""
+    return "device" if device.type == "cuda" else "CPU"
+
+
 def profile_step(batch: dict[str, torch.Tensor], shape: dict, device: torch.device, *, threads: int, live: bool,
-                 warmup: int) -> dict:
+                 warmup: int, precision: str = "fp32") -> dict:
     """The default step's top ops, one profiled step per source after ``warmup`` steps."""
     torch.set_num_threads(threads)
-    step, names = our_step(batch, shape, device, aux_k=shape["aux_k"], live=live, decode="sparse", sparse_grad=True)
+    step, names = our_step(batch, shape, device, aux_k=shape["aux_k"], live=live, decode="sparse", sparse_grad=True,
+                           precision=precision)
     for i in range(warmup):
         step(names[i % len(names)])
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    sync()
     start = time.perf_counter()
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+    with profile(activities=activities, record_shapes=True) as prof:
         for name in names:
             step(name)
+        sync()
     wall_ms = 1e3 * (time.perf_counter() - start) / len(names)
-    total = sum(e.self_cpu_time_total for e in prof.key_averages())
-    return {"threads": threads, "aux_live": live, "sources": names, "profiled_ms_per_step": wall_ms,
-            "self_ms_per_step": total / 1e3 / len(names),
-            "ops": top_ops(prof.key_averages(group_by_input_shape=True), total, len(names)),
-            "ops_by_name": top_ops(prof.key_averages(), total, len(names))}
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    total = sum(getattr(e, key) for e in prof.key_averages())
+    return {"threads": threads, "aux_live": live, "sources": names, "precision": precision, "ranked_by": key,
+            "profiled_ms_per_step": wall_ms, "self_ms_per_step": total / 1e3 / len(names),
+            "ops": top_ops(prof.key_averages(group_by_input_shape=True), total, len(names), key),
+            "ops_by_name": top_ops(prof.key_averages(), total, len(names), key)}
 
 
-def top_ops(events: list, total: float, steps: int) -> list[dict]:
-    """The TOP events by self CPU time: per step, and as a share of ``total``."""
-    ranked = sorted(events, key=lambda e: -e.self_cpu_time_total)[:TOP]
+def top_ops(events: list, total: float, steps: int, key: str = "self_cpu_time_total") -> list[dict]:
+    """The TOP events by ``key`` (self CPU or self device time): per step, and as a share of ``total``."""
+    ranked = sorted(events, key=lambda e: -getattr(e, key))[:TOP]
     return [{"op": e.key, "input_shapes": str(e.input_shapes) if e.input_shapes else "",
-             "calls_per_step": e.count / steps, "ms_per_step": e.self_cpu_time_total / 1e3 / steps,
-             "share": e.self_cpu_time_total / total} for e in ranked]
+             "calls_per_step": e.count / steps, "ms_per_step": getattr(e, key) / 1e3 / steps,
+             "share": getattr(e, key) / total if total else 0.0} for e in ranked]
 
 
 def print_profile(p: dict) -> None:
