@@ -44,6 +44,14 @@ RUNS = [  # (batch_tokens, precision, read_threads, cold page cache)
     (BATCH, "fp32", 1, False), (BATCH, "fp32", 4, False), (BATCH, "bf16", 4, False), (BATCH, "bf16", 8, False),
     (4 * BATCH, "bf16", 4, False), (4 * BATCH, "fp32", 4, False), (BATCH, "bf16", 4, True),
 ]
+LOOP_RUNS = [  # (batch_tokens, precision, read_threads, GIL switch interval in s or None, one fixed batch)
+    (BATCH, "bf16", 1, None, False), (BATCH, "bf16", 1, 5e-4, False), (BATCH, "bf16", 4, None, False),
+    (BATCH, "bf16", 4, 5e-4, False), (BATCH, "bf16", 1, None, True), (BATCH, "fp32", 1, None, True),
+    (4 * BATCH, "bf16", 4, None, True),
+]
+"""``--loop``: where a step's time goes besides the step. Python hands the GIL from a thread that
+holds it to one that waits only every switch interval (5 ms by default); "fixed" runs train on
+the first batch over and over, with the loader's threads stopped, to time the loop alone."""
 
 
 def loader_rate(paths: dict[str, Path], device, read_threads: int, epochs: int = 2) -> dict:
@@ -78,11 +86,48 @@ def drop_page_cache() -> bool:
         return False
 
 
+class FixedBatches:
+    """A stand-in for ``usae.training.loop.RunStream`` that yields the run's first batch forever
+    and stops the loader once it has it, so the loop runs with no loader thread beside it."""
+
+    def __init__(self, batches) -> None:
+        self.first = next(batches)
+        batches.close()
+
+    def peek(self):
+        return self.first
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.first
+
+    def close(self) -> None:
+        pass
+
+
+def timed_stream(base: type) -> type:
+    """``base`` (a batch stream class) counting the seconds its ``next()`` waits, in ``.waited``."""
+    class Timed(base):
+        waited = 0.0
+
+        def __next__(self):
+            start = time.perf_counter()
+            batch = super().__next__()
+            Timed.waited += time.perf_counter() - start
+            return batch
+    return Timed
+
+
 def train_rate(paths: dict[str, Path], folder: Path, device: str, *, batch: int, precision: str, read_threads: int,
-               cold: bool, steps: int) -> dict:
+               cold: bool, steps: int, switch_interval: float | None = None, fixed: bool = False) -> dict:
     """One ``train_from_stores`` run; its log windows' tokens/s."""
+    import sys
+
     import pandas as pd
 
+    import usae.training.loop as loop
     from usae.config import SAEConfig, TrainConfig
     from usae.training.loop import train_from_stores
 
@@ -92,14 +137,32 @@ def train_rate(paths: dict[str, Path], folder: Path, device: str, *, batch: int,
     sae = SAEConfig(n_latents=6144, k=32, aux_k=256, dead_tokens="auto", decode="auto")
     cfg = TrainConfig(max_steps=steps, batch_tokens=batch, buffer_tokens=2**20, device=device, precision=precision,
                       read_threads=read_threads, log_every=max(10, steps // 8), checkpoint_every=10**9)
-    run_dir = folder / f"run_{batch}_{precision}_{read_threads}_{'cold' if cold else 'warm'}"
+    run_dir = folder / f"run_{batch}_{precision}_{read_threads}_{cold}_{switch_interval}_{fixed}"
+    interval, stream, step = sys.getswitchinterval(), loop.RunStream, loop.optimizer_step
+    sys.setswitchinterval(switch_interval or interval)
+    loop.RunStream = timed_stream(FixedBatches if fixed else stream)
+    host = []  # seconds each optimizer_step call held the host (launching; it waits for the GPU only when full)
+
+    def timed_step(*args, **kwargs):
+        begin = time.perf_counter()
+        out = step(*args, **kwargs)
+        host.append(time.perf_counter() - begin)
+        return out
+    loop.optimizer_step = timed_step
     start = time.perf_counter()
-    result = train_from_stores({n: str(p) for n, p in paths.items()}, sae, cfg, run_dir)
+    try:
+        result = train_from_stores({n: str(p) for n, p in paths.items()}, sae, cfg, run_dir)
+    finally:
+        waited = loop.RunStream.waited
+        sys.setswitchinterval(interval)
+        loop.RunStream, loop.optimizer_step = stream, step
     seconds = time.perf_counter() - start
     windows = pd.read_parquet(result.log_path)["tokens_per_s"].tolist()
     steady = windows[1:] or windows
     return {"seconds": seconds, "steps": steps, "window_tokens_per_s": windows,
-            "tokens_per_s": statistics.median(steady), "dropped_page_cache": dropped}
+            "tokens_per_s": statistics.median(steady), "dropped_page_cache": dropped,
+            "step_host_ms_median": 1e3 * statistics.median(host[1:] or host),
+            "batch_wait_ms_mean": 1e3 * waited / steps}
 
 
 def main() -> None:
@@ -108,6 +171,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=3072, help="training images in each store (196 tokens each)")
     parser.add_argument("--steps", type=int, default=400, help="steps of each training run")
     parser.add_argument("--quick", action="store_true", help="128 images, 16 steps, two runs: a smoke test")
+    parser.add_argument("--loop", action="store_true", help="LOOP_RUNS instead: the loop's own cost, and the GIL's")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     import torch
@@ -116,9 +180,11 @@ def main() -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but no CUDA device is available")
     images, steps = (128, 16) if args.quick else (args.images, args.steps)
-    runs = RUNS[:1] + RUNS[-1:] if args.quick else RUNS
+    runs = [dict(zip(("batch", "precision", "read_threads", "switch_interval", "fixed"), r)) for r in LOOP_RUNS] \
+        if args.loop else [dict(zip(("batch", "precision", "read_threads", "cold"), r)) for r in RUNS]
+    runs = runs[:1] + runs[-1:] if args.quick else runs
     if device.type == "cpu":  # bf16 autocasts on CUDA only
-        runs = [(b, "fp32", t, c) for b, _, t, c in runs]
+        runs = [{**run, "precision": "fp32"} for run in runs]
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     print(f"device {describe_device(device)}, {threads} CPU threads, torch {torch.__version__}; "
           f"{images} images x {TOKENS} tokens x widths {list(WIDTHS.values())} (float16 stores)", flush=True)
@@ -126,26 +192,33 @@ def main() -> None:
         start = time.perf_counter()
         paths = write_stores(Path(tmp), images)
         print(f"stores written in {time.perf_counter() - start:.1f} s", flush=True)
-        loaders = [loader_rate(paths, device, t) for t in ((1, 4) if args.quick else (1, 4, 8))]
+        loaders = [loader_rate(paths, device, t) for t in ((1, 4) if args.quick or args.loop else (1, 4, 8))]
         for row in loaders:
             print(f"loader read_threads {row['read_threads']}: {row['tokens_per_s'] / 1e6:.3f} M tokens/s", flush=True)
-        trains = []
-        for batch, precision, read_threads, cold in runs:
-            row = {"batch_tokens": batch, "precision": precision, "read_threads": read_threads, "cold": cold,
-                   **train_rate(paths, Path(tmp), args.device, batch=batch, precision=precision,
-                                read_threads=read_threads, cold=cold, steps=max(8, steps * BATCH // batch))}
-            trains.append(row)
-            rate = f"{row['tokens_per_s'] / 1e6:.3f} M tokens/s" if "tokens_per_s" in row else row["skipped"]
-            print(f"train batch {batch} {precision} read_threads {read_threads}{' cold' if cold else ''}: {rate}",
-                  flush=True)
+        trains = [train_row(paths, Path(tmp), args.device, run, steps) for run in runs]
     result = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "machine": machine(device, threads), "git": git_state(), "images": images, "tokens_per_image": TOKENS,
               "widths": WIDTHS, "store_dtype": "float16", "target_tokens_per_s": TARGET,
               "load_average_1min": load_average(), "loader": loaders, "training": trains}
-    out = args.out or HERE / "results" / f"from_disk_{device.type}{'_quick' if args.quick else ''}.json"
+    name = f"from_disk_{device.type}{'_loop' if args.loop else ''}{'_quick' if args.quick else ''}.json"
+    out = args.out or HERE / "results" / name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
+
+
+def train_row(paths: dict[str, Path], folder: Path, device: str, run: dict, steps: int) -> dict:
+    """One training run of ``run``'s settings over the tokens of ``steps`` paper-sized steps; printed."""
+    row = {**run, **train_rate(paths, folder, device, batch=run["batch"], precision=run["precision"],
+                               read_threads=run["read_threads"], cold=run.get("cold", False),
+                               steps=max(8, steps * BATCH // run["batch"]),
+                               switch_interval=run.get("switch_interval"), fixed=run.get("fixed", False))}
+    rate = (f"{row['tokens_per_s'] / 1e6:.3f} M tokens/s (optimizer_step on the host {row['step_host_ms_median']:.1f} "
+            f"ms, waiting for batches {row['batch_wait_ms_mean']:.1f} ms a step)" if "tokens_per_s" in row
+            else row["skipped"])
+    settings = ", ".join(f"{k} {v}" for k, v in run.items())
+    print(f"train {settings}: {rate}", flush=True)
+    return row
 
 
 if __name__ == "__main__":

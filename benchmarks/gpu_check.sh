@@ -22,6 +22,7 @@ export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$ROOT" PYTHONUNBUFFERED=1
 part() {  # part NAME SECONDS COMMAND...: run COMMAND under a time limit, its output to $OUT/NAME.log
     local name=$1 limit=$2
     shift 2
+    [[ -z "${PARTS:-}" || " $PARTS " == *" $name "* ]] || return 0  # PARTS="tests from_disk": only those
     echo "== $name (limit ${limit} s)"
     local start=$SECONDS
     timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
@@ -42,7 +43,10 @@ part step_fp32 75 python3 bench_train_step.py --device cuda --out "$OUT/train_st
 part step_bf16 75 python3 bench_train_step.py --device cuda --precision bf16 --out "$OUT/train_step_cuda_bf16.json"
 part step_bf16_128img 75 python3 bench_train_step.py --device cuda --precision bf16 --images 128 \
     --out "$OUT/train_step_cuda_bf16_128img.json"
+part step_fp32_128img 75 python3 bench_train_step.py --device cuda --images 128 \
+    --out "$OUT/train_step_cuda_128img.json"
 part profile 45 python3 profile_train_step.py --device cuda --precision bf16 --threads 16 \
     --out "$OUT/train_step_profile_cuda_bf16.json"
 part from_disk 200 python3 bench_from_disk.py --device cuda --images 2048 --out "$OUT/from_disk_cuda.json"
+part from_disk_loop 150 python3 bench_from_disk.py --device cuda --images 2048 --loop --out "$OUT/from_disk_cuda_loop.json"
 echo "== done in $SECONDS s"

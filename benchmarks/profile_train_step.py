@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 from bench_train_step import FULL, HERE, QUICK, git_state, load_average, machine, make_batches, our_step
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 TOP = 25
@@ -83,7 +84,9 @@ def profile_step(batch: dict[str, torch.Tensor], shape: dict, device: torch.devi
         sync()
     wall_ms = 1e3 * (time.perf_counter() - start) / len(names)
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    total = sum(getattr(e, key) for e in prof.key_averages())
+    # An op's device time is its kernels': the total counts the kernels alone, so nothing twice.
+    counted = [e for e in prof.key_averages() if device.type != "cuda" or e.device_type == DeviceType.CUDA]
+    total = sum(getattr(e, key) for e in counted)
     return {"threads": threads, "aux_live": live, "sources": names, "precision": precision, "ranked_by": key,
             "profiled_ms_per_step": wall_ms, "self_ms_per_step": total / 1e3 / len(names),
             "ops": top_ops(prof.key_averages(group_by_input_shape=True), total, len(names), key),

@@ -176,6 +176,7 @@ def test_evaluation_on_cuda_gives_the_cpu_metrics(tmp_path):
     for label, device in (("ref", CPU), ("gpu", CUDA)):
         cfg = EvaluateConfig(top_n=3, batch_images=8, device=device.type, tau=0.05)
         metrics[label] = evaluate_sources(model.to(device), sources, cfg, tmp_path / label, device=device)
+    assert (metrics["ref"]["config"].pop("device"), metrics["gpu"]["config"].pop("device")) == ("cpu", CUDA.type)
     assert_same(metrics["gpu"], metrics["ref"], "metrics")
     table = {label: pd.read_parquet(tmp_path / label / "concepts.parquet") for label in ("ref", "gpu")}
     pd.testing.assert_frame_equal(table["gpu"], table["ref"], rtol=1e-4, atol=1e-6)

@@ -242,7 +242,7 @@ class _Gatherers:
         for name, (parts, _) in pieces.items():
             shape, dtype = (len(index), parts[0].shape[1]), parts[0].dtype
             if pin_memory:  # CUDA's caching host allocator reuses pinned blocks itself
-                batch[name] = torch.empty(shape, dtype=torch.from_numpy(parts[0][:0]).dtype, pin_memory=True)
+                batch[name] = torch.empty(shape, dtype=torch.from_numpy(np.empty(0, dtype)).dtype, pin_memory=True)
             else:
                 batch[name] = torch.from_numpy(self.arrays.get(shape, dtype))
         outs = {name: tensor.numpy() for name, tensor in batch.items()}
