@@ -1,6 +1,6 @@
 """Training from the stores: tokens/s of the whole training loop, and of its token loader alone.
 
-    python benchmarks/bench_from_disk.py [--device cuda] [--images 3072] [--steps 400] [--quick]
+    python benchmarks/bench_from_disk.py [--device cuda] [--images 3072] [--steps 400] [--loop] [--quick]
 
 Writes three aligned stores as ``prepare`` writes them (float16, the paper's widths
 384/768/768, 196 tokens an image; ``bench_loader.write_stores``), then measures in one run:
@@ -17,8 +17,12 @@ Writes three aligned stores as ``prepare`` writes them (float16, the paper's wid
    windows after the first, whose start-up it would include. ``cold`` runs drop the page
    cache first (root on Linux; skipped elsewhere), so their first epoch is read from disk.
 
+``--loop`` runs ``LOOP_RUNS`` instead: buffer sizes, and the loop alone on one fixed batch; each
+run also reports the host time of ``optimizer_step`` (launching a step's kernels; on a GPU
+it waits only when the launch queue is full) and the time the loop waited for batches.
+
 The paper's 30-epoch ImageNet run is 7.5 G tokens: 3 hours on one GPU needs 0.7 M tokens/s.
-Prints a table and writes ``benchmarks/results/from_disk_<device>[_quick].json``.
+Prints each run's rate and writes ``benchmarks/results/from_disk_<device>[_loop][_quick].json``.
 """
 
 from __future__ import annotations
@@ -40,18 +44,23 @@ from bench_train_step import describe_device, git_state, load_average, machine
 HERE = Path(__file__).resolve().parent
 TARGET = 0.7e6  # tokens/s: the paper's 30 ImageNet epochs (7.5 G tokens) in 3 hours
 
-RUNS = [  # (batch_tokens, precision, read_threads, cold page cache)
-    (BATCH, "fp32", 1, False), (BATCH, "fp32", 4, False), (BATCH, "bf16", 4, False), (BATCH, "bf16", 8, False),
-    (4 * BATCH, "bf16", 4, False), (4 * BATCH, "fp32", 4, False), (BATCH, "bf16", 4, True),
+FIELDS = ("batch", "precision", "read_threads", "buffer", "cold", "fixed")
+RUNS = [  # FIELDS: batch tokens, train.precision, train.read_threads, train.buffer_tokens, cold cache, fixed batch
+    (BATCH, "fp32", 1, 2**20, False, False), (BATCH, "fp32", 4, 2**20, False, False),
+    (BATCH, "bf16", 4, 2**20, False, False), (BATCH, "bf16", 8, 2**20, False, False),
+    (4 * BATCH, "bf16", 4, 2**20, False, False), (4 * BATCH, "fp32", 4, 2**20, False, False),
+    (BATCH, "bf16", 4, 2**20, True, False),
 ]
-LOOP_RUNS = [  # (batch_tokens, precision, read_threads, GIL switch interval in s or None, one fixed batch)
-    (BATCH, "bf16", 1, None, False), (BATCH, "bf16", 1, 5e-4, False), (BATCH, "bf16", 4, None, False),
-    (BATCH, "bf16", 4, 5e-4, False), (BATCH, "bf16", 1, None, True), (BATCH, "fp32", 1, None, True),
-    (4 * BATCH, "bf16", 4, None, True),
+LOOP_RUNS = [
+    (BATCH, "bf16", 1, 2**20, False, False), (BATCH, "bf16", 1, 2**18, False, False),
+    (BATCH, "bf16", 1, 2**17, False, False), (BATCH, "bf16", 2, 2**18, False, False),
+    (BATCH, "fp32", 1, 2**18, False, False), (BATCH, "bf16", 1, 2**20, False, True),
+    (4 * BATCH, "bf16", 1, 2**18, False, False),
 ]
-"""``--loop``: where a step's time goes besides the step. Python hands the GIL from a thread that
-holds it to one that waits only every switch interval (5 ms by default); "fixed" runs train on
-the first batch over and over, with the loader's threads stopped, to time the loop alone."""
+"""``--loop``: where a step's time goes besides the step. A batch is gathered piece by piece (one
+``np.take`` per chunk of the buffer it draws from, each taking the GIL from the loop's thread):
+smaller buffers mean fewer pieces. "fixed" runs train on the first batch over and over with
+the loader's threads stopped, which times the loop alone."""
 
 
 def loader_rate(paths: dict[str, Path], device, read_threads: int, epochs: int = 2) -> dict:
@@ -121,10 +130,8 @@ def timed_stream(base: type) -> type:
 
 
 def train_rate(paths: dict[str, Path], folder: Path, device: str, *, batch: int, precision: str, read_threads: int,
-               cold: bool, steps: int, switch_interval: float | None = None, fixed: bool = False) -> dict:
-    """One ``train_from_stores`` run; its log windows' tokens/s."""
-    import sys
-
+               buffer: int, cold: bool, fixed: bool, steps: int) -> dict:
+    """One ``train_from_stores`` run; its log windows' tokens/s, and its host time per step."""
     import pandas as pd
 
     import usae.training.loop as loop
@@ -135,11 +142,10 @@ def train_rate(paths: dict[str, Path], folder: Path, device: str, *, batch: int,
     if cold and not dropped:
         return {"skipped": "could not drop the page cache (needs root on Linux)"}
     sae = SAEConfig(n_latents=6144, k=32, aux_k=256, dead_tokens="auto", decode="auto")
-    cfg = TrainConfig(max_steps=steps, batch_tokens=batch, buffer_tokens=2**20, device=device, precision=precision,
+    cfg = TrainConfig(max_steps=steps, batch_tokens=batch, buffer_tokens=buffer, device=device, precision=precision,
                       read_threads=read_threads, log_every=max(10, steps // 8), checkpoint_every=10**9)
-    run_dir = folder / f"run_{batch}_{precision}_{read_threads}_{cold}_{switch_interval}_{fixed}"
-    interval, stream, step = sys.getswitchinterval(), loop.RunStream, loop.optimizer_step
-    sys.setswitchinterval(switch_interval or interval)
+    run_dir = folder / f"run_{batch}_{precision}_{read_threads}_{buffer}_{cold}_{fixed}"
+    stream, step = loop.RunStream, loop.optimizer_step
     loop.RunStream = timed_stream(FixedBatches if fixed else stream)
     host = []  # seconds each optimizer_step call held the host (launching; it waits for the GPU only when full)
 
@@ -154,7 +160,6 @@ def train_rate(paths: dict[str, Path], folder: Path, device: str, *, batch: int,
         result = train_from_stores({n: str(p) for n, p in paths.items()}, sae, cfg, run_dir)
     finally:
         waited = loop.RunStream.waited
-        sys.setswitchinterval(interval)
         loop.RunStream, loop.optimizer_step = stream, step
     seconds = time.perf_counter() - start
     windows = pd.read_parquet(result.log_path)["tokens_per_s"].tolist()
@@ -180,8 +185,7 @@ def main() -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but no CUDA device is available")
     images, steps = (128, 16) if args.quick else (args.images, args.steps)
-    runs = [dict(zip(("batch", "precision", "read_threads", "switch_interval", "fixed"), r)) for r in LOOP_RUNS] \
-        if args.loop else [dict(zip(("batch", "precision", "read_threads", "cold"), r)) for r in RUNS]
+    runs = [dict(zip(FIELDS, run)) for run in (LOOP_RUNS if args.loop else RUNS)]
     runs = runs[:1] + runs[-1:] if args.quick else runs
     if device.type == "cpu":  # bf16 autocasts on CUDA only
         runs = [{**run, "precision": "fp32"} for run in runs]
@@ -209,10 +213,7 @@ def main() -> None:
 
 def train_row(paths: dict[str, Path], folder: Path, device: str, run: dict, steps: int) -> dict:
     """One training run of ``run``'s settings over the tokens of ``steps`` paper-sized steps; printed."""
-    row = {**run, **train_rate(paths, folder, device, batch=run["batch"], precision=run["precision"],
-                               read_threads=run["read_threads"], cold=run.get("cold", False),
-                               steps=max(8, steps * BATCH // run["batch"]),
-                               switch_interval=run.get("switch_interval"), fixed=run.get("fixed", False))}
+    row = {**run, **train_rate(paths, folder, device, **run, steps=max(8, steps * BATCH // run["batch"]))}
     rate = (f"{row['tokens_per_s'] / 1e6:.3f} M tokens/s (optimizer_step on the host {row['step_host_ms_median']:.1f} "
             f"ms, waiting for batches {row['batch_wait_ms_mean']:.1f} ms a step)" if "tokens_per_s" in row
             else row["skipped"])
