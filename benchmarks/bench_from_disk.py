@@ -1,6 +1,6 @@
 """Training from the stores: tokens/s of the whole training loop, and of its token loader alone.
 
-    python benchmarks/bench_from_disk.py [--device cuda] [--images 3072] [--steps 400] [--loop] [--quick]
+    python benchmarks/bench_from_disk.py [--device cuda] [--images 3072] [--steps 400] [--loop|--threads] [--quick]
 
 Writes three aligned stores as ``prepare`` writes them (float16, the paper's widths
 384/768/768, 196 tokens an image; ``bench_loader.write_stores``), then measures in one run:
@@ -61,6 +61,9 @@ LOOP_RUNS = [
 ``np.take`` per chunk of the buffer it draws from, each taking the GIL from the loop's thread):
 smaller buffers mean fewer pieces. "fixed" runs train on the first batch over and over with
 the loader's threads stopped, which times the loop alone."""
+THREAD_RUNS = 2 * ([(BATCH, "bf16", t, 2**20, False, False) for t in (1, 2, 4)]
+                   + [(BATCH, "bf16", 2, 2**18, False, False)])
+"""``--threads``: ``train.read_threads`` 1, 2 and 4 at the default buffer, and 2 at a quarter of it; two rounds."""
 
 
 def loader_rate(paths: dict[str, Path], device, read_threads: int, epochs: int = 2) -> dict:
@@ -176,7 +179,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=3072, help="training images in each store (196 tokens each)")
     parser.add_argument("--steps", type=int, default=400, help="steps of each training run")
     parser.add_argument("--quick", action="store_true", help="128 images, 16 steps, two runs: a smoke test")
-    parser.add_argument("--loop", action="store_true", help="LOOP_RUNS instead: the loop's own cost, and the GIL's")
+    parser.add_argument("--loop", action="store_true", help="LOOP_RUNS instead: the loop's own cost, buffer sizes")
+    parser.add_argument("--threads", action="store_true", help="THREAD_RUNS instead: read_threads 1, 2, 4")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     import torch
@@ -185,7 +189,7 @@ def main() -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but no CUDA device is available")
     images, steps = (128, 16) if args.quick else (args.images, args.steps)
-    runs = [dict(zip(FIELDS, run)) for run in (LOOP_RUNS if args.loop else RUNS)]
+    runs = [dict(zip(FIELDS, run)) for run in (LOOP_RUNS if args.loop else THREAD_RUNS if args.threads else RUNS)]
     runs = runs[:1] + runs[-1:] if args.quick else runs
     if device.type == "cpu":  # bf16 autocasts on CUDA only
         runs = [{**run, "precision": "fp32"} for run in runs]
@@ -196,7 +200,8 @@ def main() -> None:
         start = time.perf_counter()
         paths = write_stores(Path(tmp), images)
         print(f"stores written in {time.perf_counter() - start:.1f} s", flush=True)
-        loaders = [loader_rate(paths, device, t) for t in ((1, 4) if args.quick or args.loop else (1, 4, 8))]
+        loaders = [loader_rate(paths, device, t) for t in ((1, 4) if args.quick or args.loop or args.threads
+                                                           else (1, 4, 8))]
         for row in loaders:
             print(f"loader read_threads {row['read_threads']}: {row['tokens_per_s'] / 1e6:.3f} M tokens/s", flush=True)
         trains = [train_row(paths, Path(tmp), args.device, run, steps) for run in runs]
@@ -204,7 +209,8 @@ def main() -> None:
               "machine": machine(device, threads), "git": git_state(), "images": images, "tokens_per_image": TOKENS,
               "widths": WIDTHS, "store_dtype": "float16", "target_tokens_per_s": TARGET,
               "load_average_1min": load_average(), "loader": loaders, "training": trains}
-    name = f"from_disk_{device.type}{'_loop' if args.loop else ''}{'_quick' if args.quick else ''}.json"
+    kind = "_loop" if args.loop else "_threads" if args.threads else ""
+    name = f"from_disk_{device.type}{kind}{'_quick' if args.quick else ''}.json"
     out = args.out or HERE / "results" / name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
