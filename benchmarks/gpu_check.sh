@@ -49,6 +49,7 @@ part profile 45 python3 profile_train_step.py --device cuda --precision bf16 --t
     --out "$OUT/train_step_profile_cuda_bf16.json"
 part from_disk 200 python3 bench_from_disk.py --device cuda --images 2048 --out "$OUT/from_disk_cuda.json"
 part from_disk_loop 150 python3 bench_from_disk.py --device cuda --images 2048 --loop --out "$OUT/from_disk_cuda_loop.json"
+part maco 60 python3 bench_maco.py --config ../presets/random.yaml --device cuda --out "$OUT/maco_cuda_random.json"
 part from_disk_threads 120 python3 bench_from_disk.py --device cuda --images 2048 --threads \
     --out "$OUT/from_disk_cuda_threads.json"
 echo "== done in $SECONDS s"
