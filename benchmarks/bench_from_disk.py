@@ -147,7 +147,8 @@ def train_rate(paths: dict[str, Path], folder: Path, device: str, *, batch: int,
     sae = SAEConfig(n_latents=6144, k=32, aux_k=256, dead_tokens="auto", decode="auto")
     cfg = TrainConfig(max_steps=steps, batch_tokens=batch, buffer_tokens=buffer, device=device, precision=precision,
                       read_threads=read_threads, log_every=max(10, steps // 8), checkpoint_every=10**9)
-    run_dir = folder / f"run_{batch}_{precision}_{read_threads}_{buffer}_{cold}_{fixed}"
+    # A folder of its own: a repeated run must not resume the finished one's checkpoints.
+    run_dir = Path(tempfile.mkdtemp(prefix=f"run_{batch}_{precision}_{read_threads}_{buffer}_", dir=folder))
     stream, step = loop.RunStream, loop.optimizer_step
     loop.RunStream = timed_stream(FixedBatches if fixed else stream)
     host = []  # seconds each optimizer_step call held the host (launching; it waits for the GPU only when full)
@@ -219,10 +220,13 @@ def main() -> None:
 
 def train_row(paths: dict[str, Path], folder: Path, device: str, run: dict, steps: int) -> dict:
     """One training run of ``run``'s settings over the tokens of ``steps`` paper-sized steps; printed."""
-    row = {**run, **train_rate(paths, folder, device, **run, steps=max(8, steps * BATCH // run["batch"]))}
+    try:
+        row = {**run, **train_rate(paths, folder, device, **run, steps=max(8, steps * BATCH // run["batch"]))}
+    except Exception as err:  # noqa: BLE001 - one failed run must not lose the others' figures
+        row = {**run, "error": repr(err)}
     rate = (f"{row['tokens_per_s'] / 1e6:.3f} M tokens/s (optimizer_step on the host {row['step_host_ms_median']:.1f} "
             f"ms, waiting for batches {row['batch_wait_ms_mean']:.1f} ms a step)" if "tokens_per_s" in row
-            else row["skipped"])
+            else row.get("skipped") or f"failed: {row['error']}")
     settings = ", ".join(f"{k} {v}" for k, v in run.items())
     print(f"train {settings}: {rate}", flush=True)
     return row

@@ -240,3 +240,14 @@ def test_maco_on_cuda_raises_its_objective(precision):
 
     with torch.no_grad():
         assert (score(images, 1) > score(start, 8).view(3, 8).mean(1)).all()
+
+
+def test_maco_noise_is_drawn_on_the_gpu_from_the_seed():
+    from usae.maco.image import pixel_noise
+
+    shape = (4, 3, 64, 64)
+    first = pixel_noise(shape, torch.Generator().manual_seed(5), CUDA)
+    assert first.device.type == CUDA.type
+    assert torch.equal(first, pixel_noise(shape, torch.Generator().manual_seed(5), CUDA))
+    assert not torch.equal(first, pixel_noise(shape, torch.Generator().manual_seed(6), CUDA))
+    assert abs(float(first.mean())) < 0.02 and float(first.var()) == pytest.approx(1 + 1 / 12, rel=0.03)

@@ -11,7 +11,7 @@ from usae.activations.extract import ImageDataset
 from usae.backbones.registry import create_backbone
 from usae.config import BackboneSpec, SAEConfig
 from usae.config.maco import MacoConfig
-from usae.maco.image import PhaseImage, random_crops
+from usae.maco.image import PhaseImage, pixel_noise, random_crops
 from usae.maco.objective import ConceptReader, centre_tokens, max_over_tokens, mean_over_tokens
 from usae.maco.optimize import maximise, random_phase_images, score_images
 from usae.maco.spectrum import ImageSpectrum, colour_sqrt, measure_spectrum
@@ -84,6 +84,15 @@ def test_crops_are_seeded_inside_the_image_and_resized():
                         generator=torch.Generator().manual_seed(4))
     assert torch.equal(same, random_crops(ramp, n_crops=3, box=(0.5, 0.5), out_size=16, noise=0.1,
                                           generator=torch.Generator().manual_seed(4)))
+
+
+def test_pixel_noise_is_seeded_normal_plus_uniform():
+    shape = (4, 3, 64, 64)
+    noise = pixel_noise(shape, torch.Generator().manual_seed(5), torch.device("cpu"))
+    expected = torch.Generator().manual_seed(5)  # on the CPU: straight from the generator, normal then uniform
+    gaussian = torch.randn(shape, generator=expected)
+    torch.testing.assert_close(noise, gaussian + (torch.rand(shape, generator=expected) - 0.5), rtol=0, atol=0)
+    assert abs(float(noise.mean())) < 0.02 and float(noise.var()) == pytest.approx(1 + 1 / 12, rel=0.03)
 
 
 def test_objectives_reduce_tokens_as_documented():

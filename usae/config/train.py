@@ -71,13 +71,13 @@ class TrainConfig(Section):
     log_every: int = setting(50, "Steps between training-log rows (the only host syncs).", minimum=1)
     device: str = setting("auto", "`auto` = CUDA when present, else CPU.", choices=DEVICES)
     precision: str = setting("fp32", "`bf16` autocast on GPU, or `fp32`.", choices=("fp32", "bf16"))
-    read_threads: int = setting(2, "Threads reading store chunks, and as many gathering each batch beside the "
+    read_threads: int = setting(1, "Threads reading store chunks, and as many gathering each batch beside the "
                                    "loader's own thread (a batch is cut into `read_threads` + 1 row ranges). The "
                                    "next buffer's reads are spread over the steps whatever this is; more threads "
                                    "speed up the first buffer and a disk slower than training, but each gather "
-                                   "takes Python's lock from the thread launching the steps: on an H200 training "
-                                   "ran fastest from disk with 1-2 (4 and 8 were slower). On 2 cores, 1 leaves "
-                                   "the step its other core.",
+                                   "takes Python's lock from the thread launching the steps: on H200 machines "
+                                   "training from disk ran fastest with 1 (2 on one of three), slower with 4 or 8. "
+                                   "On 2 cores, 1 leaves the step its other core.",
                                 minimum=1)
 
 

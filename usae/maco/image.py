@@ -46,8 +46,9 @@ def random_crops(images: Tensor, *, n_crops: int, box: tuple[float, float], out_
     """``n_crops`` square crops of each image, resized to ``out_size``, with Gaussian and uniform noise.
 
     A crop's side is a fraction of the image's, uniform in ``box``; its centre is drawn
-    around the image's centre (sd 0.15 of the side) and kept inside the image. Random
-    numbers come from ``generator`` on the CPU, so a seed gives the same crops on any device.
+    around the image's centre (sd 0.15 of the side) and kept inside the image. The boxes
+    come from ``generator`` on the CPU, so a seed gives the same crops on any device; the
+    noise, one value a pixel, is drawn where the images are (:func:`pixel_noise`).
 
     Returns:
         ``(n * n_crops, 3, out_size, out_size)``, the crops of image 0 first.
@@ -62,6 +63,20 @@ def random_crops(images: Tensor, *, n_crops: int, box: tuple[float, float], out_
                          (centre[:, 0] + side / 2) * width, (centre[:, 1] + side / 2) * height], dim=1)
     crops = roi_align(images, boxes.to(images.device, images.dtype), output_size=(out_size, out_size),
                       sampling_ratio=2, aligned=True)
-    gaussian = torch.randn(crops.shape, generator=generator)
-    uniform = torch.rand(crops.shape, generator=generator) - 0.5
-    return crops + (noise * (gaussian + uniform)).to(crops.device, crops.dtype)
+    return crops + noise * pixel_noise(crops.shape, generator, crops.device).to(crops.dtype)
+
+
+def pixel_noise(shape: torch.Size, generator: torch.Generator, device: torch.device) -> Tensor:
+    """Standard normal plus uniform(-0.5, 0.5) noise of ``shape`` on ``device``, drawn from ``generator``.
+
+    On the CPU straight from ``generator``. Elsewhere from a generator of ``device`` seeded by
+    one draw of ``generator``: the same noise on every run, without drawing millions of
+    values on the host and copying them over each step (on a GPU that took longer than the
+    backbone's forward and backward). CPU and GPU noise of one seed differ.
+    """
+    if device.type != "cpu":
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        generator = torch.Generator(device=device).manual_seed(seed)
+    gaussian = torch.randn(shape, generator=generator, device=device)
+    uniform = torch.rand(shape, generator=generator, device=device) - 0.5
+    return gaussian + uniform
