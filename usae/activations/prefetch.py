@@ -176,7 +176,8 @@ def _produce(loader: TokenLoader, epoch: int, buffer: int, skip: int, ready: que
             current, n_steps, skip = upcoming, n_next, 0
     except BaseException as err:  # handed to the consumer, which re-raises it
         logger.debug("TokenLoader prefetch thread failed: %r", err)
-        _wait(lambda: _try_put(ready, _Failure(err)), stop)
+        failure = _Failure(err)
+        _wait(lambda: _try_put(ready, failure), stop)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         gatherers.close()

@@ -85,24 +85,20 @@ def prepare_activations(part_paths: list[str | Path], manifest_path: str | Path,
     table = read_manifest(manifest_path)
     parts = open_parts(part_paths, layer, expected_hash=manifest_hash(table))
     head = parts[0].attrs
-    src_grid, dst_grid = tuple(head["grid"]), (cfg.grid, cfg.grid)
-    if cfg.grid > min(src_grid):
-        raise ValueError(f"prepare.grid = {cfg.grid} is larger than {head['model']['key']}'s patch grid "
-                         f"{src_grid[0]}x{src_grid[1]}; choose prepare.grid <= {min(src_grid)}")
+    src_grid, dst_grid = _grids(head, cfg.grid)
     patches = da.concatenate([da.from_zarr(p.patches, chunks=p.patches.chunks) for p in parts])
-    rows = np.concatenate([p.rows for p in parts])
-    valid = np.concatenate([p.valid for p in parts])
+    rows, valid = np.concatenate([p.rows for p in parts]), np.concatenate([p.valid for p in parts])
 
     def aligned(x: np.ndarray) -> np.ndarray:
         return resize_grid(x, src_grid, dst_grid).numpy()
 
-    extra = {}
     if reference_stats is None:
-        splits = table.set_index("index")["split"].loc[rows].to_numpy()
+        splits, extra = table.set_index("index")["split"].loc[rows].to_numpy(), {}
         stats = _fit_statistics(patches, splits, valid, aligned, cfg, head, part_paths, num_workers)
-    else:
+    else:  # a test set: every image in val, at the training data's scale
         splits = np.full(len(rows), "val", dtype=object)
-        stats, extra["standardized_with"] = reference_standardization(reference_stats, head, cfg.grid)
+        stats, standardized_with = reference_standardization(reference_stats, head, cfg.grid)
+        extra = {"standardized_with": standardized_with}
     logger.info("statistics (%s over %d images): mean %s, std %.5f", stats.kind, stats.n_images,
                 np.round(stats.mean, 5) if stats.mean.ndim == 0 else f"vector of {stats.mean.size}", stats.std)
 
@@ -121,6 +117,15 @@ def prepare_activations(part_paths: list[str | Path], manifest_path: str | Path,
     if not keep_parts:
         delete_parts_once_prepared(part_paths, sharing)
     return stats
+
+
+def _grids(head: dict, grid: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The parts' patch grid and the common one, which may not be larger."""
+    src_grid = tuple(head["grid"])
+    if grid > min(src_grid):
+        raise ValueError(f"prepare.grid = {grid} is larger than {head['model']['key']}'s patch grid "
+                         f"{src_grid[0]}x{src_grid[1]}; choose prepare.grid <= {min(src_grid)}")
+    return src_grid, (grid, grid)
 
 
 def _fit_statistics(patches: da.Array, splits: np.ndarray, valid: np.ndarray, aligned, cfg: PrepareConfig,

@@ -76,7 +76,7 @@ class TrainConfig(Section):
                                    "next buffer's reads are spread over the steps whatever this is; more threads "
                                    "speed up the first buffer and a disk slower than training, but each gather "
                                    "takes Python's lock from the thread launching the steps: on H200 machines "
-                                   "training from disk ran fastest with 1 (2 on one of three), slower with 4 or 8. "
+                                   "training from disk ran fastest with 1 (2 on one of four), slower with 4 or 8. "
                                    "On 2 cores, 1 leaves the step its other core.",
                                 minimum=1)
 
