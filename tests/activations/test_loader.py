@@ -317,6 +317,7 @@ def test_two_dimensional_arrays_and_float32(tmp_path):
     assert sorted(seen) == list(range(500))
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs CUDA")
 def test_pinned_batches(sources):
     batch = next(TokenLoader(sources, BATCH, BUFFER, seed=0, pin_memory=True).batches())
