@@ -39,7 +39,7 @@ from pathlib import Path
 
 # A script's own folder is first on sys.path: the other benchmarks' helpers.
 from bench_loader import BATCH, TOKENS, WIDTHS, write_stores
-from bench_train_step import describe_device, git_state, load_average, machine
+from bench_train_step import available_cores, describe_device, git_state, load_average, machine, sync
 
 HERE = Path(__file__).resolve().parent
 TARGET = 0.7e6  # tokens/s: the paper's 30 ImageNet epochs (7.5 G tokens) in 3 hours
@@ -68,8 +68,6 @@ THREAD_RUNS = 2 * ([(BATCH, "bf16", t, 2**20, False, False) for t in (1, 2, 4)]
 
 def loader_rate(paths: dict[str, Path], device, read_threads: int, epochs: int = 2) -> dict:
     """Tokens/s of ``epochs`` epochs of batches, each on ``device`` as float32 (the loop's copy)."""
-    import torch
-
     from usae.activations.loader import TokenLoader
     from usae.activations.sources import open_aligned
 
@@ -80,8 +78,7 @@ def loader_rate(paths: dict[str, Path], device, read_threads: int, epochs: int =
     stream = loader.batches()
     for _ in range(n):
         batch = {k: t.to(device, non_blocking=True).float() for k, t in next(stream).items()}
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     seconds = time.perf_counter() - start
     stream.close()
     del batch
@@ -194,7 +191,7 @@ def main() -> None:
     runs = runs[:1] + runs[-1:] if args.quick else runs
     if device.type == "cpu":  # bf16 autocasts on CUDA only
         runs = [{**run, "precision": "fp32"} for run in runs]
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = available_cores()
     print(f"device {describe_device(device)}, {threads} CPU threads, torch {torch.__version__}; "
           f"{images} images x {TOKENS} tokens x widths {list(WIDTHS.values())} (float16 stores)", flush=True)
     with tempfile.TemporaryDirectory(dir=os.environ.get("USAE_BENCH_TMP")) as tmp:

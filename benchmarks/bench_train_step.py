@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     shape = run_shape(args)
     device = torch.device(args.device)
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = available_cores()
     torch.set_num_threads(threads)
     seed_everything(SEED)
     n_tokens = shape["images"] * shape["grid"] ** 2
@@ -220,6 +220,11 @@ def load_average() -> float | None:
         return os.getloadavg()[0]
     except (AttributeError, OSError):
         return None
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its affinity where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def sync(device: torch.device) -> None:

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_train_step import FULL, HERE, QUICK, git_state, load_average, machine, make_batches, our_step
+from bench_train_step import FULL, HERE, QUICK, git_state, load_average, machine, make_batches, our_step, sync
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
@@ -75,13 +75,12 @@ def profile_step(batch: dict[str, torch.Tensor], shape: dict, device: torch.devi
     for i in range(warmup):
         step(names[i % len(names)])
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
-    sync()
+    sync(device)
     start = time.perf_counter()
     with profile(activities=activities, record_shapes=True) as prof:
         for name in names:
             step(name)
-        sync()
+        sync(device)
     wall_ms = 1e3 * (time.perf_counter() - start) / len(names)
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     # An op's device time is its kernels': the total counts the kernels alone, so nothing twice.
