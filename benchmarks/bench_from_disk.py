@@ -1,6 +1,7 @@
 """Training from the stores: tokens/s of the whole training loop, and of its token loader alone.
 
-    python benchmarks/bench_from_disk.py [--device cuda] [--images 3072] [--steps 400] [--loop|--threads] [--quick]
+    python benchmarks/bench_from_disk.py [--device cuda] [--images 3072] [--steps 400] [--loop|--threads|--gather]
+        [--quick]
 
 Writes three aligned stores as ``prepare`` writes them (float16, the paper's widths
 384/768/768, 196 tokens an image; ``bench_loader.write_stores``), then measures in one run:
@@ -44,45 +45,56 @@ from bench_train_step import available_cores, describe_device, git_state, load_a
 HERE = Path(__file__).resolve().parent
 TARGET = 0.7e6  # tokens/s: the paper's 30 ImageNet epochs (7.5 G tokens) in 3 hours
 
-FIELDS = ("batch", "precision", "read_threads", "buffer", "cold", "fixed")
-RUNS = [  # FIELDS: batch tokens, train.precision, train.read_threads, train.buffer_tokens, cold cache, fixed batch
-    (BATCH, "fp32", 1, 2**20, False, False), (BATCH, "fp32", 4, 2**20, False, False),
-    (BATCH, "bf16", 4, 2**20, False, False), (BATCH, "bf16", 8, 2**20, False, False),
-    (4 * BATCH, "bf16", 4, 2**20, False, False), (4 * BATCH, "fp32", 4, 2**20, False, False),
-    (BATCH, "bf16", 4, 2**20, True, False),
+FIELDS = ("batch", "precision", "read_threads", "buffer", "cold", "fixed", "gather")
+RUNS = [  # FIELDS: batch tokens, train.precision, train.read_threads, train.buffer_tokens, cold cache, fixed batch,
+    # train.gather
+    (BATCH, "fp32", 1, 2**20, False, False, "host"), (BATCH, "fp32", 4, 2**20, False, False, "host"),
+    (BATCH, "bf16", 4, 2**20, False, False, "host"), (BATCH, "bf16", 8, 2**20, False, False, "host"),
+    (4 * BATCH, "bf16", 4, 2**20, False, False, "host"), (4 * BATCH, "fp32", 4, 2**20, False, False, "host"),
+    (BATCH, "bf16", 4, 2**20, True, False, "host"),
 ]
 LOOP_RUNS = [
-    (BATCH, "bf16", 1, 2**20, False, False), (BATCH, "bf16", 1, 2**18, False, False),
-    (BATCH, "bf16", 1, 2**17, False, False), (BATCH, "bf16", 2, 2**18, False, False),
-    (BATCH, "fp32", 1, 2**18, False, False), (BATCH, "bf16", 1, 2**20, False, True),
-    (4 * BATCH, "bf16", 1, 2**18, False, False),
+    (BATCH, "bf16", 1, 2**20, False, False, "host"), (BATCH, "bf16", 1, 2**18, False, False, "host"),
+    (BATCH, "bf16", 1, 2**17, False, False, "host"), (BATCH, "bf16", 2, 2**18, False, False, "host"),
+    (BATCH, "fp32", 1, 2**18, False, False, "host"), (BATCH, "bf16", 1, 2**20, False, True, "host"),
+    (4 * BATCH, "bf16", 1, 2**18, False, False, "host"),
 ]
 """``--loop``: where a step's time goes besides the step. A batch is gathered piece by piece (one
 ``np.take`` per chunk of the buffer it draws from, each taking the GIL from the loop's thread):
 smaller buffers mean fewer pieces. "fixed" runs train on the first batch over and over with
 the loader's threads stopped, which times the loop alone."""
-THREAD_RUNS = 2 * ([(BATCH, "bf16", t, 2**20, False, False) for t in (1, 2, 4)]
-                   + [(BATCH, "bf16", 2, 2**18, False, False)])
+THREAD_RUNS = 2 * ([(BATCH, "bf16", t, 2**20, False, False, "host") for t in (1, 2, 4)]
+                   + [(BATCH, "bf16", 2, 2**18, False, False, "host")])
 """``--threads``: ``train.read_threads`` 1, 2 and 4 at the default buffer, and 2 at a quarter of it; two rounds."""
+GATHER_RUNS = 2 * [(BATCH, "bf16", 1, 2**18, False, False, gather) for gather in ("host", "device")] + [
+    (BATCH, "bf16", 2, 2**18, False, False, "device"), (BATCH, "bf16", 1, 2**20, False, False, "device"),
+    (BATCH, "fp32", 1, 2**18, False, False, "device"), (4 * BATCH, "bf16", 1, 2**18, False, False, "device"),
+    (BATCH, "bf16", 1, 2**18, False, True, "host")]
+"""``--gather``: ``train.gather: device`` (shuffle buffers on the GPU, one ``index_select`` a batch) against
+``host`` at the paper preset's buffer (two rounds), then other settings with ``device``, and the loop alone on a
+fixed batch."""
 
 
-def loader_rate(paths: dict[str, Path], device, read_threads: int, epochs: int = 2) -> dict:
-    """Tokens/s of ``epochs`` epochs of batches, each on ``device`` as float32 (the loop's copy)."""
+def loader_rate(paths: dict[str, Path], device, read_threads: int, epochs: int = 2, gather: str = "host",
+                buffer: int = 2**20) -> dict:
+    """Tokens/s of ``epochs`` epochs of batches, each on ``device`` as float32 (the loop's copy); ``gather``
+    as ``train.gather``."""
     from usae.activations.loader import TokenLoader
     from usae.activations.sources import open_aligned
 
-    loader = TokenLoader(open_aligned(paths), BATCH, 2**20, seed=0, read_threads=read_threads,
-                         pin_memory=device.type == "cuda")
+    loader = TokenLoader(open_aligned(paths), BATCH, buffer, seed=0, read_threads=read_threads,
+                         pin_memory=device.type == "cuda" and gather == "host")
     n = sum(loader.steps_in_epoch(e) for e in range(epochs))
     start = time.perf_counter()
-    stream = loader.batches()
+    stream = loader.batches(device=device if gather == "device" else None)
     for _ in range(n):
         batch = {k: t.to(device, non_blocking=True).float() for k, t in next(stream).items()}
     sync(device)
     seconds = time.perf_counter() - start
     stream.close()
     del batch
-    return {"read_threads": read_threads, "tokens": n * BATCH, "seconds": seconds, "tokens_per_s": n * BATCH / seconds}
+    return {"read_threads": read_threads, "gather": gather, "buffer": buffer, "tokens": n * BATCH,
+            "seconds": seconds, "tokens_per_s": n * BATCH / seconds}
 
 
 def drop_page_cache() -> bool:
@@ -130,7 +142,7 @@ def timed_stream(base: type) -> type:
 
 
 def train_rate(paths: dict[str, Path], folder: Path, device: str, *, batch: int, precision: str, read_threads: int,
-               buffer: int, cold: bool, fixed: bool, steps: int) -> dict:
+               buffer: int, cold: bool, fixed: bool, gather: str, steps: int) -> dict:
     """One ``train_from_stores`` run; its log windows' tokens/s, and its host time per step."""
     import pandas as pd
 
@@ -143,9 +155,9 @@ def train_rate(paths: dict[str, Path], folder: Path, device: str, *, batch: int,
         return {"skipped": "could not drop the page cache (needs root on Linux)"}
     sae = SAEConfig(n_latents=6144, k=32, aux_k=256, dead_tokens="auto", decode="auto")
     cfg = TrainConfig(max_steps=steps, batch_tokens=batch, buffer_tokens=buffer, device=device, precision=precision,
-                      read_threads=read_threads, log_every=max(10, steps // 8), checkpoint_every=10**9)
+                      read_threads=read_threads, gather=gather, log_every=max(10, steps // 8), checkpoint_every=10**9)
     # A folder of its own: a repeated run must not resume the finished one's checkpoints.
-    run_dir = Path(tempfile.mkdtemp(prefix=f"run_{batch}_{precision}_{read_threads}_{buffer}_", dir=folder))
+    run_dir = Path(tempfile.mkdtemp(prefix=f"run_{batch}_{precision}_{read_threads}_{buffer}_{gather}_", dir=folder))
     stream, step = loop.RunStream, loop.optimizer_step
     loop.RunStream = timed_stream(FixedBatches if fixed else stream)
     host = []  # seconds each optimizer_step call held the host (launching; it waits for the GPU only when full)
@@ -179,6 +191,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="128 images, 16 steps, two runs: a smoke test")
     parser.add_argument("--loop", action="store_true", help="LOOP_RUNS instead: the loop's own cost, buffer sizes")
     parser.add_argument("--threads", action="store_true", help="THREAD_RUNS instead: read_threads 1, 2, 4")
+    parser.add_argument("--gather", action="store_true", help="GATHER_RUNS instead: train.gather device vs host")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     import torch
@@ -187,7 +200,8 @@ def main() -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but no CUDA device is available")
     images, steps = (128, 16) if args.quick else (args.images, args.steps)
-    runs = [dict(zip(FIELDS, run)) for run in (LOOP_RUNS if args.loop else THREAD_RUNS if args.threads else RUNS)]
+    chosen = LOOP_RUNS if args.loop else THREAD_RUNS if args.threads else GATHER_RUNS if args.gather else RUNS
+    runs = [dict(zip(FIELDS, run)) for run in chosen]
     runs = runs[:1] + runs[-1:] if args.quick else runs
     if device.type == "cpu":  # bf16 autocasts on CUDA only
         runs = [{**run, "precision": "fp32"} for run in runs]
@@ -198,16 +212,20 @@ def main() -> None:
         start = time.perf_counter()
         paths = write_stores(Path(tmp), images)
         print(f"stores written in {time.perf_counter() - start:.1f} s", flush=True)
-        loaders = [loader_rate(paths, device, t) for t in ((1, 4) if args.quick or args.loop or args.threads
-                                                           else (1, 4, 8))]
+        if args.gather:
+            loaders = [loader_rate(paths, device, 1, gather=g, buffer=2**18) for g in ("host", "device")]
+        else:
+            loaders = [loader_rate(paths, device, t) for t in ((1, 4) if args.quick or args.loop or args.threads
+                                                               else (1, 4, 8))]
         for row in loaders:
-            print(f"loader read_threads {row['read_threads']}: {row['tokens_per_s'] / 1e6:.3f} M tokens/s", flush=True)
+            print(f"loader read_threads {row['read_threads']}, gather {row['gather']}, buffer {row['buffer']}: "
+                  f"{row['tokens_per_s'] / 1e6:.3f} M tokens/s", flush=True)
         trains = [train_row(paths, Path(tmp), args.device, run, steps) for run in runs]
     result = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "machine": machine(device, threads), "git": git_state(), "images": images, "tokens_per_image": TOKENS,
               "widths": WIDTHS, "store_dtype": "float16", "target_tokens_per_s": TARGET,
               "load_average_1min": load_average(), "loader": loaders, "training": trains}
-    kind = "_loop" if args.loop else "_threads" if args.threads else ""
+    kind = "_loop" if args.loop else "_threads" if args.threads else "_gather" if args.gather else ""
     name = f"from_disk_{device.type}{kind}{'_quick' if args.quick else ''}.json"
     out = args.out or HERE / "results" / name
     out.parent.mkdir(parents=True, exist_ok=True)

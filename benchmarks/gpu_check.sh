@@ -40,6 +40,8 @@ python3 -c "import torch, zarr, numcodecs, crc32c, dask, timm; print('torch', to
 part tests 150 python3 -m pytest -m gpu tests/gpu tests/activations/test_loader.py -q -p no:cacheprovider \
     -o addopts="" --timeout 140
 cd benchmarks
+part from_disk_gather 240 python3 bench_from_disk.py --device cuda --images 2048 --gather \
+    --out "$OUT/from_disk_cuda_gather.json"
 part step_fp32 75 python3 bench_train_step.py --device cuda --out "$OUT/train_step_cuda.json"
 part step_bf16 75 python3 bench_train_step.py --device cuda --precision bf16 --out "$OUT/train_step_cuda_bf16.json"
 part step_bf16_128img 75 python3 bench_train_step.py --device cuda --precision bf16 --images 128 \

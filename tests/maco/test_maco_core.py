@@ -11,7 +11,7 @@ from usae.activations.extract import ImageDataset
 from usae.backbones.registry import create_backbone
 from usae.config import BackboneSpec, SAEConfig
 from usae.config.maco import MacoConfig
-from usae.maco.image import PhaseImage, pixel_noise, random_crops
+from usae.maco.image import pixel_noise, random_crops
 from usae.maco.objective import ConceptReader, centre_tokens, max_over_tokens, mean_over_tokens
 from usae.maco.optimize import maximise, random_phase_images, score_images
 from usae.maco.spectrum import ImageSpectrum, colour_sqrt, measure_spectrum

@@ -4,11 +4,8 @@ shared atoms are recovered for every number of models)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-import torch
 
 from usae.planted.activations import PlantedConfig, generate_planted
 from usae.planted.series import depth_series, models_series

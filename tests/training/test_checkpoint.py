@@ -1,7 +1,6 @@
 """Training checkpoints: round trip, keeping the newest two, skipping truncated files, and
 matching on the run's fingerprint."""
 
-import pytest
 import torch
 
 from usae.fingerprint import fingerprint

@@ -58,11 +58,31 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path):
     pd.testing.assert_frame_equal(log_full, log_cut)
 
 
+def test_batches_gathered_on_the_device_train_the_same_weights(tmp_path, monkeypatch):
+    import usae.activations.loader as loader_module
+
+    devices = []
+
+    def spied(loader, epoch, buffer, skip, device, original=loader_module.stream_device_batches):
+        devices.append(device)
+        return original(loader, epoch, buffer, skip, device)
+
+    monkeypatch.setattr(loader_module, "stream_device_batches", spied)
+    paths = arrays(tmp_path)
+    train_usae(open_arrays(paths), SAE, config(), tmp_path / "host")
+    assert devices == []
+    train_usae(open_arrays(paths), SAE, config(gather="device"), tmp_path / "device")
+    assert devices == [torch.device("cpu")]
+    a, b = weights(tmp_path / "host"), weights(tmp_path / "device")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
 def test_changed_settings_do_not_resume_from_old_checkpoints(tmp_path):
     paths = arrays(tmp_path)
     train_usae(open_arrays(paths), SAE, config(), tmp_path / "run", stop_after=12)
     fresh = train_usae(open_arrays(paths), SAE, config(lr=1e-3), tmp_path / "run")
-    reference = train_usae(open_arrays(paths), SAE, config(lr=1e-3), tmp_path / "ref")
+    train_usae(open_arrays(paths), SAE, config(lr=1e-3), tmp_path / "ref")
     a, b = weights(tmp_path / "run"), weights(tmp_path / "ref")
     assert fresh.steps == 24 and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -75,7 +95,7 @@ def test_moved_data_resumes_its_checkpoints(tmp_path, caplog):
     with caplog.at_level("INFO", logger="usae.training.checkpoint"):
         resumed = train_usae(open_arrays(paths), SAE, config(), tmp_path / "run", provenance=moved)
     assert "(step 13)" in caplog.text
-    reference = train_usae(open_arrays(paths), SAE, config(), tmp_path / "ref", provenance=moved)
+    train_usae(open_arrays(paths), SAE, config(), tmp_path / "ref", provenance=moved)
     a, b = weights(tmp_path / "run"), weights(tmp_path / "ref")
     assert resumed.steps == 24 and all(torch.equal(a[k], b[k]) for k in a)
     assert USAE.load(tmp_path / "run" / "model").meta["provenance"]["stores"] == moved["stores"]

@@ -53,6 +53,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from usae.activations.device_buffer import stream_device_batches
 from usae.activations.prefetch import stream_batches
 from usae.activations.sources import TokenSource, check_finite
 
@@ -186,13 +187,20 @@ class TokenLoader:
         buffer = int(np.searchsorted(ends, step, side="right"))
         return epoch, buffer, int(step - (ends[buffer - 1] if buffer else 0))
 
-    def batches(self, start_step: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+    def batches(self, start_step: int = 0, device: torch.device | str | None = None
+                ) -> Iterator[dict[str, torch.Tensor]]:
         """Infinite stream of batches ``{name: (batch_tokens, d_i)}`` from global step ``start_step``.
+
+        ``device``: gather the batches there, from shuffle buffers held on it
+        (:mod:`usae.activations.device_buffer`: the same batches, on ``device``); None:
+        gather on the host (:mod:`usae.activations.prefetch`).
 
         Closing or dropping the stream stops its background threads; an error in them
         (a damaged store, NaN/inf) is raised by the stream as is.
         """
         epoch, buffer, skip = self.locate(int(start_step))
+        if device is not None:
+            return stream_device_batches(self, epoch, buffer, skip, torch.device(device))
         return stream_batches(self, epoch, buffer, skip)
 
     def buffer_sizes(self, epoch: int) -> list[int]:

@@ -88,9 +88,13 @@ class _BufferRead:
         """Have the first ``n_blocks`` blocks' reads submitted (each source a task)."""
         sources = self.loader.sources
         for i in range(len(self.futures) // len(sources), min(n_blocks, len(self.spans))):
-            start, stop = self.spans[i]
-            for source in sources.values():
-                self.futures.append(self.pool.submit(_read_checked, source, start, stop, self.loader.map_chunks))
+            for name, source in sources.items():
+                self.futures.append(self._read(i, name, source))
+
+    def _read(self, block: int, name: str, source: TokenSource) -> Future:
+        """Submit the read of the buffer's ``block``-th block of ``source`` (its future gives the pieces)."""
+        start, stop = self.spans[block]
+        return self.pool.submit(_read_checked, source, start, stop, self.loader.map_chunks)
 
     def finish(self, stop: threading.Event) -> bool:
         """Submit what is left and wait for every read (errors raised); False if ``stop`` came first."""

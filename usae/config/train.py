@@ -71,14 +71,22 @@ class TrainConfig(Section):
     log_every: int = setting(50, "Steps between training-log rows (the only host syncs).", minimum=1)
     device: str = setting("auto", "`auto` = CUDA when present, else CPU.", choices=DEVICES)
     precision: str = setting("fp32", "`bf16` autocast on GPU, or `fp32`.", choices=("fp32", "bf16"))
-    read_threads: int = setting(1, "Threads reading store chunks, and as many gathering each batch beside the "
-                                   "loader's own thread (a batch is cut into `read_threads` + 1 row ranges). The "
+    read_threads: int = setting(1, "Threads reading store chunks, and with `gather: host` as many gathering each "
+                                   "batch beside the loader's own thread (a batch is cut into `read_threads` + 1 row "
+                                   "ranges); with `gather: device` they also copy the chunks to the device. The "
                                    "next buffer's reads are spread over the steps whatever this is; more threads "
                                    "speed up the first buffer and a disk slower than training, but each gather "
                                    "takes Python's lock from the thread launching the steps: on H200 machines "
                                    "training from disk ran fastest with 1 (2 on one of four), slower with 4 or 8. "
                                    "On 2 cores, 1 leaves the step its other core.",
                                 minimum=1)
+    gather: str = setting(
+        "host", "Where batches are gathered from the shuffle buffers: `host` (in RAM, each batch then copied to "
+        "the device) or `device` (both buffers copied once to the training device, each batch one `index_select` "
+        "there; needs 2 × `buffer_tokens` × Σ widths × 2 bytes of its memory). The batches are the same either "
+        "way. `device` keeps the per-batch gather off the host, where it slowed the launching of GPU steps; it is not "
+        "yet measured on a GPU (benchmarks/README.md), and on a CPU it only adds a copy.",
+        choices=("host", "device"))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -159,7 +159,7 @@ def train_usae(sources: dict[str, TokenSource], sae_cfg: SAEConfig, cfg: TrainCo
     device = resolve_device(cfg.device, "train.device")
     torch.manual_seed(cfg.seed)
     loader = TokenLoader(sources, cfg.batch_tokens, cfg.buffer_tokens, cfg.seed, read_threads=cfg.read_threads,
-                         pin_memory=device.type == "cuda")
+                         pin_memory=device.type == "cuda" and cfg.gather == "host")
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * loader.steps_per_epoch))
     scheme = SCHEMES.get(cfg.scheme, setting="train.scheme")(names, cfg.seed)
     sae_cfg = _with_dead_window(sae_cfg, cfg, total, scheme, validation_tokens)
@@ -169,7 +169,7 @@ def train_usae(sources: dict[str, TokenSource], sae_cfg: SAEConfig, cfg: TrainCo
     state = TrainingState(model, make_optimizer(model, cfg), DeadLatents(names, sae_cfg.n_latents, device),
                           LogWindow(names, cfg.log_every, device))
     key = fingerprint(settings)
-    stream = start_or_resume(state, out_dir / "checkpoints", key, loader, device)
+    stream = start_or_resume(state, out_dir / "checkpoints", key, loader, device, gather=cfg.gather)
     tracker = start_training(tracking, fingerprint=key, folder=out_dir, settings=shown_settings(settings),
                              names=names, rows=state.rows)
     end = min(total, stop_after + 1) if stop_after is not None else total
@@ -233,16 +233,17 @@ def _log_plan(settings: dict[str, Any], total: int, loader: TokenLoader, cfg: Tr
 
 
 def start_or_resume(state: TrainingState, directory: Path, key: str, loader: TokenLoader,
-                    device: torch.device) -> RunStream:
+                    device: torch.device, gather: str = "host") -> RunStream:
     """Restore ``state`` from the newest checkpoint in ``directory`` with fingerprint ``key``;
     without one, start afresh: decoder bias = mean activation (a strided sample), dead-latent
     lists, decoding method (``sae.decode``, timed on the first batch when ``auto``). Other
     settings' checkpoints stay until this run writes its first (:func:`save_checkpoint`).
-    Returns the run's batch stream from ``state.step``, opened before the start-up reads."""
+    Returns the run's batch stream from ``state.step`` (gathered on ``device`` when ``gather``
+    is ``device``), opened before the start-up reads."""
     saved = latest_checkpoint(directory, key)
     if saved is not None:
         state.restore(saved)
-    stream = RunStream(loader.batches(state.step))
+    stream = RunStream(loader.batches(state.step, device=device if gather == "device" else None))
     if saved is None:
         state.model.init_decoder_bias(initial_means(loader, device))
         state.dead.refresh(state.model.cfg.dead_tokens)
