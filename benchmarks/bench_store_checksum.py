@@ -62,7 +62,7 @@ def read_all(array: zarr.Array) -> tuple[float, float]:
 
 def load_epoch(array: zarr.Array) -> tuple[float, float]:
     loader = TokenLoader({"m": TokenSource("m", array, chunk_rows=CHUNK)}, batch_tokens=4096,
-                         buffer_tokens=8 * CHUNK * TOKENS, seed=0)
+                         buffer_tokens=8 * CHUNK * TOKENS, seed=0, read_threads=4)  # as its results were measured
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in itertools.islice(loader.batches(), loader.steps_per_epoch):
         pass

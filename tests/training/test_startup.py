@@ -94,9 +94,9 @@ def test_a_fresh_run_reads_through_one_stream(tmp_path, monkeypatch):
     opened = []
     original = TokenLoader.batches
 
-    def batches(self, start_step=0):
+    def batches(self, start_step=0, device=None):
         opened.append(start_step)
-        return original(self, start_step)
+        return original(self, start_step, device)
     monkeypatch.setattr(TokenLoader, "batches", batches)
     sae = SAEConfig(n_latents=16, k=2, aux_k=4, dead_tokens=100, decode="auto")
     cfg = TrainConfig(max_steps=6, batch_tokens=20, buffer_tokens=100, device="cpu", log_every=3, read_threads=1)

@@ -56,6 +56,7 @@ import torch
 from usae.activations.device_buffer import stream_device_batches
 from usae.activations.prefetch import stream_batches
 from usae.activations.sources import TokenSource, check_finite
+from usae.config.train import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +83,8 @@ class TokenLoader:
         buffer_tokens: tokens per shuffle buffer (rounded down to whole blocks, at least one).
         seed: non-negative seed of the block orders and token permutations.
         prefetch: batches gathered ahead of the consumer (at least 1).
-        read_threads: block reads in flight at once; also the gather threads beside the prefetch thread.
+        read_threads: block reads in flight at once; also the gather threads beside the prefetch thread
+            (default: ``train.read_threads``'s).
         pin_memory: gather batches into page-locked memory (needs CUDA) for fast async copies.
 
     Raises:
@@ -91,7 +93,7 @@ class TokenLoader:
     """
 
     def __init__(self, sources: dict[str, TokenSource], batch_tokens: int, buffer_tokens: int, seed: int,
-                 prefetch: int = 2, read_threads: int = 4, pin_memory: bool = False) -> None:
+                 prefetch: int = 2, read_threads: int = TrainConfig.read_threads, pin_memory: bool = False) -> None:
         if not sources:
             raise ValueError("TokenLoader needs at least one source")
         for label, value, low in [("batch_tokens", batch_tokens, 1), ("buffer_tokens", buffer_tokens, 1),
