@@ -58,7 +58,7 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path):
     pd.testing.assert_frame_equal(log_full, log_cut)
 
 
-def test_batches_gathered_on_the_device_train_the_same_weights(tmp_path, monkeypatch):
+def test_batches_gathered_on_the_device_train_the_same_weights(tmp_path, monkeypatch, caplog):
     import usae.activations.loader as loader_module
 
     devices = []
@@ -71,8 +71,10 @@ def test_batches_gathered_on_the_device_train_the_same_weights(tmp_path, monkeyp
     paths = arrays(tmp_path)
     train_usae(open_arrays(paths), SAE, config(), tmp_path / "host")
     assert devices == []
+    assert "train.gather" not in caplog.text
     train_usae(open_arrays(paths), SAE, config(gather="device"), tmp_path / "device")
     assert devices == [torch.device("cpu")]
+    assert "train.gather = 'device' on a CPU" in caplog.text
     a, b = weights(tmp_path / "host"), weights(tmp_path / "device")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)

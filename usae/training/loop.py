@@ -158,6 +158,9 @@ def train_usae(sources: dict[str, TokenSource], sae_cfg: SAEConfig, cfg: TrainCo
     names = list(sources)
     device = resolve_device(cfg.device, "train.device")
     torch.manual_seed(cfg.seed)
+    if cfg.gather == "device" and device.type == "cpu":
+        logger.warning("train.gather = 'device' on a CPU gathers from a copy of each buffer: the same batches, "
+                       "slower than 'host'")
     loader = TokenLoader(sources, cfg.batch_tokens, cfg.buffer_tokens, cfg.seed, read_threads=cfg.read_threads,
                          pin_memory=device.type == "cuda" and cfg.gather == "host")
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * loader.steps_per_epoch))
