@@ -305,3 +305,16 @@ def test_what_the_rules_pass_as_params_builds_the_same_sections():
     assert from_dict(SAEConfig, to_dict(run.sae), section="runs.k2.sae") == run.sae
     with pytest.raises(ValueError, match=r"^models.m: unknown key\(s\) \['key'\]"):
         load_config({"models": {"m": {"name": "x", "key": "other"}}})
+
+
+def test_result_settings_leave_out_only_the_keys_declared_not_to_change_results():
+    from usae.config import result_settings, to_dict
+    from usae.config.generate import table_rows
+
+    train, extract = TrainConfig(read_threads=3, gather="device", lr=1e-3), ExtractConfig(num_workers=5)
+    assert set(to_dict(train)) - set(result_settings(train)) == {"checkpoint_every", "read_threads", "gather"}
+    assert set(to_dict(extract)) - set(result_settings(extract)) == {"num_workers", "keep"}
+    assert result_settings(train)["lr"] == 1e-3
+    marked = {key for key, _, _, text in table_rows() if "not what it computes" in text}
+    assert marked == {"extract.num_workers", "extract.keep", "train.checkpoint_every", "train.read_threads",
+                      "train.gather"}

@@ -80,6 +80,23 @@ def test_batches_gathered_on_the_device_train_the_same_weights(tmp_path, monkeyp
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
 
 
+def test_a_run_resumes_under_other_threads_checkpoint_cadence_and_gather(tmp_path, caplog):
+    """Settings declared not to change results stay out of the checkpoints' fingerprint."""
+    paths = arrays(tmp_path)
+    train_usae(open_arrays(paths), SAE, config(), tmp_path / "full")
+    train_usae(open_arrays(paths), SAE, config(), tmp_path / "cut", stop_after=12)
+    with caplog.at_level("INFO", logger="usae.training.checkpoint"):
+        resumed = train_usae(open_arrays(paths), SAE, config(read_threads=2, checkpoint_every=7, gather="device"),
+                             tmp_path / "cut")
+    assert "(step 13)" in caplog.text
+    assert resumed.steps == 24
+    kept = sorted(int(p.name[5:14]) for p in (tmp_path / "cut" / "checkpoints").glob("step_*.pt"))
+    assert kept == [21, 24]  # resumed at 13 with a checkpoint every 7 steps (every 5: 20, 24)
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "cut")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
 def test_changed_settings_do_not_resume_from_old_checkpoints(tmp_path):
     paths = arrays(tmp_path)
     train_usae(open_arrays(paths), SAE, config(), tmp_path / "run", stop_after=12)

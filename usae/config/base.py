@@ -9,7 +9,7 @@ import typing
 from typing import Any, Collection, TypeVar
 
 from usae.config.checks import Section
-from usae.config.settings import spec_of
+from usae.config.settings import settings, spec_of
 
 T = TypeVar("T")
 
@@ -76,6 +76,13 @@ def _dataclass_in(hint: Any) -> type | None:
 def to_dict(cfg: Any) -> dict[str, Any]:
     """Plain, JSON-friendly dict of a config dataclass (tuples become lists)."""
     return _plain(dataclasses.asdict(cfg))
+
+
+def result_settings(section: Any) -> dict[str, Any]:
+    """A section's keys as :func:`to_dict` gives them, without those declared ``changes_results=False``:
+    what a stage's resumable work (training checkpoints, extraction parts) must agree on to be resumed."""
+    neutral = {f.name for f, _, spec in settings(type(section)) if not spec.changes_results}
+    return {key: value for key, value in to_dict(section).items() if key not in neutral}
 
 
 def _plain(value: Any) -> Any:

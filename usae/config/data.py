@@ -174,7 +174,7 @@ class ExtractConfig(Section):
     n_parts: int = setting(2, "Manifest parts: one extraction job and one store each (per backbone: models that "
                               "differ only in `layer` share them).", minimum=1)
     batch_size: int = setting(32, "Images per forward pass.", minimum=1)
-    num_workers: int = setting(2, "Image-decoding processes per job.", minimum=0)
+    num_workers: int = setting(2, "Image-decoding processes per job.", minimum=0, changes_results=False)
     device: str = setting("auto", "`auto` = CUDA when present, else CPU.", choices=DEVICES)
     images_per_chunk: int = setting(16, "Zarr chunk length along the image axis.", minimum=1)
     compressor: str = setting("none", "Codec of the float16 stores (measured: float16 activations compress < 10%).",
@@ -185,7 +185,7 @@ class ExtractConfig(Section):
         "`false`: the parts are deleted once the aligned stores and statistics of every layer they hold are "
         "published (about half the disk at the paper's widths); the CLS/register tokens of `keep_prefix` go "
         "with them, and a later change of a `prepare` setting extracts them again. `true`: kept, to prepare "
-        "again without extracting or to use the CLS tokens.")
+        "again without extracting or to use the CLS tokens.", changes_results=False)
 
 
 @dataclass(frozen=True, kw_only=True)

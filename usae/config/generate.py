@@ -51,7 +51,7 @@ def table_rows(cls: type = PipelineConfig, prefix: str = "") -> list[tuple[str, 
             continue
         default = file_default(f)
         rows.append((key, "required" if default is REQUIRED else f"`{_yaml(plain_default(default))}`",
-                     allowed_text(hint, spec), spec.doc))
+                     allowed_text(hint, spec), spec.text))
         if typing.get_origin(members[0]) is dict and dataclasses.is_dataclass(typing.get_args(members[0])[1]):
             rows += table_rows(typing.get_args(members[0])[1], f"{key}.<name>.")
     return rows

@@ -54,7 +54,7 @@ def field_schema(hint: Any, spec: Spec, default: Any, *, defaults: bool) -> dict
         out = {"oneOf": [value_schema(m, spec, defaults=defaults) for m in members]}
     if defaults and default is not REQUIRED:
         out["default"] = plain_default(default)
-    out["description"] = spec.doc
+    out["description"] = spec.text
     nested = ("properties", "patternProperties")  # after the key's own lines, for a readable file
     return {**{k: v for k, v in out.items() if k not in nested}, **{k: v for k, v in out.items() if k in nested}}
 

@@ -54,6 +54,15 @@ class Spec:
     item: str = "entry"
     absent: Any = _UNSET
     overrides: str | None = None
+    changes_results: bool = True
+
+    @property
+    def text(self) -> str:
+        """The description a person reads (schema, README table): ``doc``, and what changing the key reruns."""
+        if self.changes_results:
+            return self.doc
+        return (f"{self.doc} Changes how the work runs, not what it computes: work stopped or finished under "
+                "another value is resumed, not redone.")
 
     def allowed(self) -> tuple[str, ...] | None:
         """The choices; a registry's names are read now, so plugins registered later count."""
@@ -79,7 +88,9 @@ def setting(default: Any, doc: str, **limits: Any) -> Any:
             mapping's entries); ``min_items``, ``unique`` and ``item`` (collections);
             ``absent`` (what a config file may write instead: null or a missing key mean
             this value, resolved by :func:`usae.config.load_config`); ``overrides`` (the
-            section a run's partial settings override).
+            section a run's partial settings override); ``changes_results=False`` for a key
+            that changes how the work runs but not what it computes (threads, checkpoint
+            cadence): it is left out of what resuming checks (:func:`usae.config.base.result_settings`).
     """
     meta = {"usae": Spec(doc=doc, **limits)}
     if default is REQUIRED:
@@ -124,3 +135,4 @@ def file_default(f: dataclasses.Field) -> Any:
     if f.default_factory is not dataclasses.MISSING:
         return f.default_factory()
     return REQUIRED
+

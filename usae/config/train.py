@@ -67,7 +67,8 @@ class TrainConfig(Section):
     weight_decay: float = setting(0.0, "AdamW weight decay (reference code: 1e-5).", minimum=0.0)
     grad_clip: float = setting(1.0, "Gradient-norm clip per step; 0 disables.", minimum=0.0)
     seed: int = setting(0, "Seed of initialisation, source choice and token order.")
-    checkpoint_every: int = setting(1000, "Steps between checkpoints (one is also written at the end).", minimum=1)
+    checkpoint_every: int = setting(1000, "Steps between checkpoints (one is also written at the end).", minimum=1,
+                                    changes_results=False)
     log_every: int = setting(50, "Steps between training-log rows (the only host syncs).", minimum=1)
     device: str = setting("auto", "`auto` = CUDA when present, else CPU.", choices=DEVICES)
     precision: str = setting("fp32", "`bf16` autocast on GPU, or `fp32`.", choices=("fp32", "bf16"))
@@ -79,14 +80,14 @@ class TrainConfig(Section):
                                    "takes Python's lock from the thread launching the steps: on H200 machines "
                                    "training from disk ran fastest with 1 (2 on one of four), slower with 4 or 8. "
                                    "On 2 cores, 1 leaves the step its other core.",
-                                minimum=1)
+                                minimum=1, changes_results=False)
     gather: str = setting(
         "host", "Where batches are gathered from the shuffle buffers: `host` (in RAM, each batch then copied to "
         "the device) or `device` (both buffers copied once to the training device, each batch one `index_select` "
         "there; needs 2 × `buffer_tokens` × Σ widths × 2 bytes of its memory). The batches are the same either "
         "way. `device` keeps the per-batch gather off the host, where it slowed the launching of GPU steps; it is not "
         "yet measured on a GPU (benchmarks/README.md), and on a CPU it only adds a copy.",
-        choices=("host", "device"))
+        choices=("host", "device"), changes_results=False)
 
 
 @dataclass(frozen=True, kw_only=True)

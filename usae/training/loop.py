@@ -28,7 +28,7 @@ from usae import STAGE_VERSIONS, __version__
 from usae.activations.loader import TokenLoader
 from usae.activations.sources import TokenSource
 from usae.atomic import atomic_path
-from usae.config import SAEConfig, TrackingConfig, TrainConfig, to_dict
+from usae.config import SAEConfig, TrackingConfig, TrainConfig, result_settings, to_dict
 from usae.device import resolve_device
 from usae.fingerprint import fingerprint
 from usae.progress import progress_bar
@@ -217,9 +217,11 @@ def run_settings(sources: dict[str, TokenSource], sae_cfg: SAEConfig, cfg: Train
                  standardization: dict[str, dict] | None, provenance: dict[str, Any] | None) -> dict[str, Any]:
     """Everything the trained weights depend on (the checkpoints' fingerprint is made of it):
     a checkpoint of other settings, data or training code is never resumed. Where the data
-    lies (``provenance[PATH_KEYS]``) is left out: moving ``results/`` keeps its checkpoints."""
+    lies (``provenance[PATH_KEYS]``) is left out: moving ``results/`` keeps its checkpoints;
+    so are the training settings declared not to change results (threads, gather, checkpoint
+    cadence: :func:`usae.config.result_settings`)."""
     content = {k: v for k, v in (provenance or {}).items() if k not in PATH_KEYS}
-    return {"sae": to_dict(sae_cfg), "train": to_dict(cfg), "models": list(sources),
+    return {"sae": to_dict(sae_cfg), "train": result_settings(cfg), "models": list(sources),
             "dims": {n: s.d_model for n, s in sources.items()}, "provenance": content,
             "standardization": standardization or {},
             "code": {"usae": __version__, "train_stage": STAGE_VERSIONS["train"]}}
