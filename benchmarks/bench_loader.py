@@ -14,6 +14,9 @@ before issue 14's loader changes, exported with ``git archive``):
    - ``raw_direct_kept``: the same, each chunk into its place in one array per store, which
      keeps what was read (as any buffer must; memory the cache cannot hold, where
      ``raw_direct`` rereads one chunk-sized array, cache-resident on a large L3);
+   - ``raw_mapped_kept``: the loader's own passes over every byte, in order on one thread: each
+     chunk file memory-mapped and checksummed (``TokenSource.read_pieces``, as the loader reads),
+     then copied into its place in one array per store (where the loader gathers rows);
    - ``raw_zarr``: the same chunks through Zarr (``open_store``: Zarr's decode, usae's checksum);
    - ``loader`` / ``loader_before``: ``TokenLoader`` (6,272-token batches, one read thread,
      before: the baseline's loader reading through Zarr as it did,
@@ -160,6 +163,12 @@ def read_rates(paths: dict[str, Path], repeats: int, buffers: list[int]) -> dict
             for lo in range(0, n_rows, CHUNK):
                 source.read_into(lo, min(lo + CHUNK, n_rows), kept[name][lo:lo + CHUNK])
 
+    def raw_mapped_kept() -> None:  # the loader's passes, in order on one thread: map + CRC, then one copy
+        for name, source in sources.items():
+            for lo in range(0, n_rows, CHUNK):
+                for piece in source.read_pieces(lo, min(lo + CHUNK, n_rows)):
+                    np.copyto(kept[name][lo:lo + len(piece)], piece)
+
     def raw_zarr() -> None:
         for array in arrays.values():
             for lo in range(0, n_rows, CHUNK):
@@ -175,7 +184,8 @@ def read_rates(paths: dict[str, Path], repeats: int, buffers: list[int]) -> dict
         return n * BATCH
 
     raw_direct(), raw_zarr(), raw_direct_kept()  # warm the page cache (and fault ``kept`` in)
-    variants = {"raw_direct": raw_direct, "raw_direct_kept": raw_direct_kept, "raw_zarr": raw_zarr}
+    variants = {"raw_direct": raw_direct, "raw_direct_kept": raw_direct_kept, "raw_mapped_kept": raw_mapped_kept,
+                "raw_zarr": raw_zarr}
     served = {}
     for buffer in buffers:
         for label, cls in [("loader", TokenLoader), ("loader_before", before)]:
@@ -197,7 +207,7 @@ def rate_ratios(rounds: list[dict]) -> dict:
     for name in rounds[0]:
         if name.startswith("raw"):
             continue
-        for raw in ("raw_direct", "raw_direct_kept", "raw_zarr"):
+        for raw in ("raw_direct", "raw_direct_kept", "raw_mapped_kept", "raw_zarr"):
             for unit in ("tokens_per_s", "tokens_per_cpu_s"):
                 values = [r[name][unit] / r[raw][unit] for r in rounds]
                 out[f"{name} / {raw}" + (" (cpu)" if unit == "tokens_per_cpu_s" else "")] = spread(values)
