@@ -9,7 +9,7 @@ from snakemake.utils import validate
 
 from usae.config import (
     BackboneSpec, EvaluateConfig, ExtractConfig, ManifestConfig, PipelineConfig, PrepareConfig, SAEConfig, SyntheticImagesConfig,
-    TrainConfig, load_config,
+    TrainConfig, from_dict, load_config, result_settings, to_dict, with_run_settings,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -293,8 +293,6 @@ def test_a_config_without_models_says_so():
 def test_what_the_rules_pass_as_params_builds_the_same_sections():
     """Workflow scripts rebuild their sections from ``to_dict`` output (names such as a model's
     ``key`` included): it is accepted there, though a config file may not set it."""
-    from usae.config import from_dict, to_dict
-
     cfg = load_config(yaml.safe_load((REPO / "tests/workflow/tiny_config.yaml").read_text()))
     for key, spec in cfg.models.items():
         assert from_dict(BackboneSpec, to_dict(spec), section=f"models.{key}") == spec
@@ -307,14 +305,25 @@ def test_what_the_rules_pass_as_params_builds_the_same_sections():
         load_config({"models": {"m": {"name": "x", "key": "other"}}})
 
 
+def test_params_without_how_a_stage_runs_and_the_whole_config_rebuild_the_sections():
+    """The train and extract rules pass result_settings; the scripts take the other keys from the whole config."""
+    raw = yaml.safe_load((REPO / "tests/workflow/tiny_config.yaml").read_text())
+    raw["train"].update(read_threads=3, gather="device", checkpoint_every=7)
+    raw["extract"].update(num_workers=4)
+    cfg = load_config(raw)
+    train, extract = cfg.runs["k2"].train, cfg.extract
+    params = from_dict(TrainConfig, result_settings(train), section="runs.k2.train")
+    assert params != train and with_run_settings(params, train) == train
+    params = from_dict(ExtractConfig, result_settings(extract), section="extract")
+    assert params != extract and with_run_settings(params, extract) == extract
+
+
 def test_result_settings_leave_out_only_the_keys_declared_not_to_change_results():
-    from usae.config import result_settings, to_dict
     from usae.config.generate import table_rows
 
     train, extract = TrainConfig(read_threads=3, gather="device", lr=1e-3), ExtractConfig(num_workers=5)
     assert set(to_dict(train)) - set(result_settings(train)) == {"checkpoint_every", "read_threads", "gather"}
-    assert set(to_dict(extract)) - set(result_settings(extract)) == {"num_workers", "keep"}
+    assert set(to_dict(extract)) - set(result_settings(extract)) == {"num_workers"}
     assert result_settings(train)["lr"] == 1e-3
     marked = {key for key, _, _, text in table_rows() if "not what it computes" in text}
-    assert marked == {"extract.num_workers", "extract.keep", "train.checkpoint_every", "train.read_threads",
-                      "train.gather"}
+    assert marked == {"extract.num_workers", "train.checkpoint_every", "train.read_threads", "train.gather"}

@@ -84,6 +84,16 @@ def test_training_change_reruns_only_training(pipeline_copy):
                                            "compare_runs": 1, "all": 1}
 
 
+def test_how_a_stage_runs_reruns_nothing_yet_reaches_its_job(pipeline_copy):
+    """Keys declared not to change results are no rule's params; the jobs read them from the whole config."""
+    write_config(pipeline_copy, **{"train.read_threads": 2, "train.checkpoint_every": 7, "train.gather": "device",
+                                   "extract.num_workers": 1})
+    assert planned_jobs(pipeline_copy) == {}
+    snakemake(pipeline_copy, "--force", "results/runs/k2/model")  # this job only: it resumes its last checkpoint
+    log = (pipeline_copy / "results/logs/train_usae/k2.log").read_text()
+    assert "train.gather = 'device' on a CPU" in log and "(step 12)" in log
+
+
 def test_tau_change_reruns_only_evaluation_and_report(pipeline_copy):
     write_config(pipeline_copy, **{"evaluate.tau": 0.2})
     assert planned_jobs(pipeline_copy) == {"evaluate_usae": 3, "maco": 2, "render_report": 3, "compare_runs": 1,

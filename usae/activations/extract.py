@@ -167,8 +167,8 @@ def _publish(store: ResumableStore, n: int, failures: dict[int, tuple[str, str]]
 def _resume_key(attrs: dict, layers: LayerSet, cfg: ExtractConfig, device: torch.device,
                 rows: pd.DataFrame) -> str:
     """Everything the stored values depend on: the settings that change results, but of the device its type
-    only (``cuda:1`` stores what ``cuda:0`` does)."""
-    settings = {k: v for k, v in result_settings(cfg).items() if k != "device"}
+    only (``cuda:1`` stores what ``cuda:0`` does), and not whether the part is kept after preparation."""
+    settings = {k: v for k, v in result_settings(cfg).items() if k not in ("device", "keep")}
     payload = {"attrs": {k: v for k, v in attrs.items() if k != "device"},
                "layers": [layers.describe(i) for i in range(len(layers.specs))],
                "specs": [to_dict(s) for s in layers.specs], "cfg": settings, "device_type": device.type,

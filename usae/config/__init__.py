@@ -6,7 +6,7 @@ all come from that declaration (``python -m usae.config.generate`` rewrites the 
 ``load_config`` is the one reader of a ``config.yaml``, for Snakemake and ``usae`` alike.
 """
 
-from usae.config.base import from_dict, result_settings, to_dict
+from usae.config.base import from_dict, result_settings, to_dict, with_run_settings
 from usae.config.data import (
     CHANNEL_ORDERS, COMPRESSORS, DEVICES, FINAL_LAYER, INPUT_LAYOUTS, SOURCES, STANDARDIZATIONS, BackboneSpec,
     ExtractConfig, ManifestConfig, PrepareConfig, SyntheticImagesConfig, extraction_group, extraction_groups,
@@ -22,7 +22,7 @@ __all__ = [
     "CHANNEL_ORDERS", "COMPRESSORS", "DEVICES", "FINAL_LAYER", "INPUT_LAYOUTS", "SOURCES", "STANDARDIZATIONS",
     "BackboneSpec", "ExtractConfig", "ManifestConfig", "PipelineConfig", "PrepareConfig", "SyntheticImagesConfig",
     "extraction_group", "extraction_groups", "from_dict", "layer_tag", "same_backbone", "load_config", "to_dict",
-    "result_settings",
+    "result_settings", "with_run_settings",
     "RunConfig", "SAEConfig", "TrainConfig", "EvaluateConfig",
     "MacoConfig", "TrackingConfig",
 ]

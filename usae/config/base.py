@@ -85,6 +85,14 @@ def result_settings(section: Any) -> dict[str, Any]:
     return {key: value for key, value in to_dict(section).items() if key not in neutral}
 
 
+def with_run_settings(section: Any, whole: Any) -> Any:
+    """``section`` (rebuilt from a rule's params, which hold its :func:`result_settings`) with the keys declared
+    ``changes_results=False`` taken from ``whole``, the same section of the workflow's whole config: the rules
+    leave those keys out of their params so that changing one reruns no job."""
+    neutral = {f.name: getattr(whole, f.name) for f, _, spec in settings(type(section)) if not spec.changes_results}
+    return dataclasses.replace(section, **neutral)
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}

@@ -185,7 +185,7 @@ class ExtractConfig(Section):
         "`false`: the parts are deleted once the aligned stores and statistics of every layer they hold are "
         "published (about half the disk at the paper's widths); the CLS/register tokens of `keep_prefix` go "
         "with them, and a later change of a `prepare` setting extracts them again. `true`: kept, to prepare "
-        "again without extracting or to use the CLS tokens.", changes_results=False)
+        "again without extracting or to use the CLS tokens.")
 
 
 @dataclass(frozen=True, kw_only=True)

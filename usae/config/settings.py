@@ -61,8 +61,8 @@ class Spec:
         """The description a person reads (schema, README table): ``doc``, and what changing the key reruns."""
         if self.changes_results:
             return self.doc
-        return (f"{self.doc} Changes how the work runs, not what it computes: work stopped or finished under "
-                "another value is resumed, not redone.")
+        return (f"{self.doc} Changes how the work runs, not what it computes: changing it reruns no job, and "
+                "work stopped under another value resumes.")
 
     def allowed(self) -> tuple[str, ...] | None:
         """The choices; a registry's names are read now, so plugins registered later count."""

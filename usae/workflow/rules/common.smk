@@ -10,7 +10,7 @@ from snakemake.exceptions import WorkflowError
 
 import usae
 from usae import paths
-from usae.config import extraction_groups, load_config, to_dict
+from usae.config import extraction_groups, load_config, result_settings, to_dict
 from usae.config.files import read_config_file
 
 DEFAULT_CONFIG = "config.yaml"
@@ -73,8 +73,9 @@ def extraction_output(store):
 
 
 def extraction_settings():
-    """The extract section without `keep`, which changes no part, only how long it stays (prepare's param)."""
-    return {key: value for key, value in to_dict(PIPE.extract).items() if key != "keep"}
+    """The extract section without the keys that change no part: `num_workers` (result_settings; the script
+    reads it from the whole config) and `keep`, which only says how long a part stays (prepare's param)."""
+    return {key: value for key, value in result_settings(PIPE.extract).items() if key != "keep"}
 
 
 def extraction_parts(wildcards):
@@ -88,9 +89,11 @@ def run_stores(wildcards):
 
 
 def run_params(wildcards):
-    """Exactly what one run's training depends on, as plain data in a fixed key order."""
+    """Exactly what one run's training depends on, as plain data in a fixed key order: the train keys that
+    change how it runs, not what it computes, are left out (the script reads them from the whole config),
+    so changing them reruns nothing (result_settings)."""
     run = PIPE.runs[wildcards.run]
-    return {"models": list(run.models), "sae": to_dict(run.sae), "train": to_dict(run.train)}
+    return {"models": list(run.models), "sae": to_dict(run.sae), "train": result_settings(run.train)}
 
 
 def all_runs_evaluated(wildcards):
