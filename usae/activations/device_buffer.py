@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from usae.activations.prefetch import _buffers, _BufferRead, _read_checked, reads_due
+from usae.activations.prefetch import _buffers, _BufferRead, _read_checked, reads_due, torch_dtype
 from usae.activations.sources import TokenSource
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ class _Slots:
     def __init__(self, loader: TokenLoader, device: torch.device) -> None:
         tokens = loader.rows_per_buffer * loader.tokens_per_row
         self.device = device
-        self.slots = [{name: torch.empty((tokens, s.d_model), dtype=_torch_dtype(s.dtype), device=device)
+        self.slots = [{name: torch.empty((tokens, s.d_model), dtype=torch_dtype(s.dtype), device=device)
                        for name, s in loader.sources.items()} for _ in range(2)]
         self.released: list[torch.cuda.Event | None] = [None, None]
         self.copies = torch.cuda.Stream(device) if device.type == "cuda" else None
@@ -84,10 +84,6 @@ class _Slots:
             event = torch.cuda.Event()
             event.record(torch.cuda.current_stream(self.device))
             self.released[self.slots.index(slot)] = event
-
-
-def _torch_dtype(dtype: np.dtype) -> torch.dtype:
-    return torch.from_numpy(np.empty(0, dtype)).dtype
 
 
 class _Staging(threading.local):

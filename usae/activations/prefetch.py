@@ -127,6 +127,11 @@ class _BufferRead:
         return token_index[perm]
 
 
+def torch_dtype(dtype: np.dtype) -> torch.dtype:
+    """The torch dtype of a numpy one (read off an empty array: no read-only map is wrapped)."""
+    return torch.from_numpy(np.empty(0, dtype)).dtype
+
+
 def _read_checked(source: TokenSource, start: int, stop: int, map_chunks: bool) -> list[np.ndarray]:
     pieces = source.read_pieces(start, stop, map_chunks=map_chunks)
     for piece, offset in zip(pieces, np.cumsum([0] + [len(p) for p in pieces])):
@@ -247,7 +252,7 @@ class _Gatherers:
         for name, (parts, _) in pieces.items():
             shape, dtype = (len(index), parts[0].shape[1]), parts[0].dtype
             if pin_memory:  # CUDA's caching host allocator reuses pinned blocks itself
-                batch[name] = torch.empty(shape, dtype=torch.from_numpy(np.empty(0, dtype)).dtype, pin_memory=True)
+                batch[name] = torch.empty(shape, dtype=torch_dtype(dtype), pin_memory=True)
             else:
                 batch[name] = torch.from_numpy(self.arrays.get(shape, dtype))
         outs = {name: tensor.numpy() for name, tensor in batch.items()}

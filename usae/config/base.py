@@ -78,10 +78,15 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return _plain(dataclasses.asdict(cfg))
 
 
+def _how_it_runs(cls: type) -> list[str]:
+    """The keys of a section declared ``changes_results=False``."""
+    return [f.name for f, _, spec in settings(cls) if not spec.changes_results]
+
+
 def result_settings(section: Any) -> dict[str, Any]:
     """A section's keys as :func:`to_dict` gives them, without those declared ``changes_results=False``:
     what a stage's resumable work (training checkpoints, extraction parts) must agree on to be resumed."""
-    neutral = {f.name for f, _, spec in settings(type(section)) if not spec.changes_results}
+    neutral = _how_it_runs(type(section))
     return {key: value for key, value in to_dict(section).items() if key not in neutral}
 
 
@@ -89,8 +94,7 @@ def with_run_settings(section: Any, whole: Any) -> Any:
     """``section`` (rebuilt from a rule's params, which hold its :func:`result_settings`) with the keys declared
     ``changes_results=False`` taken from ``whole``, the same section of the workflow's whole config: the rules
     leave those keys out of their params so that changing one reruns no job."""
-    neutral = {f.name: getattr(whole, f.name) for f, _, spec in settings(type(section)) if not spec.changes_results}
-    return dataclasses.replace(section, **neutral)
+    return dataclasses.replace(section, **{key: getattr(whole, key) for key in _how_it_runs(type(section))})
 
 
 def _plain(value: Any) -> Any:

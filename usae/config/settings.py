@@ -135,4 +135,3 @@ def file_default(f: dataclasses.Field) -> Any:
     if f.default_factory is not dataclasses.MISSING:
         return f.default_factory()
     return REQUIRED
-
