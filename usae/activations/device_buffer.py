@@ -70,20 +70,21 @@ class _Slots:
         self.copies = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.turn = 0
 
-    def take(self) -> dict[str, torch.Tensor]:
-        """The next slot; on CUDA, copies queued after it wait for the steps that read it last."""
-        slot, event = self.slots[self.turn], self.released[self.turn]
+    def take(self) -> int:
+        """The next slot's number; on CUDA, copies queued after this wait for the steps that read it last."""
+        turn, event = self.turn, self.released[self.turn]
         if event is not None and self.copies is not None:
             self.copies.wait_event(event)
-        self.turn = 1 - self.turn
-        return slot
+        self.turn = 1 - turn
+        return turn
 
-    def release(self, slot: dict[str, torch.Tensor]) -> None:
-        """Mark ``slot``'s reads as queued: on CUDA, an event after them on the consumer's stream."""
+    def release(self, turn: int) -> None:
+        """Mark the reads of slot ``turn`` as queued: on CUDA, an event after them on the consumer's stream."""
+        event = None
         if self.copies is not None:
             event = torch.cuda.Event()
             event.record(torch.cuda.current_stream(self.device))
-            self.released[self.slots.index(slot)] = event
+        self.released[turn] = event
 
 
 class _Staging(threading.local):
@@ -103,7 +104,8 @@ class _DeviceBufferRead(_BufferRead):
     def __init__(self, loader: TokenLoader, pool: ThreadPoolExecutor, epoch: int, buffer: int,
                  slots: _Slots, staging: _Staging) -> None:
         super().__init__(loader, pool, epoch, buffer)
-        self.slot, self.copies, self.staging = slots.take(), slots.copies, staging
+        self.turn = slots.take()
+        self.slot, self.copies, self.staging = slots.slots[self.turn], slots.copies, staging
 
     def _read(self, block: int, name: str, source: TokenSource) -> Future:
         start, stop = self.spans[block]
@@ -150,7 +152,7 @@ def stream_device_batches(loader: TokenLoader, epoch: int, buffer: int, skip: in
             for j in range(skip, n_steps):
                 upcoming.submit(reads_due(len(upcoming.spans), j - skip, n_steps - skip))
                 yield {name: tokens.index_select(0, index[j]) for name, tokens in current.slot.items()}
-            slots.release(current.slot)
+            slots.release(current.turn)
             current, n_steps, skip = upcoming, n_next, 0
     finally:  # reads in flight end first: a slot freed under a pending copy could be handed to another tensor
         pool.shutdown(wait=True, cancel_futures=True)
