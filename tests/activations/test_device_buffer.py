@@ -71,11 +71,20 @@ def test_two_buffers_of_device_memory_are_counted_and_checked(sources, monkeypat
 
 
 def test_reader_errors_reach_the_consumer(sources, monkeypatch):
-    def broken(start, stop, map_chunks):
+    def broken(start, stop, out):
         raise OSError(f"disk gone at rows {start}:{stop}")
-    monkeypatch.setattr(sources["b"], "read_pieces", broken)
+    monkeypatch.setattr(sources["b"], "read_into", broken)
     with pytest.raises(OSError, match="disk gone at rows"):
         next(TokenLoader(sources, BATCH, BUFFER, seed=0).batches(device="cpu"))
+
+
+def test_a_non_finite_value_is_refused_naming_its_row():
+    x = np.ones((40, 4, 2), np.float16)
+    x[29, 3, 1] = np.inf
+    sources = {"x": TokenSource("x", x, chunk_rows=8), "y": TokenSource("y", x[..., :1] * 2, chunk_rows=8)}
+    loader = TokenLoader(sources, 16, 64, seed=0)
+    with pytest.raises(ValueError, match=r"x: NaN or inf in 1 row\(s\) of rows 24:32 \(first: row 29\)"):
+        list(islice(loader.batches(device="cpu"), 3 * loader.steps_per_epoch))
 
 
 def test_a_damaged_chunk_is_refused_naming_it(tmp_path):

@@ -5,10 +5,10 @@
 on the host and copied to the GPU batch by batch, here every buffer is copied to the
 device once, block by block, and each batch is gathered there:
 
-* **Who does what.** The ``read_threads`` read threads map and check each block as on the
-  host (:func:`usae.activations.prefetch._read_checked`), copy its rows into a pinned
-  staging array and from there into the buffer's place on the device, on a stream of
-  their own. The consumer's thread, which also launches the training steps, only slices
+* **Who does what.** The ``read_threads`` read threads read each storage chunk straight
+  into a pinned staging array (checksum and finiteness checked there, as on the host),
+  then queue its copy into the buffer's place on the device, on a stream of their own;
+  each thread has two staging arrays, so one chunk is read while the other is copied. The consumer's thread, which also launches the training steps, only slices
   a precomputed index and calls ``index_select`` once per model a step: no gather thread,
   no per-batch Python work that would take the interpreter lock from it (on H200 hosts
   that lock cost the step launches up to 2x their time: ``benchmarks/README.md``).
@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from usae.activations.prefetch import _buffers, _BufferRead, _read_checked, reads_due, torch_dtype
-from usae.activations.sources import TokenSource
+from usae.activations.prefetch import _buffers, _BufferRead, reads_due, torch_dtype
+from usae.activations.sources import TokenSource, check_finite
 
 if TYPE_CHECKING:
     from usae.activations.loader import TokenLoader
@@ -88,14 +88,34 @@ class _Slots:
 
 
 class _Staging(threading.local):
-    """Each read thread's pinned host array, grown to the largest piece it copies."""
+    """Each read thread's two host arrays (pinned for CUDA), used in turn: a block is read into one while the
+    other's copy to the device runs. An array is reused once its copy has finished."""
 
-    array: torch.Tensor | None = None
+    def __init__(self, pinned: bool) -> None:
+        self.pinned = pinned
+        self.arrays: list[torch.Tensor | None] = [None, None]
+        self.copied: list[torch.cuda.Event | None] = [None, None]
+        self.turn = 0
 
-    def get(self, n_bytes: int) -> np.ndarray:
-        if self.array is None or self.array.numel() < n_bytes:
-            self.array = torch.empty(n_bytes, dtype=torch.uint8, pin_memory=True)
-        return self.array.numpy()[:n_bytes]
+    def next(self, n_bytes: int) -> tuple[int, torch.Tensor]:
+        """The next array's number and its first ``n_bytes`` (uint8), free to be written."""
+        turn, self.turn = self.turn, 1 - self.turn
+        if self.copied[turn] is not None:
+            self.copied[turn].synchronize()
+            self.copied[turn] = None
+        if self.arrays[turn] is None or self.arrays[turn].numel() < n_bytes:
+            self.arrays[turn] = torch.empty(n_bytes, dtype=torch.uint8, pin_memory=self.pinned)
+        return turn, self.arrays[turn][:n_bytes]
+
+    def copy(self, turn: int, rows: torch.Tensor, target: torch.Tensor, copies: torch.cuda.Stream | None) -> None:
+        """Copy ``rows`` (a view of array ``turn``) into ``target``: on CUDA asynchronously, on ``copies``."""
+        if copies is None:
+            target.copy_(rows)
+            return
+        with torch.cuda.stream(copies):
+            target.copy_(rows, non_blocking=True)
+            self.copied[turn] = torch.cuda.Event()
+            self.copied[turn].record(copies)
 
 
 class _DeviceBufferRead(_BufferRead):
@@ -110,27 +130,38 @@ class _DeviceBufferRead(_BufferRead):
     def _read(self, block: int, name: str, source: TokenSource) -> Future:
         start, stop = self.spans[block]
         first = int(self.offsets[block]) * self.loader.tokens_per_row
-        return self.pool.submit(_read_to_device, source, start, stop, self.loader.map_chunks,
+        return self.pool.submit(_read_to_device, source, start, stop,
                                 self.slot[name][first:first + (stop - start) * self.loader.tokens_per_row],
                                 self.copies, self.staging)
 
 
-def _read_to_device(source: TokenSource, start: int, stop: int, map_chunks: bool, target: torch.Tensor,
+def _read_to_device(source: TokenSource, start: int, stop: int, target: torch.Tensor,
                     copies: torch.cuda.Stream | None, staging: _Staging) -> list[np.ndarray]:
-    """Read and check rows ``start:stop`` and copy them into ``target`` (their tokens); returns no pieces."""
-    at = 0
-    for piece in _read_checked(source, start, stop, map_chunks):
-        rows = piece.reshape(-1, source.d_model)
-        if copies is None:
-            np.copyto(target[at:at + len(rows)].numpy(), rows)
-        else:  # a pinned copy of the page-cache pages, then an asynchronous copy from it
-            stage = staging.get(rows.nbytes).view(rows.dtype).reshape(rows.shape)
-            np.copyto(stage, rows)
-            with torch.cuda.stream(copies):
-                target[at:at + len(rows)].copy_(torch.from_numpy(stage), non_blocking=True)
-            copies.synchronize()  # the staging array is reused by this thread's next piece
-        at += len(rows)
+    """Read and check rows ``start:stop`` into a staging array, then copy them into ``target`` (their tokens).
+
+    Returns no pieces. Each storage chunk is read straight into the staging array
+    (``TokenSource.read_into``: a usae store's chunk file is read there and its checksum
+    computed on what was read), one host pass where mapping the file, checking it and
+    copying it out would make two. On CUDA the copy to the device is only queued: the
+    consumer's stream waits for the copy stream before it uses the buffer.
+    """
+    shape, dtype = (source.tokens_per_row, source.d_model), torch_dtype(source.dtype)
+    for lo, hi in _chunk_spans(start, stop, source.chunk_rows):
+        turn, stage = staging.next((hi - lo) * source.tokens_per_row * source.d_model * source.dtype.itemsize)
+        rows = stage.view(dtype).view(hi - lo, *shape)
+        source.read_into(lo, hi, rows.numpy())
+        check_finite(source, rows.numpy(), lo)
+        at = (lo - start) * source.tokens_per_row
+        staging.copy(turn, rows.view(-1, source.d_model), target[at:at + len(rows) * shape[0]], copies)
     return []
+
+
+def _chunk_spans(start: int, stop: int, chunk_rows: int) -> Iterator[tuple[int, int]]:
+    """Rows ``start:stop`` cut at the storage chunks' edges."""
+    while start < stop:
+        end = min(stop, (start // chunk_rows + 1) * chunk_rows)
+        yield start, end
+        start = end
 
 
 def stream_device_batches(loader: TokenLoader, epoch: int, buffer: int, skip: int,
@@ -139,13 +170,15 @@ def stream_device_batches(loader: TokenLoader, epoch: int, buffer: int, skip: in
     module docstring); batches are ``{name: (batch_tokens, d) tensor on device}``, dtype as stored."""
     check_device_memory(loader, device)
     pool = ThreadPoolExecutor(loader.read_threads, thread_name_prefix="TokenLoader-read")
-    slots, staging, never = _Slots(loader, device), _Staging(), threading.Event()
+    slots, staging, never = _Slots(loader, device), _Staging(pinned=device.type == "cuda"), threading.Event()
     try:
         buffers = _buffers(loader, epoch, buffer)
         e, b, n_steps = next(buffers)
         current = _DeviceBufferRead(loader, pool, e, b, slots, staging)
         while True:
             current.finish(never)
+            if slots.copies is not None:  # the buffer's copies are queued; the steps wait for them on the GPU
+                torch.cuda.current_stream(device).wait_stream(slots.copies)
             e, b, n_next = next(buffers)
             upcoming = _DeviceBufferRead(loader, pool, e, b, slots, staging)
             index = _batch_index(current, n_steps, device)
@@ -154,8 +187,10 @@ def stream_device_batches(loader: TokenLoader, epoch: int, buffer: int, skip: in
                 yield {name: tokens.index_select(0, index[j]) for name, tokens in current.slot.items()}
             slots.release(current.turn)
             current, n_steps, skip = upcoming, n_next, 0
-    finally:  # reads in flight end first: a slot freed under a pending copy could be handed to another tensor
+    finally:  # reads and copies in flight end first: a slot freed under one could be handed to another tensor
         pool.shutdown(wait=True, cancel_futures=True)
+        if slots.copies is not None:
+            slots.copies.synchronize()
 
 
 def _batch_index(read: _BufferRead, n_steps: int, device: torch.device) -> torch.Tensor:
