@@ -86,9 +86,9 @@ class TrainConfig(Section):
         "the device) or `device` (both buffers copied once to the training device, each batch one `index_select` "
         "there; needs 2 × `buffer_tokens` × Σ widths × 2 bytes of its memory). The batches are the same either "
         "way. `device` keeps the per-batch gather off the host, where it slowed the launching of GPU steps, but its "
-        "read threads then copy every chunk to the GPU themselves: on an H200 it trained at 0.72-0.75 M tokens/s "
-        "with 1 read thread and 0.89 with 2, against 0.85-0.91 for `host` with 1 (benchmarks/README.md). On a CPU "
-        "it only adds a copy.",
+        "read threads then copy every chunk to the GPU themselves: on two H200 machines it trained at 0.84-0.95x "
+        "the rate of `host` with 1 read thread, and level with it with 2 (benchmarks/README.md). On a CPU it only "
+        "adds a copy.",
         choices=("host", "device"), changes_results=False)
 
 
