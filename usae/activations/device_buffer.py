@@ -8,8 +8,9 @@ device once, block by block, and each batch is gathered there:
 * **Who does what.** The ``read_threads`` read threads read each storage chunk straight
   into a pinned staging array (checksum and finiteness checked there, as on the host),
   then queue its copy into the buffer's place on the device, on a stream of their own;
-  each thread has two staging arrays, so one chunk is read while the other is copied. The consumer's thread, which also launches the training steps, only slices
-  a precomputed index and calls ``index_select`` once per model a step: no gather thread,
+  each thread has two staging arrays, so one chunk is read while the other is copied.
+  The consumer's thread, which also launches the training steps, only slices a
+  precomputed index and calls ``index_select`` once per model a step: no gather thread,
   no per-batch Python work that would take the interpreter lock from it (on H200 hosts
   that lock cost the step launches up to 2x their time: ``benchmarks/README.md``).
 * **Two buffers per model** live on the device at once, the one batches come from and the
