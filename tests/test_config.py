@@ -9,7 +9,7 @@ from snakemake.utils import validate
 
 from usae.config import (
     BackboneSpec, EvaluateConfig, ExtractConfig, ManifestConfig, PipelineConfig, PrepareConfig, SAEConfig, SyntheticImagesConfig,
-    TrainConfig, from_dict, load_config, result_settings, to_dict, with_run_settings,
+    TrainConfig, from_dict, load_config, part_settings, result_settings, to_dict, with_run_settings,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -324,6 +324,7 @@ def test_result_settings_leave_out_only_the_keys_declared_not_to_change_results(
     train, extract = TrainConfig(read_threads=3, gather="device", lr=1e-3), ExtractConfig(num_workers=5)
     assert set(to_dict(train)) - set(result_settings(train)) == {"checkpoint_every", "read_threads", "gather"}
     assert set(to_dict(extract)) - set(result_settings(extract)) == {"num_workers"}
+    assert set(to_dict(extract)) - set(part_settings(extract)) == {"num_workers", "keep"}  # keep: prepare's
     assert result_settings(train)["lr"] == 1e-3
     marked = {key for key, _, _, text in table_rows() if "not what it computes" in text}
     assert marked == {"extract.num_workers", "train.checkpoint_every", "train.read_threads", "train.gather"}

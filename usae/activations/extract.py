@@ -25,7 +25,7 @@ from usae.activations.parts import create_part_layer
 from usae.activations.store import ChunkWriter, ResumableStore, base_attrs, reopen_array, write_array
 from usae.backbones import Preprocessing
 from usae.backbones.layer_set import LayerSet, distinct_layers
-from usae.config import BackboneSpec, ExtractConfig, result_settings, to_dict
+from usae.config import BackboneSpec, ExtractConfig, part_settings, to_dict
 from usae.data.images import ImageReadError, load_rgb
 from usae.data.manifest import manifest_hash, read_manifest, usable
 from usae.device import resolve_device
@@ -166,9 +166,9 @@ def _publish(store: ResumableStore, n: int, failures: dict[int, tuple[str, str]]
 
 def _resume_key(attrs: dict, layers: LayerSet, cfg: ExtractConfig, device: torch.device,
                 rows: pd.DataFrame) -> str:
-    """Everything the stored values depend on: the settings that change results, but of the device its type
-    only (``cuda:1`` stores what ``cuda:0`` does), and not whether the part is kept after preparation."""
-    settings = {k: v for k, v in result_settings(cfg).items() if k not in ("device", "keep")}
+    """Everything the stored values depend on: the part's settings (:func:`usae.config.part_settings`), but of
+    the device its type only (``cuda:1`` stores what ``cuda:0`` does)."""
+    settings = {k: v for k, v in part_settings(cfg).items() if k != "device"}
     payload = {"attrs": {k: v for k, v in attrs.items() if k != "device"},
                "layers": [layers.describe(i) for i in range(len(layers.specs))],
                "specs": [to_dict(s) for s in layers.specs], "cfg": settings, "device_type": device.type,

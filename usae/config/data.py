@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from usae.config.base import result_settings
 from usae.config.checks import Section
 from usae.config.settings import REQUIRED, Pattern, setting
 from usae.registry import BACKBONES, DEVICES, WEIGHT_FORMATS
@@ -186,6 +187,12 @@ class ExtractConfig(Section):
         "published (about half the disk at the paper's widths); the CLS/register tokens of `keep_prefix` go "
         "with them, and a later change of a `prepare` setting extracts them again. `true`: kept, to prepare "
         "again without extracting or to use the CLS tokens.")
+
+
+def part_settings(extract: ExtractConfig) -> dict[str, Any]:
+    """The extract keys an extraction part's stored values depend on: :func:`result_settings` without ``keep``,
+    which only says how long a part stays after preparation (a param of ``prepare``, not of extraction)."""
+    return {key: value for key, value in result_settings(extract).items() if key != "keep"}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -10,7 +10,7 @@ from snakemake.exceptions import WorkflowError
 
 import usae
 from usae import paths
-from usae.config import extraction_groups, load_config, result_settings, to_dict
+from usae.config import extraction_groups, load_config, part_settings, result_settings, to_dict
 from usae.config.files import read_config_file
 
 DEFAULT_CONFIG = "config.yaml"
@@ -73,9 +73,9 @@ def extraction_output(store):
 
 
 def extraction_settings():
-    """The extract section without the keys that change no part: `num_workers` (result_settings; the script
-    reads it from the whole config) and `keep`, which only says how long a part stays (prepare's param)."""
-    return {key: value for key, value in result_settings(PIPE.extract).items() if key != "keep"}
+    """The extract keys a part depends on (part_settings): not `num_workers`, which the script reads from the
+    whole config, nor `keep`, which only says how long a part stays (prepare's param)."""
+    return part_settings(PIPE.extract)
 
 
 def extraction_parts(wildcards):
