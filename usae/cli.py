@@ -328,7 +328,7 @@ def _config(args: argparse.Namespace) -> PipelineConfig | None:
     if args.command in ("extract", "prepare"):
         from usae.backbones.geometry import check_geometry
 
-        check_geometry(cfg)
+        check_geometry(cfg, paths.geometry_cache(cfg))
     return cfg
 
 

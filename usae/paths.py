@@ -33,6 +33,7 @@ MACO_SPECTRUM = "{root}/{dataset}/maco_spectrum.npz"
 COMPARE = "{root}/compare"
 LOG = "{root}/logs/{rule}/{name}.log"
 BENCHMARK = "{root}/benchmarks/{rule}/{name}.tsv"
+GEOMETRY_CACHE = "{root}/.cache/geometry"
 
 MODEL, LAYER, PART, RUN, TEST_SET, BACKBONE = "{model}", "{layer}", "{part}", "{run}", "{test_set}", "{backbone}"
 """Snakemake wildcard placeholders: the default of every wildcard argument below."""
@@ -206,3 +207,9 @@ def log(cfg: PipelineConfig, rule: str, name: str) -> str:
 def benchmark(cfg: PipelineConfig, rule: str, name: str) -> str:
     """Benchmark table of one job of ``rule``, named like its log."""
     return _fill(BENCHMARK, cfg, rule=rule, name=name)
+
+
+def geometry_cache(cfg: PipelineConfig) -> str:
+    """Records of the models that passed the pre-run checks (:mod:`usae.backbones.geometry_cache`); no
+    rule's output."""
+    return _fill(GEOMETRY_CACHE, cfg)

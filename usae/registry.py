@@ -30,12 +30,19 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, T | str] = {}
+        self._declared: dict[str, str] = {}
 
     def lazy(self, name: str, target: str) -> None:
         """Declare entry ``name`` as ``"package.module:attribute"``, imported on first :meth:`get`."""
         if ":" not in target:
             raise ValueError(f"{self.kind} {name!r}: target {target!r} must look like 'package.module:attribute'")
         self._add(name, target)
+        self._declared[name] = target
+
+    def declared(self, name: str) -> str | None:
+        """The ``"module:attribute"`` a built-in entry was declared as (:meth:`lazy`), imported or not; None
+        for an entry added by :meth:`register` or an unknown name."""
+        return self._declared.get(name)
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator that adds the decorated object under ``name`` and returns it unchanged."""

@@ -11,13 +11,14 @@ import difflib
 import logging
 import zlib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from usae.backbones.layout import Preprocessing, TokenLayout
 from usae.config import FINAL_LAYER, BackboneSpec
 from usae.weights import LocalWeights, library_weights
 from usae.weights.formats import convert_keys
@@ -29,42 +30,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MAX_PREFIX_TOKENS = 16
 """Largest number of CLS/register tokens :func:`infer_prefix` considers."""
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How an RGB image becomes the model's input tensor.
-
-    Square resize to ``image_size`` (no crop, as in the paper), then ``(x/255 - mean) / std``.
-    """
-
-    image_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bicubic"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-
-@dataclass(frozen=True)
-class TokenLayout:
-    """Where the tokens of one image sit in the output of the chosen layer.
-
-    ``n_prefix`` tokens (CLS, registers) come first, then ``grid[0] * grid[1]`` patch
-    tokens in row-major order. CNN feature maps have no prefix tokens.
-    """
-
-    n_prefix: int
-    grid: tuple[int, int]
-    d_model: int
-
-    @property
-    def n_patches(self) -> int:
-        return self.grid[0] * self.grid[1]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"n_prefix": self.n_prefix, "grid": list(self.grid), "d_model": self.d_model}
 
 
 def init_seed(spec: BackboneSpec) -> int:

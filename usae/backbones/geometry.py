@@ -10,16 +10,18 @@ The same check finds pretrained models whose weights this machine cannot get: a 
 ``weights`` path that does not exist, or released weights that are neither cached nor
 downloadable (no hub). Nothing is downloaded here; the only weights read are those of a
 family whose file is also its architecture (onnx), once that file is on this machine.
+
+Models that passed are recorded (:mod:`usae.backbones.geometry_cache`), so the workflow's
+next start checks them without building them, or importing torch.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
-import torch
-
-from usae.backbones.base import TokenLayout
-from usae.backbones.registry import backbone_class, create_backbone
+from usae.backbones.geometry_cache import GeometryCache
+from usae.backbones.layout import TokenLayout
 from usae.config import BackboneSpec, PipelineConfig
 from usae.weights.fetch import locate_weights, missing_file
 from usae.weights.hub import hub_problem
@@ -39,6 +41,10 @@ def probe_geometry(spec: BackboneSpec) -> TokenLayout:
         Exception: anything the model library raises when it cannot build the model
             (unknown name, hub config not reachable offline, ...).
     """
+    import torch  # here, not above: a config whose models are all recorded is checked without torch
+
+    from usae.backbones.registry import backbone_class, create_backbone
+
     weightless = backbone_class(spec).weightless_spec(spec)
     try:
         with torch.device("meta"):
@@ -48,43 +54,63 @@ def probe_geometry(spec: BackboneSpec) -> TokenLayout:
     return backbone.layout
 
 
-def check_geometry(cfg: PipelineConfig) -> dict[str, TokenLayout]:
+def check_geometry(cfg: PipelineConfig, cache: str | Path | None = None) -> dict[str, TokenLayout]:
     """Check every model's layer and the common grid of ``cfg``; return what was measured.
 
     A model whose shapes cannot be read here (e.g. a Hugging Face model whose config
     is not cached and the hub is unreachable) is skipped with a warning; its extraction
     job checks it again.
 
+    Args:
+        cfg: The pipeline config.
+        cache: A folder of :class:`usae.backbones.geometry_cache.GeometryCache` records: a model
+            recorded there in its present state is not checked again, and one that passes is
+            recorded. None: check every model.
+
     Raises:
         ValueError: listing every model whose layer is past its depth or unknown, whose
             patch grid is smaller than ``prepare.grid``, whose weights cannot be had here
             (:func:`weights_problem`) or whose family's packages are not installed.
     """
-    problems = [p for _, spec in sorted(cfg.models.items()) if (p := weights_problem(spec)) is not None]
-    found: dict[str, TokenLayout] = {}
-    for key, spec in sorted(cfg.models.items()):
-        if _file_not_here(spec):  # weights_problem reported a missing local file, or logged an uncached one
-            logger.info("models.%s: its shapes are read from its weights file, which is not here yet; its "
-                        "extraction job checks them", key)
-            continue
-        try:
-            geometry = probe_geometry(spec)
-        except (ValueError, ImportError, FileNotFoundError) as err:  # wrong in the config or the environment
-            problems.append(str(err))
-            continue
-        except Exception as err:  # noqa: BLE001 - the library's own failure; the job reports it in full
-            logger.warning("models.%s: could not read the shapes of %r before running (%s: %s); "
-                           "its extraction job will check them", key, spec.name, type(err).__name__, err)
-            continue
-        found[key] = geometry
+    records = GeometryCache(cache) if cache is not None else None
+    found = {key: layout for key, spec in cfg.models.items()
+             if records is not None and (layout := records.get(spec)) is not None}
+    unchecked = {key: spec for key, spec in sorted(cfg.models.items()) if key not in found}
+    weights = {key: weights_problem(spec) for key, spec in unchecked.items()}
+    problems = [p for p in weights.values() if p is not None]
+    for key, spec in unchecked.items():
+        geometry = _probe_checked(key, spec, problems)
+        if geometry is not None:
+            found[key] = geometry
+            if records is not None and weights[key] is None:
+                records.put(spec, geometry)
+    for key, geometry in sorted(found.items()):
         if cfg.prepare.grid > min(geometry.grid):
+            spec = cfg.models[key]
             problems.append(f"prepare.grid = {cfg.prepare.grid} is larger than models.{key}'s patch grid "
                             f"{geometry.grid[0]}x{geometry.grid[1]} ({spec.name} at image_size "
                             f"{spec.image_size}); choose prepare.grid <= {min(geometry.grid)} "
                             f"or a larger image_size")
     if problems:
         raise ValueError("; ".join(problems))
-    return found
+    return dict(sorted(found.items()))
+
+
+def _probe_checked(key: str, spec: BackboneSpec, problems: list[str]) -> TokenLayout | None:
+    """``spec``'s layout, or None: its file is not here yet, its library failed (a warning), or it is wrong in
+    the config or the environment (appended to ``problems``)."""
+    if _file_not_here(spec):  # weights_problem reported a missing local file, or logged an uncached one
+        logger.info("models.%s: its shapes are read from its weights file, which is not here yet; its "
+                    "extraction job checks them", key)
+        return None
+    try:
+        return probe_geometry(spec)
+    except (ValueError, ImportError, FileNotFoundError) as err:  # wrong in the config or the environment
+        problems.append(str(err))
+    except Exception as err:  # noqa: BLE001 - the library's own failure; the job reports it in full
+        logger.warning("models.%s: could not read the shapes of %r before running (%s: %s); "
+                       "its extraction job will check them", key, spec.name, type(err).__name__, err)
+    return None
 
 
 def weights_problem(spec: BackboneSpec) -> str | None:
@@ -95,6 +121,8 @@ def weights_problem(spec: BackboneSpec) -> str | None:
     """
     if not spec.pretrained:
         return None
+    from usae.backbones.registry import backbone_class
+
     adapter = backbone_class(spec)
     if spec.weights is None:
         return hub_problem(spec.key, spec.name, adapter.hub_source(spec))
@@ -112,5 +140,7 @@ def weights_problem(spec: BackboneSpec) -> str | None:
 
 def _file_not_here(spec: BackboneSpec) -> bool:
     """Whether the shapes can only be read from a weights file (onnx: the architecture) not on this machine."""
+    from usae.backbones.registry import backbone_class
+
     weightless = backbone_class(spec).weightless_spec(spec)
     return weightless.weights is not None and not locate_weights(weightless)[1].exists()

@@ -26,12 +26,12 @@ try:
         read_config_file(DEFAULT_CONFIG)  # Snakemake's message for bad YAML names no file, line or column
         workflow.configfile(DEFAULT_CONFIG)
     PIPE = load_config(config)  # the same checks and messages as the `usae` command
-    if workflow.is_main_process:  # once, in the driver: it builds every model (torch, timm, ...)
+    if workflow.is_main_process:  # once, in the driver: it builds every model not recorded as checked
         from usae.backbones.geometry import check_geometry
         from usae.data.sizes import check_data_sizes
 
         check_data_sizes(PIPE)  # splits and batch sizes, from the config or an existing manifest
-        check_geometry(PIPE)  # shapes from weightless models: layer depth, common grid
+        check_geometry(PIPE, paths.geometry_cache(PIPE))  # shapes from weightless models: layer depth, grid
 except (ValueError, FileNotFoundError) as err:
     raise WorkflowError(f"invalid config: {err}") from None
 EXTRACTION_GROUPS = extraction_groups(PIPE.models)  # one extraction job serves the models that differ only in layer
