@@ -61,12 +61,13 @@ def test_the_grid_is_checked_against_a_recorded_model(tmp_path):
         check_geometry(_config(8, a=VIT16), tmp_path)
 
 
-def test_a_failing_model_is_never_recorded(tmp_path, probes):
-    cfg = _config(7, a={**VIT16, "layer": 5})
+def test_a_refused_config_records_nothing(tmp_path, probes):
+    """Not even its models that passed: a config refused before any job leaves no trace (no results folder)."""
+    cfg = _config(7, a=VIT16, b={**VIT16, "layer": 5})
     for _ in range(2):
-        with pytest.raises(ValueError, match=r"models.a: layer 5 is out of range"):
-            check_geometry(cfg, tmp_path)
-    assert probes == ["a", "a"] and not list(tmp_path.glob("*.json"))
+        with pytest.raises(ValueError, match=r"models.b: layer 5 is out of range"):
+            check_geometry(cfg, tmp_path / "records")
+    assert probes == ["a", "b", "a", "b"] and not (tmp_path / "records").exists()
 
 
 def test_an_unreadable_record_is_checked_again_and_replaced(tmp_path, probes):

@@ -64,8 +64,8 @@ def check_geometry(cfg: PipelineConfig, cache: str | Path | None = None) -> dict
     Args:
         cfg: The pipeline config.
         cache: A folder of :class:`usae.backbones.geometry_cache.GeometryCache` records: a model
-            recorded there in its present state is not checked again, and one that passes is
-            recorded. None: check every model.
+            recorded there in its present state is not checked again, and once the whole config
+            passes, the models checked are recorded. None: check every model.
 
     Raises:
         ValueError: listing every model whose layer is past its depth or unknown, whose
@@ -76,14 +76,11 @@ def check_geometry(cfg: PipelineConfig, cache: str | Path | None = None) -> dict
     found = {key: layout for key, spec in cfg.models.items()
              if records is not None and (layout := records.get(spec)) is not None}
     unchecked = {key: spec for key, spec in sorted(cfg.models.items()) if key not in found}
-    weights = {key: weights_problem(spec) for key, spec in unchecked.items()}
-    problems = [p for p in weights.values() if p is not None]
+    problems = [p for spec in unchecked.values() if (p := weights_problem(spec)) is not None]
     for key, spec in unchecked.items():
         geometry = _probe_checked(key, spec, problems)
         if geometry is not None:
             found[key] = geometry
-            if records is not None and weights[key] is None:
-                records.put(spec, geometry)
     for key, geometry in sorted(found.items()):
         if cfg.prepare.grid > min(geometry.grid):
             spec = cfg.models[key]
@@ -92,7 +89,10 @@ def check_geometry(cfg: PipelineConfig, cache: str | Path | None = None) -> dict
                             f"{spec.image_size}); choose prepare.grid <= {min(geometry.grid)} "
                             f"or a larger image_size")
     if problems:
-        raise ValueError("; ".join(problems))
+        raise ValueError("; ".join(problems))  # nothing recorded: a refused config writes nothing
+    if records is not None:
+        for key in unchecked.keys() & found.keys():
+            records.put(unchecked[key], found[key])
     return dict(sorted(found.items()))
 
 
