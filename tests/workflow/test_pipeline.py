@@ -66,16 +66,20 @@ def test_layer_change_reruns_only_that_model(pipeline_copy):
 
 
 def test_standardization_change_extracts_and_prepares_again(pipeline_copy):
-    """The parts were deleted (extract.keep false): preparing again extracts them again, then deletes them."""
+    """The parts were deleted (extract.keep false): preparing again extracts them again, then deletes them.
+
+    Run up to the aligned stores only: what comes after them reruns as after any new store (the plan below;
+    test_killed_pipeline.py runs a whole pipeline after a partial one)."""
     write_config(pipeline_copy, **{"prepare.standardize": "per_dim"})
     assert planned_jobs(pipeline_copy) == {"extract_activations": 4, "prepare_activations": 2, "train_usae": 3,
                                            "evaluate_usae": 3, "maco": 2, "render_report": 3, "compare_runs": 1,
                                            "all": 1}
-    snakemake(pipeline_copy)
+    snakemake(pipeline_copy, "--until", "prepare_activations")
     stats = open_store(pipeline_copy / "results/tiny/aligned/b16/final.zarr").attrs["standardization"]
     assert stats["kind"] == "per_dim" and len(stats["mean"]) == 48
     assert not list((pipeline_copy / "results/tiny/acts").rglob("*.zarr"))
-    assert planned_jobs(pipeline_copy) == {}
+    assert planned_jobs(pipeline_copy, "--until", "prepare_activations") == {}
+    assert planned_jobs(pipeline_copy)["train_usae"] == 3  # the new stores' runs, and only after them
 
 
 def test_training_change_reruns_only_training(pipeline_copy):
