@@ -73,8 +73,8 @@ def check_geometry(cfg: PipelineConfig, cache: str | Path | None = None) -> dict
             (:func:`weights_problem`) or whose family's packages are not installed.
     """
     records = GeometryCache(cache) if cache is not None else None
-    found = {key: layout for key, spec in cfg.models.items()
-             if records is not None and (layout := records.get(spec)) is not None}
+    found = {} if records is None else {
+        key: layout for key, spec in cfg.models.items() if (layout := records.get(spec)) is not None}
     unchecked = {key: spec for key, spec in sorted(cfg.models.items()) if key not in found}
     problems = [p for spec in unchecked.values() if (p := weights_problem(spec)) is not None]
     for key, spec in unchecked.items():
