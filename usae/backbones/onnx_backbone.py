@@ -19,6 +19,7 @@ from usae.backbones.base import (
     IMAGENET_MEAN, IMAGENET_STD, Backbone, Preprocessing, channels_first, infer_prefix, layer_not_found,
     split_tokens,
 )
+from usae.backbones.onnx_fusion import fuse_onnx_graph
 from usae.config import FINAL_LAYER, BackboneSpec
 from usae.weights import PYPI_FORMAT, LocalWeights, resolve_weights
 
@@ -43,6 +44,9 @@ class OnnxBackbone(Backbone):
       ``prefix_tokens`` (or an inferred number of) CLS/register tokens first.
     * Several layers (``more_specs``): the graph is cut after all their tensors and
       converted once; one pass returns them all.
+    * The exporter's elementwise spellings of LayerNorm, GELU, attention and biases are
+      fused into single kernels after conversion (:mod:`usae.backbones.onnx_fusion`; the
+      counts are in :attr:`fused` and the log).
     """
 
     family_settings = ("input_layout", "channel_order", "prefix_tokens")
@@ -77,6 +81,8 @@ class OnnxBackbone(Backbone):
         cut = _cut(model, self.tensors, spec)
         self._slots, self._n_returned = _output_slots(cut, self.tensors)
         self.graph = _convert(convert, cut, spec, path)
+        self.fused = fuse_onnx_graph(self.graph)
+        logger.info("models.%s: fused chains of %s: %s", spec.key, path.name, self.fused)
         if spec.mean is None or spec.std is None:
             logger.warning("models.%s: mean/std not given for ONNX file %s; using ImageNet's", spec.key, path)
         self.preprocessing = Preprocessing(image_size=spec.image_size, mean=spec.mean or IMAGENET_MEAN,
