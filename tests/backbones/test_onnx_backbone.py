@@ -105,6 +105,8 @@ def test_cnn_tensor_equals_the_torch_intermediate(cnn, layer):
         expected = torch.relu(model.c2(torch.relu(model.c1(x))))
     assert prefix.shape == (2, 0, 16)
     torch.testing.assert_close(patches, expected.flatten(2).transpose(1, 2), rtol=1e-5, atol=1e-5)
+    kernels = [p for p in backbone.parameters() if p.ndim == 4]  # run channels-last (Backbone.channels_last)
+    assert kernels and all(p.is_contiguous(memory_format=torch.channels_last) for p in kernels)
     assert backbone.describe()["tensor"] == "/Relu_1_output_0"
     assert backbone.describe()["weights"] == {"origin": f"file:{path}", "sha256": sha256_of(path)}
 

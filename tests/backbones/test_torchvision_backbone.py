@@ -26,11 +26,17 @@ def _pixels(size: int, n: int = 2) -> torch.Tensor:
 
 
 def _hooked(module: torch.nn.Module, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module``'s output when ``model`` runs on ``x``, with the weights in the channels-last order the family
+    runs them in (the same kernels, so adapter and reference agree bit for bit)."""
     seen = []
     handle = module.register_forward_hook(lambda _m, _i, out: seen.append(out))
-    with torch.inference_mode():
-        model(x)
-    handle.remove()
+    model.to(memory_format=torch.channels_last)
+    try:
+        with torch.inference_mode():
+            model(x)
+    finally:
+        handle.remove()
+        model.to(memory_format=torch.contiguous_format)
     return seen[0]
 
 
@@ -252,3 +258,20 @@ def test_a_bad_layer_among_several_names_its_model(layers_of):
     with pytest.raises(ValueError, match=r"models.tv1.layer = 'layer5' is not a graph node or module of torchvision "
                                          r"model 'resnet18'"):
         create_backbone(first, more_specs=tuple(rest))
+
+
+def test_weights_run_channels_last_and_give_the_contiguous_tokens_up_to_rounding(resnet_file):
+    """The family keeps 4-D weights in channels-last order (oneDNN / tensor-core convolutions): that changes
+    the tokens by float rounding only, and moving the backbone keeps the order."""
+    _, path = resnet_file
+    backbone = create_backbone(_spec(layer="layer3", pretrained=True, weights=path)).to("cpu")
+    conv = backbone.body.get_submodule("conv1").weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    x = _pixels(64)
+    with torch.inference_mode():
+        patches = backbone.forward_tokens(x)[1]
+    backbone.to(memory_format=torch.contiguous_format)
+    with torch.inference_mode():
+        plain = backbone.forward_tokens(x)[1]
+    assert not torch.equal(patches, plain)  # a different kernel ran
+    torch.testing.assert_close(patches, plain, rtol=1e-4, atol=1e-5)

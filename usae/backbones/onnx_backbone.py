@@ -51,6 +51,7 @@ class OnnxBackbone(Backbone):
 
     family_settings = ("input_layout", "channel_order", "prefix_tokens")
     loads_local_weights = True
+    channels_last = True
 
     def __init__(self, spec: BackboneSpec, more_specs: Sequence[BackboneSpec] = ()) -> None:
         """Read, cut and convert the ONNX file of a spec, and probe its token layout(s).

@@ -103,7 +103,7 @@ def _tensor(graph: fx.GraphModule, node: Any) -> torch.Tensor | None:
         value: Any = graph
         for part in node.target.split("."):
             value = getattr(value, part)
-        return value
+        return value if isinstance(value, torch.Tensor) else None
     module = _module(graph, node)
     if module is not None and type(module).__name__ == "OnnxConstant" and isinstance(module.value, torch.Tensor):
         return module.value

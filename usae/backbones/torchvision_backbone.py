@@ -51,6 +51,7 @@ class TorchvisionBackbone(Backbone):
 
     family_settings = ("prefix_tokens",)
     loads_local_weights = True
+    channels_last = True
 
     def __init__(self, spec: BackboneSpec, more_specs: Sequence[BackboneSpec] = ()) -> None:
         """Build the model of a spec, pick its layer(s) and probe their token layouts.
