@@ -245,6 +245,44 @@ def test_extraction_on_cuda_stores_the_cpu_tokens(tmp_path):
     np.testing.assert_allclose(stored["gpu"], stored["ref"], atol=2e-2, rtol=1e-2)  # float16 stores
 
 
+@pytest.mark.parametrize("autocast", [False, True])
+def test_fused_onnx_vit_and_channels_last_cnn_on_cuda_give_the_cpu_tokens_and_gradients(tmp_path, autocast):
+    """The fused ONNX kernels (F.layer_norm, gelu, linear, SDPA) and channels-last convolutions on the GPU,
+    in fp32 and under the bf16 autocast extraction uses, against the CPU; gradients reach the pixels."""
+    import warnings
+
+    from usae.backbones.registry import create_backbone
+    from usae.config import BackboneSpec
+
+    pytest.importorskip("onnx2torch")
+    vit = BackboneSpec(key="vit", name="vit_small_patch16_224", pretrained=False, image_size=64,
+                       kwargs={"depth": 2, "embed_dim": 32, "num_heads": 2})
+    model = create_backbone(vit).model.eval()
+    path = tmp_path / "vit.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(1, 3, 64, 64),), str(path), dynamo=False, opset_version=14,
+                          input_names=["image"], dynamic_axes={"image": {0: "batch"}})
+    specs = [BackboneSpec(key="onnx_vit", library="onnx", name="vit", layer="/norm/Add_1_output_0", image_size=64,
+                          weights=str(path), prefix_tokens=1, mean=(0.5,) * 3, std=(0.5,) * 3),
+             BackboneSpec(key="cnn", library="torchvision", name="resnet18", pretrained=False, image_size=64)]
+    pixels = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    for spec in specs:
+        backbone = create_backbone(spec)
+        assert spec.library != "onnx" or backbone.fused["layer_norm"] > 0
+        outputs = {}
+        for device in (CPU, CUDA):
+            moved = backbone.to(device)
+            x = pixels.to(device).requires_grad_(True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast and device.type == "cuda"):
+                patches = moved.forward_tokens(x)[1].float()
+            (grad,) = torch.autograd.grad(patches.square().mean(), x)
+            outputs[device.type] = (patches, grad)
+        bound = 5e-2 if autocast else 1e-4
+        for got, want in zip(outputs[CUDA.type], outputs["cpu"], strict=True):
+            assert relative_error(got, want) < bound, spec.key
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_maco_on_cuda_raises_its_objective(precision):
     from usae.backbones.registry import create_backbone
