@@ -1,7 +1,9 @@
 """Each model of a config as the pipeline runs it, against the same model without each speed-up, same run.
 
     python benchmarks/bench_backbone_kernels.py [--config config.yaml] [--batch 16] [--repeats 5] [--threads 2]
-                                                [--device cpu|cuda] [--out benchmarks/results/backbone_kernels_<device>.json]
+                                                [--device cpu|cuda] [--out PATH]
+
+(default ``--out``: ``benchmarks/results/backbone_kernels_<device>.json``)
 
 Two speed-ups change how a backbone computes, not what:
 
