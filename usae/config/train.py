@@ -24,6 +24,10 @@ class SAEConfig(Section):
                                      "and evaluation differ).")
     loss: str = setting("mse", "`mse`, `l1`, or `paper` (L1 + 0.1 × the reference code's dense auxiliary term).",
                         choices=LOSSES)
+    cross_coef: float = setting(1.0, "Weight of each cross-model reconstruction term (a source's codes decoding "
+                                     "another model) against the source's own, weighted 1. The paper weighs every "
+                                     "target alike (1); below 1 the encoders favour their own model's "
+                                     "reconstruction over the shared code's use by the others.", minimum=0.0)
     aux_k: int = setting(256, "AuxK (Gao et al. 2024): at most this many dead latents reconstruct the residual; 0 "
                               "disables.", minimum=0)
     aux_coef: float = setting(0.03125, "Weight of the AuxK loss (Gao et al.: 1/32).", minimum=0.0)

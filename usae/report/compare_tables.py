@@ -90,7 +90,7 @@ FAMILIES = (
 
 STABILITY_KEYS = ("models", "train.scheme", "train.lr", "train.warmup", "train.grad_clip", "train.batch_tokens",
                   "train.epochs", "train.max_steps", "sae.n_latents", "sae.k", "sae.aux_k", "sae.aux_coef",
-                  "standardize.")
+                  "sae.cross_coef", "standardize.")
 """Settings shown beside the stability verdicts (a key ending in ``.`` stands for each such key)."""
 
 

@@ -1,8 +1,9 @@
 """One optimisation step of the Universal SAE: its losses (:func:`training_step`) and the whole
 step the training loop runs (:func:`optimizer_step`), whatever the scheme.
 
-For each source i: Z = E_i(A_i), decode Z with every decoder, loss = sum_j loss(A_j, Z D_j + b_j)
-(``sae.loss``, a ``usae.registry.LOSSES`` entry), plus AuxK on the source. In the paper's scheme
+For each source i: Z = E_i(A_i), decode Z with every decoder, loss = sum_j w_ij loss(A_j, Z D_j + b_j)
+(``sae.loss``, a ``usae.registry.LOSSES`` entry; w_ii = 1, w_ij = ``sae.cross_coef``, 1 in the
+paper), plus AuxK on the source. In the paper's scheme
 (Thasarathan et al. 2025, Fig. 3) only E_i and D_i are updated: D_j for j != i would only ever
 receive gradients that are thrown away, so they are detached and never computed. Which models
 are sources, which decoders learn and how the sources' codes are made (each its own TopK, or
@@ -152,8 +153,9 @@ def source_loss(model: USAE, batch: dict[str, Tensor], source: str, codes: Codes
             activity = DenseActivity(codes.pre, dense, weight)
         terms = loss(batch[name], x_hat, activity)
         per_target.append(terms["reconstruction"].detach())
+        weight = 1.0 if name == source else cfg.cross_coef
         for term in terms.values():
-            total = total + term
+            total = total + weight * term
         if name == source:
             source_hat = x_hat
     if cfg.aux_k > 0:
