@@ -121,6 +121,21 @@ def test_thresholded_pearson_states_its_rule(page: str) -> None:
     assert "Why the second r is empty" not in caption
 
 
+def test_a_cross_model_weight_other_than_the_papers_is_stated(tiny_run: dict[str, Path], page: str,
+                                                              tmp_path: Path) -> None:
+    settings = _text(page.split("Shared code space", 1)[1].split("</p>", 1)[0])
+    assert "reconstruction weighted" not in settings  # the tiny run keeps the paper's weight, 1
+    run = tmp_path / "usae"
+    shutil.copytree(tiny_run["run"], run)
+    path = run / "model" / "config.json"
+    config = json.loads(path.read_text())
+    config["sae"]["cross_coef"] = 0.25
+    path.write_text(json.dumps(config))
+    edited = build_report(run, tiny_run["manifest"], tmp_path / "report").read_text()
+    settings = _text(edited.split("Shared code space", 1)[1].split("</p>", 1)[0])
+    assert "loss mse with the other models' reconstruction weighted 0.25 (the paper: 1), AuxK 4" in settings
+
+
 def test_empty_pearson_says_why(tiny_run: dict[str, Path], tmp_path: Path) -> None:
     note = "only 0 concepts co-fire at least 1,000 times (with energy > 0); Pearson r needs at least 3"
     run = _edited_run(tiny_run, tmp_path, pearson_log_cofires_log_energy_min_cofires=None, min_cofires=1000,
