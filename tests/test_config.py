@@ -305,6 +305,15 @@ def test_what_the_rules_pass_as_params_builds_the_same_sections():
         load_config({"models": {"m": {"name": "x", "key": "other"}}})
 
 
+def test_a_key_added_later_stays_out_of_params_at_the_default_older_results_were_made_with():
+    """sae.cross_coef came after trained runs existed; at its default (1, what they were trained with) the
+    rules' params and the checkpoint fingerprint lack it, so upgrading reruns and invalidates nothing."""
+    assert "cross_coef" not in result_settings(SAEConfig(k=16))
+    assert result_settings(SAEConfig(k=16)) == {k: v for k, v in to_dict(SAEConfig(k=16)).items() if k != "cross_coef"}
+    assert result_settings(SAEConfig(cross_coef=0.25))["cross_coef"] == 0.25
+    assert from_dict(SAEConfig, result_settings(SAEConfig(k=16)), section="sae") == SAEConfig(k=16)
+
+
 def test_params_without_how_a_stage_runs_and_the_whole_config_rebuild_the_sections():
     """The train and extract rules pass result_settings; the scripts take the other keys from the whole config."""
     raw = yaml.safe_load((REPO / "tests/workflow/tiny_config.yaml").read_text())

@@ -235,6 +235,23 @@ def test_a_damaged_model_stops_the_workflow_and_keeps_its_evaluation(pipeline_co
                                            "compare_runs": 1, "all": 1}
 
 
+def test_a_copied_results_folder_names_the_runs_a_config_change_leaves_stale(pipeline_copy):
+    """Without .snakemake/metadata (a results folder copied or moved) Snakemake cannot see a params change;
+    the driver compares each saved model's recorded settings with the config and says how to retrain."""
+    shutil.rmtree(pipeline_copy / ".snakemake" / "metadata")
+    assert planned_jobs(pipeline_copy) == {}
+    write_config(pipeline_copy, **{"sae.n_latents": 32})
+    dry = snakemake(pipeline_copy, "-n")
+    assert "Nothing to be done" in dry.stdout  # Snakemake alone would keep the stale models
+    warned = dry.stdout + dry.stderr
+    for run in ("usae", "solo_b16"):  # k2 overrides only k: n_latents reaches it too
+        model = f"results/runs/{run}/model"
+        assert f"{model} was trained with settings the config now changes (sae.n_latents: 64 -> 32)" in warned
+        assert f"--forcerun {model}" in warned
+    assert "results/runs/k2/model was trained with" in warned
+    assert planned_jobs(pipeline_copy, "--forcerun", "results/runs/usae/model")["train_usae"] == 1
+
+
 def test_maco_images_of_each_multi_model_run(built):
     import json
 

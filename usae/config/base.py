@@ -84,10 +84,13 @@ def _how_it_runs(cls: type) -> list[str]:
 
 
 def result_settings(section: Any) -> dict[str, Any]:
-    """A section's keys as :func:`to_dict` gives them, without those declared ``changes_results=False``:
-    what a stage's resumable work (training checkpoints, extraction parts) must agree on to be resumed."""
-    neutral = _how_it_runs(type(section))
-    return {key: value for key, value in to_dict(section).items() if key not in neutral}
+    """A section's keys as :func:`to_dict` gives them, without those declared ``changes_results=False``
+    and those declared ``quiet_default`` while at their default: what a stage's resumable work (training
+    checkpoints, extraction parts) must agree on to be resumed, and what the rules' params hold."""
+    neutral = set(_how_it_runs(type(section)))
+    quiet = {f.name: f.default for f, _, spec in settings(type(section)) if spec.quiet_default}
+    return {key: value for key, value in to_dict(section).items()
+            if key not in neutral and not (key in quiet and value == quiet[key])}
 
 
 def with_run_settings(section: Any, whole: Any) -> Any:

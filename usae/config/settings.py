@@ -55,6 +55,7 @@ class Spec:
     absent: Any = _UNSET
     overrides: str | None = None
     changes_results: bool = True
+    quiet_default: bool = False
 
     @property
     def text(self) -> str:
@@ -90,7 +91,10 @@ def setting(default: Any, doc: str, **limits: Any) -> Any:
             this value, resolved by :func:`usae.config.load_config`); ``overrides`` (the
             section a run's partial settings override); ``changes_results=False`` for a key
             that changes how the work runs but not what it computes (threads, checkpoint
-            cadence): it is left out of what resuming checks (:func:`usae.config.base.result_settings`).
+            cadence): it is left out of what resuming checks (:func:`usae.config.base.result_settings`);
+            ``quiet_default=True`` for a key added after results were made, whose default is what
+            they were made with: while it has that default it is left out of the same (and so of the
+            rules' params), so adding the key reruns no job and keeps old checkpoints resumable.
     """
     meta = {"usae": Spec(doc=doc, **limits)}
     if default is REQUIRED:

@@ -27,7 +27,8 @@ class SAEConfig(Section):
     cross_coef: float = setting(1.0, "Weight of each cross-model reconstruction term (a source's codes decoding "
                                      "another model) against the source's own, weighted 1. The paper weighs every "
                                      "target alike (1); below 1 the encoders favour their own model's "
-                                     "reconstruction over the shared code's use by the others.", minimum=0.0)
+                                     "reconstruction over the shared code's use by the others.", minimum=0.0,
+                                 quiet_default=True)
     aux_k: int = setting(256, "AuxK (Gao et al. 2024): at most this many dead latents reconstruct the residual; 0 "
                               "disables.", minimum=0)
     aux_coef: float = setting(0.03125, "Weight of the AuxK loss (Gao et al.: 1/32).", minimum=0.0)

@@ -221,7 +221,7 @@ def run_settings(sources: dict[str, TokenSource], sae_cfg: SAEConfig, cfg: Train
     so are the training settings declared not to change results (threads, gather, checkpoint
     cadence: :func:`usae.config.result_settings`)."""
     content = {k: v for k, v in (provenance or {}).items() if k not in PATH_KEYS}
-    return {"sae": to_dict(sae_cfg), "train": result_settings(cfg), "models": list(sources),
+    return {"sae": result_settings(sae_cfg), "train": result_settings(cfg), "models": list(sources),
             "dims": {n: s.d_model for n, s in sources.items()}, "provenance": content,
             "standardization": standardization or {},
             "code": {"usae": __version__, "train_stage": STAGE_VERSIONS["train"]}}

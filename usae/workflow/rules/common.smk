@@ -42,6 +42,12 @@ if workflow.is_main_process:  # a damaged model would otherwise pass as done, an
     if damaged := damaged_models(paths.for_runs(PIPE, paths.run_model)):
         raise WorkflowError("\n".join(damaged))
 
+    from snakemake.logging import logger
+    from usae.training.staleness import stale_runs
+
+    for stale in stale_runs(PIPE):  # Snakemake's params trigger needs .snakemake/metadata, which a copy lacks
+        logger.warning(stale)
+
 
 wildcard_constraints:
     model="|".join(sorted(PIPE.models)),
@@ -91,9 +97,10 @@ def run_stores(wildcards):
 def run_params(wildcards):
     """Exactly what one run's training depends on, as plain data in a fixed key order: the train keys that
     change how it runs, not what it computes, are left out (the script reads them from the whole config),
-    so changing them reruns nothing (result_settings)."""
+    so changing them reruns nothing, and so are keys added later while at the default that older results
+    were made with, so adding a key reruns nothing either (result_settings)."""
     run = PIPE.runs[wildcards.run]
-    return {"models": list(run.models), "sae": to_dict(run.sae), "train": result_settings(run.train)}
+    return {"models": list(run.models), "sae": result_settings(run.sae), "train": result_settings(run.train)}
 
 
 def all_runs_evaluated(wildcards):

@@ -1,0 +1,66 @@
+"""A saved run's recorded settings against the config: the differences named, nothing else."""
+
+import json
+from pathlib import Path
+
+import yaml
+
+from usae import paths
+from usae.config import SAEConfig, TrainConfig, load_config, to_dict
+from usae.config.train import RunConfig
+from usae.training.staleness import changed_settings, stale_runs
+
+TINY = Path(__file__).parents[1] / "workflow" / "tiny_config.yaml"
+
+
+def save_model_config(model_dir: Path, models: list[str], sae: dict, train: dict) -> None:
+    """A model's config.json as training writes it (usae.sae.io), the fields the check reads."""
+    model_dir.mkdir(parents=True)
+    (model_dir / "config.json").write_text(json.dumps({
+        "format": "usae-model/1", "models": models, "sae": sae, "meta": {"train": train, "steps": 10}}))
+
+
+def older_model(model_dir: Path) -> None:
+    """Trained before sae.cross_coef existed, with dead_tokens and decode resolved from `auto`."""
+    sae = to_dict(SAEConfig(k=48, dead_tokens=19_061, decode="sparse"))
+    del sae["cross_coef"]
+    save_model_config(model_dir, ["mob", "dino"], sae, to_dict(TrainConfig(epochs=10, read_threads=1)))
+
+
+def test_the_same_settings_are_no_change(tmp_path):
+    older_model(tmp_path / "model")
+    run = RunConfig(key="usae", models=("mob", "dino"), sae=SAEConfig(k=48),  # dead_tokens, decode: auto
+                    train=TrainConfig(epochs=10, read_threads=4, checkpoint_every=7))  # how it runs only
+    assert changed_settings(tmp_path / "model", run) == []
+
+
+def test_each_changed_setting_is_named_with_both_values_in_key_order(tmp_path):
+    older_model(tmp_path / "model")
+    run = RunConfig(key="usae", models=("dino", "mob"), sae=SAEConfig(k=64, cross_coef=0.25),
+                    train=TrainConfig(epochs=20))
+    assert changed_settings(tmp_path / "model", run) == [
+        'models: ["mob", "dino"] -> ["dino", "mob"]', "sae.k: 48 -> 64", "sae.cross_coef: 1.0 -> 0.25",
+        "train.epochs: 10 -> 20"]
+
+
+def test_no_model_or_an_unreadable_one_is_not_called_stale(tmp_path):
+    run = RunConfig(key="usae", models=("mob",), sae=SAEConfig(k=2), train=TrainConfig())
+    assert changed_settings(tmp_path / "missing", run) == []
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{cut short")
+    assert changed_settings(tmp_path / "model", run) == []
+
+
+def test_stale_runs_name_the_model_and_how_to_retrain_it(tmp_path):
+    raw = yaml.safe_load(TINY.read_text())
+    cfg = load_config({**raw, "results": str(tmp_path / "results")})
+    for name in ("usae", "k2"):
+        run = cfg.runs[name]
+        save_model_config(Path(paths.run_model(cfg, name)), list(run.models), to_dict(run.sae), to_dict(run.train))
+    assert stale_runs(cfg) == []
+    cfg = load_config({**raw, "results": str(tmp_path / "results"), "sae": {**raw["sae"], "n_latents": 32}})
+    (message,) = [m for m in stale_runs(cfg) if "runs/usae/" in m]
+    model = paths.run_model(cfg, "usae")
+    assert message.startswith(f"{model} was trained with settings the config now changes (sae.n_latents: 64 -> 32)")
+    assert message.endswith(f"rerun with --forcerun {model}")
+    assert len(stale_runs(cfg)) == 2  # k2 too; solo_b16 has no saved model
