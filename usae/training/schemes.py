@@ -78,8 +78,8 @@ class SparcScheme(AllSourcesScheme):
     in :class:`AllSourcesScheme`, but the K latents of a token are chosen once, by TopK over the
     sum of every model's pre-activations (:meth:`usae.sae.model.USAE.encode_shared`); each model
     decodes every model from its own values at those latents (SPARC's self and cross
-    reconstructions, which SPARC weighs alike: ``sae.cross_coef`` 1). At evaluation each model encodes alone (SPARC's single-stream
-    inference: its own TopK)."""
+    reconstructions, which SPARC weighs alike: ``sae.cross_coef`` 1). At evaluation each model
+    encodes alone (SPARC's single-stream inference: its own TopK)."""
 
     def encode(self, model: USAE, batch: dict[str, Tensor], sources: list[str], *, keep_pre: bool,
                dense_grad: bool) -> dict[str, Codes]:
