@@ -1,4 +1,5 @@
-"""A saved run's recorded settings against the config: the differences named, nothing else."""
+"""A saved run's and an aligned store's recorded settings against the config: the differences named, nothing
+else."""
 
 import json
 from pathlib import Path
@@ -6,9 +7,9 @@ from pathlib import Path
 import yaml
 
 from usae import paths
-from usae.config import SAEConfig, TrainConfig, load_config, to_dict
+from usae.config import PrepareConfig, SAEConfig, TrainConfig, load_config, to_dict
 from usae.config.train import RunConfig
-from usae.training.staleness import changed_settings, stale_runs
+from usae.training.staleness import changed_preparation, changed_settings, stale_runs, stale_stores
 
 TINY = Path(__file__).parents[1] / "workflow" / "tiny_config.yaml"
 
@@ -64,3 +65,35 @@ def test_stale_runs_name_the_model_and_how_to_retrain_it(tmp_path):
     assert message.startswith(f"{model} was trained with settings the config now changes (sae.n_latents: 64 -> 32)")
     assert message.endswith(f"rerun with --forcerun {model}")
     assert len(stale_runs(cfg)) == 2  # k2 too; solo_b16 has no saved model
+
+
+def save_store_attrs(store: Path, config: dict) -> None:
+    """An aligned store's root zarr.json with the prepare settings it records (usae.activations.prepare)."""
+    store.mkdir(parents=True)
+    (store / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group",
+                                                 "attributes": {"complete": True, "config": config}}))
+
+
+def test_a_store_prepared_otherwise_is_named_with_each_change_and_its_marker(tmp_path):
+    raw = yaml.safe_load(TINY.read_text())
+    cfg = load_config({**raw, "results": str(tmp_path / "results")})
+    for name, spec in cfg.models.items():
+        save_store_attrs(Path(paths.aligned(cfg, name, spec.layer_tag)), to_dict(cfg.prepare))
+    assert stale_stores(cfg) == []
+    changed = load_config({**raw, "results": str(tmp_path / "results"),
+                           "prepare": {**raw.get("prepare", {}), "grid": 3, "standardize": "per_dim"}})
+    messages = stale_stores(changed)
+    assert len(messages) == len(cfg.models)
+    store = paths.aligned(changed, "a14", changed.models["a14"].layer_tag)
+    (message,) = [m for m in messages if m.startswith(store)]
+    before = cfg.prepare
+    assert f"(prepare.grid: {before.grid} -> 3; prepare.standardize: {json.dumps(before.standardize)} -> " \
+           '"per_dim")' in message
+    assert message.endswith(f"rerun with --forcerun {paths.store_marker(store)}")
+
+
+def test_a_store_without_its_record_is_not_called_stale(tmp_path):
+    assert changed_preparation(tmp_path / "missing.zarr", PrepareConfig()) == []
+    save_store_attrs(tmp_path / "old.zarr", {"grid": 14})  # a record that predates the other keys: their defaults
+    assert changed_preparation(tmp_path / "old.zarr", PrepareConfig()) == []
+    assert changed_preparation(tmp_path / "old.zarr", PrepareConfig(seed=3)) == ["prepare.seed: 0 -> 3"]

@@ -237,7 +237,8 @@ def test_a_damaged_model_stops_the_workflow_and_keeps_its_evaluation(pipeline_co
 
 def test_a_copied_results_folder_names_the_runs_a_config_change_leaves_stale(pipeline_copy):
     """Without .snakemake/metadata (a results folder copied or moved) Snakemake cannot see a params change;
-    the driver compares each saved model's recorded settings with the config and says how to retrain."""
+    the driver compares each saved model's and aligned store's recorded settings with the config and says
+    how to redo them."""
     shutil.rmtree(pipeline_copy / ".snakemake" / "metadata")
     assert planned_jobs(pipeline_copy) == {}
     write_config(pipeline_copy, **{"sae.n_latents": 32})
@@ -250,6 +251,14 @@ def test_a_copied_results_folder_names_the_runs_a_config_change_leaves_stale(pip
         assert f"--forcerun {model}" in warned
     assert "results/runs/k2/model was trained with" in warned
     assert planned_jobs(pipeline_copy, "--forcerun", "results/runs/usae/model")["train_usae"] == 1
+    write_config(pipeline_copy, **{"prepare.grid": 6})
+    dry = snakemake(pipeline_copy, "-n")
+    assert "Nothing to be done" in dry.stdout
+    store = "results/tiny/aligned/a14/final.zarr"
+    warned = dry.stdout + dry.stderr
+    assert f"{store} was prepared with settings the config now changes (prepare.grid: 7 -> 6)" in warned
+    assert f"--forcerun {store}/zarr.json" in warned
+    assert "was trained with" not in warned  # the models' own settings are the config's again
 
 
 def test_maco_images_of_each_multi_model_run(built):

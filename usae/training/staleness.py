@@ -1,12 +1,13 @@
-"""Was a saved run trained with the settings its config now gives? Checked without torch by the
-workflow's driver, before any job.
+"""Were a saved run and the aligned stores made with the settings the config now gives? Checked
+without torch by the workflow's driver, before any job.
 
 Snakemake reruns a job whose params changed only where its metadata (``.snakemake/metadata``,
 in the working directory) recorded the params the output was made with. A results folder that
 was copied, moved or made on another machine has no such record: after a config change
-Snakemake says "Nothing to be done" and keeps the old model, its evaluation and its report. A
-saved model records its settings (``config.json``: ``sae``, ``meta.train``, ``models``), so the
-driver compares them with the config and names every difference.
+Snakemake says "Nothing to be done" and keeps the old outputs. A saved model records its
+settings (``config.json``: ``sae``, ``meta.train``, ``models``) and an aligned store its
+``prepare`` settings (``zarr.json`` attribute ``config``), so the driver compares them with the
+config and names every difference.
 """
 
 from __future__ import annotations
@@ -16,12 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from usae import paths
-from usae.config import PipelineConfig, RunConfig, SAEConfig, TrainConfig, result_settings, to_dict
+from usae.config import PipelineConfig, PrepareConfig, RunConfig, SAEConfig, TrainConfig, result_settings, to_dict
 from usae.config.settings import settings
 
 RESOLVED = "auto"
 """A setting given as ``auto`` is resolved at training time (``sae.dead_tokens``, ``sae.decode``,
 ``train.device``); the model records the value it resolved to, which is not a change."""
+
+
+_NO_RECORD = ("Snakemake redoes it only if .snakemake/metadata recorded the old ones; a results folder copied or "
+              "moved from elsewhere has no record, and then it and all that follows from it stay stale:")
 
 
 def changed_settings(model_dir: str | Path, run: RunConfig) -> list[str]:
@@ -32,20 +37,25 @@ def changed_settings(model_dir: str | Path, run: RunConfig) -> list[str]:
     Only settings that change the result count (``train`` keys declared ``changes_results=False``
     do not). A key the model lacks was trained with that key's default (it predates the key).
     """
-    path = Path(model_dir) / "config.json"
     try:
-        saved = json.loads(path.read_text())
+        saved = json.loads((Path(model_dir) / "config.json").read_text())
         recorded = _flat(saved["models"], saved["sae"], saved["meta"]["train"])
     except (OSError, ValueError, KeyError, TypeError):
         return []
     wanted = _flat(list(run.models), to_dict(run.sae), result_settings(run.train))
-    defaults = _flat(None, _defaults(SAEConfig), _defaults(TrainConfig))
-    changes = []
-    for key, value in wanted.items():
-        before = recorded.get(key, defaults.get(key))
-        if value != RESOLVED and before != value:
-            changes.append(f"{key}: {_shown(before)} -> {_shown(value)}")
-    return changes
+    return _changes(recorded, wanted, _flat(None, _defaults(SAEConfig), _defaults(TrainConfig)))
+
+
+def changed_preparation(store: str | Path, prepare: PrepareConfig) -> list[str]:
+    """``"prepare.grid: 7 -> 9"`` for each ``prepare`` setting the aligned store at ``store`` was made
+    with that ``prepare`` now gives otherwise; [] when the store or its record is missing."""
+    try:
+        attrs = json.loads((Path(store) / "zarr.json").read_text())["attributes"]
+        recorded = {f"prepare.{k}": v for k, v in attrs["config"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+    wanted = {f"prepare.{k}": v for k, v in result_settings(prepare).items()}
+    return _changes(recorded, wanted, {f"prepare.{k}": v for k, v in _defaults(PrepareConfig).items()})
 
 
 def stale_runs(cfg: PipelineConfig) -> list[str]:
@@ -55,12 +65,32 @@ def stale_runs(cfg: PipelineConfig) -> list[str]:
     for name in sorted(cfg.runs):
         model = paths.run_model(cfg, name)
         if changes := changed_settings(model, cfg.runs[name]):
-            messages.append(
-                f"{model} was trained with settings the config now changes ({'; '.join(changes)}). Snakemake "
-                f"retrains it only if .snakemake/metadata recorded the old ones; a results folder copied or moved "
-                f"from elsewhere has no record, and then its model, evaluation and report stay stale: rerun with "
-                f"--forcerun {model}")
+            messages.append(f"{model} was trained with settings the config now changes ({'; '.join(changes)}). "
+                            f"{_NO_RECORD} rerun with --forcerun {model}")
     return messages
+
+
+def stale_stores(cfg: PipelineConfig) -> list[str]:
+    """One message per configured model whose aligned store was prepared with other settings."""
+    messages = []
+    for name, spec in cfg.models.items():
+        store = paths.aligned(cfg, name, spec.layer_tag)
+        if changes := changed_preparation(store, cfg.prepare):
+            messages.append(
+                f"{store} was prepared with settings the config now changes ({'; '.join(changes)}). {_NO_RECORD} "
+                f"rerun with --forcerun {paths.store_marker(store)}")
+    return messages
+
+
+def _changes(recorded: dict[str, Any], wanted: dict[str, Any], defaults: dict[str, Any]) -> list[str]:
+    """``"key: before -> now"`` for each key of ``wanted`` whose recorded value (its default when the
+    record predates the key) differs; a wanted ``auto`` is resolved when the work runs, never a change."""
+    changes = []
+    for key, value in wanted.items():
+        before = recorded.get(key, defaults.get(key))
+        if value != RESOLVED and before != value:
+            changes.append(f"{key}: {_shown(before)} -> {_shown(value)}")
+    return changes
 
 
 def _flat(models: list[str] | None, sae: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
