@@ -9,7 +9,7 @@ import typing
 from typing import Any, Collection, TypeVar
 
 from usae.config.checks import Section
-from usae.config.settings import settings, spec_of
+from usae.config.settings import file_default, settings, spec_of
 
 T = TypeVar("T")
 
@@ -88,7 +88,7 @@ def result_settings(section: Any) -> dict[str, Any]:
     and those declared ``quiet_default`` while at their default: what a stage's resumable work (training
     checkpoints, extraction parts) must agree on to be resumed, and what the rules' params hold."""
     neutral = set(_how_it_runs(type(section)))
-    quiet = {f.name: f.default for f, _, spec in settings(type(section)) if spec.quiet_default}
+    quiet = {f.name: file_default(f) for f, _, spec in settings(type(section)) if spec.quiet_default}
     return {key: value for key, value in to_dict(section).items()
             if key not in neutral and not (key in quiet and value == quiet[key])}
 

@@ -18,7 +18,8 @@ from typing import Any
 
 from usae import paths
 from usae.config import PipelineConfig, PrepareConfig, RunConfig, SAEConfig, TrainConfig, result_settings, to_dict
-from usae.config.settings import settings
+from usae.config.settings import file_default, settings
+from usae.sae.integrity import CONFIG as MODEL_CONFIG
 
 RESOLVED = "auto"
 """A setting given as ``auto`` is resolved at training time (``sae.dead_tokens``, ``sae.decode``,
@@ -38,7 +39,7 @@ def changed_settings(model_dir: str | Path, run: RunConfig) -> list[str]:
     do not). A key the model lacks was trained with that key's default (it predates the key).
     """
     try:
-        saved = json.loads((Path(model_dir) / "config.json").read_text())
+        saved = json.loads((Path(model_dir) / MODEL_CONFIG).read_text())
         recorded = _flat(saved["models"], saved["sae"], saved["meta"]["train"])
     except (OSError, ValueError, KeyError, TypeError):
         return []
@@ -50,7 +51,7 @@ def changed_preparation(store: str | Path, prepare: PrepareConfig) -> list[str]:
     """``"prepare.grid: 7 -> 9"`` for each ``prepare`` setting the aligned store at ``store`` was made
     with that ``prepare`` now gives otherwise; [] when the store or its record is missing."""
     try:
-        attrs = json.loads((Path(store) / "zarr.json").read_text())["attributes"]
+        attrs = json.loads(Path(paths.store_marker(store)).read_text())["attributes"]
         recorded = {f"prepare.{k}": v for k, v in attrs["config"].items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return []
@@ -99,7 +100,7 @@ def _flat(models: list[str] | None, sae: dict[str, Any], train: dict[str, Any]) 
 
 
 def _defaults(section: type) -> dict[str, Any]:
-    return {f.name: f.default for f, _, _ in settings(section)}
+    return {f.name: file_default(f) for f, _, _ in settings(section)}
 
 
 def _shown(value: Any) -> str:
