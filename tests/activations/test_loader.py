@@ -3,6 +3,7 @@
 import gc
 import threading
 import time
+import weakref
 from itertools import islice
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 
 from usae.activations.integrity import DamagedStoreError
 from usae.activations.loader import TokenLoader
-from usae.activations.prefetch import reads_due
+from usae.activations.prefetch import _BatchArrays, reads_due
 from usae.activations.sources import TokenSource, open_aligned, open_arrays
 
 from planted_stores import BATCH, BUFFER, CHUNK, INVALID, ROWS, SIZES, TOKENS, positions, write_store
@@ -197,6 +198,19 @@ def test_kept_batches_and_views_are_never_overwritten_and_dropped_ones_are_reuse
             views.append(batch["b"][1:])  # a view keeps its batch's array
     assert [positions({"a": v[:, :4] - 0.5, "b": v})[0] for v in views] == [p[1] for p in expected[::3]][:len(views)]
     assert len(set(pointers)) < n  # dropped batches' arrays were gathered into again
+
+
+def test_sources_of_one_width_each_keep_their_own_pooled_arrays():
+    # Two models of one width (SigLIP and ViT, 768) used to share one pool of `size` arrays, so half
+    # the batches in flight got fresh, page-faulting arrays that were never pooled.
+    pool = _BatchArrays(size=2)
+    in_flight = [{name: pool.get(name, (4, 3), np.float16) for name in ("siglip", "vit")} for _ in range(2)]
+    arrays = [weakref.ref(array) for batch in in_flight for array in batch.values()]
+    del in_flight
+    assert all(ref() is not None for ref in arrays)  # every array was pooled
+    again = [{name: pool.get(name, (4, 3), np.float16) for name in ("siglip", "vit")} for _ in range(2)]
+    assert sorted(id(a) for b in again for a in b.values()) == sorted(id(ref()) for ref in arrays)
+    assert all(b["siglip"] is not b["vit"] for b in again)
 
 
 def test_reader_errors_reach_the_consumer(sources, monkeypatch):

@@ -215,7 +215,7 @@ class _BatchArrays:
     A fresh batch-sized allocation faults in every page, which costs as much as the copy
     itself. A batch tensor (``torch.from_numpy``) and every view of it keep a reference to
     its array, so an array whose only references are the pool's is free: reuse never
-    overwrites a batch the consumer still holds. At most ``size`` arrays are pooled;
+    overwrites a batch the consumer still holds. At most ``size`` arrays are pooled per source;
     beyond that, batches get fresh ones.
     """
 
@@ -223,8 +223,9 @@ class _BatchArrays:
         self.size = size
         self.pool: dict[tuple, list[np.ndarray]] = {}
 
-    def get(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        arrays = self.pool.setdefault((shape, np.dtype(dtype).str), [])
+    def get(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """A free array of ``shape`` and ``dtype`` from the pool of source ``name``."""
+        arrays = self.pool.setdefault((name, shape, np.dtype(dtype).str), [])
         for i in range(len(arrays)):
             if sys.getrefcount(arrays[i]) == 2:  # the list's reference and getrefcount's argument
                 return arrays[i]
@@ -254,7 +255,7 @@ class _Gatherers:
             if pin_memory:  # CUDA's caching host allocator reuses pinned blocks itself
                 batch[name] = torch.empty(shape, dtype=torch_dtype(dtype), pin_memory=True)
             else:
-                batch[name] = torch.from_numpy(self.arrays.get(shape, dtype))
+                batch[name] = torch.from_numpy(self.arrays.get(name, shape, dtype))
         outs = {name: tensor.numpy() for name, tensor in batch.items()}
         bounds = np.linspace(0, len(index), self.n_ranges + 1).astype(np.int64)
         helped = [self.pool.submit(_take, pieces, index, outs, lo, hi) for lo, hi in zip(bounds[:-2], bounds[1:-1])]
