@@ -2,14 +2,16 @@
 else."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
 
 from usae import paths
-from usae.config import PrepareConfig, SAEConfig, TrainConfig, load_config, to_dict
+from usae.backbones import create_backbone
+from usae.config import BackboneSpec, PrepareConfig, SAEConfig, TrainConfig, load_config, to_dict
 from usae.config.train import RunConfig
-from usae.training.staleness import changed_preparation, changed_settings, stale_runs, stale_stores
+from usae.training.staleness import changed_model, changed_preparation, changed_settings, stale_runs, stale_stores
 
 TINY = Path(__file__).parents[1] / "workflow" / "tiny_config.yaml"
 
@@ -97,3 +99,57 @@ def test_a_store_without_its_record_is_not_called_stale(tmp_path):
     save_store_attrs(tmp_path / "old.zarr", {"grid": 14})  # a record that predates the other keys: their defaults
     assert changed_preparation(tmp_path / "old.zarr", PrepareConfig()) == []
     assert changed_preparation(tmp_path / "old.zarr", PrepareConfig(seed=3)) == ["prepare.seed: 0 -> 3"]
+
+
+def described(spec: BackboneSpec) -> dict:
+    """The model record a store keeps (Backbone.describe), made by building the backbone."""
+    return json.loads(json.dumps(create_backbone(spec).describe()))  # as read back from zarr.json
+
+
+def test_a_store_records_its_model_as_the_config_gives_it_until_a_setting_changes(tmp_path):
+    cfg = load_config({**yaml.safe_load(TINY.read_text()), "results": str(tmp_path / "results")})
+    spec = cfg.models["a14"]
+    record = described(spec)
+    assert changed_model(record, spec) == []  # mean/std null: the model's own, resolved and recorded
+    changed = replace(spec, image_size=84, kwargs={**spec.kwargs, "depth": 3}, mean=(0.5, 0.5, 0.5))
+    assert changed_model(record, changed) == [
+        'models.a14.kwargs: {"depth": 2, "embed_dim": 32, "num_heads": 2} -> {"depth": 3, "embed_dim": 32, '
+        '"num_heads": 2}',
+        "models.a14.image_size: 112 -> 84", f"models.a14.mean: {record['preprocessing']['mean']} -> [0.5, 0.5, 0.5]"]
+    assert changed_model(record, replace(spec, pretrained=True)) == [
+        "models.a14.pretrained: False -> True", 'models.a14.weights: "random" -> "hub:vit_small_patch14_dinov2.lvd142m"']
+    assert changed_model(None, changed) == [] and changed_model({"library": "timm"}, changed) == []
+
+
+def test_weights_are_compared_by_origin_and_a_local_file_by_its_digest_only(tmp_path):
+    spec = BackboneSpec(key="m", library="torchvision", name="resnet18", weights="pypi:pkg==1.0/w.pth",
+                        weights_sha256="ab" * 32)
+    record = {"library": "torchvision", "name": "resnet18", "pretrained": True,
+              "weights": {"origin": "pypi:pkg==1.0/w.pth", "sha256": "ab" * 32},
+              "preprocessing": {"image_size": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}
+    assert changed_model(record, spec) == []
+    assert changed_model(record, replace(spec, weights="pypi:pkg==1.1/w.pth", weights_sha256=None)) == [
+        'models.m.weights: "pypi:pkg==1.0/w.pth" -> "pypi:pkg==1.1/w.pth"']
+    elsewhere = {**record, "weights": {"origin": "file:/another/machine/w.pth", "sha256": "ab" * 32}}
+    assert changed_model(elsewhere, replace(spec, weights=str(tmp_path / "w.pth"))) == []  # same digest
+    assert changed_model(elsewhere, replace(spec, weights=str(tmp_path / "w.pth"), weights_sha256="cd" * 32)) == [
+        f'models.m.weights_sha256: "{"ab" * 32}" -> "{"cd" * 32}"']
+
+
+def test_a_store_of_a_changed_model_is_redone_from_its_extraction_parts(tmp_path):
+    raw = yaml.safe_load(TINY.read_text())
+    cfg = load_config({**raw, "results": str(tmp_path / "results")})
+    for name, spec in cfg.models.items():
+        store = Path(paths.aligned(cfg, name, spec.layer_tag))
+        save_store_attrs(store, to_dict(cfg.prepare))
+        marker = json.loads((store / "zarr.json").read_text())
+        marker["attributes"]["model"] = described(spec)
+        (store / "zarr.json").write_text(json.dumps(marker))
+    assert stale_stores(cfg) == []
+    models = {**raw["models"], "b16": {**raw["models"]["b16"], "image_size": 96}}
+    (message,) = stale_stores(load_config({**raw, "results": str(tmp_path / "results"), "models": models}))
+    store = paths.aligned(cfg, "b16", cfg.models["b16"].layer_tag)
+    parts = " ".join(paths.store_marker(p) for p in paths.extract_parts(cfg, "b16"))
+    assert message.startswith(f"{store} was made with settings the config now changes "
+                              "(models.b16.image_size: 112 -> 96)")
+    assert message.endswith(f"rerun with --forcerun {parts}")

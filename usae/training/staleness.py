@@ -6,8 +6,9 @@ in the working directory) recorded the params the output was made with. A result
 was copied, moved or made on another machine has no such record: after a config change
 Snakemake says "Nothing to be done" and keeps the old outputs. A saved model records its
 settings (``config.json``: ``sae``, ``meta.train``, ``models``) and an aligned store its
-``prepare`` settings (``zarr.json`` attribute ``config``), so the driver compares them with the
-config and names every difference.
+``prepare`` settings (``zarr.json`` attribute ``config``) and the model it holds (attribute
+``model``: family, name, weights, input), so the driver compares them with the config and names
+every difference.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from usae import paths
-from usae.config import PipelineConfig, PrepareConfig, RunConfig, SAEConfig, TrainConfig, result_settings, to_dict
+from usae.config import BackboneSpec, PipelineConfig, PrepareConfig, RunConfig, SAEConfig, TrainConfig, result_settings, to_dict
 from usae.config.settings import file_default, settings
 from usae.sae.integrity import CONFIG as MODEL_CONFIG
+from usae.weights.fetch import library_weights, locate_weights
 
 RESOLVED = "auto"
 """A setting given as ``auto`` is resolved at training time (``sae.dead_tokens``, ``sae.decode``,
@@ -47,16 +49,58 @@ def changed_settings(model_dir: str | Path, run: RunConfig) -> list[str]:
     return _changes(recorded, wanted, _flat(None, _defaults(SAEConfig), _defaults(TrainConfig)))
 
 
-def changed_preparation(store: str | Path, prepare: PrepareConfig) -> list[str]:
+def changed_preparation(store: str | Path, prepare: PrepareConfig, spec: BackboneSpec | None = None) -> list[str]:
     """``"prepare.grid: 7 -> 9"`` for each ``prepare`` setting the aligned store at ``store`` was made
-    with that ``prepare`` now gives otherwise; [] when the store or its record is missing."""
+    with that ``prepare`` now gives otherwise, then, given the model's ``spec``, each of its settings
+    (:func:`changed_model`); [] when the store or its record is missing."""
     try:
         attrs = json.loads(Path(paths.store_marker(store)).read_text())["attributes"]
         recorded = {f"prepare.{k}": v for k, v in attrs["config"].items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return []
     wanted = {f"prepare.{k}": v for k, v in result_settings(prepare).items()}
-    return _changes(recorded, wanted, {f"prepare.{k}": v for k, v in _defaults(PrepareConfig).items()})
+    changes = _changes(recorded, wanted, {f"prepare.{k}": v for k, v in _defaults(PrepareConfig).items()})
+    return changes + (changed_model(attrs.get("model"), spec) if spec is not None else [])
+
+
+def changed_model(record: Any, spec: BackboneSpec) -> list[str]:
+    """``"models.dino.image_size: 224 -> 126"`` for each setting of ``spec`` that a store's model
+    ``record`` (:meth:`usae.backbones.base.Backbone.describe`) shows was otherwise; [] without a record.
+
+    Compared: ``library``, ``name``, ``pretrained``, ``kwargs``, ``image_size``; ``mean`` and ``std``
+    unless ``null`` (the model's own, resolved when extracting); ``weights`` by its origin, except a
+    local file, whose absolute path may differ on another machine while its contents do not, and
+    ``weights_sha256`` when given. ``weights_format``, ``hf_config`` and the onnx-only settings are not
+    recorded, hence not compared.
+    """
+    try:
+        preprocessing, weights = record["preprocessing"], record["weights"]
+        recorded = {"library": record["library"], "name": record["name"], "pretrained": record["pretrained"],
+                    "kwargs": record.get("kwargs", {}), "image_size": preprocessing["image_size"],
+                    "mean": preprocessing.get("mean"), "std": preprocessing.get("std"),
+                    "weights": weights["origin"], "weights_sha256": weights["sha256"]}
+    except (KeyError, TypeError):
+        return []
+    wanted = {"library": spec.library, "name": spec.name, "pretrained": spec.pretrained, "kwargs": dict(spec.kwargs),
+              "image_size": spec.image_size,
+              "mean": RESOLVED if spec.mean is None else list(spec.mean),
+              "std": RESOLVED if spec.std is None else list(spec.std),
+              "weights": _weights_origin(spec), "weights_sha256": spec.weights_sha256 or RESOLVED}
+    prefix = spec.config_path()
+    return _changes({f"{prefix}.{k}": v for k, v in recorded.items()}, {f"{prefix}.{k}": v for k, v in wanted.items()},
+                    {})
+
+
+def _weights_origin(spec: BackboneSpec) -> str:
+    """What a store records as the weights' origin for ``spec`` (:class:`usae.weights.fetch.LocalWeights`), read
+    from the settings alone; :data:`RESOLVED` for a local file (compared by its digest, if given)."""
+    if spec.weights is None:
+        return library_weights(spec).origin
+    try:
+        origin = locate_weights(spec)[0]
+    except ValueError:  # a malformed `weights`: the extraction job names it
+        return RESOLVED
+    return RESOLVED if origin.startswith("file:") else origin
 
 
 def stale_runs(cfg: PipelineConfig) -> list[str]:
@@ -72,14 +116,18 @@ def stale_runs(cfg: PipelineConfig) -> list[str]:
 
 
 def stale_stores(cfg: PipelineConfig) -> list[str]:
-    """One message per configured model whose aligned store was prepared with other settings."""
+    """One message per configured model whose aligned store was made with other settings: its model's
+    (redone from the extraction parts on) or ``prepare``'s (redone from the store on)."""
     messages = []
     for name, spec in cfg.models.items():
         store = paths.aligned(cfg, name, spec.layer_tag)
-        if changes := changed_preparation(store, cfg.prepare):
-            messages.append(
-                f"{store} was prepared with settings the config now changes ({'; '.join(changes)}). {_NO_RECORD} "
-                f"rerun with --forcerun {paths.store_marker(store)}")
+        if not (changes := changed_preparation(store, cfg.prepare, spec)):
+            continue
+        extracted = any(change.startswith(f"{spec.config_path()}.") for change in changes)
+        redo = " ".join(paths.store_marker(p) for p in paths.extract_parts(cfg, name)) if extracted \
+            else paths.store_marker(store)
+        messages.append(f"{store} was made with settings the config now changes ({'; '.join(changes)}). "
+                        f"{_NO_RECORD} rerun with --forcerun {redo}")
     return messages
 
 
@@ -104,4 +152,4 @@ def _defaults(section: type) -> dict[str, Any]:
 
 
 def _shown(value: Any) -> str:
-    return json.dumps(value) if isinstance(value, (list, str)) or value is None else str(value)
+    return json.dumps(value) if isinstance(value, (list, dict, str)) or value is None else str(value)
