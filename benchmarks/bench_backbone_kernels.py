@@ -38,6 +38,9 @@ import usae.backbones.onnx_backbone as onnx_backbone
 from usae.backbones import create_backbone
 from usae.config.files import load_config_file
 
+# A script's own folder is first on sys.path: the shared helpers of the step benchmark.
+from bench_train_step import spread
+
 
 def timed(call) -> float:
     start = time.perf_counter()
@@ -61,9 +64,6 @@ def passes(backbone, pixels: torch.Tensor, device: torch.device) -> dict:
 
     return {"forward": forward, "backward": backward}
 
-
-def spread(values: list[float]) -> dict:
-    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
 
 def unfused(spec):

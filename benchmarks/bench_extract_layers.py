@@ -40,6 +40,9 @@ from usae.config import extraction_groups
 from usae.config.files import load_config_file
 from usae.data.manifest import build_manifest
 
+# A script's own folder is first on sys.path: the shared helpers of the step benchmark.
+from bench_train_step import spread
+
 
 def timed(call) -> tuple[float, float]:
     """Wall and process CPU seconds of ``call()``."""
@@ -65,9 +68,6 @@ def one_round(manifest: Path, specs: list, extract_cfg, scratch: Path, order: tu
     return {"order": list(order), "wall_s": {m: t[0] for m, t in times.items()},
             "cpu_s": {m: t[1] for m, t in times.items()}, "identical": identical}
 
-
-def spread(values: list[float]) -> dict:
-    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
 
 def main() -> None:

@@ -62,7 +62,7 @@ from pathlib import Path
 import numpy as np
 
 # A script's own folder is first on sys.path: the shared helpers of the step benchmark.
-from bench_train_step import git_state, load_average
+from bench_train_step import git_state, load_average, spread
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -213,9 +213,6 @@ def rate_ratios(rounds: list[dict]) -> dict:
                 out[f"{name} / {raw}" + (" (cpu)" if unit == "tokens_per_cpu_s" else "")] = spread(values)
     return out
 
-
-def spread(values: list[float]) -> dict:
-    return {"min": min(values), "median": statistics.median(values), "max": max(values), "values": values}
 
 
 def first_batches(paths: dict[str, Path], repeats: int, buffers: list[int]) -> dict:

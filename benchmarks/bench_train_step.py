@@ -222,6 +222,11 @@ def load_average() -> float | None:
         return None
 
 
+def spread(values: list[float]) -> dict:
+    """min / median / max of repeated measurements, with the values themselves (the benchmarks' summary)."""
+    return {"min": min(values), "median": statistics.median(values), "max": max(values), "values": list(values)}
+
+
 def available_cores() -> int:
     """Cores this process may run on (its affinity where the OS has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
