@@ -259,11 +259,11 @@ def test_a_copied_results_folder_names_the_runs_a_config_change_leaves_stale(pip
     assert f"{store} was made with settings the config now changes (prepare.grid: 7 -> 6)" in warned
     assert f"--forcerun {store}/zarr.json" in warned
     assert "was trained with" not in warned  # the models' own settings are the config's again
-    write_config(pipeline_copy, **{"models.b16.image_size": 96})
+    write_config(pipeline_copy, **{"models.b16.image_size": 128})
     dry = snakemake(pipeline_copy, "-n")
     warned = dry.stdout + dry.stderr
     store = "results/tiny/aligned/b16/final.zarr"
-    assert f"{store} was made with settings the config now changes (models.b16.image_size: 112 -> 96)" in warned
+    assert f"{store} was made with settings the config now changes (models.b16.image_size: 112 -> 128)" in warned
     assert "--forcerun results/tiny/acts/b16/part0.zarr/zarr.json results/tiny/acts/b16/part1.zarr/zarr.json" \
         in warned  # a model changed: its extraction parts are redone, the store after them
     assert "aligned/a14" not in warned
