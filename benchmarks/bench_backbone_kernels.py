@@ -65,7 +65,6 @@ def passes(backbone, pixels: torch.Tensor, device: torch.device) -> dict:
     return {"forward": forward, "backward": backward}
 
 
-
 def unfused(spec):
     """The backbone built without fusing its ONNX chains."""
     real = onnx_backbone.fuse_onnx_graph

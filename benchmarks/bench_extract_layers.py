@@ -69,7 +69,6 @@ def one_round(manifest: Path, specs: list, extract_cfg, scratch: Path, order: tu
             "cpu_s": {m: t[1] for m, t in times.items()}, "identical": identical}
 
 
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=Path("presets/depth.yaml"))

@@ -214,7 +214,6 @@ def rate_ratios(rounds: list[dict]) -> dict:
     return out
 
 
-
 def first_batches(paths: dict[str, Path], repeats: int, buffers: list[int]) -> dict:
     """Part 2: seconds from ``batches()`` to the first batch, after and before."""
     from usae.activations.loader import TokenLoader
