@@ -5,7 +5,8 @@ chunk as one file: its values, little-endian in C order, then the CRC-32C of tho
 (``docs/stores.md``). Such a chunk needs no decoding: its file is read straight into the
 caller's array and the checksum computed there, in place (:meth:`ChunkFiles.read_into`),
 or it is memory-mapped and used where it lies, in the page cache (:meth:`ChunkFiles.map_rows`,
-what the training loader shuffles from). Zarr's read of the same chunk
+what the training loader shuffles from; the mappings are kept between reads, :class:`MappedFiles`).
+Zarr's read of the same chunk
 goes through its asynchronous machinery, a bytes object and a copy into the output,
 two to three times the CPU time (``benchmarks/bench_loader.py``), which a training step shares
 its cores with. Any other layout (compressed, sharded, other key encodings or byte
@@ -18,12 +19,92 @@ import json
 import mmap
 import os
 import sys
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import zarr
 
 from usae.activations.integrity import CHECKSUM_CODEC, CheckedStore, checksum_ok, codec_names, crc32c
+
+
+KEPT_MAPS = 16_384  # with the loader's own (``loader.MAX_MAPS``), far below Linux's default 65,530 maps
+
+
+class MappedFiles:
+    """Read-only memory maps of files, kept between reads while each file is unchanged (least recently used
+    dropped first).
+
+    Mapping a file is cheap, touching its pages through a new mapping is not: each page
+    faults once per mapping, half the time of mapping and checksumming a chunk from the
+    page cache (``benchmarks/README.md``). The loader reads every chunk once an epoch, so a
+    kept mapping saves that every epoch after the first. Callers still verify the bytes at
+    every read (the map is ``MAP_SHARED``: a write in place shows in it). A file is
+    mapped anew when its identity (device, inode, size, mtime, ctime) changed: replaced,
+    truncated or rewritten. At most ``max_maps`` maps and ``max_bytes`` bytes (default:
+    half the machine's memory, more than the page cache could keep anyway) are kept.
+    """
+
+    def __init__(self, max_maps: int = KEPT_MAPS, max_bytes: int | None = None) -> None:
+        self.max_maps = max_maps
+        self.max_bytes = _half_memory() if max_bytes is None else max_bytes
+        self._maps: OrderedDict[str, tuple[tuple[int, ...], np.ndarray]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    @property
+    def paths(self) -> list[str]:
+        """The files whose maps are kept, least recently used first."""
+        with self._lock:
+            return list(self._maps)
+
+    def bytes(self, path: str | Path) -> np.ndarray:
+        """The bytes of the file ``path``, a read-only ``uint8`` array over its memory map.
+
+        Raises:
+            FileNotFoundError: no file at ``path``.
+        """
+        key, fd = str(path), os.open(path, os.O_RDONLY)
+        try:
+            st = os.fstat(fd)
+            identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            with self._lock:
+                kept = self._maps.get(key)
+                if kept is not None and kept[0] == identity:
+                    self._maps.move_to_end(key)
+                    return kept[1]
+            mapped = mmap.mmap(fd, st.st_size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ) if st.st_size else b""
+        finally:
+            os.close(fd)
+        data = np.frombuffer(mapped, np.uint8)
+        self._keep(key, identity, data)
+        return data
+
+    def _keep(self, key: str, identity: tuple[int, ...], data: np.ndarray) -> None:
+        with self._lock:
+            if key in self._maps:
+                self._bytes -= len(self._maps.pop(key)[1])
+            if len(data) <= self.max_bytes and self.max_maps > 0:
+                self._maps[key], self._bytes = (identity, data), self._bytes + len(data)
+            while len(self._maps) > self.max_maps or self._bytes > self.max_bytes:
+                self._bytes -= len(self._maps.popitem(last=False)[1][1])
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()  # a lock held by another thread at the fork stays held in the child
+
+
+def _half_memory() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):  # not POSIX: a fixed 4 GiB
+        return 4 << 30
+
+
+MAPPED = MappedFiles()
+"""The process's kept chunk-file maps (:meth:`ChunkFiles.map_rows`)."""
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=MAPPED._after_fork)
 
 
 class ChunkFiles:
@@ -78,7 +159,8 @@ class ChunkFiles:
         """Rows ``start:stop`` as read-only arrays over the memory-mapped chunk files, one per chunk, in order.
 
         No copy is made: the arrays are the page cache's pages (each chunk's checksum
-        verified once, here). A mapping lives as long as an array of it.
+        verified at every call, here). A mapping lives as long as an array of it or
+        :data:`MAPPED` keeps it.
 
         Raises:
             DamagedStoreError: as :meth:`read_into`.
@@ -87,16 +169,10 @@ class ChunkFiles:
         for chunk in range(start // rows, -(-stop // rows)):
             key, path = self._where(chunk)
             try:
-                fd = os.open(path, os.O_RDONLY)
+                data = MAPPED.bytes(path)
             except FileNotFoundError:
                 raise self.store.missing(key) from None
-            try:
-                size = os.fstat(fd).st_size
-                mapped = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ) if size else b""
-            finally:
-                os.close(fd)
-            data = np.frombuffer(mapped, np.uint8)
-            if size != self._chunk_bytes + 4 or not checksum_ok(data):
+            if len(data) != self._chunk_bytes + 4 or not checksum_ok(data):
                 raise self.store.altered(key)
             whole = data[:-4].view(self.dtype).reshape((rows,) + self.shape[1:])
             lo = chunk * rows

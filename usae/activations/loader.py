@@ -121,7 +121,8 @@ class TokenLoader:
         starts = np.arange(0, self.n_rows, self.block_rows)
         self.block_valid = np.add.reduceat(self.valid.astype(np.int64), starts)
         self._check_sizes(int(buffer_tokens))
-        # Map chunk files only while two buffers' mappings stay far below Linux's default 65,530 maps.
+        # Map chunk files only while two buffers' maps, with those kept between reads (``chunk_files.KEPT_MAPS``),
+        # stay far below Linux's default 65,530 maps.
         chunks = sum(-(-self.rows_per_buffer // s.chunk_rows) + 1 for s in sources.values())
         self.map_chunks = 2 * chunks <= MAX_MAPS
         self._lock = threading.RLock()
