@@ -15,8 +15,9 @@ before issue 14's loader changes, exported with ``git archive``):
      keeps what was read (as any buffer must; memory the cache cannot hold, where
      ``raw_direct`` rereads one chunk-sized array, cache-resident on a large L3);
    - ``raw_mapped_kept``: the loader's own passes over every byte, in order on one thread: each
-     chunk file memory-mapped and checksummed (``TokenSource.read_pieces``, as the loader reads),
-     then copied into its place in one array per store (where the loader gathers rows);
+     chunk file memory-mapped and checksummed (``TokenSource.read_pieces``, as the loader reads,
+     the maps kept from round to round as a loader keeps its own from epoch to epoch), then
+     copied into its place in one array per store (where the loader gathers rows);
    - ``raw_zarr``: the same chunks through Zarr (``open_store``: Zarr's decode, usae's checksum);
    - ``loader`` / ``loader_before``: ``TokenLoader`` (6,272-token batches, one read thread,
      before: the baseline's loader reading through Zarr as it did,
@@ -143,6 +144,7 @@ def zarr_read_sources(sources: dict) -> dict:
 
 def read_rates(paths: dict[str, Path], repeats: int, buffers: list[int]) -> dict:
     """Part 1: raw reads and loader epochs, interleaved rounds; per round tokens/s and ratios."""
+    from usae.activations.chunk_files import MappedFiles
     from usae.activations.loader import TokenLoader
     from usae.activations.sources import open_aligned
 
@@ -163,10 +165,12 @@ def read_rates(paths: dict[str, Path], repeats: int, buffers: list[int]) -> dict
             for lo in range(0, n_rows, CHUNK):
                 source.read_into(lo, min(lo + CHUNK, n_rows), kept[name][lo:lo + CHUNK])
 
+    maps = MappedFiles()
+
     def raw_mapped_kept() -> None:  # the loader's passes, in order on one thread: map + CRC, then one copy
         for name, source in sources.items():
             for lo in range(0, n_rows, CHUNK):
-                for piece in source.read_pieces(lo, min(lo + CHUNK, n_rows)):
+                for piece in source.read_pieces(lo, min(lo + CHUNK, n_rows), maps=maps):
                     np.copyto(kept[name][lo:lo + len(piece)], piece)
 
     def raw_zarr() -> None:
@@ -216,6 +220,7 @@ def rate_ratios(rounds: list[dict]) -> dict:
 
 def first_batches(paths: dict[str, Path], repeats: int, buffers: list[int]) -> dict:
     """Part 2: seconds from ``batches()`` to the first batch, after and before."""
+    from usae.activations.chunk_files import MappedFiles
     from usae.activations.loader import TokenLoader
     from usae.activations.sources import open_aligned
 

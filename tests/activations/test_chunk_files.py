@@ -71,16 +71,17 @@ def test_damage_is_reported_as_zarr_reads_report_it(tmp_path, harm):
 
 def test_mapped_rows_reuse_the_kept_map_and_still_check_every_read(tmp_path):
     path = store(tmp_path / "a.zarr")
-    files = ChunkFiles.of(tokens_of(path))
-    first, again = files.map_rows(0, 3)[0], files.map_rows(0, 3)[0]
+    files, maps = ChunkFiles.of(tokens_of(path)), MappedFiles()
+    first, again = files.map_rows(0, 3, maps)[0], files.map_rows(0, 3, maps)[0]
     assert np.shares_memory(first, again)  # one map, not two
+    assert not np.shares_memory(files.map_rows(0, 3)[0], first)  # no maps given: a map of its own
     np.testing.assert_array_equal(again, tokens_of(path)[0:3])
     with open(Path(path) / "train/tokens/c/0/0/0", "r+b") as chunk:  # altered in place after it was checked
         chunk.seek(9)
         byte = chunk.read(1)
         chunk.seek(9)
         chunk.write(bytes([byte[0] ^ 0x01]))
-    message = damage_of(lambda: files.map_rows(0, 3))
+    message = damage_of(lambda: files.map_rows(0, 3, maps))
     assert "chunk (0, 0, 0) of array 'train/tokens' (rows 0:3) fails its crc32c checksum" in message
 
 
@@ -88,13 +89,14 @@ def test_a_replaced_or_deleted_chunk_file_is_not_served_from_its_kept_map(tmp_pa
     path, other = store(tmp_path / "a.zarr"), store(tmp_path / "b.zarr")
     tokens = zarr.open_group(other, mode="r+")["train/tokens"]  # the other store's rows 0:3 made different
     tokens[0:3] = -tokens[0:3] - 1
-    files = ChunkFiles.of(tokens_of(path))
-    before = files.map_rows(0, 3)[0].copy()
+    files, maps = ChunkFiles.of(tokens_of(path)), MappedFiles()
+    before = files.map_rows(0, 3, maps)[0].copy()
     os.replace(Path(other) / "train/tokens/c/0/0/0", Path(path) / "train/tokens/c/0/0/0")
-    replaced = files.map_rows(0, 3)[0]
+    replaced = files.map_rows(0, 3, maps)[0]
     np.testing.assert_array_equal(replaced, -before - 1)
     (Path(path) / "train/tokens/c/0/0/0").unlink()
-    assert "chunk (0, 0, 0) of array 'train/tokens' (rows 0:3) is missing" in damage_of(lambda: files.map_rows(0, 3))
+    missing = damage_of(lambda: files.map_rows(0, 3, maps))
+    assert "chunk (0, 0, 0) of array 'train/tokens' (rows 0:3) is missing" in missing
 
 
 def test_mapped_files_keep_the_most_recently_used_within_their_bounds(tmp_path):

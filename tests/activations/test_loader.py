@@ -104,11 +104,11 @@ def spy_reads(monkeypatch, sources, before=None):
     """Record every block read as (source, start, stop); ``before(start)`` runs first when given."""
     calls = []
     for source in sources.values():
-        def read_pieces(start, stop, map_chunks=True, source=source, original=source.read_pieces):
+        def read_pieces(start, stop, map_chunks=True, maps=None, source=source, original=source.read_pieces):
             if before is not None:
                 before(start)
             calls.append((source.name, start, stop))
-            return original(start, stop, map_chunks)
+            return original(start, stop, map_chunks, maps)
         monkeypatch.setattr(source, "read_pieces", read_pieces)
     return calls
 
@@ -214,7 +214,7 @@ def test_sources_of_one_width_each_keep_their_own_pooled_arrays():
 
 
 def test_reader_errors_reach_the_consumer(sources, monkeypatch):
-    def broken(start, stop, map_chunks):
+    def broken(start, stop, map_chunks, maps):
         raise OSError(f"disk gone at rows {start}:{stop}")
     monkeypatch.setattr(sources["b"], "read_pieces", broken)
     with pytest.raises(OSError, match="disk gone at rows"):
@@ -325,3 +325,26 @@ def test_a_store_checked_finite_when_written_is_trusted_through_its_checksums(tm
     loader = TokenLoader(sources, BATCH, BUFFER, seed=0)
     with pytest.raises(DamagedStoreError, match=r"chunk \(6, 0, 0\) of array 'train/tokens' \(rows 12:14\) fails"):
         list(islice(loader.batches(0), loader.steps_per_epoch))
+
+
+def test_chunk_files_are_mapped_once_and_checked_at_every_read(sources, monkeypatch):
+    from usae.activations import chunk_files
+
+    maps_made = []
+    real_mmap = chunk_files.mmap.mmap
+    monkeypatch.setattr(chunk_files.mmap, "mmap", lambda *args, **kw: maps_made.append(args) or real_mmap(*args, **kw))
+    loader = TokenLoader(sources, BATCH, BUFFER, seed=0)
+    n = loader.steps_in_epoch(0)
+    stream = loader.batches()
+    list(islice(stream, n))
+    after_first_epoch = len(maps_made)
+    assert after_first_epoch == len(loader.maps.paths) > 0  # every chunk read once, its map kept
+    list(islice(stream, loader.steps_in_epoch(1) + loader.steps_in_epoch(2)))
+    stream.close()
+    assert len(maps_made) == after_first_epoch  # epochs 1 and 2 reread the kept maps
+    kept = sorted(loader.maps.paths)
+    chunk = next(p for p in kept if "b.zarr" in p)
+    with open(chunk, "r+b") as file:  # altered in place after the loader checked it
+        file.write(b"\xff\xff")
+    with pytest.raises(DamagedStoreError, match="fails its crc32c checksum"):
+        list(islice(loader.batches(start_step=n), 3 * n))

@@ -5,7 +5,7 @@ chunk as one file: its values, little-endian in C order, then the CRC-32C of tho
 (``docs/stores.md``). Such a chunk needs no decoding: its file is read straight into the
 caller's array and the checksum computed there, in place (:meth:`ChunkFiles.read_into`),
 or it is memory-mapped and used where it lies, in the page cache (:meth:`ChunkFiles.map_rows`,
-what the training loader shuffles from; the mappings are kept between reads, :class:`MappedFiles`).
+what the training loader shuffles from, keeping the maps from epoch to epoch in its :class:`MappedFiles`).
 Zarr's read of the same chunk
 goes through its asynchronous machinery, a bytes object and a copy into the output,
 two to three times the CPU time (``benchmarks/bench_loader.py``), which a training step shares
@@ -44,6 +44,8 @@ class MappedFiles:
     mapped anew when its identity (device, inode, size, mtime, ctime) changed: replaced,
     truncated or rewritten. At most ``max_maps`` maps and ``max_bytes`` bytes (default:
     half the machine's memory, more than the page cache could keep anyway) are kept.
+    Each :class:`~usae.activations.loader.TokenLoader` has its own: its maps, and the
+    files they hold open (deleted ones too), are released with it.
     """
 
     def __init__(self, max_maps: int = KEPT_MAPS, max_bytes: int | None = None) -> None:
@@ -90,21 +92,12 @@ class MappedFiles:
             while len(self._maps) > self.max_maps or self._bytes > self.max_bytes:
                 self._bytes -= len(self._maps.popitem(last=False)[1][1])
 
-    def _after_fork(self) -> None:
-        self._lock = threading.Lock()  # a lock held by another thread at the fork stays held in the child
-
 
 def _half_memory() -> int:
     try:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
     except (ValueError, OSError, AttributeError):  # not POSIX: a fixed 4 GiB
         return 4 << 30
-
-
-MAPPED = MappedFiles()
-"""The process's kept chunk-file maps (:meth:`ChunkFiles.map_rows`)."""
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=MAPPED._after_fork)
 
 
 class ChunkFiles:
@@ -155,21 +148,21 @@ class ChunkFiles:
                 self._read_chunk(chunk, whole)
                 out[first - start:last - start] = whole[first - lo:last - lo]
 
-    def map_rows(self, start: int, stop: int) -> list[np.ndarray]:
+    def map_rows(self, start: int, stop: int, maps: MappedFiles | None = None) -> list[np.ndarray]:
         """Rows ``start:stop`` as read-only arrays over the memory-mapped chunk files, one per chunk, in order.
 
         No copy is made: the arrays are the page cache's pages (each chunk's checksum
-        verified at every call, here). A mapping lives as long as an array of it or
-        :data:`MAPPED` keeps it.
+        verified at every call, here). A map lives as long as an array of it or ``maps``
+        keeps it (None: the maps are new and kept by nothing else).
 
         Raises:
             DamagedStoreError: as :meth:`read_into`.
         """
-        rows, pieces = self.chunk_rows, []
+        rows, pieces, maps = self.chunk_rows, [], MappedFiles(0, 0) if maps is None else maps
         for chunk in range(start // rows, -(-stop // rows)):
             key, path = self._where(chunk)
             try:
-                data = MAPPED.bytes(path)
+                data = maps.bytes(path)
             except FileNotFoundError:
                 raise self.store.missing(key) from None
             if len(data) != self._chunk_bytes + 4 or not checksum_ok(data):

@@ -32,7 +32,8 @@ Design:
   once, the one batches are gathered from and the next, read block by block by
   ``read_threads`` threads at a pace spread over the current buffer's batches (no burst
   of reading when a buffer ends, hence no slow steps); uncompressed store chunks are
-  memory-mapped, not copied, and not scanned for NaN/inf where the store says its writer
+  memory-mapped, not copied (the maps kept while the loader lives, their checksums checked at
+  every read), and not scanned for NaN/inf where the store says its writer
   checked them (its checksums prove the bytes unchanged since); each batch is gathered
   alone, ``prefetch`` batches ahead of the consumer, by ``read_threads + 1`` threads at once.
 
@@ -53,6 +54,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from usae.activations.chunk_files import MappedFiles
 from usae.activations.device_buffer import stream_device_batches
 from usae.activations.prefetch import stream_batches
 from usae.activations.sources import TokenSource, check_finite
@@ -125,6 +127,7 @@ class TokenLoader:
         # stay far below Linux's default 65,530 maps.
         chunks = sum(-(-self.rows_per_buffer // s.chunk_rows) + 1 for s in sources.values())
         self.map_chunks = 2 * chunks <= MAX_MAPS
+        self.maps = MappedFiles()  # the chunk files' maps, kept while the loader lives
         self._lock = threading.RLock()
         self._plans: OrderedDict[int, Plan] = OrderedDict()
         self._epoch_steps: dict[int, int] = {}

@@ -4,10 +4,10 @@ Beside the consumer, one thread (``TokenLoader-prefetch``) gathers batches with 
 ``read_threads`` gather threads, and a pool of ``read_threads`` threads reads blocks:
 
 * **Pieces, not copies.** A block of an uncompressed usae store is its chunk files,
-  memory-mapped and checked (checksum; NaN/inf unless the store's writer checked them,
-  ``TokenSource.checked_finite``) where they lie in the page cache
-  (``TokenSource.read_pieces``); other sources are read into one array a block. A
-  buffer is the list of its blocks' pieces: nothing is copied into a buffer.
+  memory-mapped (the maps kept from epoch to epoch in ``loader.maps``) and checked at every
+  read (checksum; NaN/inf unless the store's writer checked them, ``TokenSource.checked_finite``)
+  where they lie in the page cache (``TokenSource.read_pieces``); other sources are read into
+  one array a block. A buffer is the list of its blocks' pieces: nothing is copied into a buffer.
 * **Paced reads.** While batches come from one buffer, the next one's block reads are
   submitted in step with the consumer's progress, to be done when ``PACE`` of the
   current buffer is consumed: the reading cost is spread evenly over the steps instead
@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from usae.activations.chunk_files import MappedFiles
 from usae.activations.sources import TokenSource, check_finite
 
 if TYPE_CHECKING:
@@ -94,7 +95,7 @@ class _BufferRead:
     def _read(self, block: int, name: str, source: TokenSource) -> Future:
         """Submit the read of the buffer's ``block``-th block of ``source`` (its future gives the pieces)."""
         start, stop = self.spans[block]
-        return self.pool.submit(_read_checked, source, start, stop, self.loader.map_chunks)
+        return self.pool.submit(_read_checked, source, start, stop, self.loader.map_chunks, self.loader.maps)
 
     def finish(self, stop: threading.Event) -> bool:
         """Submit what is left and wait for every read (errors raised); False if ``stop`` came first."""
@@ -132,8 +133,9 @@ def torch_dtype(dtype: np.dtype) -> torch.dtype:
     return torch.from_numpy(np.empty(0, dtype)).dtype
 
 
-def _read_checked(source: TokenSource, start: int, stop: int, map_chunks: bool) -> list[np.ndarray]:
-    pieces = source.read_pieces(start, stop, map_chunks=map_chunks)
+def _read_checked(source: TokenSource, start: int, stop: int, map_chunks: bool,
+                  maps: MappedFiles) -> list[np.ndarray]:
+    pieces = source.read_pieces(start, stop, map_chunks=map_chunks, maps=maps)
     for piece, offset in zip(pieces, np.cumsum([0] + [len(p) for p in pieces])):
         check_finite(source, piece, start + int(offset))
     return pieces

@@ -25,7 +25,7 @@ import numpy as np
 import zarr
 from zarr.core.buffer.cpu import NDBuffer
 
-from usae.activations.chunk_files import ChunkFiles
+from usae.activations.chunk_files import ChunkFiles, MappedFiles
 from usae.activations.store import open_store
 from usae.data.manifest import SPLITS
 
@@ -127,15 +127,17 @@ class TokenSource:
         else:
             out[...] = np.asarray(self._array[start:stop]).reshape(expected)
 
-    def read_pieces(self, start: int, stop: int, map_chunks: bool = True) -> list[np.ndarray]:
+    def read_pieces(self, start: int, stop: int, map_chunks: bool = True,
+                    maps: MappedFiles | None = None) -> list[np.ndarray]:
         """Rows ``start:stop`` as consecutive read-only arrays ``(rows, tokens_per_row, d_model)``, copying
         nothing the data allows: the memory-mapped chunk files of an uncompressed usae store (when
-        ``map_chunks``), a view of a numpy array or memory map; else one array read."""
+        ``map_chunks``; kept in ``maps`` where given), a view of a numpy array or memory map; else one
+        array read."""
         if not 0 <= start <= stop <= self.n_rows:
             raise IndexError(f"{self.name}: rows {start}:{stop} outside 0:{self.n_rows}")
         shape = (self.tokens_per_row, self.d_model)
         if self._chunk_files is not None and map_chunks and hasattr(mmap, "MAP_SHARED"):
-            return [piece.reshape((len(piece),) + shape) for piece in self._chunk_files.map_rows(start, stop)]
+            return [piece.reshape((len(piece),) + shape) for piece in self._chunk_files.map_rows(start, stop, maps)]
         if isinstance(self._array, np.ndarray) and self._array[start:stop].flags.c_contiguous:
             return [self._array[start:stop].reshape((stop - start,) + shape)]
         return [self.read(start, stop)]
