@@ -245,6 +245,11 @@ def test_the_prefetch_thread_ends_when_the_stream_is_closed_or_dropped(sources):
     del stream
     gc.collect()
     assert wait_until_no_prefetch_thread()
+    maps = weakref.ref(loader.maps)
+    assert maps().paths  # the chunk files it read, still mapped
+    del loader
+    gc.collect()
+    assert maps() is None  # the maps, and the files they hold, go with the loader
 
 
 def test_sizes_and_refusals(sources):
