@@ -5,11 +5,10 @@ chunk as one file: its values, little-endian in C order, then the CRC-32C of tho
 (``docs/stores.md``). Such a chunk needs no decoding: its file is read straight into the
 caller's array and the checksum computed there, in place (:meth:`ChunkFiles.read_into`),
 or it is memory-mapped and used where it lies, in the page cache (:meth:`ChunkFiles.map_rows`,
-what the training loader shuffles from, keeping the maps from epoch to epoch in its :class:`MappedFiles`).
-Zarr's read of the same chunk
-goes through its asynchronous machinery, a bytes object and a copy into the output,
-two to three times the CPU time (``benchmarks/bench_loader.py``), which a training step shares
-its cores with. Any other layout (compressed, sharded, other key encodings or byte
+what the training loader shuffles from, keeping the maps from epoch to epoch in its
+:class:`MappedFiles`). Zarr's read of the same chunk goes through its asynchronous machinery,
+a bytes object and a copy into the output, two to three times the CPU time
+(``benchmarks/bench_loader.py``), which a training step shares its cores with. Any other layout (compressed, sharded, other key encodings or byte
 orders) is left to Zarr. Damage is reported as :class:`CheckedStore` reports it.
 """
 
