@@ -8,8 +8,9 @@ or it is memory-mapped and used where it lies, in the page cache (:meth:`ChunkFi
 what the training loader shuffles from, keeping the maps from epoch to epoch in its
 :class:`MappedFiles`). Zarr's read of the same chunk goes through its asynchronous machinery,
 a bytes object and a copy into the output, two to three times the CPU time
-(``benchmarks/bench_loader.py``), which a training step shares its cores with. Any other layout (compressed, sharded, other key encodings or byte
-orders) is left to Zarr. Damage is reported as :class:`CheckedStore` reports it.
+(``benchmarks/bench_loader.py``), which a training step shares its cores with. Any other
+layout (compressed, sharded, other key encodings or byte orders) is left to Zarr. Damage is
+reported as :class:`CheckedStore` reports it.
 """
 
 from __future__ import annotations
