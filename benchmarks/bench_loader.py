@@ -220,7 +220,6 @@ def rate_ratios(rounds: list[dict]) -> dict:
 
 def first_batches(paths: dict[str, Path], repeats: int, buffers: list[int]) -> dict:
     """Part 2: seconds from ``batches()`` to the first batch, after and before."""
-    from usae.activations.chunk_files import MappedFiles
     from usae.activations.loader import TokenLoader
     from usae.activations.sources import open_aligned
 
