@@ -2,6 +2,7 @@
 
     python benchmarks/bench_backbone_kernels.py [--config config.yaml] [--batch 16] [--repeats 5] [--threads 2]
                                                 [--device cpu|cuda] [--out PATH]
+                                                [--models NAME ...]
 
 (default ``--out``: ``benchmarks/results/backbone_kernels_<device>.json``)
 
@@ -9,8 +10,8 @@ Two speed-ups change how a backbone computes, not what:
 
 - ``unfused`` (ONNX models): the exported LayerNorm, GELU, attention and bias chains left as
   onnx2torch converts them, without :func:`usae.backbones.onnx_fusion.fuse_onnx_graph`;
-- ``contiguous`` (families with ``Backbone.channels_last``): 4-D weights in the default
-  (NCHW) order instead of channels-last.
+- ``contiguous`` (backbones with ``Backbone.channels_last``: torchvision's, onnx's and timm's
+  convolutional networks): 4-D weights in the default (NCHW) order instead of channels-last.
 
 For every model of the config, the backbone as built (``as_run``) and each variant that
 applies to it are timed on one seeded batch of ``--batch`` images at the model's input size:
@@ -80,7 +81,7 @@ def variants(spec) -> dict:
     built = {"as_run": create_backbone(spec)}
     if spec.library == "onnx":
         built["unfused"] = unfused(spec)
-    if type(built["as_run"]).channels_last:
+    if built["as_run"].channels_last:
         built["contiguous"] = create_backbone(spec).to(memory_format=torch.contiguous_format)
     return built
 
@@ -126,10 +127,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--models", nargs="+", metavar="NAME", help="only these models of the config")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    specs = list(load_config_file(args.config).models.values())
+    models = load_config_file(args.config).models
+    if unknown := set(args.models or ()) - set(models):
+        parser.error(f"--models: {sorted(unknown)} not in {args.config} (it has {sorted(models)})")
+    specs = [spec for name, spec in models.items() if args.models is None or name in args.models]
     report = {"config": str(args.config), "batch": args.batch, "repeats": args.repeats, "threads": args.threads,
               "device": args.device, "torch": torch.__version__,
               "models": {spec.key: bench_model(spec, args, device) for spec in specs}}

@@ -39,6 +39,7 @@ def _pixels(backbone):
 
 def test_efficientnet_lite0_recognises_a_photograph(spec):
     backbone = create_backbone(spec)
+    assert backbone.channels_last  # a CNN: run with channels-last weights
     assert backbone.describe()["weights"] == {"origin": spec.weights, "sha256": spec.weights_sha256,
                                               "format": "efficientnet_pytorch"}
     head = torch.load(backbone.weights.path, map_location="cpu", weights_only=True)

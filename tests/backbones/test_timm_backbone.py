@@ -117,6 +117,34 @@ def test_cnn_stage_equals_hook():
     torch.testing.assert_close(patches, stage.flatten(2).transpose(1, 2))
 
 
+
+@pytest.mark.parametrize("layer", ["final", 2])
+def test_cnns_run_channels_last_with_the_contiguous_tokens_and_pixel_gradients(layer):
+    """Convolutional timm models keep their 4-D weights channels-last (oneDNN / tensor-core convolutions): the
+    tokens, and the gradient MACO takes to the pixels, change by float rounding only."""
+    backbone = create_backbone(_spec("resnet18", 64, layer=layer))
+    conv = backbone.model.conv1.weight
+    assert backbone.channels_last and conv.is_contiguous(memory_format=torch.channels_last)
+    assert not conv.is_contiguous()
+
+    def tokens_and_gradient():
+        x = _pixels(backbone).requires_grad_()
+        patches = backbone.forward_tokens(x)[1]
+        patches.square().mean().backward()
+        return patches.detach(), x.grad
+
+    patches, grad = tokens_and_gradient()
+    backbone.to(memory_format=torch.contiguous_format)
+    plain, plain_grad = tokens_and_gradient()
+    torch.testing.assert_close(patches, plain, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grad, plain_grad, rtol=1e-4, atol=1e-6 * float(plain_grad.abs().max()))
+
+
+def test_a_vit_keeps_its_weights_as_they_are():
+    """One patch-embedding convolution gains nothing from channels-last: a ViT is left contiguous."""
+    backbone = create_backbone(_spec("vit_small_patch16_224", 112, kwargs=TINY_VIT))
+    assert not backbone.channels_last and backbone.model.patch_embed.proj.weight.is_contiguous()
+
 @pytest.mark.parametrize(("name", "layer", "depth", "kwargs"), [
     ("vit_small_patch16_224", 2, 2, TINY_VIT),
     ("resnet18", 5, 5, {}),

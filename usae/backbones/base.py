@@ -55,12 +55,12 @@ class Backbone(nn.Module, abc.ABC):
     """Which of :data:`FAMILY_SETTINGS` this family reads; the others must keep their defaults."""
     more_specs: tuple[BackboneSpec, ...] = ()
     """Further layers of the same model computed by the same forward pass (:meth:`forward_layers`)."""
-    channels_last: ClassVar[bool] = False
-    """Whether :func:`create_backbone` stores the family's 4-D weights in channels-last order, so
+    channels_last: bool = False
+    """Whether :func:`create_backbone` stores the model's 4-D weights in channels-last order, so
     that convolutions take oneDNN's (CPU) and the tensor cores' (GPU) fast path (MobileNetV2 on
     2 CPU cores: 1.21x forward, 1.35x with gradients, benchmarks/bench_backbone_kernels.py).
-    Only for families whose code never ``view``s a convolution's output, which channels-last
-    strides would break."""
+    Set by a family (class attribute) or per model (instance attribute, once built), only where
+    the code never ``view``s a convolution's output, which channels-last strides would break."""
 
     @classmethod
     def shares_forward(cls, specs: tuple[BackboneSpec, ...]) -> bool:

@@ -115,7 +115,7 @@ def create_backbone(spec: BackboneSpec, more_specs: tuple[BackboneSpec, ...] = (
         backbone.weights = resolve_weights(spec, fetch=False)
     backbone.eval()
     backbone.requires_grad_(False)
-    if cls.channels_last:  # moving to a device later keeps the order (Tensor.to preserves strides)
+    if backbone.channels_last:  # moving to a device later keeps the order (Tensor.to preserves strides)
         backbone.to(memory_format=torch.channels_last)
     logger.info("built backbone %s (%s:%s, layers %s): %s", spec.key, spec.library, spec.name,
                 [s.layer_tag for s in backbone.specs], backbone.layouts)
