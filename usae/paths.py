@@ -41,6 +41,10 @@ MODEL, LAYER, PART, RUN, TEST_SET, BACKBONE = "{model}", "{layer}", "{part}", "{
 
 STORE_MARKER = "zarr.json"
 """The file of a Zarr store that Snakemake tracks in place of the store's folder (see :func:`store_marker`)."""
+EVAL_METRICS = "metrics.json"
+"""An evaluation's summary in its folder (:func:`run_eval`), with the ``evaluate`` settings it used (key ``config``)."""
+MACO_REPORT = "maco.json"
+"""The MACO stage's summary in its folder (:func:`run_maco`), with the ``maco`` settings it used (key ``settings``)."""
 
 
 def store_marker(store: str | Path) -> str:

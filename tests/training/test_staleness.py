@@ -9,9 +9,11 @@ import yaml
 
 from usae import paths
 from usae.backbones import create_backbone
-from usae.config import BackboneSpec, PrepareConfig, SAEConfig, TrainConfig, load_config, to_dict
+from usae.config import (BackboneSpec, EvaluateConfig, MacoConfig, PrepareConfig, SAEConfig, TrainConfig, load_config,
+                         to_dict)
 from usae.config.train import RunConfig
-from usae.training.staleness import changed_model, changed_preparation, changed_settings, stale_runs, stale_stores
+from usae.training.staleness import (changed_evaluation, changed_maco, changed_model, changed_preparation,
+                                     changed_settings, stale_outputs, stale_results, stale_runs, stale_stores)
 
 TINY = Path(__file__).parents[1] / "workflow" / "tiny_config.yaml"
 
@@ -155,3 +157,67 @@ def test_a_store_of_a_changed_model_is_redone_from_its_extraction_parts(tmp_path
     assert message.startswith(f"{store} was made with settings the config now changes "
                               "(models.b16.image_size: 112 -> 96)")
     assert message.endswith(f"rerun with --forcerun {parts}")
+
+
+def saved_results(cfg, *, evaluate: dict | None = None, maco: dict | None = None) -> None:
+    """Every run's model, evaluations (validation and test sets) and, for runs of two or more models, MACO
+    summary, each recording its settings as the stages write them (metrics.json ``config``, maco.json
+    ``settings``); ``evaluate``/``maco`` override the recorded values."""
+    for name, run in cfg.runs.items():
+        save_model_config(Path(paths.run_model(cfg, name)), list(run.models), to_dict(run.sae), to_dict(run.train))
+        for folder in [paths.run_eval(cfg, name), *paths.test_set_evals(cfg, name).values()]:
+            Path(folder).mkdir(parents=True)
+            record = {"models": list(run.models), "config": {**to_dict(cfg.evaluate), **(evaluate or {})}}
+            (Path(folder) / "metrics.json").write_text(json.dumps(record))
+        if name in paths.maco_runs(cfg):
+            Path(paths.run_maco(cfg, name)).mkdir(parents=True)
+            record = {"settings": {**to_dict(cfg.maco), **(maco or {})}, "concepts": []}
+            (Path(paths.run_maco(cfg, name)) / "maco.json").write_text(json.dumps(record))
+
+
+def tiny(tmp_path, **changes):
+    raw = yaml.safe_load(TINY.read_text())
+    return load_config({**raw, "results": str(tmp_path / "results"),
+                        "test_sets": {"other": {"source": "synthetic"}}, **changes})
+
+
+def test_evaluations_and_maco_images_made_otherwise_are_named_with_how_to_redo_them(tmp_path):
+    cfg = tiny(tmp_path)
+    saved_results(cfg)
+    assert stale_results(cfg) == []
+    changed = tiny(tmp_path, evaluate={**to_dict(cfg.evaluate), "tau": 0.2, "top_n": 5})
+    messages = stale_results(changed)
+    evaluations = [folder for run in sorted(cfg.runs)
+                   for folder in [paths.run_eval(cfg, run), paths.run_eval_on(cfg, run, "other")]]
+    assert [m.split(" was evaluated with")[0] for m in messages] == evaluations  # MACO follows its evaluation
+    assert all("(evaluate.tau: 0.1 -> 0.2; evaluate.top_n: 3 -> 5)" in m for m in messages)
+    assert messages[0].endswith(f"rerun with --forcerun {evaluations[0]}")
+
+    steps = stale_results(tiny(tmp_path, maco={**to_dict(cfg.maco), "steps": 7}))
+    assert [m.split(" was made with")[0] for m in steps] == [paths.run_maco(cfg, r) for r in ("k2", "usae")]
+    assert "(maco.steps: 3 -> 7)" in steps[0]
+    assert steps[0].endswith(f"rerun with --forcerun {paths.run_maco(cfg, 'k2')}")  # the spectrum is as it was
+    size = stale_results(tiny(tmp_path, maco={**to_dict(cfg.maco), "image_size": 64}))
+    assert size[0].endswith(f"--forcerun {paths.run_maco(cfg, 'k2')} {paths.maco_spectrum(cfg)}")  # shared spectrum
+
+
+def test_results_of_a_stale_model_are_left_to_its_message(tmp_path):
+    cfg = tiny(tmp_path)
+    saved_results(cfg, evaluate={"tau": 0.3}, maco={"steps": 9})
+    retrained = tiny(tmp_path, sae={**to_dict(cfg.sae), "n_latents": 32})  # every run's model is stale
+    assert stale_results(retrained) == []
+    assert len(stale_outputs(retrained)) == len(cfg.runs)  # the models' messages only
+    assert len(stale_results(cfg)) == 2 * len(cfg.runs)  # the evaluations; the MACO images follow them
+
+
+def test_results_without_a_record_or_before_a_setting_existed(tmp_path):
+    assert changed_evaluation(tmp_path / "missing", EvaluateConfig()) == []
+    assert changed_maco(tmp_path / "missing", MacoConfig()) == []
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "metrics.json").write_text("{cut short")
+    assert changed_evaluation(tmp_path / "eval", EvaluateConfig()) == []
+    older = {k: v for k, v in to_dict(EvaluateConfig()).items() if k != "min_factor_auroc"}  # predates the key
+    (tmp_path / "eval" / "metrics.json").write_text(json.dumps({"config": older}))
+    assert changed_evaluation(tmp_path / "eval", EvaluateConfig()) == []
+    assert changed_evaluation(tmp_path / "eval", EvaluateConfig(min_factor_auroc=0.9)) == [
+        f"evaluate.min_factor_auroc: {EvaluateConfig().min_factor_auroc} -> 0.9"]

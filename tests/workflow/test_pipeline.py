@@ -267,6 +267,23 @@ def test_a_copied_results_folder_names_the_runs_a_config_change_leaves_stale(pip
     assert "--forcerun results/tiny/acts/b16/part0.zarr/zarr.json results/tiny/acts/b16/part1.zarr/zarr.json" \
         in warned  # a model changed: its extraction parts are redone, the store after them
     assert "aligned/a14" not in warned
+    write_config(pipeline_copy, **{"evaluate.tau": 0.2, "maco.steps": 4})
+    dry = snakemake(pipeline_copy, "-n")
+    assert "Nothing to be done" in dry.stdout
+    warned = dry.stdout + dry.stderr
+    for run in ("usae", "k2", "solo_b16"):
+        evaluation = f"results/runs/{run}/eval"
+        assert f"{evaluation} was evaluated with settings the config now changes (evaluate.tau: 0.1 -> 0.2)" in warned
+        assert f"--forcerun {evaluation}\n" in warned + "\n"
+    assert "maco was made with" not in warned  # redoing the evaluation redoes its MACO images
+    assert planned_jobs(pipeline_copy, "--forcerun", "results/runs/usae/eval") == {
+        "evaluate_usae": 1, "maco": 1, "render_report": 3, "compare_runs": 1, "all": 1}  # each report reads every evaluation
+    write_config(pipeline_copy, **{"maco.steps": 4})
+    dry = snakemake(pipeline_copy, "-n")
+    warned = dry.stdout + dry.stderr
+    for run in ("usae", "k2"):
+        assert f"results/runs/{run}/maco was made with settings the config now changes (maco.steps: 3 -> 4)" in warned
+    assert "evaluated with" not in warned and "solo_b16/maco" not in warned
 
 
 def test_maco_images_of_each_multi_model_run(built):

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 import zarr
 
-from usae import __version__
+from usae import __version__, paths
 from usae.activations.sources import TokenSource
 from usae.atomic import atomic_path
 from usae.config import EvaluateConfig, to_dict
@@ -153,7 +153,7 @@ def _write_outputs(out_dir: Path, metrics: dict[str, Any], table: pd.DataFrame, 
     """The evaluation folder, written whole or not at all (``atomic_path``)."""
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
+        (tmp / paths.EVAL_METRICS).write_text(json.dumps(metrics, indent=2, allow_nan=False))
         table.to_parquet(tmp / "concepts.parquet", index=False)
         if baselines is not None:
             (tmp / "baselines.json").write_text(json.dumps(baselines, indent=2, allow_nan=False))

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from usae import paths
 from usae.activations.extract import ImageDataset
 from usae.atomic import atomic_path
 from usae.config import BackboneSpec, to_dict
@@ -148,9 +149,9 @@ def _best_dataset_score(reader: ConceptReader, rows: Any, cid: int, manifest: pd
                         device: torch.device) -> float | None:
     """The largest objective over the concept's top validation images for this model, each image
     decoded and resized exactly as extraction does (None without any)."""
-    paths = [manifest.loc[int(r), "path"] for r in rows if int(r) >= 0]
-    decoded = ImageDataset(paths, reader.backbone.preprocessing)
-    pictures = [pixels.float() / 255.0 for pixels, ok, _ in (decoded[i] for i in range(len(paths))) if ok]
+    images = [manifest.loc[int(r), "path"] for r in rows if int(r) >= 0]
+    decoded = ImageDataset(images, reader.backbone.preprocessing)
+    pictures = [pixels.float() / 255.0 for pixels, ok, _ in (decoded[i] for i in range(len(images))) if ok]
     if not pictures:
         return None
     return float(score_images(reader, torch.stack(pictures), [cid] * len(pictures), objective, device=device).max())
@@ -175,4 +176,4 @@ def _write(out_dir: str | Path, images: dict[str, torch.Tensor], ids: list[int],
             for cid, image in zip(ids, batch):
                 pixels = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
                 Image.fromarray(pixels).save(tmp / "images" / f"c{cid}_{model}.png")
-        (tmp / "maco.json").write_text(json.dumps(report, indent=2))
+        (tmp / paths.MACO_REPORT).write_text(json.dumps(report, indent=2))

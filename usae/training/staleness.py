@@ -1,5 +1,5 @@
-"""Were a saved run and the aligned stores made with the settings the config now gives? Checked
-without torch by the workflow's driver, before any job.
+"""Were the aligned stores, saved runs, evaluations and MACO images made with the settings the config
+now gives? Checked without torch by the workflow's driver, before any job.
 
 Snakemake reruns a job whose params changed only where its metadata (``.snakemake/metadata``,
 in the working directory) recorded the params the output was made with. A results folder that
@@ -7,8 +7,9 @@ was copied, moved or made on another machine has no such record: after a config 
 Snakemake says "Nothing to be done" and keeps the old outputs. A saved model records its
 settings (``config.json``: ``sae``, ``meta.train``, ``models``) and an aligned store its
 ``prepare`` settings (``zarr.json`` attribute ``config``) and the model it holds (attribute
-``model``: family, name, weights, input), so the driver compares them with the config and names
-every difference.
+``model``: family, name, weights, input), an evaluation its ``evaluate`` settings (``metrics.json``,
+``config``) and a run's MACO images their ``maco`` settings (``maco.json``, ``settings``), so the
+driver compares them with the config and names every difference.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from usae import paths
-from usae.config import (BackboneSpec, PipelineConfig, PrepareConfig, RunConfig, SAEConfig, TrainConfig,
-                         result_settings, to_dict)
+from usae.config import (BackboneSpec, EvaluateConfig, MacoConfig, PipelineConfig, PrepareConfig, RunConfig,
+                         SAEConfig, TrainConfig, result_settings, to_dict)
 from usae.config.settings import file_default, settings
 from usae.sae.integrity import CONFIG as MODEL_CONFIG
 from usae.weights.fetch import library_weights, locate_weights
@@ -28,6 +29,9 @@ RESOLVED = "auto"
 """A setting given as ``auto`` is resolved at training time (``sae.dead_tokens``, ``sae.decode``,
 ``train.device``); the model records the value it resolved to, which is not a change."""
 
+
+SPECTRUM = ("maco.image_size", "maco.spectrum_images", "maco.seed")
+"""The ``maco`` settings the shared spectrum (rule ``maco_spectrum``) is made with: a change redoes it too."""
 
 _NO_RECORD = ("Snakemake redoes it only if .snakemake/metadata recorded the old ones; a results folder copied or "
               "moved from elsewhere has no record, and then it and all that follows from it stay stale:")
@@ -67,12 +71,37 @@ def _store_attributes(store: str | Path) -> dict[str, Any] | None:
 
 
 def _changed_prepare(attrs: dict[str, Any], prepare: PrepareConfig) -> list[str]:
+    return _section_changes(attrs.get("config"), "prepare", prepare)
+
+
+def changed_evaluation(eval_dir: str | Path, evaluate: EvaluateConfig) -> list[str]:
+    """``"evaluate.tau: 0.1 -> 0.2"`` for each ``evaluate`` setting the evaluation at ``eval_dir`` was made
+    with (its ``metrics.json``, key ``config``) that ``evaluate`` now gives otherwise; [] without a record."""
+    return _section_changes(_json_key(Path(eval_dir) / paths.EVAL_METRICS, "config"), "evaluate", evaluate)
+
+
+def changed_maco(maco_dir: str | Path, maco: MacoConfig) -> list[str]:
+    """``"maco.steps: 64 -> 96"`` for each ``maco`` setting the images at ``maco_dir`` were made with (its
+    ``maco.json``, key ``settings``) that ``maco`` now gives otherwise; [] without a record."""
+    return _section_changes(_json_key(Path(maco_dir) / paths.MACO_REPORT, "settings"), "maco", maco)
+
+
+def _json_key(path: Path, key: str) -> Any:
+    """``key`` of the JSON object in ``path``; None if it or the file cannot be read."""
     try:
-        recorded = {f"prepare.{k}": v for k, v in attrs["config"].items()}
-    except (KeyError, AttributeError):
+        return json.loads(path.read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _section_changes(recorded: Any, name: str, section: Any) -> list[str]:
+    """The changes of config section ``name`` (now ``section``) from the settings an output ``recorded``
+    (a dict, its keys unprefixed); [] without a record."""
+    if not isinstance(recorded, dict):
         return []
-    wanted = {f"prepare.{k}": v for k, v in result_settings(prepare).items()}
-    return _changes(recorded, wanted, {f"prepare.{k}": v for k, v in _defaults(PrepareConfig).items()})
+    wanted = {f"{name}.{k}": v for k, v in result_settings(section).items()}
+    return _changes({f"{name}.{k}": v for k, v in recorded.items()}, wanted,
+                    {f"{name}.{k}": v for k, v in _defaults(type(section)).items()})
 
 
 def changed_model(record: Any, spec: BackboneSpec) -> list[str]:
@@ -144,6 +173,34 @@ def stale_stores(cfg: PipelineConfig) -> list[str]:
         messages.append(f"{store} was made with settings the config now changes ({'; '.join(changes)}). "
                         f"{_NO_RECORD} rerun with --forcerun {' '.join(redo)}")
     return messages
+
+
+def stale_results(cfg: PipelineConfig) -> list[str]:
+    """One message per evaluation (on the validation tokens or a test set) and per run's MACO images made
+    with other ``evaluate`` or ``maco`` settings, saying how to redo them. A run whose model is stale
+    (:func:`stale_runs`) is left out, as are the MACO images of a stale evaluation: redoing the model or the
+    evaluation redoes what follows it."""
+    messages, maco_runs = [], set(paths.maco_runs(cfg))
+    for run in sorted(cfg.runs):
+        if changed_settings(paths.run_model(cfg, run), cfg.runs[run]):
+            continue
+        evaluations = [paths.run_eval(cfg, run), *paths.test_set_evals(cfg, run).values()]
+        for folder in evaluations:
+            if changes := changed_evaluation(folder, cfg.evaluate):
+                messages.append(f"{folder} was evaluated with settings the config now changes "
+                                f"({'; '.join(changes)}). {_NO_RECORD} rerun with --forcerun {folder}")
+        maco = paths.run_maco(cfg, run)
+        if run in maco_runs and not changed_evaluation(evaluations[0], cfg.evaluate) \
+                and (changes := changed_maco(maco, cfg.maco)):
+            redo = [maco] + ([paths.maco_spectrum(cfg)] if any(c.split(":")[0] in SPECTRUM for c in changes) else [])
+            messages.append(f"{maco} was made with settings the config now changes ({'; '.join(changes)}). "
+                            f"{_NO_RECORD} rerun with --forcerun {' '.join(redo)}")
+    return messages
+
+
+def stale_outputs(cfg: PipelineConfig) -> list[str]:
+    """Every message of :func:`stale_stores`, :func:`stale_runs` and :func:`stale_results`, in pipeline order."""
+    return stale_stores(cfg) + stale_runs(cfg) + stale_results(cfg)
 
 
 def _changes(recorded: dict[str, Any], wanted: dict[str, Any], defaults: dict[str, Any]) -> list[str]:

@@ -43,9 +43,9 @@ if workflow.is_main_process:  # a damaged model would otherwise pass as done, an
         raise WorkflowError("\n".join(damaged))
 
     from snakemake.logging import logger
-    from usae.training.staleness import stale_runs, stale_stores
+    from usae.training.staleness import stale_outputs
 
-    for stale in stale_stores(PIPE) + stale_runs(PIPE):  # Snakemake's params trigger needs .snakemake/metadata
+    for stale in stale_outputs(PIPE):  # Snakemake's params trigger needs .snakemake/metadata
         logger.warning(stale)
 
 
