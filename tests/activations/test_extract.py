@@ -83,8 +83,9 @@ def test_cuda_request_without_cuda_is_a_clear_error(monkeypatch):
     assert resolve_device("auto").type == "cpu"
 
 
-def test_the_weights_origin_and_sha256_are_recorded_and_carried_to_the_aligned_store(manifest, tmp_path):
-    """The stores say which weights made them: extraction attrs, then the aligned store and its statistics."""
+def test_the_weights_and_extract_settings_are_recorded_and_carried_to_the_aligned_store(manifest, tmp_path):
+    """The stores say which weights and extract settings made them: extraction attrs, then the aligned store
+    (and its statistics), whose settings the driver compares with the config's (usae.training.staleness)."""
     import dataclasses
     import hashlib
     import json
@@ -92,7 +93,7 @@ def test_the_weights_origin_and_sha256_are_recorded_and_carried_to_the_aligned_s
     import timm
 
     from usae.activations.prepare import prepare_activations
-    from usae.config import PrepareConfig
+    from usae.config import PrepareConfig, part_settings
 
     checkpoint = tmp_path / "tiny.pth"
     torch.manual_seed(5)
@@ -105,6 +106,9 @@ def test_the_weights_origin_and_sha256_are_recorded_and_carried_to_the_aligned_s
     prepare_activations([tmp_path / "part0.zarr"], manifest, PrepareConfig(grid=2, stats_images=3),
                         tmp_path / "aligned.zarr", tmp_path / "stats.json")
     assert open_store(tmp_path / "aligned.zarr").attrs["model"]["weights"] == expected
+    assert open_store(tmp_path / "part0.zarr").attrs["config"] == part_settings(cfg)
+    assert open_store(tmp_path / "aligned.zarr").attrs["extract"] == part_settings(cfg)
+    assert part_settings(cfg)["batch_size"] == 4 and "num_workers" not in part_settings(cfg)
     assert json.loads((tmp_path / "stats.json").read_text())["model"]["weights"] == expected
 
 

@@ -10,7 +10,7 @@ import yaml
 from usae import paths
 from usae.backbones import create_backbone
 from usae.config import (BackboneSpec, EvaluateConfig, MacoConfig, PrepareConfig, SAEConfig, TrainConfig, load_config,
-                         to_dict)
+                         part_settings, to_dict)
 from usae.config.train import RunConfig
 from usae.training.staleness import (changed_evaluation, changed_maco, changed_model, changed_preparation,
                                      changed_settings, stale_outputs, stale_results, stale_runs, stale_stores)
@@ -157,6 +157,33 @@ def test_a_store_of_a_changed_model_is_redone_from_its_extraction_parts(tmp_path
     assert message.startswith(f"{store} was made with settings the config now changes "
                               "(models.b16.image_size: 112 -> 96)")
     assert message.endswith(f"rerun with --forcerun {parts}")
+
+
+def test_a_store_of_other_extract_settings_is_redone_from_its_extraction_parts(tmp_path):
+    raw = yaml.safe_load(TINY.read_text())
+    cfg = load_config({**raw, "results": str(tmp_path / "results")})
+    for name, spec in cfg.models.items():
+        store = Path(paths.aligned(cfg, name, spec.layer_tag))
+        save_store_attrs(store, to_dict(cfg.prepare))
+        marker = json.loads((store / "zarr.json").read_text())
+        marker["attributes"]["extract"] = part_settings(cfg.extract)  # as prepare carries it from the parts
+        (store / "zarr.json").write_text(json.dumps(marker))
+    how_it_runs = {**raw["extract"], "num_workers": 3, "keep": True}  # neither changes a value
+    assert stale_stores(load_config({**raw, "results": str(tmp_path / "results"), "extract": how_it_runs})) == []
+    changed = load_config({**raw, "results": str(tmp_path / "results"),
+                           "extract": {**raw["extract"], "batch_size": 2, "keep_prefix": False}})
+    messages = stale_stores(changed)
+    assert len(messages) == len(cfg.models)
+    store = paths.aligned(cfg, "b16", cfg.models["b16"].layer_tag)
+    (message,) = [m for m in messages if m.startswith(store)]
+    assert "(extract.batch_size: 8 -> 2; extract.keep_prefix: True -> False)" in message
+    parts = " ".join(paths.store_marker(p) for p in paths.extract_parts(cfg, "b16"))
+    assert message.endswith(f"rerun with --forcerun {parts}")
+    older = Path(paths.aligned(cfg, "a14", cfg.models["a14"].layer_tag)) / "zarr.json"  # made before the record
+    marker = json.loads(older.read_text())
+    del marker["attributes"]["extract"]
+    older.write_text(json.dumps(marker))
+    assert [m.split(" was made")[0] for m in stale_stores(changed)] == [store]
 
 
 def saved_results(cfg, *, evaluate: dict | None = None, maco: dict | None = None) -> None:

@@ -267,6 +267,14 @@ def test_a_copied_results_folder_names_the_runs_a_config_change_leaves_stale(pip
     assert "--forcerun results/tiny/acts/b16/part0.zarr/zarr.json results/tiny/acts/b16/part1.zarr/zarr.json" \
         in warned  # a model changed: its extraction parts are redone, the store after them
     assert "aligned/a14" not in warned
+    write_config(pipeline_copy, **{"extract.batch_size": 4, "extract.num_workers": 1})  # the second: how it runs
+    dry = snakemake(pipeline_copy, "-n")
+    warned = dry.stdout + dry.stderr
+    for model in ("a14", "b16"):
+        store = f"results/tiny/aligned/{model}/final.zarr"
+        assert f"{store} was made with settings the config now changes (extract.batch_size: 8 -> 4)" in warned
+        assert f"--forcerun results/tiny/acts/{model}/part0.zarr/zarr.json results/tiny/acts/{model}/part1.zarr/" \
+               "zarr.json" in warned
     write_config(pipeline_copy, **{"evaluate.tau": 0.2, "maco.steps": 4})
     dry = snakemake(pipeline_copy, "-n")
     assert "Nothing to be done" in dry.stdout

@@ -113,6 +113,7 @@ def extract_activations(manifest_path: str | Path, specs: BackboneSpec | Sequenc
     attrs = base_attrs(stage="extract", models=keys, manifest_hash=manifest_hash(table),
                        part=part, n_parts=cfg.n_parts, n_images=n, dtype="float16", device=str(device))
     store = ResumableStore(out_path, _resume_key(attrs, layers, cfg, device, rows))
+    attrs["config"] = part_settings(cfg)  # in the key already; the aligned store carries it on (staleness check)
     arrays = _part_arrays(store, attrs, rows, layers, cfg)
     # Resume where both the chunk grid and the batch grid restart, so batches match an uninterrupted run.
     step = math.lcm(cfg.batch_size, cfg.images_per_chunk)

@@ -4,12 +4,14 @@ now gives? Checked without torch by the workflow's driver, before any job.
 Snakemake reruns a job whose params changed only where its metadata (``.snakemake/metadata``,
 in the working directory) recorded the params the output was made with. A results folder that
 was copied, moved or made on another machine has no such record: after a config change
-Snakemake says "Nothing to be done" and keeps the old outputs. A saved model records its
-settings (``config.json``: ``sae``, ``meta.train``, ``models``) and an aligned store its
-``prepare`` settings (``zarr.json`` attribute ``config``) and the model it holds (attribute
-``model``: family, name, weights, input), an evaluation its ``evaluate`` settings (``metrics.json``,
-``config``) and a run's MACO images their ``maco`` settings (``maco.json``, ``settings``), so the
-driver compares them with the config and names every difference.
+Snakemake says "Nothing to be done" and keeps the old outputs. So the outputs record their
+settings, and the driver compares them with the config and names every difference:
+
+* a saved model: ``config.json`` (``sae``, ``meta.train``, ``models``);
+* an aligned store: ``zarr.json`` attributes ``config`` (``prepare``), ``extract`` (its parts'
+  ``extract`` settings) and ``model`` (family, name, weights, input);
+* an evaluation: ``metrics.json`` key ``config`` (``evaluate``);
+* a run's MACO images: ``maco.json`` key ``settings`` (``maco``).
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from usae import paths
-from usae.config import (BackboneSpec, EvaluateConfig, MacoConfig, PipelineConfig, PrepareConfig, RunConfig,
-                         SAEConfig, TrainConfig, result_settings, to_dict)
+from usae.config import (BackboneSpec, EvaluateConfig, ExtractConfig, MacoConfig, PipelineConfig, PrepareConfig,
+                         RunConfig, SAEConfig, TrainConfig, part_settings, result_settings, to_dict)
 from usae.config.settings import file_default, settings
 from usae.sae.integrity import CONFIG as MODEL_CONFIG
 from usae.weights.fetch import library_weights, locate_weights
@@ -74,6 +76,11 @@ def _changed_prepare(attrs: dict[str, Any], prepare: PrepareConfig) -> list[str]
     return _section_changes(attrs.get("config"), "prepare", prepare)
 
 
+def _changed_extract(attrs: dict[str, Any], extract: ExtractConfig) -> list[str]:
+    """The ``extract`` settings the store's parts were made with (attribute ``extract``) that differ now."""
+    return _section_changes(attrs.get("extract"), "extract", extract, part_settings(extract))
+
+
 def changed_evaluation(eval_dir: str | Path, evaluate: EvaluateConfig) -> list[str]:
     """``"evaluate.tau: 0.1 -> 0.2"`` for each ``evaluate`` setting the evaluation at ``eval_dir`` was made
     with (its ``metrics.json``, key ``config``) that ``evaluate`` now gives otherwise; [] without a record."""
@@ -94,12 +101,16 @@ def _json_key(path: Path, key: str) -> Any:
         return None
 
 
-def _section_changes(recorded: Any, name: str, section: Any) -> list[str]:
-    """The changes of config section ``name`` (now ``section``) from the settings an output ``recorded``
-    (a dict, its keys unprefixed); [] without a record."""
+def _section_changes(recorded: Any, name: str, section: Any, wanted_settings: dict[str, Any] | None = None
+                     ) -> list[str]:
+    """The changes of config section ``name`` (now ``section``; of it, ``wanted_settings`` where given,
+    else its :func:`result_settings`) from the settings an output ``recorded`` (a dict, its keys unprefixed);
+    [] without a record."""
     if not isinstance(recorded, dict):
         return []
-    wanted = {f"{name}.{k}": v for k, v in result_settings(section).items()}
+    if wanted_settings is None:
+        wanted_settings = result_settings(section)
+    wanted = {f"{name}.{k}": v for k, v in wanted_settings.items()}
     return _changes({f"{name}.{k}": v for k, v in recorded.items()}, wanted,
                     {f"{name}.{k}": v for k, v in _defaults(type(section)).items()})
 
@@ -158,17 +169,17 @@ def stale_runs(cfg: PipelineConfig) -> list[str]:
 
 
 def stale_stores(cfg: PipelineConfig) -> list[str]:
-    """One message per configured model whose aligned store was made with other settings: its model's
-    (redone from the extraction parts on) or ``prepare``'s (redone from the store on)."""
+    """One message per configured model whose aligned store was made with other settings: its model's or
+    ``extract``'s (redone from the extraction parts on) or ``prepare``'s (redone from the store on)."""
     messages = []
     for name, spec in cfg.models.items():
         store = paths.aligned(cfg, name, spec.layer_tag)
         if (attrs := _store_attributes(store)) is None:
             continue
-        model = changed_model(attrs.get("model"), spec)
-        if not (changes := _changed_prepare(attrs, cfg.prepare) + model):
+        extraction = changed_model(attrs.get("model"), spec) + _changed_extract(attrs, cfg.extract)
+        if not (changes := extraction + _changed_prepare(attrs, cfg.prepare)):
             continue
-        redo = [paths.store_marker(part) for part in paths.extract_parts(cfg, name)] if model \
+        redo = [paths.store_marker(part) for part in paths.extract_parts(cfg, name)] if extraction \
             else [paths.store_marker(store)]
         messages.append(f"{store} was made with settings the config now changes ({'; '.join(changes)}). "
                         f"{_NO_RECORD} rerun with --forcerun {' '.join(redo)}")
