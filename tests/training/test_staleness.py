@@ -71,11 +71,12 @@ def test_stale_runs_name_the_model_and_how_to_retrain_it(tmp_path):
     assert len(stale_runs(cfg)) == 2  # k2 too; solo_b16 has no saved model
 
 
-def save_store_attrs(store: Path, config: dict) -> None:
-    """An aligned store's root zarr.json with the prepare settings it records (usae.activations.prepare)."""
+def save_store_attrs(store: Path, config: dict, **more) -> None:
+    """An aligned store's root zarr.json with the prepare settings it records (usae.activations.prepare), and
+    ``more`` attributes."""
     store.mkdir(parents=True)
     (store / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group",
-                                                 "attributes": {"complete": True, "config": config}}))
+                                                 "attributes": {"complete": True, "config": config, **more}}))
 
 
 def test_a_store_prepared_otherwise_is_named_with_each_change_and_its_marker(tmp_path):
@@ -144,11 +145,7 @@ def test_a_store_of_a_changed_model_is_redone_from_its_extraction_parts(tmp_path
     raw = yaml.safe_load(TINY.read_text())
     cfg = load_config({**raw, "results": str(tmp_path / "results")})
     for name, spec in cfg.models.items():
-        store = Path(paths.aligned(cfg, name, spec.layer_tag))
-        save_store_attrs(store, to_dict(cfg.prepare))
-        marker = json.loads((store / "zarr.json").read_text())
-        marker["attributes"]["model"] = described(spec)
-        (store / "zarr.json").write_text(json.dumps(marker))
+        save_store_attrs(Path(paths.aligned(cfg, name, spec.layer_tag)), to_dict(cfg.prepare), model=described(spec))
     assert stale_stores(cfg) == []
     models = {**raw["models"], "b16": {**raw["models"]["b16"], "image_size": 96}}
     (message,) = stale_stores(load_config({**raw, "results": str(tmp_path / "results"), "models": models}))
@@ -162,12 +159,9 @@ def test_a_store_of_a_changed_model_is_redone_from_its_extraction_parts(tmp_path
 def test_a_store_of_other_extract_settings_is_redone_from_its_extraction_parts(tmp_path):
     raw = yaml.safe_load(TINY.read_text())
     cfg = load_config({**raw, "results": str(tmp_path / "results")})
-    for name, spec in cfg.models.items():
-        store = Path(paths.aligned(cfg, name, spec.layer_tag))
-        save_store_attrs(store, to_dict(cfg.prepare))
-        marker = json.loads((store / "zarr.json").read_text())
-        marker["attributes"]["extract"] = part_settings(cfg.extract)  # as prepare carries it from the parts
-        (store / "zarr.json").write_text(json.dumps(marker))
+    for name, spec in cfg.models.items():  # the extract settings as prepare carries them from the parts
+        save_store_attrs(Path(paths.aligned(cfg, name, spec.layer_tag)), to_dict(cfg.prepare),
+                         extract=part_settings(cfg.extract))
     how_it_runs = {**raw["extract"], "num_workers": 3, "keep": True}  # neither changes a value
     assert stale_stores(load_config({**raw, "results": str(tmp_path / "results"), "extract": how_it_runs})) == []
     changed = load_config({**raw, "results": str(tmp_path / "results"),

@@ -105,9 +105,7 @@ def prepare_activations(part_paths: list[str | Path], manifest_path: str | Path,
     attrs = base_attrs(stage="prepare", model=head["model"], layer=head["layer"], grid=list(dst_grid),
                        source_grid=list(src_grid), d_model=head["d_model"], manifest_hash=head["manifest_hash"],
                        standardization=stats.to_dict(), config=to_dict(cfg), extract=head.get("config"),
-                       dtype="float16", finite_checked=True,
-                       failed={path: why for p in parts for path, why in (p.attrs.get("failed") or {}).items()},
-                       **extra)
+                       dtype="float16", finite_checked=True, failed=_failed_images(parts), **extra)
     with atomic_store(out_path) as group:
         group.attrs.update(attrs)
         for split in SPLITS:
@@ -118,6 +116,11 @@ def prepare_activations(part_paths: list[str | Path], manifest_path: str | Path,
     if not keep_parts:
         delete_parts_once_prepared(part_paths, sharing)
     return stats
+
+
+def _failed_images(parts: list[PartLayer]) -> dict[str, str]:
+    """``{path: reason}`` of the images unreadable at extraction, merged from the parts."""
+    return {path: why for part in parts for path, why in (part.attrs.get("failed") or {}).items()}
 
 
 def _grids(head: dict, grid: int) -> tuple[tuple[int, int], tuple[int, int]]:
