@@ -270,31 +270,35 @@ def summarise(name: str, description: str, times: dict[str, list[float]], loss: 
             "last_loss": loss}
 
 
+def _gemm_width(device: torch.device, gen: torch.Generator, n: int, d: int, m: int, repeats: int,
+                dtype: torch.dtype) -> dict:
+    """Median ms and GFLOP/s of the encoder's forward and weight-gradient matmuls at width ``d`` (its tensors are
+    freed on return, before the next width's)."""
+    x = torch.randn(n, d, device=device, generator=gen).to(dtype)
+    w = torch.randn(d, m, device=device, generator=gen).to(dtype)
+    g = torch.randn(n, m, device=device, generator=gen).to(dtype)
+    out = torch.empty(n, m, device=device, dtype=dtype)
+    wgrad = torch.empty(d, m, device=device, dtype=dtype)
+    entry = {}
+    for label, fn in (("fwd", lambda: torch.mm(x, w, out=out)), ("wgrad", lambda: torch.mm(x.t(), g, out=wgrad))):
+        fn()
+        times = []
+        for _ in range(repeats):
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times.append(time.perf_counter() - start)
+        seconds = statistics.median(times)
+        entry[f"{label}_ms"] = 1e3 * seconds
+        entry[f"{label}_gflops"] = 2 * n * d * m / seconds / 1e9
+    return entry
+
+
 def measure_gemm(device: torch.device, n: int, m: int, repeats: int, dtype: torch.dtype = torch.float32) -> dict:
     """Time of the encoder's forward and weight-gradient matmuls in ``dtype``, for each model width."""
     gen = torch.Generator(device=device).manual_seed(SEED)
-    per_width = {}
-    for d in sorted(set(MODELS.values())):
-        x = torch.randn(n, d, device=device, generator=gen).to(dtype)
-        w = torch.randn(d, m, device=device, generator=gen).to(dtype)
-        g = torch.randn(n, m, device=device, generator=gen).to(dtype)
-        out = torch.empty(n, m, device=device, dtype=dtype)
-        wgrad = torch.empty(d, m, device=device, dtype=dtype)
-        entry = {}
-        for label, fn in (("fwd", lambda: torch.mm(x, w, out=out)), ("wgrad", lambda: torch.mm(x.t(), g, out=wgrad))):
-            fn()
-            times = []
-            for _ in range(repeats):
-                sync(device)
-                start = time.perf_counter()
-                fn()
-                sync(device)
-                times.append(time.perf_counter() - start)
-            seconds = statistics.median(times)
-            entry[f"{label}_ms"] = 1e3 * seconds
-            entry[f"{label}_gflops"] = 2 * n * d * m / seconds / 1e9
-        per_width[str(d)] = entry
-        del x, w, g, out, wgrad
+    per_width = {str(d): _gemm_width(device, gen, n, d, m, repeats, dtype) for d in sorted(set(MODELS.values()))}
     peak = max(max(e["fwd_gflops"], e["wgrad_gflops"]) for e in per_width.values())
     return {"dtype": str(dtype).removeprefix("torch."),
             "float32_matmul_precision": torch.get_float32_matmul_precision(),
@@ -336,13 +340,18 @@ def make_batches(shape: dict, device: torch.device) -> tuple[dict[str, torch.Ten
     return ref, ours
 
 
-def bench_reference(batch: dict[str, torch.Tensor], shape: dict, device: torch.device) -> dict:
+def _reference_times(batch: dict[str, torch.Tensor], shape: dict, device: torch.device
+                     ) -> tuple[dict[str, list[float]], float]:
+    """The reference's step times and last loss (its trainer freed on return)."""
     seed_everything(SEED)
     dims = {n: t.shape[-1] for n, t in batch.items()}
     trainer = ReferenceTrainer(dims, shape["n_latents"], shape["k"], device=device, seed=SEED,
                                grid_in=shape["grid_dino"], grid_out=shape["grid"])
-    times, loss = time_steps(lambda s: trainer.step(batch, s), list(dims), device, shape["warmup"], shape["repeats"])
-    del trainer
+    return time_steps(lambda s: trainer.step(batch, s), list(dims), device, shape["warmup"], shape["repeats"])
+
+
+def bench_reference(batch: dict[str, torch.Tensor], shape: dict, device: torch.device) -> dict:
+    times, loss = _reference_times(batch, shape, device)
     row = summarise("reference", "YorkUCVIL/UniversalSAE step: BN encoder, dense TopK codes, dense decode into "
                     "every (non-detached) decoder, L1 + 0.1 x dense top-half aux, grid resize, AdamW",
                     times, loss)
