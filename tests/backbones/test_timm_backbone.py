@@ -6,6 +6,7 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
+import timm  # noqa: E402
 import timm.data  # noqa: E402
 import torch  # noqa: E402
 
@@ -138,6 +139,35 @@ def test_cnns_run_channels_last_with_the_contiguous_tokens_and_pixel_gradients(l
     plain, plain_grad = tokens_and_gradient()
     torch.testing.assert_close(patches, plain, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(grad, plain_grad, rtol=1e-4, atol=1e-6 * float(plain_grad.abs().max()))
+
+
+class ViewsItsConvolution(torch.nn.Module):
+    """Two convolutions and a ``view`` of the second one's output, which channels-last strides refuse."""
+
+    def __init__(self, **_kwargs):
+        super().__init__()
+        self.stem, self.head = torch.nn.Conv2d(3, 8, 4, stride=4), torch.nn.Conv2d(8, 8, 1)
+
+    def forward_features(self, x):
+        y = self.head(self.stem(x))
+        b, c, h, w = y.shape
+        return y.view(b, c * h * w).view(b, c, h, w)
+
+
+def test_a_cnn_whose_code_fails_channels_last_keeps_its_weights_contiguous(monkeypatch, caplog):
+    monkeypatch.setattr(timm, "is_model", lambda name: True)
+    monkeypatch.setattr(timm, "create_model", lambda name, **kwargs: ViewsItsConvolution(**kwargs))
+    with pytest.raises(RuntimeError, match="view"):  # what the order would do to it
+        ViewsItsConvolution().to(memory_format=torch.channels_last).forward_features(torch.zeros(1, 3, 16, 16))
+    with caplog.at_level("INFO", logger="usae.backbones.timm_backbone"):
+        backbone = create_backbone(_spec("views_its_convolution", 16))
+    assert not backbone.channels_last and backbone.model.stem.weight.is_contiguous()
+    assert "models.m: timm model 'views_its_convolution' fails with channels-last weights" in caplog.text
+    assert backbone.layout == TokenLayout(n_prefix=0, grid=(4, 4), d_model=8)
+    with torch.inference_mode():
+        x = _pixels(backbone)
+        torch.testing.assert_close(backbone.forward_tokens(x)[1],
+                                   backbone.model.forward_features(x).flatten(2).transpose(1, 2), rtol=0, atol=0)
 
 
 def test_a_vit_keeps_its_weights_as_they_are():

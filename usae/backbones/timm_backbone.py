@@ -9,9 +9,11 @@ from typing import Any
 
 import timm
 import timm.data
+import torch
 from torch import Tensor, nn
 
 from usae.backbones.base import Backbone, Preprocessing, refuse_layer_name, split_tokens
+from usae.backbones.layout import TokenLayout
 from usae.backbones.timm_weights import build_strictly, checkpoint_kwargs, read_checkpoint, timm_hub_source
 from usae.config import FINAL_LAYER, BackboneSpec
 from usae.weights import LocalWeights, resolve_weights
@@ -42,7 +44,8 @@ class TimmBackbone(Backbone):
     (:mod:`usae.backbones.timm_weights`), after renaming its keys if they are in a
     registered layout (``weights_format``).
 
-    Convolutional networks run with channels-last weights (:func:`is_convolutional`).
+    Convolutional networks run with channels-last weights (:func:`is_convolutional`), unless their
+    code fails so when the layout is probed.
     """
 
     loads_local_weights = True
@@ -69,13 +72,30 @@ class TimmBackbone(Backbone):
                              "build one backbone a layer")
         self.model, self.weights = self._create(spec, resolve_weights(spec))
         self.model.eval()
-        self.channels_last = is_convolutional(self.model)
         self._prefix_api = False
         for s in self.specs:
             if s.layer != FINAL_LAYER:
                 self._check_layer(s)
         self.preprocessing = self._preprocessing(spec, self.model)
-        self.layout = self._probe_layout()
+        self.layout = self._probe_in_order()
+
+    def _probe_in_order(self) -> TokenLayout:
+        """Probe the layout with the weights channels-last where the model convolves (:func:`is_convolutional`),
+        which sets :attr:`channels_last`; a model whose code cannot run them so (one that ``view``s a
+        convolution's output) keeps them contiguous."""
+        if not is_convolutional(self.model):
+            return self._probe_layout()
+        self.model.to(memory_format=torch.channels_last)
+        try:
+            layout = self._probe_layout()
+        except RuntimeError as err:
+            self.model.to(memory_format=torch.contiguous_format)
+            layout = self._probe_layout()  # an error that is not the order's is raised here
+            logger.info("models.%s: timm model %r fails with channels-last weights (%s); they stay contiguous",
+                        self.spec.key, self.spec.name, str(err).splitlines()[0])
+            return layout
+        self.channels_last = True
+        return layout
 
     @classmethod
     def hub_source(cls, spec: BackboneSpec) -> HubSource | None:
