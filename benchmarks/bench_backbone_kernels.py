@@ -10,8 +10,8 @@ Two speed-ups change how a backbone computes, not what:
 
 - ``unfused`` (ONNX models): the exported LayerNorm, GELU, attention and bias chains left as
   onnx2torch converts them, without :func:`usae.backbones.onnx_fusion.fuse_onnx_graph`;
-- ``contiguous`` (backbones with ``Backbone.channels_last``: torchvision's, onnx's and timm's
-  convolutional networks): 4-D weights in the default (NCHW) order instead of channels-last.
+- ``contiguous`` (backbones with ``Backbone.channels_last``: torchvision's, onnx's, and the
+  convolutional networks of timm and transformers): 4-D weights in the default (NCHW) order instead of channels-last.
 
 For every model of the config, the backbone as built (``as_run``) and each variant that
 applies to it are timed on one seeded batch of ``--batch`` images at the model's input size:

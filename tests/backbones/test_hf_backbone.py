@@ -77,6 +77,26 @@ def test_vit_block_equals_hidden_state_and_hook(layer):
     torch.testing.assert_close(patches, block_out[:, 1:])
 
 
+RESNET = {"model_type": "resnet", "embedding_size": 16, "hidden_sizes": [16, 32], "depths": [1, 1]}
+
+
+def test_a_cnn_runs_channels_last_with_the_contiguous_tokens_and_a_vit_as_it_is():
+    """A convolutional model (more than one convolution) keeps its 4-D weights channels-last; a ViT's one
+    patch embedding gains nothing and stays contiguous."""
+    backbone = create_backbone(_spec(RESNET, image_size=64))
+    kernels = [p for p in backbone.parameters() if p.ndim == 4 and p.shape[-1] > 1]
+    assert backbone.channels_last and kernels
+    assert all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() for p in kernels)
+    assert backbone.layout == TokenLayout(n_prefix=0, grid=(8, 8), d_model=32)
+    x = _pixels(backbone)
+    with torch.inference_mode():
+        patches = backbone.forward_tokens(x)[1]
+        backbone.to(memory_format=torch.contiguous_format)
+        torch.testing.assert_close(patches, backbone.forward_tokens(x)[1], rtol=1e-4, atol=1e-5)
+    vit = create_backbone(_spec(VIT))
+    assert not vit.channels_last and all(p.is_contiguous() for p in vit.parameters())
+
+
 def test_layer_past_depth_raises():
     with pytest.raises(ValueError, match=r"layer 2 .*tiny-vit.*depth 2"):
         create_backbone(_spec(VIT, layer=2))

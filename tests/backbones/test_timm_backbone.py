@@ -159,7 +159,7 @@ def test_a_cnn_whose_code_fails_channels_last_keeps_its_weights_contiguous(monke
     monkeypatch.setattr(timm, "create_model", lambda name, **kwargs: ViewsItsConvolution(**kwargs))
     with pytest.raises(RuntimeError, match="view"):  # what the order would do to it
         ViewsItsConvolution().to(memory_format=torch.channels_last).forward_features(torch.zeros(1, 3, 16, 16))
-    with caplog.at_level("INFO", logger="usae.backbones.timm_backbone"):
+    with caplog.at_level("INFO", logger="usae.backbones.base"):
         backbone = create_backbone(_spec("views_its_convolution", 16))
     assert not backbone.channels_last and backbone.model.stem.weight.is_contiguous()
     assert "models.m: timm model 'views_its_convolution' fails with channels-last weights" in caplog.text

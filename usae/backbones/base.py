@@ -59,8 +59,8 @@ class Backbone(nn.Module, abc.ABC):
     """Whether :func:`create_backbone` stores the model's 4-D weights in channels-last order, so
     that convolutions take oneDNN's (CPU) and the tensor cores' (GPU) fast path (MobileNetV2 on
     2 CPU cores: 1.21x forward, 1.35x with gradients, benchmarks/bench_backbone_kernels.py).
-    Set by a family (class attribute) or per model (instance attribute, once built), only where
-    the code never ``view``s a convolution's output, which channels-last strides would break."""
+    Set by a family (class attribute) or per model (:meth:`_probe_channels_last`), only where the
+    code never ``view``s a convolution's output, which channels-last strides would break."""
 
     @classmethod
     def shares_forward(cls, specs: tuple[BackboneSpec, ...]) -> bool:
@@ -153,11 +153,40 @@ class Backbone(nn.Module, abc.ABC):
                              for spec, (prefix, patches) in zip(self.specs, outputs, strict=True))
         return self._probed[0]
 
+    def _probe_channels_last(self) -> TokenLayout:
+        """:meth:`_probe_layout` with the 4-D weights channels-last where the model convolves beyond a patch
+        embedding (:func:`is_convolutional`), which sets :attr:`channels_last`; a model whose code fails so (it
+        ``view``s a convolution's output) keeps them contiguous, logged. For families whose models may or may
+        not be convolutional (timm, transformers)."""
+        if not is_convolutional(self):
+            return self._probe_layout()
+        self.to(memory_format=torch.channels_last)
+        try:
+            layout = self._probe_layout()
+        except RuntimeError as err:
+            self.to(memory_format=torch.contiguous_format)
+            layout = self._probe_layout()  # an error that is not the order's is raised here
+            logger.info("models.%s: %s model %r fails with channels-last weights (%s); they stay contiguous",
+                        self.spec.key, self.spec.library, self.spec.name, str(err).splitlines()[0])
+            return layout
+        self.channels_last = True
+        return layout
+
     def _grid(self, n_patches: int, spec: BackboneSpec | None = None) -> tuple[int, int]:
         side = int(round(n_patches ** 0.5))
         if side * side != n_patches:
             raise ValueError(f"models.{(spec or self.spec).key}: {n_patches} patch tokens do not form a square grid")
         return side, side
+
+
+def is_convolutional(model: nn.Module) -> bool:
+    """Whether ``model`` convolves beyond a patch embedding: more than one 2-D convolution.
+
+    CNNs then run with channels-last weights (timm's, on 2 CPU cores: forward 1.06-1.31x faster over
+    a dozen architectures, benchmarks/README.md); a ViT's one patch-embedding convolution gains
+    nothing.
+    """
+    return sum(isinstance(m, nn.Conv2d) for m in model.modules()) > 1
 
 
 FAMILY_SETTINGS = ("input_layout", "channel_order", "prefix_tokens")

@@ -44,6 +44,8 @@ class HFBackbone(Backbone):
     * Token sequences hold ``seq_len - grid**2`` prefix tokens (CLS, registers) first,
       with ``grid = image_size // patch_size``; feature maps (B, C, H, W) have none.
     * Several layers (``more_specs``), blocks and ``final`` alike, come from one call.
+    * Convolutional models (ResNet, ConvNeXt, ...) run with channels-last weights
+      (``Backbone._probe_channels_last``).
     """
 
     loads_local_weights = True
@@ -78,7 +80,7 @@ class HFBackbone(Backbone):
         mean, std = _norm_stats(spec, source)
         self.preprocessing = Preprocessing(image_size=spec.image_size, mean=mean, std=std,
                                            interpolation="bicubic")
-        self.layout = self._probe_layout()
+        self.layout = self._probe_channels_last()  # a CNN (ResNet, ConvNeXt, ...) runs channels-last
 
     @classmethod
     def hub_source(cls, spec: BackboneSpec) -> HubSource | None:

@@ -9,11 +9,9 @@ from typing import Any
 
 import timm
 import timm.data
-import torch
 from torch import Tensor, nn
 
 from usae.backbones.base import Backbone, Preprocessing, refuse_layer_name, split_tokens
-from usae.backbones.layout import TokenLayout
 from usae.backbones.timm_weights import build_strictly, checkpoint_kwargs, read_checkpoint, timm_hub_source
 from usae.config import FINAL_LAYER, BackboneSpec
 from usae.weights import LocalWeights, resolve_weights
@@ -44,8 +42,8 @@ class TimmBackbone(Backbone):
     (:mod:`usae.backbones.timm_weights`), after renaming its keys if they are in a
     registered layout (``weights_format``).
 
-    Convolutional networks run with channels-last weights (:func:`is_convolutional`), unless their
-    code fails so when the layout is probed.
+    Convolutional networks run with channels-last weights (``Backbone._probe_channels_last``), unless
+    their code fails so when the layout is probed.
     """
 
     loads_local_weights = True
@@ -77,25 +75,7 @@ class TimmBackbone(Backbone):
             if s.layer != FINAL_LAYER:
                 self._check_layer(s)
         self.preprocessing = self._preprocessing(spec, self.model)
-        self.layout = self._probe_in_order()
-
-    def _probe_in_order(self) -> TokenLayout:
-        """Probe the layout with the weights channels-last where the model convolves (:func:`is_convolutional`),
-        which sets :attr:`channels_last`; a model whose code cannot run them so (one that ``view``s a
-        convolution's output) keeps them contiguous."""
-        if not is_convolutional(self.model):
-            return self._probe_layout()
-        self.model.to(memory_format=torch.channels_last)
-        try:
-            layout = self._probe_layout()
-        except RuntimeError as err:
-            self.model.to(memory_format=torch.contiguous_format)
-            layout = self._probe_layout()  # an error that is not the order's is raised here
-            logger.info("models.%s: timm model %r fails with channels-last weights (%s); they stay contiguous",
-                        self.spec.key, self.spec.name, str(err).splitlines()[0])
-            return layout
-        self.channels_last = True
-        return layout
+        self.layout = self._probe_channels_last()
 
     @classmethod
     def hub_source(cls, spec: BackboneSpec) -> HubSource | None:
@@ -196,16 +176,6 @@ class TimmBackbone(Backbone):
     @staticmethod
     def _split(out: Tensor, n_prefix: int, spec: BackboneSpec) -> tuple[Tensor, Tensor]:
         return split_tokens(out, n_prefix, f"models.{spec.key}")
-
-
-def is_convolutional(model: nn.Module) -> bool:
-    """Whether ``model`` convolves beyond a patch embedding: more than one 2-D convolution.
-
-    timm's CNNs then run in channels-last order (on 2 CPU cores, forward 1.06-1.31x faster over
-    a dozen architectures, benchmarks/README.md); a ViT's one patch-embedding convolution gains
-    nothing. timm supports channels-last for its models (its ``train.py --channels-last``).
-    """
-    return sum(isinstance(m, nn.Conv2d) for m in model.modules()) > 1
 
 
 def _create_at_size(spec: BackboneSpec, kwargs: dict[str, Any]) -> nn.Module:
