@@ -247,8 +247,9 @@ def test_extraction_on_cuda_stores_the_cpu_tokens(tmp_path):
 
 @pytest.mark.parametrize("autocast", [False, True])
 def test_fused_onnx_vit_and_channels_last_cnn_on_cuda_give_the_cpu_tokens_and_gradients(tmp_path, autocast):
-    """The fused ONNX kernels (F.layer_norm, gelu, linear, SDPA) and channels-last convolutions on the GPU,
-    in fp32 and under the bf16 autocast extraction uses, against the CPU; gradients reach the pixels."""
+    """The fused ONNX kernels (F.layer_norm, gelu, linear, SDPA) and channels-last convolutions (torchvision's
+    and timm's) on the GPU, in fp32 and under the bf16 autocast extraction uses, against the CPU; gradients
+    reach the pixels."""
     import warnings
 
     from usae.backbones.registry import create_backbone
@@ -265,11 +266,13 @@ def test_fused_onnx_vit_and_channels_last_cnn_on_cuda_give_the_cpu_tokens_and_gr
                           input_names=["image"], dynamic_axes={"image": {0: "batch"}})
     specs = [BackboneSpec(key="onnx_vit", library="onnx", name="vit", layer="/norm/Add_1_output_0", image_size=64,
                           weights=str(path), prefix_tokens=1, mean=(0.5,) * 3, std=(0.5,) * 3),
-             BackboneSpec(key="cnn", library="torchvision", name="resnet18", pretrained=False, image_size=64)]
+             BackboneSpec(key="cnn", library="torchvision", name="resnet18", pretrained=False, image_size=64),
+             BackboneSpec(key="timm_cnn", library="timm", name="resnet18", pretrained=False, image_size=64)]
     pixels = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     for spec in specs:
         backbone = create_backbone(spec)
         assert spec.library != "onnx" or backbone.fused["layer_norm"] > 0
+        assert spec.key == "onnx_vit" or backbone.channels_last
         outputs = {}
         for device in (CPU, CUDA):
             moved = backbone.to(device)
