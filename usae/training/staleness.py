@@ -196,13 +196,13 @@ def stale_results(cfg: PipelineConfig) -> list[str]:
         if changed_settings(paths.run_model(cfg, run), cfg.runs[run]):
             continue
         evaluations = [paths.run_eval(cfg, run), *paths.test_set_evals(cfg, run).values()]
-        for folder in evaluations:
-            if changes := changed_evaluation(folder, cfg.evaluate):
+        evaluated = {folder: changed_evaluation(folder, cfg.evaluate) for folder in evaluations}
+        for folder, changes in evaluated.items():
+            if changes:
                 messages.append(f"{folder} was evaluated with settings the config now changes "
                                 f"({'; '.join(changes)}). {_NO_RECORD} rerun with --forcerun {folder}")
         maco = paths.run_maco(cfg, run)
-        if run in maco_runs and not changed_evaluation(evaluations[0], cfg.evaluate) \
-                and (changes := changed_maco(maco, cfg.maco)):
+        if run in maco_runs and not evaluated[evaluations[0]] and (changes := changed_maco(maco, cfg.maco)):
             redo = [maco] + ([paths.maco_spectrum(cfg)] if any(c.split(":")[0] in SPECTRUM for c in changes) else [])
             messages.append(f"{maco} was made with settings the config now changes ({'; '.join(changes)}). "
                             f"{_NO_RECORD} rerun with --forcerun {' '.join(redo)}")
