@@ -83,7 +83,7 @@ def test_cuda_request_without_cuda_is_a_clear_error(monkeypatch):
     assert resolve_device("auto").type == "cpu"
 
 
-def test_the_weights_and_extract_settings_are_recorded_and_carried_to_the_aligned_store(manifest, tmp_path):
+def test_the_weights_model_and_extract_settings_are_recorded_and_carried_to_the_aligned_store(manifest, tmp_path):
     """The stores say which weights and extract settings made them: extraction attrs, then the aligned store
     (and its statistics), whose settings the driver compares with the config's (usae.training.staleness)."""
     import dataclasses
@@ -93,7 +93,7 @@ def test_the_weights_and_extract_settings_are_recorded_and_carried_to_the_aligne
     import timm
 
     from usae.activations.prepare import prepare_activations
-    from usae.config import PrepareConfig, part_settings
+    from usae.config import PrepareConfig, part_settings, spec_settings
 
     checkpoint = tmp_path / "tiny.pth"
     torch.manual_seed(5)
@@ -109,6 +109,11 @@ def test_the_weights_and_extract_settings_are_recorded_and_carried_to_the_aligne
     assert open_store(tmp_path / "part0.zarr").attrs["config"] == part_settings(cfg)
     assert open_store(tmp_path / "aligned.zarr").attrs["extract"] == part_settings(cfg)
     assert part_settings(cfg)["batch_size"] == 4 and "num_workers" not in part_settings(cfg)
+    made_with = json.loads(json.dumps(spec_settings(spec)))  # the model's settings, as zarr.json gives them back
+    assert open_store(tmp_path / "part0.zarr")["final"].attrs["spec"] == made_with
+    assert open_store(tmp_path / "aligned.zarr").attrs["spec"] == made_with
+    assert made_with["weights"] == str(checkpoint) and made_with["kwargs"] == json.loads(json.dumps(SPEC.kwargs))
+    assert "key" not in made_with and made_with["input_layout"] == "NCHW"
     assert json.loads((tmp_path / "stats.json").read_text())["model"]["weights"] == expected
 
 

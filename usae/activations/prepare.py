@@ -105,7 +105,8 @@ def prepare_activations(part_paths: list[str | Path], manifest_path: str | Path,
     attrs = base_attrs(stage="prepare", model=head["model"], layer=head["layer"], grid=list(dst_grid),
                        source_grid=list(src_grid), d_model=head["d_model"], manifest_hash=head["manifest_hash"],
                        standardization=stats.to_dict(), config=to_dict(cfg), extract=head.get("config"),
-                       dtype="float16", finite_checked=True, failed=_failed_images(parts), **extra)
+                       spec=head.get("spec"), dtype="float16", finite_checked=True, failed=_failed_images(parts),
+                       **extra)
     with atomic_store(out_path) as group:
         group.attrs.update(attrs)
         for split in SPLITS:

@@ -10,7 +10,7 @@ from usae.config.base import from_dict, result_settings, to_dict, with_run_setti
 from usae.config.data import (
     CHANNEL_ORDERS, COMPRESSORS, DEVICES, FINAL_LAYER, INPUT_LAYOUTS, SOURCES, STANDARDIZATIONS, BackboneSpec,
     ExtractConfig, ManifestConfig, PrepareConfig, SyntheticImagesConfig, extraction_group, extraction_groups,
-    layer_tag, part_settings, same_backbone,
+    layer_tag, part_settings, same_backbone, spec_settings,
 )
 from usae.config.evaluate import EvaluateConfig
 from usae.config.maco import MacoConfig
@@ -22,7 +22,7 @@ __all__ = [
     "CHANNEL_ORDERS", "COMPRESSORS", "DEVICES", "FINAL_LAYER", "INPUT_LAYOUTS", "SOURCES", "STANDARDIZATIONS",
     "BackboneSpec", "ExtractConfig", "ManifestConfig", "PipelineConfig", "PrepareConfig", "SyntheticImagesConfig",
     "extraction_group", "extraction_groups", "from_dict", "layer_tag", "same_backbone", "load_config", "to_dict",
-    "result_settings", "with_run_settings", "part_settings",
+    "result_settings", "with_run_settings", "part_settings", "spec_settings",
     "RunConfig", "SAEConfig", "TrainConfig", "EvaluateConfig",
     "MacoConfig", "TrackingConfig",
 ]

@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from usae.config.base import result_settings
+from usae.config.base import result_settings, to_dict
 from usae.config.checks import Section
 from usae.config.settings import REQUIRED, Pattern, setting
 from usae.registry import BACKBONES, DEVICES, WEIGHT_FORMATS
@@ -125,6 +125,14 @@ class BackboneSpec(Section):
 def same_backbone(a: BackboneSpec, b: BackboneSpec) -> bool:
     """Whether two specs are the same model with the same weights and input, at most another ``layer``."""
     return dataclasses.replace(a, key=b.key, layer=b.layer) == b
+
+
+def spec_settings(spec: BackboneSpec) -> dict[str, Any]:
+    """A model's settings as the config gives them (JSON-friendly), but its ``key``: a name only, and the
+    models of one layer (:func:`same_backbone`) share one extraction. Extraction parts record it, so a
+    results folder copied elsewhere can still tell a store made with other settings
+    (:mod:`usae.training.staleness`)."""
+    return {key: value for key, value in to_dict(spec).items() if key != "key"}
 
 
 def extraction_groups(models: dict[str, BackboneSpec]) -> dict[str, tuple[str, ...]]:

@@ -9,7 +9,8 @@ settings, and the driver compares them with the config and names every differenc
 
 * a saved model: ``config.json`` (``sae``, ``meta.train``, ``models``);
 * an aligned store: ``zarr.json`` attributes ``config`` (``prepare``), ``extract`` (its parts'
-  ``extract`` settings) and ``model`` (family, name, weights, input);
+  ``extract`` settings), ``model`` (family, name, weights, input, as resolved) and ``spec`` (the
+  model's settings as the config gave them);
 * an evaluation: ``metrics.json`` key ``config`` (``evaluate``);
 * a run's MACO images: ``maco.json`` key ``settings`` (``maco``).
 """
@@ -22,7 +23,8 @@ from typing import Any
 
 from usae import paths
 from usae.config import (BackboneSpec, EvaluateConfig, ExtractConfig, MacoConfig, PipelineConfig, PrepareConfig,
-                         RunConfig, SAEConfig, TrainConfig, part_settings, result_settings, to_dict)
+                         RunConfig, SAEConfig, TrainConfig, part_settings, result_settings, spec_settings,
+                         to_dict)
 from usae.config.settings import file_default, settings
 from usae.sae.integrity import CONFIG as MODEL_CONFIG
 from usae.weights.fetch import library_weights, locate_weights
@@ -115,15 +117,24 @@ def _section_changes(recorded: Any, name: str, section: Any, wanted_settings: di
                     {f"{name}.{k}": v for k, v in _defaults(type(section)).items()})
 
 
-def changed_model(record: Any, spec: BackboneSpec) -> list[str]:
-    """``"models.dino.image_size: 224 -> 126"`` for each setting of ``spec`` that a store's model
-    ``record`` (:meth:`usae.backbones.base.Backbone.describe`) shows was otherwise; [] without a record.
+DESCRIBED = ("library", "name", "pretrained", "kwargs", "image_size", "mean", "std", "weights", "weights_sha256")
+"""The model settings compared through a store's model record (``describe``: resolved ``mean``/``std``,
+weights by origin and digest); the others through the store's ``spec`` (:func:`usae.config.spec_settings`)."""
 
-    Compared: ``library``, ``name``, ``pretrained``, ``kwargs``, ``image_size``; ``mean`` and ``std``
-    unless ``null`` (the model's own, resolved when extracting); ``weights`` by its origin, except a
-    local file, whose absolute path may differ on another machine while its contents do not, and
-    ``weights_sha256`` when given. ``weights_format``, ``hf_config`` and the onnx-only settings are not
-    recorded, hence not compared.
+
+def changed_model(record: Any, spec: BackboneSpec, recorded_spec: Any = None) -> list[str]:
+    """``"models.dino.image_size: 224 -> 126"`` for each setting of ``spec`` that a store's model
+    ``record`` (:meth:`usae.backbones.base.Backbone.describe`) and its ``recorded_spec`` (the settings
+    it was made with, :func:`usae.config.spec_settings`) show was otherwise, in the config's key order;
+    [] without a record.
+
+    Through ``record``, the settings of :data:`DESCRIBED`: ``mean`` and ``std`` unless ``null`` (the
+    model's own, resolved when extracting); ``weights`` by its origin, except a local file, whose
+    absolute path may differ on another machine while its contents do not, and ``weights_sha256``
+    when given. Through ``recorded_spec``, every other setting but ``layer`` (the store's path names
+    it): ``weights_format``, ``hf_config``, the onnx-only settings, and any added later (a record
+    that predates a setting was made with its default). Stores made before usae recorded their
+    ``spec`` are compared through ``record`` alone.
     """
     try:
         preprocessing, weights = record["preprocessing"], record["weights"]
@@ -133,15 +144,21 @@ def changed_model(record: Any, spec: BackboneSpec) -> list[str]:
                     "weights": weights["origin"], "weights_sha256": weights["sha256"]}
     except (KeyError, TypeError):
         return []
-    wanted = {"library": spec.library, "name": spec.name, "pretrained": spec.pretrained,
-              "kwargs": json.loads(json.dumps(spec.kwargs)),  # as read back from JSON: tuples are lists
-              "image_size": spec.image_size,
-              "mean": RESOLVED if spec.mean is None else list(spec.mean),
-              "std": RESOLVED if spec.std is None else list(spec.std),
-              "weights": _weights_origin(spec), "weights_sha256": spec.weights_sha256 or RESOLVED}
+    described = {"library": spec.library, "name": spec.name, "pretrained": spec.pretrained,
+                 "image_size": spec.image_size,
+                 "mean": RESOLVED if spec.mean is None else list(spec.mean),
+                 "std": RESOLVED if spec.std is None else list(spec.std),
+                 "weights": _weights_origin(spec), "weights_sha256": spec.weights_sha256 or RESOLVED}
+    settings_now = json.loads(json.dumps(spec_settings(spec)))  # as read back from JSON: tuples are lists
+    wanted = {key: described.get(key, value) for key, value in settings_now.items() if key != "layer"}
+    defaults = _defaults(BackboneSpec)
+    if isinstance(recorded_spec, dict):
+        recorded |= {k: v for k, v in recorded_spec.items() if k not in DESCRIBED}
+    else:  # not recorded: compare what the record shows
+        wanted = {k: v for k, v in wanted.items() if k in DESCRIBED}
     prefix = spec.config_path()
     return _changes({f"{prefix}.{k}": v for k, v in recorded.items()}, {f"{prefix}.{k}": v for k, v in wanted.items()},
-                    {})
+                    {f"{prefix}.{k}": v for k, v in defaults.items() if k not in DESCRIBED})
 
 
 def _weights_origin(spec: BackboneSpec) -> str:
@@ -176,7 +193,7 @@ def stale_stores(cfg: PipelineConfig) -> list[str]:
         store = paths.aligned(cfg, name, spec.layer_tag)
         if (attrs := _store_attributes(store)) is None:
             continue
-        extraction = changed_model(attrs.get("model"), spec) + _changed_extract(attrs, cfg.extract)
+        extraction = changed_model(attrs.get("model"), spec, attrs.get("spec")) + _changed_extract(attrs, cfg.extract)
         if not (changes := extraction + _changed_prepare(attrs, cfg.prepare)):
             continue
         redo = [paths.store_marker(part) for part in paths.extract_parts(cfg, name)] if extraction \
