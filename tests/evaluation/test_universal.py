@@ -1,5 +1,5 @@
 """Universal-concept counts: known answers on a concept table, and on a dictionary planted to have universal,
-energetic and factor-tied latents, whose random-dictionary floor is counted from the random dictionary's own firing."""
+co-firing, energetic and factor-tied latents, whose random-dictionary floor is counted from the random dictionary's own firing."""
 
 import json
 
@@ -28,15 +28,22 @@ def test_counts_of_a_concept_table_known_answer():
                                           "universal_energy_share": pytest.approx(14.0 / 18.0),
                                           "universal_factor": 3}  # 0, 1, 5; concept 3 detects but is not universal
     assert universal_counts(table.drop(columns=["energy_total", "factor_auroc"]), 3) == {"universal": 4}
+    cofiring = table.assign(cofires=[5, 0, 1, 9, 0, 3])  # of the universal ones 0 (5), 2 (1) and 5 (3) co-fire
+    assert universal_counts(cofiring, 2, min_cofires=2)["universal_cofiring"] == 2  # 0 and 5; 3 is not universal
+    assert universal_counts(cofiring, 2, min_cofires=0)["universal_cofiring"] == 3  # at least once all the same
+    assert "universal_cofiring" not in universal_counts(cofiring, 2)  # no threshold: no count
+    assert universal_counts(cofiring, 1, min_cofires=2) == {"universal": None, "universal_factor": None}
     assert universal_counts(table, 1) == {"universal": None, "universal_factor": None}
     assert universal_counts(table.drop(columns=["firing_entropy"]), 2) == {}
     silent = universal_counts(table.assign(energy_total=0.0), 2)
     assert silent["universal_energetic"] is None and silent["universal_energy_share"] is None
 
 
-KINDS = ((5.0, 5.0), (5.0, 5.0), (0.5, 0.5), (0.5, 0.5), (1.0, 0.0), (1.0, 0.0))
-"""Token kind j: latent j's amplitude in models a and b. Latents 0-3 fire alike in both (universal),
-0-1 strongly (energetic), 4-5 in model a only; latents 6-7 never fire."""
+KINDS = ((0, 5.0, 5.0), (1, 5.0, 5.0), (2, 0.5, 0.5), (3, 0.5, 0.5), (4, 1.0, 0.0), (5, 1.0, 0.0), (6, 1.0, 0.0),
+         (6, 0.0, 1.0))
+"""Token kind j: ``(latent, its amplitude in model a, in model b)``. Latents 0-3 fire alike in both on the same
+tokens (universal, co-firing), 0-1 strongly (energetic), 4-5 in model a only; latent 6 as often in each model
+(universal) but never on the same token as the other; latent 7 never fires."""
 FACTORS = {"F0": 0, "F1": 2, "F2": 4}
 """Planted factor -> the token kind it covers: latents 0 and 2 are universal and detect one, 4 detects one
 but is not universal."""
@@ -48,7 +55,7 @@ def planted_sources() -> tuple[dict[str, TokenSource], np.ndarray]:
     kind = np.arange(40 * TOKENS_PER_IMAGE) % len(KINDS)
     acts = {name: np.zeros((kind.size, 8), dtype=np.float32) for name in ("a", "b")}
     for i, name in enumerate(acts):
-        acts[name][np.arange(kind.size), kind] = [KINDS[k][i] for k in kind]
+        acts[name][np.arange(kind.size), [KINDS[k][0] for k in kind]] = [KINDS[k][1 + i] for k in kind]
     labels = np.stack([kind == k for k in FACTORS.values()], axis=1).reshape(40, TOKENS_PER_IMAGE, len(FACTORS))
     return {n: TokenSource(n, x.reshape(40, TOKENS_PER_IMAGE, 8), chunk_rows=8) for n, x in acts.items()}, labels
 
@@ -72,9 +79,9 @@ def test_planted_dictionary_counts_and_its_random_floor(tmp_path):
     evaluate_sources(model, sources, cfg, tmp_path / "eval", device=CPU, factors=factors, baseline_sources=sources)
     out = json.loads((tmp_path / "eval" / "baselines.json").read_text())
     rows = {row["method"]: row for row in out["table"]}
-    counts = ("universal", "universal_energetic", "universal_factor")
-    assert [rows["usae"][key] for key in counts] == [4, 2, 2]
-    assert [rows["pca"][key] for key in counts] == [None, None, None]
+    counts = ("universal", "universal_cofiring", "universal_energetic", "universal_factor")
+    assert [rows["usae"][key] for key in counts] == [5, 4, 2, 2]
+    assert [rows["pca"][key] for key in counts] == [None, None, None, None]
     # The floor is the random dictionary's own: evaluated on its own as if trained, it counts the same.
     moments = {n: Moments.empty(8, CPU) for n in model.names}
     for _, block in blocks(sources, cfg.batch_images, 40, spread=True):
@@ -82,10 +89,11 @@ def test_planted_dictionary_counts_and_its_random_floor(tmp_path):
             moments[n].update(torch.from_numpy(block[n].reshape(-1, 8)))
     rand = random_dictionary(model.dims, model.cfg, {n: m.mean().float() for n, m in moments.items()}, seed=2)
     evaluate_sources(rand, sources, cfg, tmp_path / "rand", device=CPU, factors=factors.fresh())
-    own = universal_counts(pd.read_parquet(tmp_path / "rand" / "concepts.parquet"), 2)
+    min_cofires = json.loads((tmp_path / "rand" / "metrics.json").read_text())["min_cofires"]
+    own = universal_counts(pd.read_parquet(tmp_path / "rand" / "concepts.parquet"), 2, min_cofires)
     assert [rows["random_dictionary"][key] for key in counts] == [own[key] for key in counts]
     assert out["random_dictionary"]["universal_factor"] == own["universal_factor"]
-    assert [own[key] for key in counts] != [4, 2, 2], own  # not the trained dictionary's
+    assert [own[key] for key in counts] != [5, 4, 2, 2], own  # not the trained dictionary's
 
 
 def test_no_factor_floor_where_the_usae_has_no_factor_count(tmp_path):

@@ -46,7 +46,9 @@ DEFINITIONS = {
     "r2_self": "per-dimension R2 (variance explained) of each model from its own codes, on the validation tokens",
     "r2_cross_min, r2_cross_mean": "over the entries with source != target of the per-dimension R2 matrix",
     "universal": f"concepts that fire (Z_k > tau) with firing entropy >= {UNIVERSAL_ENTROPY} (null for one model)",
-    "universal_energetic": "of those, the ones with at least the mean concept's energy (energy_total)",
+    "universal_cofiring": "of those, the ones that fire in every model on the same token at least max(1, "
+                          "min_cofires) times (metrics.json's min_cofires)",
+    "universal_energetic": "of the universal ones, those with at least the mean concept's energy (energy_total)",
     "universal_energy_share": "the universal concepts' share of all concepts' energy",
     "universal_factor": f"of the universal ones, those whose best planted factor has patch-level AUROC >= "
                         f"{FACTOR_AUROC} (generated images only; each dictionary scored from its own codes)",
@@ -111,13 +113,14 @@ def random_dictionary(dims: dict[str, int], cfg: SAEConfig, means: dict[str, Ten
     return model.eval()
 
 
-def entropy_summary(table: pd.DataFrame, n_models: int) -> dict[str, Any]:
+def entropy_summary(table: pd.DataFrame, n_models: int, min_cofires: int | None = None) -> dict[str, Any]:
     """The concepts that fire (firing entropy not NaN), the histogram of their firing entropies and the
-    universal-concept counts (:func:`usae.evaluation.universal.universal_counts`) of a concept table."""
+    universal-concept counts (:func:`usae.evaluation.universal.universal_counts`, co-firing ones at least
+    ``min_cofires`` times) of a concept table."""
     entropy = table["firing_entropy"].to_numpy(dtype=float)
     fired = entropy[np.isfinite(entropy)]
     counts, _ = np.histogram(fired, bins=ENTROPY_BINS, range=(0.0, 1.0))
-    return {"concepts_firing": int(fired.size), **universal_counts(table, n_models),
+    return {"concepts_firing": int(fired.size), **universal_counts(table, n_models, min_cofires),
             "firing_entropy_histogram": counts.tolist()}
 
 
@@ -167,8 +170,8 @@ def evaluate_baselines(model: USAE, train_sources: dict[str, TokenSource], val_s
               for key, score in (("r2_per_dim", r2_per_dim), ("r2_global_mean", r2_global_mean))}}
     random = {"seed": seed, **{key: rand_metrics[key] for key in (
         "r2_per_dim", "r2_global_mean", "dead_above_tau_fraction", "concepts_firing_in_all_models")},
-        **entropy_summary(rand_table, len(names))}
-    usae = entropy_summary(trained[1], len(names))
+        **entropy_summary(rand_table, len(names), trained[0].get("min_cofires"))}
+    usae = entropy_summary(trained[1], len(names), trained[0].get("min_cofires"))
     undefined = dict.fromkeys(key for key in usae if key in COUNTS or key == "concepts_firing")
     table = [_row("usae", names, trained[0]["r2_per_dim"], trained[0], usae),
              _row("pca", names, np.diag(list(pca["r2_per_dim"].values())), None, undefined),

@@ -1,5 +1,5 @@
 """The universal-concept counts of a concept table (``concepts.parquet`` or a baseline's): the concepts
-with firing entropy >= 0.9, those of them that carry energy and those that detect a planted factor.
+with firing entropy >= 0.9, those of them that co-fire, that carry energy and that detect a planted factor.
 
 One definition for every place that reports them: the comparison of runs, the run report and the
 random dictionary's floors in ``baselines.json``.
@@ -16,20 +16,23 @@ from usae.sae.card import UNIVERSAL_ENTROPY  # the pipeline's one definition (ma
 
 FACTOR_AUROC = 0.9
 """Planted-factor AUROC from which a universal concept counts as detecting its factor."""
-COUNTS = ("universal", "universal_energetic", "universal_energy_share", "universal_factor")
+COUNTS = ("universal", "universal_cofiring", "universal_energetic", "universal_energy_share", "universal_factor")
 """The keys :func:`universal_counts` can return, in the order they are shown."""
 
 
-def universal_counts(table: pd.DataFrame, n_models: int) -> dict[str, Any]:
+def universal_counts(table: pd.DataFrame, n_models: int, min_cofires: int | None = None) -> dict[str, Any]:
     """The universal-concept counts of a concept table with ``firing_entropy`` (NaN: never fires).
 
-    ``universal``: concepts with firing entropy >= :data:`UNIVERSAL_ENTROPY`; with ``energy_total``,
-    ``universal_energetic`` (those with at least the mean concept's energy, dead ones included in the
-    mean) and ``universal_energy_share`` (their share of all concepts' energy; both None when no
-    concept has energy); with ``factor_auroc`` (generated images only), ``universal_factor`` (those
-    whose best planted factor has AUROC >= :data:`FACTOR_AUROC`). A key whose column the table lacks
-    is absent; for one model firing entropy is undefined, so ``universal`` and ``universal_factor``
-    are None and there is no energy count.
+    ``universal``: concepts with firing entropy >= :data:`UNIVERSAL_ENTROPY` (the paper's count);
+    with ``cofires`` and ``min_cofires`` (the evaluation's resolved ``evaluate.min_cofires``),
+    ``universal_cofiring`` (those that fire in every model on the same token at least
+    ``max(1, min_cofires)`` times); with ``energy_total``, ``universal_energetic`` (those with at
+    least the mean concept's energy, dead ones included in the mean) and ``universal_energy_share``
+    (their share of all concepts' energy; both None when no concept has energy); with
+    ``factor_auroc`` (generated images only), ``universal_factor`` (those whose best planted factor
+    has AUROC >= :data:`FACTOR_AUROC`). A key whose column (or threshold) is lacking is absent; for
+    one model firing entropy is undefined, so ``universal`` and ``universal_factor`` are None and
+    there are no co-firing or energy counts.
 
     Returns:
         Key -> count (int), share (float) or None; empty without ``firing_entropy``.
@@ -40,6 +43,11 @@ def universal_counts(table: pd.DataFrame, n_models: int) -> dict[str, Any]:
         return {"universal": None, **({"universal_factor": None} if "factor_auroc" in table.columns else {})}
     universal = table["firing_entropy"].to_numpy(dtype=float) >= UNIVERSAL_ENTROPY
     out: dict[str, Any] = {"universal": int(universal.sum())}
+    if "cofires" in table.columns and min_cofires is not None:
+        # Firing entropy weighs how evenly the models fire a concept, not whether they fire it on the same
+        # tokens: a concept each model fires on tokens of its own is even, yet shared by none.
+        cofiring = table["cofires"].to_numpy() >= max(1, int(min_cofires))
+        out["universal_cofiring"] = int((universal & cofiring).sum())
     if "energy_total" in table.columns:
         # Weak latents that fire now and then in every model count as universal too; weighing by
         # energy keeps the count to the concepts that carry the reconstruction.

@@ -151,9 +151,11 @@ def run_metrics(run: RunRecord) -> dict[str, Any]:
     Per model ``r2_self.<m>``, ``dead.<m>``, ``dead_above_tau.<m>``, ``l0.<m>`` and
     ``final_loss.<m>``; ``r2_cross_min`` and ``r2_cross_mean`` over the off-diagonal of the
     per-dimension R2 matrix (None for one model); ``universal`` (concepts with firing entropy
-    >= 0.9; None for one model), ``universal_energetic`` (those whose energy is at least the mean
-    concept's), ``universal_energy_share`` (their share of all concepts' energy) and ``universal_factor`` (those with planted-factor AUROC >= 0.9;
-    only when the concept table has ``factor_auroc``); the Pearson r's; ``steps``,
+    >= 0.9; None for one model), ``universal_cofiring`` (those co-firing at least the evaluation's
+    ``min_cofires`` times, at least once), ``universal_energetic`` (those whose energy is at least the
+    mean concept's), ``universal_energy_share`` (their share of all concepts' energy) and
+    ``universal_factor`` (those with planted-factor AUROC >= 0.9; only when the concept table has
+    ``factor_auroc``); the Pearson r's; ``steps``,
     ``train_seconds`` (the logged steps' time: sum of tokens / tokens_per_s over the log rows),
     ``tokens_per_s`` (median over the rows) and ``train_wall_seconds`` (the Snakemake benchmark
     of ``train_usae``, when the run folder sits in a results tree that has one).
@@ -177,7 +179,9 @@ def run_metrics(run: RunRecord) -> dict[str, Any]:
 
 
 def _universality(run: RunRecord) -> dict[str, Any]:
-    return universal_counts(run.concepts, len(run.models)) if run.concepts is not None else {}
+    if run.concepts is None:
+        return {}
+    return universal_counts(run.concepts, len(run.models), run.metrics.get("min_cofires"))
 
 
 def _training(run: RunRecord) -> dict[str, Any]:

@@ -66,12 +66,16 @@ FAMILIES = (
            "model on any validation token.", _per_model("dead_above_tau"), percent=True),
     Family("l0", "L0", "Mean number of active concepts per validation token.", _per_model("l0"), digits=1),
     Family("universality", "Universal concepts", f"Concepts with firing entropy >= {UNIVERSAL_ENTROPY} (they fire "
-           f"alike in every model; undefined for one model); of those, the ones with at least the mean concept's "
-           f"energy (rare weak latents fire alike everywhere and swell the first count) and the universal concepts' "
+           f"alike in every model; undefined for one model); of those, the ones that co-fire (fire in every model on "
+           f"the same token) at least evaluate.min_cofires times, at least once (firing alike is not firing together: "
+           f"each model may fire a concept on tokens of its own); the universal ones with at least the mean "
+           f"concept's energy (rare weak latents fire alike everywhere and swell the first count) and the universal "
+           f"concepts' "
            f"share of all concepts' energy; the universal ones whose best planted factor has a patch-level AUROC >= "
            f"{FACTOR_AUROC} (runs on generated images); concepts that fire in every model. In brackets, the "
            f"same figure of the run's random dictionary (the USAE untrained, evaluated alike: its floor).",
            (("universal", f"firing entropy >= {UNIVERSAL_ENTROPY}"),
+            ("universal_cofiring", "... and co-fires >= min_cofires"),
             ("universal_energetic", "... and energy >= mean"),
             ("universal_energy_share", "their energy share"),
             ("universal_factor", f"... and factor AUROC >= {FACTOR_AUROC}"),
