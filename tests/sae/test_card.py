@@ -61,13 +61,21 @@ def test_settings_seed_and_versions():
     assert (bare["seed"], bare["train_table"], bare["steps"]) == ("not recorded", "Not recorded.", "-")
 
 
-def test_read_evaluation_counts_universal_concepts(tmp_path):
+def test_read_evaluation_counts_universal_and_co_firing_concepts(tmp_path):
     assert read_evaluation(tmp_path) is None
     (tmp_path / "metrics.json").write_text(json.dumps({"n_tokens": 10}))
     assert read_evaluation(tmp_path) == {"metrics": {"n_tokens": 10}}
     entropy = [UNIVERSAL_ENTROPY + 0.05, UNIVERSAL_ENTROPY, UNIVERSAL_ENTROPY - 1e-6, 0.0]
     pd.DataFrame({"concept": range(4), "firing_entropy": entropy}).to_parquet(tmp_path / "concepts.parquet")
     assert read_evaluation(tmp_path)["n_universal"] == 2
+    assert "n_universal_cofiring" not in read_evaluation(tmp_path)  # no co-fires column, no threshold
+    pd.DataFrame({"concept": range(4), "firing_entropy": entropy, "cofires": [3, 1, 9, 9]}).to_parquet(
+        tmp_path / "concepts.parquet")
+    (tmp_path / "metrics.json").write_text(json.dumps({"n_tokens": 10, "min_cofires": 2}))
+    assert read_evaluation(tmp_path)["n_universal_cofiring"] == 1  # concept 0; 1 co-fires once, 2 is not universal
+    text = card_context(config(), read_evaluation(tmp_path))["evaluation"]
+    assert (f"Universal concepts (firing entropy >= {UNIVERSAL_ENTROPY}): 2, of which 1 co-fire (fire in every "
+            "model on the same token) at least 2 times.") in text
 
 
 def test_evaluation_with_the_metrics_an_older_run_has():

@@ -29,7 +29,7 @@ from usae.evaluation.accumulate import Accumulator
 from usae.evaluation.evaluate import add_factor_columns, blocks, score_factors, summarise
 from usae.evaluation.universal import COUNTS, FACTOR_AUROC, universal_counts
 from usae.metrics import r2_global_mean, r2_per_dim
-from usae.sae.card import UNIVERSAL_ENTROPY  # the pipeline's one definition (maco.min_entropy's default)
+from usae.evaluation.universal import UNIVERSAL_ENTROPY
 from usae.sae.model import USAE
 
 logger = logging.getLogger(__name__)

@@ -12,7 +12,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from usae.sae.card import UNIVERSAL_ENTROPY  # the pipeline's one definition (maco.min_entropy's default)
+from usae.config import MacoConfig
+
+UNIVERSAL_ENTROPY = MacoConfig().min_entropy
+"""Firing entropy from which a concept counts as universal: the pipeline's one definition (the paper's 0.9,
+``maco.min_entropy``'s default)."""
 
 FACTOR_AUROC = 0.9
 """Planted-factor AUROC from which a universal concept counts as detecting its factor."""

@@ -15,7 +15,7 @@ from typing import Any
 
 from usae.evaluation.universal import FACTOR_AUROC
 from usae.report.numbers import NumberFormat, column_format
-from usae.sae.card import UNIVERSAL_ENTROPY
+from usae.evaluation.universal import UNIVERSAL_ENTROPY
 
 PER_MODEL = "{model}"
 BLANK = ""

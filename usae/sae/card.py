@@ -13,12 +13,10 @@ from typing import Any
 
 import pandas as pd
 
-from usae.config import MacoConfig
+from usae.evaluation.universal import UNIVERSAL_ENTROPY, universal_counts
 from usae.report.templating import fmt
 
 PAPER = "https://arxiv.org/abs/2502.03714"
-UNIVERSAL_ENTROPY = MacoConfig().min_entropy
-"""Firing entropy from which a concept counts as universal (the pipeline's one definition)."""
 
 CARD_TEMPLATE = """---
 {{ card_data }}
@@ -101,18 +99,23 @@ def card_context(config: dict[str, Any], evaluation: dict[str, Any] | None = Non
 
 
 def read_evaluation(eval_dir: str | Path) -> dict[str, Any] | None:
-    """``metrics.json`` of an evaluated run (``eval/``) and its universal-concept count; None if absent.
+    """``metrics.json`` of an evaluated run (``eval/``) and its universal-concept counts; None if absent.
 
-    The count (firing entropy >= :data:`UNIVERSAL_ENTROPY`) comes from ``concepts.parquet``
-    when the folder has it.
+    The counts come from ``concepts.parquet`` when the folder has it: ``n_universal`` (firing
+    entropy >= :data:`UNIVERSAL_ENTROPY`) and, when the metrics give ``min_cofires``,
+    ``n_universal_cofiring`` (:func:`usae.evaluation.universal.universal_counts`).
     """
     eval_dir = Path(eval_dir)
     if not (eval_dir / "metrics.json").exists():
         return None
     evaluation: dict[str, Any] = {"metrics": json.loads((eval_dir / "metrics.json").read_text())}
     if (eval_dir / "concepts.parquet").exists():
-        entropy = pd.read_parquet(eval_dir / "concepts.parquet", columns=["firing_entropy"])["firing_entropy"]
-        evaluation["n_universal"] = int((entropy >= UNIVERSAL_ENTROPY).sum())
+        # Counted as for several models: one model's firing entropies are NaN, so it has none.
+        counts = universal_counts(pd.read_parquet(eval_dir / "concepts.parquet"), 2,
+                                  evaluation["metrics"].get("min_cofires"))
+        evaluation["n_universal"] = counts["universal"]
+        if "universal_cofiring" in counts:
+            evaluation["n_universal_cofiring"] = counts["universal_cofiring"]
     return evaluation
 
 
@@ -180,7 +183,12 @@ def _evaluation(evaluation: dict[str, Any], models: list[str]) -> str:
                   _table(["model", *(label for _, label in dead)], rows)]
     counts = []
     if "n_universal" in evaluation:
-        counts.append(f"Universal concepts (firing entropy >= {UNIVERSAL_ENTROPY}): {fmt(evaluation['n_universal'])}.")
+        least = max(1, m.get("min_cofires") or 1)
+        cofiring = (f", of which {fmt(evaluation['n_universal_cofiring'])} co-fire (fire in every model on the same "
+                    f"token) at least {'once' if least == 1 else f'{fmt(least)} times'}"
+                    if "n_universal_cofiring" in evaluation else "")
+        counts.append(f"Universal concepts (firing entropy >= {UNIVERSAL_ENTROPY}): "
+                      f"{fmt(evaluation['n_universal'])}{cofiring}.")
     if "concepts_firing_in_all_models" in m:
         counts.append(f"Concepts that fire (> tau) in every model: {fmt(m['concepts_firing_in_all_models'])}.")
     return "\n\n".join(parts + ([" ".join(counts)] if counts else []))
