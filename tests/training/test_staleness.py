@@ -79,11 +79,25 @@ def save_store_attrs(store: Path, config: dict, **more) -> None:
                                                  "attributes": {"complete": True, "config": config, **more}}))
 
 
+def save_stores(cfg, attrs=lambda name, spec: {}) -> None:
+    """Every configured model's aligned store (:func:`save_store_attrs`) with the config's prepare settings and
+    the attributes ``attrs(name, spec)``."""
+    for name, spec in cfg.models.items():
+        save_store_attrs(Path(paths.aligned(cfg, name, spec.layer_tag)), to_dict(cfg.prepare), **attrs(name, spec))
+
+
+def assert_redone_from_parts(message: str, cfg, model: str, changes: str) -> None:
+    """``message`` names ``model``'s aligned store with ``changes`` and says to force its extraction parts."""
+    store = paths.aligned(cfg, model, cfg.models[model].layer_tag)
+    parts = " ".join(paths.store_marker(p) for p in paths.extract_parts(cfg, model))
+    assert message.startswith(f"{store} was made with settings the config now changes ({changes})")
+    assert message.endswith(f"rerun with --forcerun {parts}")
+
+
 def test_a_store_prepared_otherwise_is_named_with_each_change_and_its_marker(tmp_path):
     raw = yaml.safe_load(TINY.read_text())
     cfg = load_config({**raw, "results": str(tmp_path / "results")})
-    for name, spec in cfg.models.items():
-        save_store_attrs(Path(paths.aligned(cfg, name, spec.layer_tag)), to_dict(cfg.prepare))
+    save_stores(cfg)
     assert stale_stores(cfg) == []
     changed = load_config({**raw, "results": str(tmp_path / "results"),
                            "prepare": {**raw.get("prepare", {}), "grid": 3, "standardize": "per_dim"}})
@@ -164,38 +178,26 @@ def test_settings_the_model_record_does_not_show_are_compared_through_the_record
 def test_a_store_made_with_a_setting_only_its_spec_records_is_named(tmp_path):
     raw = yaml.safe_load(TINY.read_text())
     cfg = load_config({**raw, "results": str(tmp_path / "results")})
-    for name, spec in cfg.models.items():
-        made_with = spec_settings(spec) | ({"prefix_tokens": 1} if name == "a14" else {})  # the config said 1 then
-        save_store_attrs(Path(paths.aligned(cfg, name, spec.layer_tag)), to_dict(cfg.prepare), model=described(spec),
-                         spec=made_with)
+    save_stores(cfg, lambda name, spec: {"model": described(spec), "spec": spec_settings(spec) | (
+        {"prefix_tokens": 1} if name == "a14" else {})})  # the config said 1 then
     (message,) = stale_stores(cfg)
-    parts = " ".join(paths.store_marker(p) for p in paths.extract_parts(cfg, "a14"))
-    assert message.startswith(f"{paths.aligned(cfg, 'a14', cfg.models['a14'].layer_tag)} was made with settings the "
-                              "config now changes (models.a14.prefix_tokens: 1 -> null)")
-    assert message.endswith(f"rerun with --forcerun {parts}")
+    assert_redone_from_parts(message, cfg, "a14", "models.a14.prefix_tokens: 1 -> null")
 
 
 def test_a_store_of_a_changed_model_is_redone_from_its_extraction_parts(tmp_path):
     raw = yaml.safe_load(TINY.read_text())
     cfg = load_config({**raw, "results": str(tmp_path / "results")})
-    for name, spec in cfg.models.items():
-        save_store_attrs(Path(paths.aligned(cfg, name, spec.layer_tag)), to_dict(cfg.prepare), model=described(spec))
+    save_stores(cfg, lambda name, spec: {"model": described(spec)})
     assert stale_stores(cfg) == []
     models = {**raw["models"], "b16": {**raw["models"]["b16"], "image_size": 96}}
     (message,) = stale_stores(load_config({**raw, "results": str(tmp_path / "results"), "models": models}))
-    store = paths.aligned(cfg, "b16", cfg.models["b16"].layer_tag)
-    parts = " ".join(paths.store_marker(p) for p in paths.extract_parts(cfg, "b16"))
-    assert message.startswith(f"{store} was made with settings the config now changes "
-                              "(models.b16.image_size: 112 -> 96)")
-    assert message.endswith(f"rerun with --forcerun {parts}")
+    assert_redone_from_parts(message, cfg, "b16", "models.b16.image_size: 112 -> 96")
 
 
 def test_a_store_of_other_extract_settings_is_redone_from_its_extraction_parts(tmp_path):
     raw = yaml.safe_load(TINY.read_text())
     cfg = load_config({**raw, "results": str(tmp_path / "results")})
-    for name, spec in cfg.models.items():  # the extract settings as prepare carries them from the parts
-        save_store_attrs(Path(paths.aligned(cfg, name, spec.layer_tag)), to_dict(cfg.prepare),
-                         extract=part_settings(cfg.extract))
+    save_stores(cfg, lambda name, spec: {"extract": part_settings(cfg.extract)})  # as prepare carries it on
     how_it_runs = {**raw["extract"], "num_workers": 3, "keep": True}  # neither changes a value
     assert stale_stores(load_config({**raw, "results": str(tmp_path / "results"), "extract": how_it_runs})) == []
     changed = load_config({**raw, "results": str(tmp_path / "results"),
@@ -204,9 +206,7 @@ def test_a_store_of_other_extract_settings_is_redone_from_its_extraction_parts(t
     assert len(messages) == len(cfg.models)
     store = paths.aligned(cfg, "b16", cfg.models["b16"].layer_tag)
     (message,) = [m for m in messages if m.startswith(store)]
-    assert "(extract.batch_size: 8 -> 2; extract.keep_prefix: True -> False)" in message
-    parts = " ".join(paths.store_marker(p) for p in paths.extract_parts(cfg, "b16"))
-    assert message.endswith(f"rerun with --forcerun {parts}")
+    assert_redone_from_parts(message, cfg, "b16", "extract.batch_size: 8 -> 2; extract.keep_prefix: True -> False")
     older = Path(paths.aligned(cfg, "a14", cfg.models["a14"].layer_tag)) / "zarr.json"  # made before the record
     marker = json.loads(older.read_text())
     del marker["attributes"]["extract"]
