@@ -232,19 +232,24 @@ def wait_until_no_prefetch_thread():
     return not prefetch_threads()
 
 
-def test_the_prefetch_thread_ends_when_the_stream_is_closed_or_dropped(sources):
+def loader_threads():
+    return [t.name for t in threading.enumerate() if t.name.startswith("TokenLoader")]
+
+
+def test_the_stream_s_threads_have_ended_when_it_is_closed_or_dropped(sources):
     assert wait_until_no_prefetch_thread()
-    loader = TokenLoader(sources, BATCH, BUFFER, seed=0)
+    loader = TokenLoader(sources, BATCH, BUFFER, seed=0, read_threads=2)
     stream = loader.batches()
-    next(stream)
+    next(stream)  # the prefetch thread then fills its queue and waits for room, reads of the next buffer in flight
     assert prefetch_threads() and all(t.daemon for t in prefetch_threads())
+    assert {"TokenLoader-read", "TokenLoader-gather"} <= {name.rsplit("_", 1)[0] for name in loader_threads()}
     stream.close()
-    assert wait_until_no_prefetch_thread()
+    assert loader_threads() == []  # ended, not ending: close waits for the reads and the gather in flight
     stream = loader.batches(start_step=3)
     next(stream)
     del stream
     gc.collect()
-    assert wait_until_no_prefetch_thread()
+    assert loader_threads() == []
     maps = weakref.ref(loader.maps)
     assert maps().paths  # the chunk files it read, still mapped
     del loader

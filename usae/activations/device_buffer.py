@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from usae.activations.prefetch import _buffers, _BufferRead, reads_due, torch_dtype
+from usae.activations.prefetch import THREAD_PREFIX, _buffers, _BufferRead, reads_due, torch_dtype
 from usae.activations.sources import TokenSource, check_finite
 
 if TYPE_CHECKING:
@@ -170,8 +170,8 @@ def stream_device_batches(loader: TokenLoader, epoch: int, buffer: int, skip: in
     """The loader's batches from batch ``skip`` of ``buffer`` of ``epoch`` on, gathered on ``device`` (see the
     module docstring); batches are ``{name: (batch_tokens, d) tensor on device}``, dtype as stored."""
     check_device_memory(loader, device)
-    pool = ThreadPoolExecutor(loader.read_threads, thread_name_prefix="TokenLoader-read")
-    slots, staging, never = _Slots(loader, device), _Staging(pinned=device.type == "cuda"), threading.Event()
+    pool = ThreadPoolExecutor(loader.read_threads, thread_name_prefix=f"{THREAD_PREFIX}-read")
+    slots, staging, never = _Slots(loader, device), _Staging(pinned=device.type == "cuda"), Future()
     try:
         buffers = _buffers(loader, epoch, buffer)
         e, b, n_steps = next(buffers)

@@ -23,19 +23,20 @@ Beside the consumer, one thread (``TokenLoader-prefetch``) gathers batches with 
   waits behind a read): the gather is the loader's largest cost, and one core alone would
   keep it from matching a plain read of the files (``benchmarks/bench_loader.py``).
 
-An error in any thread is re-raised by the consumer as is; closing or dropping the
-stream sets a stop event that ends the threads.
+An error in any thread is re-raised by the consumer as is. Closing or dropping the stream
+wakes the prefetch thread wherever it waits (no polling) and waits for it, which waits for
+the reads and the gather in flight: once ``close()`` returns, no thread of the stream runs.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import queue
 import sys
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -50,7 +51,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_POLL_S = 0.1
+THREAD_PREFIX = "TokenLoader"  # every thread of a stream: -prefetch, -read_<i>, -gather_<i>
+JOIN_S = 60.0  # a closed stream waits this long for its prefetch thread (a read stuck on a dead disk: no longer)
 Pieces = dict[str, tuple[list[np.ndarray], np.ndarray]]
 """Per source, a buffer's pieces as ``(tokens, d)`` arrays in buffer order and the buffer token index of each
 piece's first token (with the end last)."""
@@ -97,16 +99,18 @@ class _BufferRead:
         start, stop = self.spans[block]
         return self.pool.submit(_read_checked, source, start, stop, self.loader.map_chunks, self.loader.maps)
 
-    def finish(self, stop: threading.Event) -> bool:
-        """Submit what is left and wait for every read (errors raised); False if ``stop`` came first."""
+    def finish(self, stopped: Future) -> bool:
+        """Submit what is left and wait for every read (errors raised as each read ends); False if ``stopped``
+        is done first."""
         self.submit(len(self.spans))
-        pending = self.futures
+        pending = set(self.futures)
         while pending:
-            if stop.is_set():
+            done, _ = wait([*pending, stopped], return_when=FIRST_COMPLETED)
+            if stopped in done:
                 return False
-            done, pending = wait(pending, timeout=_POLL_S, return_when=FIRST_EXCEPTION)
             for future in done:
                 future.result()
+            pending -= done
         return True
 
     def pieces(self) -> Pieces:
@@ -151,26 +155,88 @@ def _buffers(loader: TokenLoader, epoch: int, buffer: int) -> Iterator[tuple[int
         epoch, buffer = epoch + 1, 0
 
 
+class _Ready:
+    """The gathered batches between the prefetch thread and the consumer: a bounded queue whose waits end
+    as soon as there is something to do (an item, room, the stream closed, the producer gone), never by
+    polling. :attr:`stopped` is done once the stream is closed, for waits on futures."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.items = size, deque()
+        self.closed = self.ended = False
+        self.stopped: Future = Future()
+        self._cond = threading.Condition()
+
+    def qsize(self) -> int:
+        return len(self.items)
+
+    def put(self, item: object, waiting: Callable[[], None] = lambda: None) -> bool:
+        """Queue ``item`` once there is room, calling ``waiting()`` first and after each batch taken meanwhile;
+        False (not queued) if the stream is closed first."""
+        while True:
+            waiting()
+            with self._cond:
+                if self.closed:
+                    return False
+                if len(self.items) < self.size:
+                    self.items.append(item)
+                    self._cond.notify_all()
+                    return True
+                self._cond.wait()
+
+    def get(self) -> object:
+        """The next item, once there is one.
+
+        Raises:
+            RuntimeError: the producer ended without queueing one.
+        """
+        with self._cond:
+            self._cond.wait_for(lambda: self.items or self.ended)
+            if not self.items:
+                raise RuntimeError("TokenLoader prefetch thread ended without a result")
+            item = self.items.popleft()
+            self._cond.notify_all()
+            return item
+
+    def close(self) -> None:
+        """The consumer is gone: every wait of the producer ends."""
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+        if not self.stopped.done():
+            self.stopped.set_result(None)
+
+    def end(self) -> None:
+        """The producer is gone: a waiting :meth:`get` ends."""
+        with self._cond:
+            self.ended = True
+            self._cond.notify_all()
+
+
 def stream_batches(loader: TokenLoader, epoch: int, buffer: int, skip: int) -> Iterator[dict[str, torch.Tensor]]:
     """The loader's batches from batch ``skip`` of ``buffer`` of ``epoch`` on (see the module docstring)."""
-    ready: queue.Queue = queue.Queue(maxsize=loader.prefetch)
-    stop = threading.Event()
-    thread = threading.Thread(target=_produce, args=(loader, epoch, buffer, skip, ready, stop),
-                              name="TokenLoader-prefetch", daemon=True)
+    ready = _Ready(loader.prefetch)
+    thread = threading.Thread(target=_produce, args=(loader, epoch, buffer, skip, ready),
+                              name=f"{THREAD_PREFIX}-prefetch", daemon=True)
     thread.start()
     try:
         while True:
-            item = _get(ready, thread)
+            item = ready.get()
             if isinstance(item, _Failure):
                 raise item.error
             yield item
     finally:
-        stop.set()
+        ready.close()
+        # Not from a loader's own thread (the garbage collector may finalise a dropped stream in any thread): the
+        # prefetch thread waits for its read and gather threads, which would then wait for themselves.
+        if not threading.current_thread().name.startswith(THREAD_PREFIX):
+            thread.join(JOIN_S)
+            if thread.is_alive():
+                logger.warning("TokenLoader: the prefetch thread still runs %.0f s after its stream was closed "
+                               "(a read that does not return?); left behind", JOIN_S)
 
 
-def _produce(loader: TokenLoader, epoch: int, buffer: int, skip: int, ready: queue.Queue,
-             stop: threading.Event) -> None:
-    pool = ThreadPoolExecutor(loader.read_threads, thread_name_prefix="TokenLoader-read")
+def _produce(loader: TokenLoader, epoch: int, buffer: int, skip: int, ready: _Ready) -> None:
+    pool = ThreadPoolExecutor(loader.read_threads, thread_name_prefix=f"{THREAD_PREFIX}-read")
     # arrays: the queue's batches, the one being gathered, the consumer's
     gatherers = _Gatherers(loader.read_threads, _BatchArrays(loader.prefetch + 4))
     try:
@@ -178,35 +244,38 @@ def _produce(loader: TokenLoader, epoch: int, buffer: int, skip: int, ready: que
         e, b, n_steps = next(buffers)
         current = _BufferRead(loader, pool, e, b)
         while True:
-            if not current.finish(stop):
+            if not current.finish(ready.stopped):
                 return
             e, b, n_next = next(buffers)
             upcoming = _BufferRead(loader, pool, e, b)
-            if not _serve(loader, current, upcoming, skip, n_steps, ready, stop, gatherers):
+            if not _serve(loader, current, upcoming, skip, n_steps, ready, gatherers):
                 return
             current, n_steps, skip = upcoming, n_next, 0
     except BaseException as err:  # handed to the consumer, which re-raises it
         logger.debug("TokenLoader prefetch thread failed: %r", err)
-        failure = _Failure(err)
-        _wait(lambda: _try_put(ready, failure), stop)
+        ready.put(_Failure(err))
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        pool.shutdown(wait=True, cancel_futures=True)
         gatherers.close()
+        ready.end()
 
 
 def _serve(loader: TokenLoader, current: _BufferRead, upcoming: _BufferRead, skip: int, n_steps: int,
-           ready: queue.Queue, stop: threading.Event, gatherers: _Gatherers) -> bool:
-    """Put batches ``skip:n_steps`` of ``current`` on ``ready``, submitting ``upcoming``'s reads as they fall due."""
+           ready: _Ready, gatherers: _Gatherers) -> bool:
+    """Put batches ``skip:n_steps`` of ``current`` on ``ready``, submitting ``upcoming``'s reads as they fall due
+    (each time the consumer takes a batch); False if the stream was closed."""
     order, size, pieces = current.order(), loader.batch_tokens, current.pieces()
     n_batches, put = n_steps - skip, 0
+
+    def submit_due() -> None:
+        upcoming.submit(reads_due(len(upcoming.spans), put - ready.qsize(), n_batches))
+
     for j in range(skip, n_steps):
+        if ready.closed:
+            return False
         batch = gatherers.gather(pieces, np.sort(order[j * size:(j + 1) * size]), loader.pin_memory)
-        while True:
-            upcoming.submit(reads_due(len(upcoming.spans), put - ready.qsize(), n_batches))
-            if _try_put(ready, batch):
-                break
-            if stop.is_set():
-                return False
+        if not ready.put(batch, submit_due):
+            return False
         put += 1
     return True
 
@@ -242,12 +311,12 @@ class _Gatherers:
     on ``helpers`` gather threads of its own, into arrays of ``arrays``."""
 
     def __init__(self, helpers: int, arrays: _BatchArrays) -> None:
-        self.pool = ThreadPoolExecutor(helpers, thread_name_prefix="TokenLoader-gather")
+        self.pool = ThreadPoolExecutor(helpers, thread_name_prefix=f"{THREAD_PREFIX}-gather")
         self.n_ranges, self.arrays = helpers + 1, arrays
 
     def close(self) -> None:
-        """End the gather threads (a gather in progress is waited for by its caller, not here)."""
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        """End the gather threads (idle: a gather's caller waits for its ranges)."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
     def gather(self, pieces: Pieces, index: np.ndarray, pin_memory: bool) -> dict[str, torch.Tensor]:
         """The tokens ``index`` (sorted buffer token indices) of every source, as ``{name: (len(index), d)}``."""
@@ -275,28 +344,3 @@ def _take(pieces: Pieces, index: np.ndarray, outs: dict[str, np.ndarray], lo: in
         for part, first, a, b in zip(parts, starts, cuts[:-1], cuts[1:]):
             if b > a:  # indices are in range: no bounds pass
                 np.take(part, rows[a:b] - first, axis=0, out=out[a:b], mode="clip")
-
-
-def _try_put(ready: queue.Queue, item: object) -> bool:
-    try:
-        ready.put(item, timeout=_POLL_S)
-        return True
-    except queue.Full:
-        return False
-
-
-def _wait(attempt: Callable[[], bool], stop: threading.Event) -> bool:
-    """Retry ``attempt`` (a bounded wait) until it succeeds (True) or ``stop`` is set (False)."""
-    while not stop.is_set():
-        if attempt():
-            return True
-    return False
-
-
-def _get(ready: queue.Queue, thread: threading.Thread) -> object:
-    while True:
-        try:
-            return ready.get(timeout=_POLL_S)
-        except queue.Empty:
-            if not thread.is_alive() and ready.empty():
-                raise RuntimeError("TokenLoader prefetch thread ended without a result") from None
