@@ -27,9 +27,8 @@ from usae.activations.sources import TokenSource
 from usae.config import EvaluateConfig, SAEConfig
 from usae.evaluation.accumulate import Accumulator
 from usae.evaluation.evaluate import add_factor_columns, blocks, score_factors, summarise
-from usae.evaluation.universal import COUNTS, FACTOR_AUROC, universal_counts
+from usae.evaluation.universal import COUNTS, FACTOR_AUROC, UNIVERSAL_ENTROPY, universal_counts
 from usae.metrics import r2_global_mean, r2_per_dim
-from usae.evaluation.universal import UNIVERSAL_ENTROPY
 from usae.sae.model import USAE
 
 logger = logging.getLogger(__name__)

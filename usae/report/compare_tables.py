@@ -13,9 +13,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from usae.evaluation.universal import FACTOR_AUROC
+from usae.evaluation.universal import FACTOR_AUROC, UNIVERSAL_ENTROPY
 from usae.report.numbers import NumberFormat, column_format
-from usae.evaluation.universal import UNIVERSAL_ENTROPY
 
 PER_MODEL = "{model}"
 BLANK = ""
