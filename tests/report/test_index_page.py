@@ -57,6 +57,23 @@ def test_galleries_open_three_cards_and_fold_the_rest(page: str) -> None:
     assert folded and all(int(n) > 0 for n in folded)
 
 
+def test_the_universal_gallery_keeps_to_concepts_the_models_fire_together(page: str, tiny_run) -> None:
+    import pandas as pd
+
+    from usae.report.build import select_concepts
+
+    # Concept 1 has the highest firing entropy, but the models never fire it on the same token.
+    table = pd.DataFrame({"concept": [0, 1, 2, 3], "firing_entropy": [0.95, 0.99, 0.9, 0.2],
+                          "cofires": [5, 0, 3, 0], "energy_total": [1.0, 2.0, 3.0, 4.0],
+                          "fires_a": [20, 20, 20, 30], "fires_b": [20, 20, 20, 0]})
+    assert select_concepts(table, ["a", "b"], n=2, min_cofires=4)["universal"] == [0]  # 2 co-fires too rarely
+    assert select_concepts(table, ["a", "b"], n=2, min_cofires=0)["universal"] == [0, 2]  # at least once
+    assert select_concepts(table, ["a", "b"], n=2)["universal"] == [1, 0]  # no threshold known: entropy alone
+    assert select_concepts(table, ["a", "b"], n=2, min_cofires=4)["specific"] == [3, 2]  # co-firing not asked
+    least = max(1, json.loads((tiny_run["run"] / "eval" / "metrics.json").read_text())["min_cofires"])
+    assert f"Most universal (highest firing entropy, among those co-firing at least {least:,} times)" in page
+
+
 def test_cards_explain_their_captions_and_scale(page: str) -> None:
     legend = _text(page.split('id="concepts-legend">', 1)[1].split("</p>", 1)[0])
     assert "# its row in the manifest and max , the concept's largest activation Z_k" in legend

@@ -38,20 +38,33 @@ AT_EXTRACTION = "unreadable at extraction"
 _COLUMNS = ("index", "image_id", "path", "status", "reason")  # manifest columns the excluded-images list reads
 
 
-def select_concepts(table: pd.DataFrame, models: list[str], n: int = N_CARDS,
-                    min_fires: int = 10) -> dict[str, list[int]]:
+def select_concepts(table: pd.DataFrame, models: list[str], n: int = N_CARDS, min_fires: int = 10,
+                    min_cofires: int | None = None) -> dict[str, list[int]]:
     """Concept ids for the three galleries: top energy, most universal, most model-specific.
 
-    Universal: highest firing entropy among concepts firing at least ``min_fires`` times in
-    total (ties broken by energy). Model-specific: lowest firing entropy among the same.
+    Universal: highest firing entropy (ties broken by energy) among concepts firing at least
+    ``min_fires`` times in total that, given ``min_cofires`` (the evaluation's) and a ``cofires``
+    column, co-fire at least ``max(1, min_cofires)`` times: firing entropy weighs how evenly the
+    models fire a concept, not whether they fire it on the same tokens. Model-specific: lowest
+    firing entropy among the concepts firing ``min_fires`` times.
     """
     total = sum(table[f"fires_{m}"] for m in models)
     alive = table[(total >= min_fires) & table["firing_entropy"].notna()]
+    shared = alive
+    if min_cofires is not None and "cofires" in alive.columns:
+        shared = alive[alive["cofires"] >= max(1, int(min_cofires))]
     by_energy = table.sort_values("energy_total", ascending=False)
-    universal = alive.sort_values(["firing_entropy", "energy_total"], ascending=[False, False])
+    universal = shared.sort_values(["firing_entropy", "energy_total"], ascending=[False, False])
     specific = alive.sort_values(["firing_entropy", "energy_total"], ascending=[True, False])
     return {"energy": by_energy["concept"].head(n).tolist(), "universal": universal["concept"].head(n).tolist(),
             "specific": specific["concept"].head(n).tolist()}
+
+
+def gallery_headings(min_cofires: int | None) -> dict[str, str]:
+    """The galleries' headings (:func:`select_concepts`'s keys), saying how each was chosen."""
+    cofiring = f", among those co-firing at least {max(1, int(min_cofires)):,} times" if min_cofires is not None else ""
+    return {"energy": "Most important (energy)", "universal": f"Most universal (highest firing entropy{cofiring})",
+            "specific": "Most model-specific (lowest firing entropy)"}
 
 
 def build_report(run_dir: str | Path, manifest_path: str | Path | None, out_dir: str | Path, *,
@@ -85,7 +98,7 @@ def build_report(run_dir: str | Path, manifest_path: str | Path | None, out_dir:
         maco = load_maco(maco_dir, tmp) if maco_dir is not None else None
         manifest = Path(manifest_path) if manifest_path is not None else None
         explorer = write_explorer(run_dir / "eval", manifest, tmp, models, maco=maco)
-        galleries = select_concepts(table, models)
+        galleries = select_concepts(table, models, min_cofires=metrics.get("min_cofires"))
         rows = table.set_index("concept")
         cards = {name: [card(_row(rows, cid), models, index=explorer, maco=maco) for cid in ids]
                  for name, ids in galleries.items()}
@@ -234,6 +247,7 @@ def _context(run_dir: Path, config: dict[str, Any], metrics: dict[str, Any], tab
         "run": run_dir.name, "models": models, "per_model": per_model, "metrics": metrics,
         "sae": config["sae"], "train": meta.get("train", {}), "scheme": meta.get("scheme"), "steps": meta.get("steps"),
         "random_init": random_init, "figures": figures, "cards": cards, "explorer": explorer,
+        "gallery_headings": gallery_headings(metrics.get("min_cofires")),
         "n_concepts": len(table), "comparison": [_run_summary(name, path) for name, path in sorted(runs.items())],
         "consistency": consistency_with_solo_runs(run_dir, models, table, runs),
         "usae_version": __version__,
