@@ -38,6 +38,26 @@ class _Toy(Backbone):
         return patches.mean(1, keepdim=True), patches
 
 
+def test_a_family_defines_one_forward_and_gets_the_other():
+    class Layers(_Toy):  # a family that shares its pass between layers defines forward_layers only
+        forward_tokens = Backbone.forward_tokens
+
+        def forward_layers(self, pixels):
+            return [_Toy.forward_tokens(self, pixels)]
+
+    spec = BackboneSpec(key="m", library="timm", name="x", pretrained=False, image_size=32)
+    torch.manual_seed(0)
+    toy = _Toy(spec).eval()
+    torch.manual_seed(0)
+    layers = Layers(spec).eval()
+    pixels = torch.rand(2, 3, 32, 32)
+    for got, want in zip(layers.forward_tokens(pixels), toy.forward_layers(pixels)[0]):
+        torch.testing.assert_close(got, want)
+    with pytest.raises(TypeError, match="Neither must define forward_tokens .* or forward_layers"):
+        class Neither(Backbone):
+            pass
+
+
 def test_builtin_libraries_are_registered():
     assert {"timm", "transformers"} <= set(list_backbones())
     assert list_backbones() == sorted(list_backbones())

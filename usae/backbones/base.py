@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import difflib
+import inspect
 import logging
 import zlib
 from collections.abc import Mapping
@@ -94,9 +95,15 @@ class Backbone(nn.Module, abc.ABC):
         """
         return replace(spec, pretrained=False, weights=None, weights_sha256=None, weights_format=None)
 
-    @abc.abstractmethod
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not inspect.isabstract(cls) and (cls.forward_tokens is Backbone.forward_tokens
+                                            and cls.forward_layers is Backbone.forward_layers):
+            raise TypeError(f"{cls.__name__} must define forward_tokens (one layer a pass) or forward_layers "
+                            "(several layers from one pass)")
+
     def forward_tokens(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
-        """Tokens of the configured layer.
+        """Tokens of the configured layer; by default the first entry of :meth:`forward_layers`.
 
         Args:
             pixels: (batch, 3, image_size, image_size) preprocessed images.
@@ -104,12 +111,14 @@ class Backbone(nn.Module, abc.ABC):
         Returns:
             prefix (batch, n_prefix, d_model) and patches (batch, grid_h * grid_w, d_model).
         """
+        return self.forward_layers(pixels)[0]
 
     def forward_layers(self, pixels: Tensor) -> list[tuple[Tensor, Tensor]]:
-        """(prefix, patches) of every layer of :attr:`specs`, in that order, from one forward pass.
+        """(prefix, patches) of every layer of :attr:`specs`, in that order, from one forward pass; by default
+        :meth:`forward_tokens` alone.
 
-        Families that share the forward pass (:meth:`shares_forward`) override this and
-        make :meth:`forward_tokens` its first entry.
+        A family defines one of the two: :meth:`forward_tokens` if it computes one layer a pass,
+        :meth:`forward_layers` if it shares the pass between layers (:meth:`shares_forward`).
         """
         return [self.forward_tokens(pixels)]
 

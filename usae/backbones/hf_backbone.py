@@ -135,17 +135,6 @@ class HFBackbone(Backbone):
                             final.key)
             self._final_norm = norm
 
-    def forward_tokens(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
-        """Prefix and patch tokens of the configured layer.
-
-        Args:
-            pixels: (batch, 3, image_size, image_size) preprocessed images.
-
-        Returns:
-            prefix (batch, n_prefix, d_model) and patches (batch, grid_h * grid_w, d_model).
-        """
-        return self.forward_layers(pixels)[0]
-
     @classmethod
     def shares_forward(cls, specs: tuple[BackboneSpec, ...]) -> bool:
         """Always: one call returns every block's output and the final one."""

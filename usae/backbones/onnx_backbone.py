@@ -93,17 +93,6 @@ class OnnxBackbone(Backbone):
         except ValueError as err:
             raise ValueError(f"{err}; layers with tokens or feature maps include {_candidates(onnx, model)}") from None
 
-    def forward_tokens(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
-        """Prefix and patch tokens of the configured tensor.
-
-        Args:
-            pixels: (batch, 3, image_size, image_size) preprocessed RGB images.
-
-        Returns:
-            prefix (batch, n_prefix, d_model) and patches (batch, grid_h * grid_w, d_model).
-        """
-        return self.forward_layers(pixels)[0]
-
     def forward_layers(self, pixels: Tensor) -> list[tuple[Tensor, Tensor]]:
         """Prefix and patch tokens of every tensor of :attr:`specs`, from one pass of the cut graph."""
         x = pixels.flip(1) if self.spec.channel_order == "BGR" else pixels

@@ -86,17 +86,6 @@ class TorchvisionBackbone(Backbone):
         self.preprocessing = Preprocessing(image_size=spec.image_size, mean=mean, std=std, interpolation="bicubic")
         self.layout = self._probe_layout()
 
-    def forward_tokens(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
-        """Prefix and patch tokens of the configured node.
-
-        Args:
-            pixels: (batch, 3, image_size, image_size) preprocessed images.
-
-        Returns:
-            prefix (batch, n_prefix, d_model) and patches (batch, grid_h * grid_w, d_model).
-        """
-        return self.forward_layers(pixels)[0]
-
     def forward_layers(self, pixels: Tensor) -> list[tuple[Tensor, Tensor]]:
         """Prefix and patch tokens of every node of :attr:`specs`, from one forward pass."""
         outs = self.body(pixels)
