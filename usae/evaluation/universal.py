@@ -24,13 +24,19 @@ COUNTS = ("universal", "universal_cofiring", "universal_energetic", "universal_e
 """The keys :func:`universal_counts` can return, in the order they are shown."""
 
 
+def cofire_floor(min_cofires: int) -> int:
+    """Co-fires from which a concept counts as fired together by the models: the evaluation's resolved
+    ``min_cofires``, but at least one (a concept never fired together is shared by none)."""
+    return max(1, int(min_cofires))
+
+
 def universal_counts(table: pd.DataFrame, n_models: int, min_cofires: int | None = None) -> dict[str, Any]:
     """The universal-concept counts of a concept table with ``firing_entropy`` (NaN: never fires).
 
     ``universal``: concepts with firing entropy >= :data:`UNIVERSAL_ENTROPY` (the paper's count);
     with ``cofires`` and ``min_cofires`` (the evaluation's resolved ``evaluate.min_cofires``),
     ``universal_cofiring`` (those that fire in every model on the same token at least
-    ``max(1, min_cofires)`` times); with ``energy_total``, ``universal_energetic`` (those with at
+    :func:`cofire_floor` times); with ``energy_total``, ``universal_energetic`` (those with at
     least the mean concept's energy, dead ones included in the mean) and ``universal_energy_share``
     (their share of all concepts' energy; both None when no concept has energy); with
     ``factor_auroc`` (generated images only), ``universal_factor`` (those whose best planted factor
@@ -50,7 +56,7 @@ def universal_counts(table: pd.DataFrame, n_models: int, min_cofires: int | None
     if "cofires" in table.columns and min_cofires is not None:
         # Firing entropy weighs how evenly the models fire a concept, not whether they fire it on the same
         # tokens: a concept each model fires on tokens of its own is even, yet shared by none.
-        cofiring = table["cofires"].to_numpy() >= max(1, int(min_cofires))
+        cofiring = table["cofires"].to_numpy() >= cofire_floor(min_cofires)
         out["universal_cofiring"] = int((universal & cofiring).sum())
     if "energy_total" in table.columns:
         # Weak latents that fire now and then in every model count as universal too; weighing by

@@ -21,6 +21,7 @@ from usae import __version__
 from usae.atomic import atomic_path
 from usae.data.images import reason_kind
 from usae.evaluation.consistency import consistency_with_solo_runs
+from usae.evaluation.universal import cofire_floor
 from usae.report.cards import card
 from usae.report.compare import floored_metrics, load_runs, metric_tables
 from usae.report.explorer import NO_IMAGES, ExplorerIndex, write_explorer
@@ -44,7 +45,7 @@ def select_concepts(table: pd.DataFrame, models: list[str], n: int = N_CARDS, mi
 
     Universal: highest firing entropy (ties broken by energy) among concepts firing at least
     ``min_fires`` times in total that, given ``min_cofires`` (the evaluation's) and a ``cofires``
-    column, co-fire at least ``max(1, min_cofires)`` times: firing entropy weighs how evenly the
+    column, co-fire at least :func:`~usae.evaluation.universal.cofire_floor` times: firing entropy weighs how evenly the
     models fire a concept, not whether they fire it on the same tokens. Model-specific: lowest
     firing entropy among the concepts firing ``min_fires`` times.
     """
@@ -52,7 +53,7 @@ def select_concepts(table: pd.DataFrame, models: list[str], n: int = N_CARDS, mi
     alive = table[(total >= min_fires) & table["firing_entropy"].notna()]
     shared = alive
     if min_cofires is not None and "cofires" in alive.columns:
-        shared = alive[alive["cofires"] >= max(1, int(min_cofires))]
+        shared = alive[alive["cofires"] >= cofire_floor(min_cofires)]
     by_energy = table.sort_values("energy_total", ascending=False)
     universal = shared.sort_values(["firing_entropy", "energy_total"], ascending=[False, False])
     specific = alive.sort_values(["firing_entropy", "energy_total"], ascending=[True, False])
@@ -62,7 +63,7 @@ def select_concepts(table: pd.DataFrame, models: list[str], n: int = N_CARDS, mi
 
 def gallery_headings(min_cofires: int | None) -> dict[str, str]:
     """The galleries' headings (:func:`select_concepts`'s keys), saying how each was chosen."""
-    cofiring = f", among those co-firing at least {max(1, int(min_cofires)):,} times" if min_cofires is not None else ""
+    cofiring = "" if min_cofires is None else f", among those co-firing at least {cofire_floor(min_cofires):,} times"
     return {"energy": "Most important (energy)", "universal": f"Most universal (highest firing entropy{cofiring})",
             "specific": "Most model-specific (lowest firing entropy)"}
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from usae.evaluation.universal import UNIVERSAL_ENTROPY, universal_counts
+from usae.evaluation.universal import UNIVERSAL_ENTROPY, cofire_floor, universal_counts
 from usae.report.templating import fmt
 
 PAPER = "https://arxiv.org/abs/2502.03714"
@@ -183,10 +183,11 @@ def _evaluation(evaluation: dict[str, Any], models: list[str]) -> str:
                   _table(["model", *(label for _, label in dead)], rows)]
     counts = []
     if "n_universal" in evaluation:
-        least = max(1, m.get("min_cofires") or 1)
-        cofiring = (f", of which {fmt(evaluation['n_universal_cofiring'])} co-fire (fire in every model on the same "
-                    f"token) at least {'once' if least == 1 else f'{fmt(least)} times'}"
-                    if "n_universal_cofiring" in evaluation else "")
+        cofiring = ""
+        if "n_universal_cofiring" in evaluation:  # counted only where the metrics give min_cofires
+            least = cofire_floor(m["min_cofires"])
+            cofiring = (f", of which {fmt(evaluation['n_universal_cofiring'])} co-fire (fire in every model on the "
+                        f"same token) at least {'once' if least == 1 else f'{fmt(least)} times'}")
         counts.append(f"Universal concepts (firing entropy >= {UNIVERSAL_ENTROPY}): "
                       f"{fmt(evaluation['n_universal'])}{cofiring}.")
     if "concepts_firing_in_all_models" in m:
