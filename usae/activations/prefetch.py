@@ -162,9 +162,13 @@ class _Ready:
 
     def __init__(self, size: int) -> None:
         self.size, self.items = size, deque()
-        self.closed = self.ended = False
+        self.ended = False
         self.stopped: Future = Future()
         self._cond = threading.Condition()
+
+    @property
+    def closed(self) -> bool:
+        return self.stopped.done()
 
     def qsize(self) -> int:
         return len(self.items)
@@ -200,10 +204,9 @@ class _Ready:
     def close(self) -> None:
         """The consumer is gone: every wait of the producer ends."""
         with self._cond:
-            self.closed = True
+            if not self.stopped.done():
+                self.stopped.set_result(None)
             self._cond.notify_all()
-        if not self.stopped.done():
-            self.stopped.set_result(None)
 
     def end(self) -> None:
         """The producer is gone: a waiting :meth:`get` ends."""
