@@ -165,3 +165,21 @@ def test_concepts_chosen_universal_then_specific():
     assert choose_concepts(table, ["a", "b"], MacoConfig(concepts=(5, 1))) == [(5, "chosen"), (1, "chosen")]
     with pytest.raises(ValueError, match=r"maco.concepts: \[9\] are not concepts of this run"):
         choose_concepts(table, ["a", "b"], MacoConfig(concepts=(9,)))
+
+
+def test_universal_concepts_need_to_cofire_past_the_evaluations_floor():
+    # Concept 1 detects a planted factor, so it would come first, but the models fire it together only
+    # 10 times; concept 6 never co-fires although each model fires it often.
+    table = pd.DataFrame({
+        "concept": [0, 1, 4, 6, 2],
+        "firing_entropy": [0.95, 0.99, 0.92, 1.0, 0.3],
+        "cofires": [50, 10, 80, 0, 0],
+        "factor": [None, "shape=star", None, None, None],
+        "fires_a": [60, 20, 100, 300, 90], "fires_b": [55, 15, 90, 290, 1]})
+    cfg = MacoConfig(n_universal=3, n_specific=0)
+    assert choose_concepts(table, ["a", "b"], cfg) == [(1, "universal"), (4, "universal"), (0, "universal")]
+    assert choose_concepts(table, ["a", "b"], cfg, min_cofires=11) == [(4, "universal"), (0, "universal")]
+    assert choose_concepts(table, ["a", "b"], cfg, min_cofires=51) == [(4, "universal")]
+    # A floor of 0 still asks for one co-fire: concept 6 is never chosen as universal.
+    assert choose_concepts(table, ["a", "b"], MacoConfig(n_universal=5, n_specific=0), min_cofires=0) == [
+        (1, "universal"), (4, "universal"), (0, "universal")]
