@@ -13,7 +13,7 @@ from usae.config import EvaluateConfig, SAEConfig
 from usae.evaluation.baselines import Moments, random_dictionary
 from usae.evaluation.evaluate import blocks, evaluate_sources
 from usae.evaluation.run import PlantedFactors
-from usae.evaluation.universal import universal_counts
+from usae.evaluation.universal import CHANCE_ALPHA, beyond_chance, chance_cofires, universal_counts
 from usae.sae.model import USAE
 
 CPU = torch.device("cpu")
@@ -37,6 +37,31 @@ def test_counts_of_a_concept_table_known_answer():
     assert universal_counts(table.drop(columns=["firing_entropy"]), 2) == {}
     silent = universal_counts(table.assign(energy_total=0.0), 2)
     assert silent["universal_energetic"] is None and silent["universal_energy_share"] is None
+    assert "universal_beyond_chance" not in universal_counts(cofiring, 2, 2, n_tokens=100)  # no fires columns
+
+
+def test_cofiring_beyond_chance_known_answers():
+    # 1,000 tokens. Concept 0: each model fires it on 10, together 5: chance 1000 * 0.01 * 0.01 = 0.1 co-fires,
+    # P(X >= 5) = 7.7e-8. Concept 1: fired on 600 tokens by each, together 360: exactly chance (360).
+    # Concept 2: fired on 100 and 50, together 12: chance 5, P(X >= 12) = 0.0055. Concept 3: never together.
+    table = pd.DataFrame({"fires_a": [10, 600, 100, 40], "fires_b": [10, 600, 50, 40], "cofires": [5, 360, 12, 0],
+                          "firing_entropy": [1.0, 1.0, 0.95, 1.0]})
+    assert chance_cofires(table, 1000) == pytest.approx([0.1, 360.0, 5.0, 1.6])
+    poisson_tail = 1 - sum(np.exp(-5.0) * 5.0 ** i / np.prod(range(1, i + 1)) for i in range(12))
+    assert poisson_tail == pytest.approx(0.00545, abs=1e-5)
+    # Bonferroni over the 4 concepts: P < 0.05 / 4 = 0.0125 passes, so concept 2 does, and not at alpha 0.02.
+    assert beyond_chance(table, 1000).tolist() == [True, False, True, False]
+    assert beyond_chance(table, 1000, alpha=0.02).tolist() == [True, False, False, False]
+    assert CHANCE_ALPHA == 0.05
+    counts = universal_counts(table, 2, min_cofires=1, n_tokens=1000)
+    assert (counts["universal"], counts["universal_cofiring"], counts["universal_beyond_chance"]) == (4, 3, 2)
+    # Floor and chance together: 10 co-fires asked leaves concept 2 (12) and 1 (360, but chance).
+    assert universal_counts(table, 2, min_cofires=10, n_tokens=1000)["universal_beyond_chance"] == 1
+    # Three models: chance multiplies the three shares.
+    three = table.assign(fires_c=[500, 1000, 1000, 1000])
+    assert chance_cofires(three, 1000) == pytest.approx([0.05, 360.0, 5.0, 1.6])
+    with pytest.raises(ValueError, match="at least 2 models"):
+        chance_cofires(table.drop(columns=["fires_b"]), 1000)
 
 
 KINDS = ((0, 5.0, 5.0), (1, 5.0, 5.0), (2, 0.5, 0.5), (3, 0.5, 0.5), (4, 1.0, 0.0), (5, 1.0, 0.0), (6, 1.0, 0.0),
@@ -79,9 +104,10 @@ def test_planted_dictionary_counts_and_its_random_floor(tmp_path):
     evaluate_sources(model, sources, cfg, tmp_path / "eval", device=CPU, factors=factors, baseline_sources=sources)
     out = json.loads((tmp_path / "eval" / "baselines.json").read_text())
     rows = {row["method"]: row for row in out["table"]}
-    counts = ("universal", "universal_cofiring", "universal_energetic", "universal_factor")
-    assert [rows["usae"][key] for key in counts] == [5, 4, 2, 2]
-    assert [rows["pca"][key] for key in counts] == [None, None, None, None]
+    counts = ("universal", "universal_cofiring", "universal_beyond_chance", "universal_energetic", "universal_factor")
+    # Latents 0-3 fire on the same 15 of 120 tokens in both models (1.9 co-fires by chance): beyond chance.
+    assert [rows["usae"][key] for key in counts] == [5, 4, 4, 2, 2]
+    assert [rows["pca"][key] for key in counts] == [None, None, None, None, None]
     # The floor is the random dictionary's own: evaluated on its own as if trained, it counts the same.
     moments = {n: Moments.empty(8, CPU) for n in model.names}
     for _, block in blocks(sources, cfg.batch_images, 40, spread=True):
@@ -89,11 +115,12 @@ def test_planted_dictionary_counts_and_its_random_floor(tmp_path):
             moments[n].update(torch.from_numpy(block[n].reshape(-1, 8)))
     rand = random_dictionary(model.dims, model.cfg, {n: m.mean().float() for n, m in moments.items()}, seed=2)
     evaluate_sources(rand, sources, cfg, tmp_path / "rand", device=CPU, factors=factors.fresh())
-    min_cofires = json.loads((tmp_path / "rand" / "metrics.json").read_text())["min_cofires"]
-    own = universal_counts(pd.read_parquet(tmp_path / "rand" / "concepts.parquet"), 2, min_cofires)
+    rand_metrics = json.loads((tmp_path / "rand" / "metrics.json").read_text())
+    own = universal_counts(pd.read_parquet(tmp_path / "rand" / "concepts.parquet"), 2, rand_metrics["min_cofires"],
+                           rand_metrics["n_tokens"])
     assert [rows["random_dictionary"][key] for key in counts] == [own[key] for key in counts]
     assert out["random_dictionary"]["universal_factor"] == own["universal_factor"]
-    assert [own[key] for key in counts] != [5, 4, 2, 2], own  # not the trained dictionary's
+    assert [own[key] for key in counts] != [5, 4, 4, 2, 2], own  # not the trained dictionary's
 
 
 def test_no_factor_floor_where_the_usae_has_no_factor_count(tmp_path):

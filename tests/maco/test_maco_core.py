@@ -180,6 +180,10 @@ def test_universal_concepts_need_to_cofire_past_the_evaluations_floor():
     assert choose_concepts(table, ["a", "b"], cfg) == [(1, "universal"), (4, "universal"), (0, "universal")]
     assert choose_concepts(table, ["a", "b"], cfg, min_cofires=11) == [(4, "universal"), (0, "universal")]
     assert choose_concepts(table, ["a", "b"], cfg, min_cofires=51) == [(4, "universal")]
+    # Over 110 tokens concept 4's 80 co-fires are chance (each model fires it on most tokens: 81.8 expected,
+    # P(X >= 80) = 0.59); concept 0's 50 (30 expected, P = 0.0005) and 1's 10 (2.7, P = 0.0005) are not.
+    assert choose_concepts(table, ["a", "b"], cfg, min_cofires=2, n_tokens=110) == [(1, "universal"),
+                                                                                  (0, "universal")]
     # A floor of 0 still asks for one co-fire: concept 6 is never chosen as universal.
     assert choose_concepts(table, ["a", "b"], MacoConfig(n_universal=5, n_specific=0), min_cofires=0) == [
         (1, "universal"), (4, "universal"), (0, "universal")]

@@ -114,9 +114,9 @@ def test_tables_have_runs_as_columns_and_blanks_for_models_a_run_lacks(compared_
     assert _row(tables["l0"], "l0.b") == ["3.0", "3.0", ""]
     assert _row(tables["training"], "steps") == ["24", "24", "24"]
     assert _row(tables["universality"], "universal")[2] == "-"
-    assert [r["key"] for r in tables["universality"]["rows"]] == ["universal", "universal_cofiring",
-                                                                   "universal_energetic", "universal_energy_share",
-                                                                   "concepts_firing_in_all_models"]
+    assert [r["key"] for r in tables["universality"]["rows"]] == [
+        "universal", "universal_cofiring", "universal_beyond_chance", "universal_energetic", "universal_energy_share",
+        "concepts_firing_in_all_models"]
     assert [r["label"] for r in tables["final-loss"]["rows"]] == ["a", "b"]
 
 
@@ -272,12 +272,14 @@ def test_random_dictionary_floors_stand_beside_the_universal_counts(compared_run
     auroc[:3] = [0.95, 0.5, 0.97]
     cofires = np.full(len(concepts), 50)
     cofires[:3] = [3, 2, 0]  # at least 3 (metrics.json's min_cofires): concept 0 alone of the universal ones
-    concepts.assign(firing_entropy=entropy, energy_total=energy, factor_auroc=auroc, cofires=cofires).to_parquet(
-        run / "eval" / "concepts.parquet")
+    fires = concepts["fires_a"].to_numpy().copy()
+    fires[0] = 3  # and each model fires it on those 3 tokens only: far beyond chance
+    concepts.assign(firing_entropy=entropy, energy_total=energy, factor_auroc=auroc, cofires=cofires, fires_a=fires,
+                    fires_b=fires).to_parquet(run / "eval" / "concepts.parquet")
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     (run / "eval" / "metrics.json").write_text(json.dumps({**metrics, "min_cofires": 3}))
-    counts = {"universal": 7, "universal_cofiring": 4, "universal_energetic": 1, "universal_energy_share": 0.25,
-              "universal_factor": 0}
+    counts = {"universal": 7, "universal_cofiring": 4, "universal_beyond_chance": 2, "universal_energetic": 1,
+              "universal_energy_share": 0.25, "universal_factor": 0}
     table = [{**row, **(counts if row["method"] == "random_dictionary" else dict.fromkeys(counts))}
              for row in BASELINES["table"]]
     (run / "eval" / "baselines.json").write_text(json.dumps({**BASELINES, "table": table}))
@@ -286,6 +288,7 @@ def test_random_dictionary_floors_stand_beside_the_universal_counts(compared_run
     assert universality["columns"] == ["usae", "solo_a"]  # the baselines are read in the run's cells
     assert _row(universality, "universal") == ["3 (random dictionary 7)", "-"]
     assert _row(universality, "universal_cofiring") == ["1 (random dictionary 4)", ""]
+    assert _row(universality, "universal_beyond_chance") == ["1 (random dictionary 2)", ""]
     assert _row(universality, "universal_energetic") == ["2 (random dictionary 1)", ""]
     assert _row(universality, "universal_factor") == ["2 (random dictionary 0)", ""]
     assert _row(universality, "universal_energy_share")[0] == "0.750 (random dictionary 0.250)"
@@ -295,6 +298,6 @@ def test_random_dictionary_floors_stand_beside_the_universal_counts(compared_run
     universal = page.split('id="table-universality"', 1)[1].split("</table>")[0]
     assert '<td>3 <span class="floor">(random dictionary 7)</span></td>' in universal
     report = universality_table(run)
-    assert [r["cells"] for r in report["rows"]][:3] == [["3 (random dictionary 7)"], ["1 (random dictionary 4)"],
-                                                       ["2 (random dictionary 1)"]]
+    assert [r["cells"] for r in report["rows"]][:4] == [["3 (random dictionary 7)"], ["1 (random dictionary 4)"],
+                                                       ["1 (random dictionary 2)"], ["2 (random dictionary 1)"]]
     assert universality_table(compared_runs["solo_a"]) is None  # one model: no firing entropy

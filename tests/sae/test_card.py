@@ -76,6 +76,16 @@ def test_read_evaluation_counts_universal_and_co_firing_concepts(tmp_path):
     text = card_context(config(), read_evaluation(tmp_path))["evaluation"]
     assert (f"Universal concepts (firing entropy >= {UNIVERSAL_ENTROPY}): 2, of which 1 co-fire (fire in every "
             "model on the same token) at least 2 times.") in text
+    # With each model's fires: 1,000 tokens, concept 0 fired on 10 by each (0.1 co-fires by chance) co-fires
+    # beyond chance; concept 1 fired on 600 by each co-fires 360 times, exactly chance.
+    pd.DataFrame({"concept": range(4), "firing_entropy": entropy, "cofires": [5, 360, 9, 9],
+                  "fires_a": [10, 600, 10, 10], "fires_b": [10, 600, 10, 10]}).to_parquet(tmp_path / "concepts.parquet")
+    (tmp_path / "metrics.json").write_text(json.dumps({"n_tokens": 1000, "min_cofires": 2}))
+    evaluation = read_evaluation(tmp_path)
+    assert (evaluation["n_universal_cofiring"], evaluation["n_universal_beyond_chance"]) == (2, 1)
+    assert (f"Universal concepts (firing entropy >= {UNIVERSAL_ENTROPY}): 2, of which 2 co-fire (fire in every "
+            "model on the same token) at least 2 times, 1 of them more often than chance (than if the models fired "
+            "them independently).") in card_context(config(), evaluation)["evaluation"]
 
 
 def test_evaluation_with_the_metrics_an_older_run_has():

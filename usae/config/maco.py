@@ -20,7 +20,8 @@ class MacoConfig(Section):
         None, "Concept ids to optimise; `null` = the `n_universal` most universal and `n_specific` model-specific "
         "ones, chosen from the evaluation.", minimum=0, unique=True, item="concept")
     n_universal: int = setting(4, "Concepts with firing entropy >= `min_entropy` that co-fire at least the "
-                                   "evaluation's `min_cofires` times (at least once), most co-fires first.", minimum=0)
+                                   "evaluation's `min_cofires` times (at least once) and more often than chance, most "
+                                   "co-fires first.", minimum=0)
     min_entropy: float = setting(0.9, "Firing entropy a concept needs to count as universal.", minimum=0.0,
                                  maximum=1.0)
     n_specific: int = setting(2, "Model-specific concepts for contrast (firing entropy < 0.5, most fires in one "

@@ -1,5 +1,6 @@
 """The universal-concept counts of a concept table (``concepts.parquet`` or a baseline's): the concepts
-with firing entropy >= 0.9, those of them that co-fire, that carry energy and that detect a planted factor.
+with firing entropy >= 0.9, those of them that co-fire (at all, and more often than chance), that carry
+energy and that detect a planted factor.
 
 One definition for every place that reports them: the comparison of runs, the run report and the
 random dictionary's floors in ``baselines.json``.
@@ -11,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from usae.config import MacoConfig
 
@@ -20,7 +22,11 @@ UNIVERSAL_ENTROPY = MacoConfig().min_entropy
 
 FACTOR_AUROC = 0.9
 """Planted-factor AUROC from which a universal concept counts as detecting its factor."""
-COUNTS = ("universal", "universal_cofiring", "universal_energetic", "universal_energy_share", "universal_factor")
+CHANCE_ALPHA = 0.05
+"""Family-wise error of the beyond-chance co-firing test: the chance that even one concept of a dictionary
+that the models fire independently passes it (Bonferroni over the dictionary's concepts)."""
+COUNTS = ("universal", "universal_cofiring", "universal_beyond_chance", "universal_energetic",
+          "universal_energy_share", "universal_factor")
 """The keys :func:`universal_counts` can return, in the order they are shown."""
 
 
@@ -30,13 +36,54 @@ def cofire_floor(min_cofires: int) -> int:
     return max(1, int(min_cofires))
 
 
-def universal_counts(table: pd.DataFrame, n_models: int, min_cofires: int | None = None) -> dict[str, Any]:
+def chance_cofires(table: pd.DataFrame, n_tokens: int) -> np.ndarray:
+    """Co-fires each concept would have if the models fired it independently of each other.
+
+    lambda_k = n * prod_i (fires_i,k / n), over the table's ``fires_<model>`` columns (tokens where
+    model i's code fires concept k) and the ``n`` tokens they were counted on.
+    """
+    columns = fire_columns(table)
+    if len(columns) < 2:
+        raise ValueError(f"chance co-fires need the fires_<model> columns of at least 2 models, got {columns}")
+    return n_tokens * np.prod([table[c].to_numpy(dtype=float) / max(1, n_tokens) for c in columns], axis=0)
+
+
+def fire_columns(table: pd.DataFrame) -> list[str]:
+    """The table's ``fires_<model>`` columns (tokens where each model's code fires a concept)."""
+    return [c for c in table.columns if c.startswith("fires_")]
+
+
+def beyond_chance(table: pd.DataFrame, n_tokens: int, alpha: float = CHANCE_ALPHA) -> np.ndarray:
+    """Concepts the models fire together more often than independent firing explains.
+
+    With c_k co-fires and lambda_k = :func:`chance_cofires`: P(X >= c_k) < alpha / m for X ~
+    Poisson(lambda_k) (the binomial count of co-fires among n tokens, rare firing) and m the
+    table's concepts (Bonferroni). A concept that never co-fires is not beyond chance.
+    P(X >= c) is the regularised lower incomplete gamma function P(c, lambda).
+    """
+    cofires = table["cofires"].to_numpy(dtype=float)
+    tail = torch.special.gammainc(torch.from_numpy(np.maximum(cofires, 1.0)),
+                                  torch.from_numpy(chance_cofires(table, n_tokens))).numpy()
+    return (cofires >= 1) & (tail < alpha / max(1, len(table)))
+
+
+def shared_concepts(table: pd.DataFrame, min_cofires: int, n_tokens: int | None = None) -> np.ndarray:
+    """Concepts the models fire together: at least :func:`cofire_floor` times and, given ``n_tokens`` (the
+    tokens the table was counted on), more often than chance (:func:`beyond_chance`)."""
+    shared = table["cofires"].to_numpy() >= cofire_floor(min_cofires)
+    return shared & beyond_chance(table, n_tokens) if n_tokens is not None else shared
+
+
+def universal_counts(table: pd.DataFrame, n_models: int, min_cofires: int | None = None,
+                     n_tokens: int | None = None) -> dict[str, Any]:
     """The universal-concept counts of a concept table with ``firing_entropy`` (NaN: never fires).
 
     ``universal``: concepts with firing entropy >= :data:`UNIVERSAL_ENTROPY` (the paper's count);
     with ``cofires`` and ``min_cofires`` (the evaluation's resolved ``evaluate.min_cofires``),
     ``universal_cofiring`` (those that fire in every model on the same token at least
-    :func:`cofire_floor` times); with ``energy_total``, ``universal_energetic`` (those with at
+    :func:`cofire_floor` times) and, with ``n_tokens`` (the tokens the table was counted on) and
+    ``fires_<model>`` columns, of those ``universal_beyond_chance`` (more often than independent firing explains,
+    :func:`beyond_chance`); with ``energy_total``, ``universal_energetic`` (those with at
     least the mean concept's energy, dead ones included in the mean) and ``universal_energy_share``
     (their share of all concepts' energy; both None when no concept has energy); with
     ``factor_auroc`` (generated images only), ``universal_factor`` (those whose best planted factor
@@ -56,8 +103,11 @@ def universal_counts(table: pd.DataFrame, n_models: int, min_cofires: int | None
     if "cofires" in table.columns and min_cofires is not None:
         # Firing entropy weighs how evenly the models fire a concept, not whether they fire it on the same
         # tokens: a concept each model fires on tokens of its own is even, yet shared by none.
-        cofiring = table["cofires"].to_numpy() >= cofire_floor(min_cofires)
-        out["universal_cofiring"] = int((universal & cofiring).sum())
+        out["universal_cofiring"] = int((universal & shared_concepts(table, min_cofires)).sum())
+        if n_tokens is not None and len(fire_columns(table)) >= 2:
+            # Concepts that fire often in every model co-fire often by chance alone: an untrained
+            # dictionary's do, as often as a trained one's where firing is dense.
+            out["universal_beyond_chance"] = int((universal & shared_concepts(table, min_cofires, n_tokens)).sum())
     if "energy_total" in table.columns:
         # Weak latents that fire now and then in every model count as universal too; weighing by
         # energy keeps the count to the concepts that carry the reconstruction.

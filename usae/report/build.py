@@ -21,7 +21,7 @@ from usae import __version__
 from usae.atomic import atomic_path
 from usae.data.images import reason_kind
 from usae.evaluation.consistency import consistency_with_solo_runs
-from usae.evaluation.universal import cofire_floor
+from usae.evaluation.universal import cofire_floor, shared_concepts
 from usae.report.cards import card
 from usae.report.compare import floored_metrics, load_runs, metric_tables
 from usae.report.explorer import NO_IMAGES, ExplorerIndex, write_explorer
@@ -40,20 +40,21 @@ _COLUMNS = ("index", "image_id", "path", "status", "reason")  # manifest columns
 
 
 def select_concepts(table: pd.DataFrame, models: list[str], n: int = N_CARDS, min_fires: int = 10,
-                    min_cofires: int | None = None) -> dict[str, list[int]]:
+                    min_cofires: int | None = None, n_tokens: int | None = None) -> dict[str, list[int]]:
     """Concept ids for the three galleries: top energy, most universal, most model-specific.
 
     Universal: highest firing entropy (ties broken by energy) among concepts firing at least
     ``min_fires`` times in total that, given ``min_cofires`` (the evaluation's) and a ``cofires``
-    column, co-fire at least :func:`~usae.evaluation.universal.cofire_floor` times: firing entropy weighs how evenly the
-    models fire a concept, not whether they fire it on the same tokens. Model-specific: lowest
-    firing entropy among the concepts firing ``min_fires`` times.
+    column, the models fire together (:func:`~usae.evaluation.universal.shared_concepts`: at
+    least that often and, given ``n_tokens``, more often than chance): firing entropy weighs how
+    evenly the models fire a concept, not whether they fire it on the same tokens. Model-specific:
+    lowest firing entropy among the concepts firing ``min_fires`` times.
     """
     total = sum(table[f"fires_{m}"] for m in models)
     alive = table[(total >= min_fires) & table["firing_entropy"].notna()]
     shared = alive
     if min_cofires is not None and "cofires" in alive.columns:
-        shared = alive[alive["cofires"] >= cofire_floor(min_cofires)]
+        shared = alive[shared_concepts(alive, min_cofires, n_tokens)]
     by_energy = table.sort_values("energy_total", ascending=False)
     universal = shared.sort_values(["firing_entropy", "energy_total"], ascending=[False, False])
     specific = alive.sort_values(["firing_entropy", "energy_total"], ascending=[True, False])
@@ -61,9 +62,11 @@ def select_concepts(table: pd.DataFrame, models: list[str], n: int = N_CARDS, mi
             "specific": specific["concept"].head(n).tolist()}
 
 
-def gallery_headings(min_cofires: int | None) -> dict[str, str]:
+def gallery_headings(min_cofires: int | None, n_tokens: int | None = None) -> dict[str, str]:
     """The galleries' headings (:func:`select_concepts`'s keys), saying how each was chosen."""
-    cofiring = "" if min_cofires is None else f", among those co-firing at least {cofire_floor(min_cofires):,} times"
+    chance = "" if n_tokens is None else ", more often than chance"
+    cofiring = "" if min_cofires is None else \
+        f", among those co-firing at least {cofire_floor(min_cofires):,} times{chance}"
     return {"energy": "Most important (energy)", "universal": f"Most universal (highest firing entropy{cofiring})",
             "specific": "Most model-specific (lowest firing entropy)"}
 
@@ -99,7 +102,8 @@ def build_report(run_dir: str | Path, manifest_path: str | Path | None, out_dir:
         maco = load_maco(maco_dir, tmp) if maco_dir is not None else None
         manifest = Path(manifest_path) if manifest_path is not None else None
         explorer = write_explorer(run_dir / "eval", manifest, tmp, models, maco=maco)
-        galleries = select_concepts(table, models, min_cofires=metrics.get("min_cofires"))
+        galleries = select_concepts(table, models, min_cofires=metrics.get("min_cofires"),
+                                    n_tokens=metrics.get("n_tokens"))
         rows = table.set_index("concept")
         cards = {name: [card(_row(rows, cid), models, index=explorer, maco=maco) for cid in ids]
                  for name, ids in galleries.items()}
@@ -248,7 +252,7 @@ def _context(run_dir: Path, config: dict[str, Any], metrics: dict[str, Any], tab
         "run": run_dir.name, "models": models, "per_model": per_model, "metrics": metrics,
         "sae": config["sae"], "train": meta.get("train", {}), "scheme": meta.get("scheme"), "steps": meta.get("steps"),
         "random_init": random_init, "figures": figures, "cards": cards, "explorer": explorer,
-        "gallery_headings": gallery_headings(metrics.get("min_cofires")),
+        "gallery_headings": gallery_headings(metrics.get("min_cofires"), metrics.get("n_tokens")),
         "n_concepts": len(table), "comparison": [_run_summary(name, path) for name, path in sorted(runs.items())],
         "consistency": consistency_with_solo_runs(run_dir, models, table, runs),
         "usae_version": __version__,

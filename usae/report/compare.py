@@ -152,7 +152,8 @@ def run_metrics(run: RunRecord) -> dict[str, Any]:
     ``final_loss.<m>``; ``r2_cross_min`` and ``r2_cross_mean`` over the off-diagonal of the
     per-dimension R2 matrix (None for one model); ``universal`` (concepts with firing entropy
     >= 0.9; None for one model), ``universal_cofiring`` (those co-firing at least the evaluation's
-    ``min_cofires`` times, at least once), ``universal_energetic`` (those whose energy is at least the
+    ``min_cofires`` times, at least once), ``universal_beyond_chance`` (of those, the ones co-firing more
+    often than chance), ``universal_energetic`` (those whose energy is at least the
     mean concept's), ``universal_energy_share`` (their share of all concepts' energy) and
     ``universal_factor`` (those with planted-factor AUROC >= 0.9; only when the concept table has
     ``factor_auroc``); the Pearson r's; ``steps``,
@@ -181,7 +182,7 @@ def run_metrics(run: RunRecord) -> dict[str, Any]:
 def _universality(run: RunRecord) -> dict[str, Any]:
     if run.concepts is None:
         return {}
-    return universal_counts(run.concepts, len(run.models), run.metrics.get("min_cofires"))
+    return universal_counts(run.concepts, len(run.models), run.metrics.get("min_cofires"), run.metrics.get("n_tokens"))
 
 
 def _training(run: RunRecord) -> dict[str, Any]:

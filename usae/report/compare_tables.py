@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from usae.evaluation.universal import FACTOR_AUROC, UNIVERSAL_ENTROPY
+from usae.evaluation.universal import CHANCE_ALPHA, FACTOR_AUROC, UNIVERSAL_ENTROPY
 from usae.report.numbers import NumberFormat, column_format
 
 PER_MODEL = "{model}"
@@ -67,7 +67,9 @@ FAMILIES = (
     Family("universality", "Universal concepts", f"Concepts with firing entropy >= {UNIVERSAL_ENTROPY} (they fire "
            f"alike in every model; undefined for one model); of those, the ones that co-fire (fire in every model on "
            f"the same token) at least evaluate.min_cofires times, at least once (firing alike is not firing together: "
-           f"each model may fire a concept on tokens of its own); the universal ones with at least the mean "
+           f"each model may fire a concept on tokens of its own), and of those the ones that co-fire more often than "
+           f"independent firing explains (a Poisson test at {CHANCE_ALPHA:.0%} family-wise error over the concepts; concepts that fire "
+           f"often in every model co-fire often by chance alone); the universal ones with at least the mean "
            f"concept's energy (rare weak latents fire alike everywhere and swell the first count) and the universal "
            f"concepts' "
            f"share of all concepts' energy; the universal ones whose best planted factor has a patch-level AUROC >= "
@@ -75,6 +77,7 @@ FAMILIES = (
            f"same figure of the run's random dictionary (the USAE untrained, evaluated alike: its floor).",
            (("universal", f"firing entropy >= {UNIVERSAL_ENTROPY}"),
             ("universal_cofiring", "... and co-fires >= min_cofires"),
+            ("universal_beyond_chance", "... more often than chance"),
             ("universal_energetic", "... and energy >= mean"),
             ("universal_energy_share", "their energy share"),
             ("universal_factor", f"... and factor AUROC >= {FACTOR_AUROC}"),

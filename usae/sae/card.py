@@ -103,7 +103,8 @@ def read_evaluation(eval_dir: str | Path) -> dict[str, Any] | None:
 
     The counts come from ``concepts.parquet`` when the folder has it: ``n_universal`` (firing
     entropy >= :data:`UNIVERSAL_ENTROPY`) and, when the metrics give ``min_cofires``,
-    ``n_universal_cofiring`` (:func:`usae.evaluation.universal.universal_counts`).
+    ``n_universal_cofiring`` and ``n_universal_beyond_chance``
+    (:func:`usae.evaluation.universal.universal_counts`).
     """
     eval_dir = Path(eval_dir)
     if not (eval_dir / "metrics.json").exists():
@@ -111,11 +112,12 @@ def read_evaluation(eval_dir: str | Path) -> dict[str, Any] | None:
     evaluation: dict[str, Any] = {"metrics": json.loads((eval_dir / "metrics.json").read_text())}
     if (eval_dir / "concepts.parquet").exists():
         # Counted as for several models: one model's firing entropies are NaN, so it has none.
-        counts = universal_counts(pd.read_parquet(eval_dir / "concepts.parquet"), 2,
-                                  evaluation["metrics"].get("min_cofires"))
-        evaluation["n_universal"] = counts["universal"]
-        if "universal_cofiring" in counts:
-            evaluation["n_universal_cofiring"] = counts["universal_cofiring"]
+        metrics = evaluation["metrics"]
+        counts = universal_counts(pd.read_parquet(eval_dir / "concepts.parquet"), 2, metrics.get("min_cofires"),
+                                  metrics.get("n_tokens"))
+        for key in ("universal", "universal_cofiring", "universal_beyond_chance"):
+            if key in counts:
+                evaluation[f"n_{key}"] = counts[key]
     return evaluation
 
 
@@ -188,6 +190,9 @@ def _evaluation(evaluation: dict[str, Any], models: list[str]) -> str:
             least = cofire_floor(m["min_cofires"])
             cofiring = (f", of which {fmt(evaluation['n_universal_cofiring'])} co-fire (fire in every model on the "
                         f"same token) at least {'once' if least == 1 else f'{fmt(least)} times'}")
+            if "n_universal_beyond_chance" in evaluation:
+                cofiring += (f", {fmt(evaluation['n_universal_beyond_chance'])} of them more often than chance "
+                             f"(than if the models fired them independently)")
         counts.append(f"Universal concepts (firing entropy >= {UNIVERSAL_ENTROPY}): "
                       f"{fmt(evaluation['n_universal'])}{cofiring}.")
     if "concepts_firing_in_all_models" in m:
