@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from usae.config import MacoConfig
 
@@ -61,6 +60,8 @@ def beyond_chance(table: pd.DataFrame, n_tokens: int, alpha: float = CHANCE_ALPH
     table's concepts (Bonferroni). A concept that never co-fires is not beyond chance.
     P(X >= c) is the regularised lower incomplete gamma function P(c, lambda).
     """
+    import torch  # here, not at the top: the comparison tables import this module and need no torch
+
     cofires = table["cofires"].to_numpy(dtype=float)
     tail = torch.special.gammainc(torch.from_numpy(np.maximum(cofires, 1.0)),
                                   torch.from_numpy(chance_cofires(table, n_tokens))).numpy()
@@ -82,8 +83,8 @@ def universal_counts(table: pd.DataFrame, n_models: int, min_cofires: int | None
     with ``cofires`` and ``min_cofires`` (the evaluation's resolved ``evaluate.min_cofires``),
     ``universal_cofiring`` (those that fire in every model on the same token at least
     :func:`cofire_floor` times) and, with ``n_tokens`` (the tokens the table was counted on) and
-    ``fires_<model>`` columns, of those ``universal_beyond_chance`` (more often than independent firing explains,
-    :func:`beyond_chance`); with ``energy_total``, ``universal_energetic`` (those with at
+    ``fires_<model>`` columns, of those ``universal_beyond_chance`` (more often than independent
+    firing explains, :func:`beyond_chance`); with ``energy_total``, ``universal_energetic`` (those with at
     least the mean concept's energy, dead ones included in the mean) and ``universal_energy_share``
     (their share of all concepts' energy; both None when no concept has energy); with
     ``factor_auroc`` (generated images only), ``universal_factor`` (those whose best planted factor

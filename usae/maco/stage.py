@@ -111,7 +111,8 @@ def run_maco(model_dir: str | Path, eval_dir: str | Path, manifest_path: str | P
     baseline = random_phase_images(cfg.baseline_samples, len(ids), spectrum, cfg.seed)
     report = {"objective": cfg.objective, "objective_text": OBJECTIVE_TEXT[cfg.objective],
               "settings": to_dict(cfg), "models": usae.names, "spectrum_images": spectrum.n_images,
-              "ratio_floor": RATIO_FLOOR, "min_cofires": min_cofires, "n_tokens": n_tokens, "concepts": [], "seconds": None}
+              "ratio_floor": RATIO_FLOOR, "min_cofires": min_cofires, "n_tokens": n_tokens, "concepts": [],
+              "seconds": None}
     cross = _cross_scores(readers, images, ids, objective, device)  # (concepts, from i, through j)
     base = {m: score_images(r, baseline.flatten(0, 1), np.repeat(ids, cfg.baseline_samples), objective,
                             device=device).view(len(ids), -1).mean(1) for m, r in readers.items()}
