@@ -57,6 +57,8 @@ def test_perfect_reconstruction_gives_r2_one_and_full_entropy(data, tmp_path):
     np.testing.assert_allclose(table.loc[fired, "firing_entropy"], 1.0)  # same tokens in both models
     assert (table["cofires"] == table["fires_a"]).all() and (table.loc[fired, "cfp_a"] == 1.0).all()
     assert metrics["l0"]["a"] <= D
+    # Chance: n * (fires_a / n) * (fires_b / n), fires the same in both models.
+    np.testing.assert_allclose(table["cofires_chance"], table["fires_a"] ** 2 / (N_IMG * T))
 
 
 def test_predicting_the_mean_gives_r2_zero_and_one_model_concepts_entropy_zero(data, tmp_path):
@@ -71,6 +73,7 @@ def test_predicting_the_mean_gives_r2_zero_and_one_model_concepts_entropy_zero(d
     assert fired.any() and (table["fires_b"] == 0).all()
     np.testing.assert_allclose(table.loc[fired, "firing_entropy"], 0.0)
     assert (table["cofires"] == 0).all() and metrics["dead"]["b"] == 2 * D
+    assert (table["cofires_chance"] == 0).all()  # model b never fires: no co-fire to expect
     # The global-mean form counts the spread between dimension means as explained.
     assert metrics["r2_global_mean"][1][0] > 0.5
 

@@ -143,6 +143,9 @@ def test_card_html_renders_overlays(run):
                 assert img.mode == "RGBA" and img.size == (32, 32)
     for rel in ("thumbs/1.jpg", "thumbs/3.jpg", "thumbs/2.jpg"):
         assert (run["out"] / rel).is_file()
+    assert "by chance" not in card  # a table evaluated before the expected co-fires existed
+    card = card_html({**row, "cofires_chance": 0.125}, MODELS, "explorer/", index=index)
+    assert "<dt>co-fires</dt><dd>4</dd><dt>by chance</dt><dd>0.125</dd>" in card
 
 
 def test_card_html_skips_unreadable_image(run):

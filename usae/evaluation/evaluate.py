@@ -29,6 +29,7 @@ from usae.atomic import atomic_path
 from usae.config import EvaluateConfig, to_dict
 from usae.evaluation.accumulate import Accumulator
 from usae.evaluation.cofiring import cofire_summary
+from usae.evaluation.universal import chance_cofires
 from usae.metrics import (
     cofire_proportion, concept_energy, firing_entropy, log_log_pearson, r2_global_mean, r2_per_dim,
 )
@@ -45,6 +46,8 @@ DEFINITIONS = {
     "firing_entropy": "FE_k = -(1/log M) sum_i p_i log p_i, p_i = fires_i / sum_j fires_j",
     "cofire": "the concept fires in every model on the same token",
     "cofire_proportion": "CFP_k^(i) = cofires_k / fires_k^(i)",
+    "cofires_chance": "co-fires expected if the models fired the concept independently: n prod_i (fires_k^(i) / n) "
+                      "over the n validation tokens",
     "cofire_matrix": "share of model i's firings (token, concept pairs with Z_k^(i) > tau) on which model j fires "
                      "the same concept on the same token (row i, column j; 1 on the diagonal)",
     "energy": "||E[Z_k] D_k||^2 per model (E over validation tokens); energy_total sums the models",
@@ -202,6 +205,8 @@ def summarise(model: USAE, acc: Accumulator, cfg: EvaluateConfig) -> tuple[dict[
         table[f"cfp_{name}"] = cfp[i].numpy()
         table[f"top_rows_{name}"] = list(torch.where(hit, top.rows.cpu(), -1).numpy())
         table[f"top_values_{name}"] = list(torch.where(hit, top.values.cpu(), 0.0).numpy())
+    if len(names) > 1:
+        table.insert(3, "cofires_chance", chance_cofires(table, n))
     cfp_mean = {name: float(np.nanmean(cfp[i].numpy())) if fires[i].any() else float("nan")
                 for i, name in enumerate(names)}
     metrics = {
