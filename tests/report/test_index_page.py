@@ -58,6 +58,7 @@ def test_galleries_open_three_cards_and_fold_the_rest(page: str) -> None:
 
 
 def test_the_universal_gallery_keeps_to_concepts_the_models_fire_together(page: str, tiny_run) -> None:
+    import numpy as np
     import pandas as pd
 
     from usae.report.build import select_concepts
@@ -76,6 +77,10 @@ def test_the_universal_gallery_keeps_to_concepts_the_models_fire_together(page: 
                                            "energy_total": [0.5], "fires_a": [500], "fires_b": [500]})])
     assert select_concepts(busy, ["a", "b"], n=2, min_cofires=0)["universal"] == [4, 0]
     assert select_concepts(busy, ["a", "b"], n=2, min_cofires=0, n_tokens=1000)["universal"] == [0, 2]
+    # One model (a solo run): no firing entropy, so no universal gallery, and no chance to test against.
+    solo = busy.drop(columns=["fires_b"]).assign(firing_entropy=np.nan)
+    assert select_concepts(solo, ["a"], n=2, min_cofires=0, n_tokens=1000) == {
+        "energy": [3, 2], "universal": [], "specific": []}
     metrics = json.loads((tiny_run["run"] / "eval" / "metrics.json").read_text())
     least = max(1, metrics["min_cofires"])
     assert (f"Most universal (highest firing entropy, among those co-firing at least {least:,} times, more often "

@@ -70,9 +70,12 @@ def beyond_chance(table: pd.DataFrame, n_tokens: int, alpha: float = CHANCE_ALPH
 
 def shared_concepts(table: pd.DataFrame, min_cofires: int, n_tokens: int | None = None) -> np.ndarray:
     """Concepts the models fire together: at least :func:`cofire_floor` times and, given ``n_tokens`` (the
-    tokens the table was counted on), more often than chance (:func:`beyond_chance`)."""
+    tokens the table was counted on) and the ``fires_<model>`` columns of several models, more often than
+    chance (:func:`beyond_chance`; one model has no chance to beat)."""
     shared = table["cofires"].to_numpy() >= cofire_floor(min_cofires)
-    return shared & beyond_chance(table, n_tokens) if n_tokens is not None else shared
+    if n_tokens is None or len(fire_columns(table)) < 2:
+        return shared
+    return shared & beyond_chance(table, n_tokens)
 
 
 def universal_counts(table: pd.DataFrame, n_models: int, min_cofires: int | None = None,
