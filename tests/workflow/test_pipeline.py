@@ -297,11 +297,25 @@ def test_a_copied_results_folder_names_the_runs_a_config_change_leaves_stale(pip
 def test_maco_images_of_each_multi_model_run(built):
     import json
 
+    import pandas as pd
+
+    from usae.evaluation.universal import shared_concepts
+
     for run in ("usae", "k2"):
         maco = built / f"results/runs/{run}/maco"
         report = json.loads((maco / "maco.json").read_text())
         assert report["models"] == ["a14", "b16"] and report["objective"] == "mean"
-        assert [c["kind"] for c in report["concepts"]][:2] == ["universal", "universal"]
+        # The universal picks: every concept with firing entropy >= 0.9 that the models fire together (at least
+        # min_cofires times, beyond chance), up to n_universal, first.
+        metrics = json.loads((built / f"results/runs/{run}/eval/metrics.json").read_text())
+        table = pd.read_parquet(built / f"results/runs/{run}/eval/concepts.parquet")
+        assert (report["min_cofires"], report["n_tokens"]) == (metrics["min_cofires"], metrics["n_tokens"])
+        table = table[table["firing_entropy"] >= report["settings"]["min_entropy"]]
+        qualifying = set(table["concept"][shared_concepts(table, metrics["min_cofires"], metrics["n_tokens"])])
+        picked = [c["id"] for c in report["concepts"] if c["kind"] == "universal"]
+        assert qualifying and set(picked) <= qualifying, (run, picked, qualifying)
+        assert len(picked) == min(report["settings"]["n_universal"], len(qualifying)), (run, picked, qualifying)
+        assert [c["kind"] for c in report["concepts"]][:len(picked)] == ["universal"] * len(picked)
         for concept in report["concepts"]:
             for model, numbers in concept["models"].items():
                 assert (maco / numbers["image"]).exists(), (run, concept["id"], model)
