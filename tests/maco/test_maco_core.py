@@ -167,6 +167,21 @@ def test_concepts_chosen_universal_then_specific():
         choose_concepts(table, ["a", "b"], MacoConfig(concepts=(9,)))
 
 
+def chance_table() -> pd.DataFrame:
+    """10 concepts over 1,000 tokens, 2 of them universal. Concept 0 co-fires 12 times where chance gives 5
+    (P = 0.0055): beyond chance for a 2-concept table (0.05 / 2), not for the dictionary's 10 (0.05 / 10).
+    Concept 1 co-fires 5 times where chance gives 0.1 (P = 7.7e-8)."""
+    return pd.DataFrame({"concept": range(10), "firing_entropy": [0.95, 0.95] + [0.2] * 8,
+                         "cofires": [12, 5] + [0] * 8, "energy_total": [2.0, 1.0] + [0.1] * 8,
+                         "fires_a": [100, 10] + [5] * 8, "fires_b": [50, 10] + [0] * 8})
+
+
+def test_universal_picks_are_tested_against_chance_over_the_whole_dictionary():
+    cfg = MacoConfig(n_universal=3, n_specific=0)
+    assert choose_concepts(chance_table(), ["a", "b"], cfg, min_cofires=2, n_tokens=1000) == [(1, "universal")]
+    assert choose_concepts(chance_table()[:2], ["a", "b"], cfg, min_cofires=2, n_tokens=1000) == [
+        (0, "universal"), (1, "universal")]  # a 2-concept dictionary: concept 0 passes
+
 def test_universal_concepts_need_to_cofire_past_the_evaluations_floor():
     # Concept 1 detects a planted factor, so it would come first, but the models fire it together only
     # 10 times; concept 6 never co-fires although each model fires it often.

@@ -77,6 +77,14 @@ def test_the_universal_gallery_keeps_to_concepts_the_models_fire_together(page: 
                                            "energy_total": [0.5], "fires_a": [500], "fires_b": [500]})])
     assert select_concepts(busy, ["a", "b"], n=2, min_cofires=0)["universal"] == [4, 0]
     assert select_concepts(busy, ["a", "b"], n=2, min_cofires=0, n_tokens=1000)["universal"] == [0, 2]
+    # The chance test counts every concept of the dictionary, not only those firing min_fires times. Over 1,000
+    # tokens concept 0 co-fires 12 times where chance gives 5 (P = 0.0055): beyond chance among the 2 concepts
+    # that fire enough (0.05 / 2), not among the dictionary's 10 (0.05 / 10). Concept 1: 5 where chance gives 0.1.
+    ten = pd.DataFrame({"concept": range(10), "firing_entropy": [0.95, 0.95] + [0.2] * 8,
+                        "cofires": [12, 5] + [0] * 8, "energy_total": [2.0, 1.0] + [0.1] * 8,
+                        "fires_a": [100, 10] + [5] * 8, "fires_b": [50, 10] + [0] * 8})
+    assert select_concepts(ten, ["a", "b"], n=2, min_cofires=2, n_tokens=1000)["universal"] == [1]
+    assert select_concepts(ten[:2], ["a", "b"], n=2, min_cofires=2, n_tokens=1000)["universal"] == [0, 1]
     # One model (a solo run): no firing entropy, so no universal gallery, and no chance to test against.
     solo = busy.drop(columns=["fires_b"]).assign(firing_entropy=np.nan)
     assert select_concepts(solo, ["a"], n=2, min_cofires=0, n_tokens=1000) == {

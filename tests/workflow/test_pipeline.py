@@ -310,8 +310,9 @@ def test_maco_images_of_each_multi_model_run(built):
         metrics = json.loads((built / f"results/runs/{run}/eval/metrics.json").read_text())
         table = pd.read_parquet(built / f"results/runs/{run}/eval/concepts.parquet")
         assert (report["min_cofires"], report["n_tokens"]) == (metrics["min_cofires"], metrics["n_tokens"])
-        table = table[table["firing_entropy"] >= report["settings"]["min_entropy"]]
-        qualifying = set(table["concept"][shared_concepts(table, metrics["min_cofires"], metrics["n_tokens"])])
+        universal = (table["firing_entropy"] >= report["settings"]["min_entropy"]).to_numpy()
+        qualifying = set(table["concept"][universal & shared_concepts(table, metrics["min_cofires"],
+                                                                      metrics["n_tokens"])])
         picked = [c["id"] for c in report["concepts"] if c["kind"] == "universal"]
         assert qualifying and set(picked) <= qualifying, (run, picked, qualifying)
         assert len(picked) == min(report["settings"]["n_universal"], len(qualifying)), (run, picked, qualifying)

@@ -57,7 +57,8 @@ def beyond_chance(table: pd.DataFrame, n_tokens: int, alpha: float = CHANCE_ALPH
 
     With c_k co-fires and lambda_k = :func:`chance_cofires`: P(X >= c_k) < alpha / m for X ~
     Poisson(lambda_k) (the binomial count of co-fires among n tokens, rare firing) and m the
-    table's concepts (Bonferroni). A concept that never co-fires is not beyond chance.
+    table's concepts (Bonferroni): pass the whole dictionary's table, not a selection of it, or
+    the test loosens with the selection. A concept that never co-fires is not beyond chance.
     P(X >= c) is the regularised lower incomplete gamma function P(c, lambda).
     """
     import torch  # here, not at the top: the comparison tables import this module and need no torch
@@ -71,7 +72,7 @@ def beyond_chance(table: pd.DataFrame, n_tokens: int, alpha: float = CHANCE_ALPH
 def shared_concepts(table: pd.DataFrame, min_cofires: int, n_tokens: int | None = None) -> np.ndarray:
     """Concepts the models fire together: at least :func:`cofire_floor` times and, given ``n_tokens`` (the
     tokens the table was counted on) and the ``fires_<model>`` columns of several models, more often than
-    chance (:func:`beyond_chance`; one model has no chance to beat)."""
+    chance (:func:`beyond_chance`, over the whole dictionary's table; one model has no chance to beat)."""
     shared = table["cofires"].to_numpy() >= cofire_floor(min_cofires)
     if n_tokens is None or len(fire_columns(table)) < 2:
         return shared

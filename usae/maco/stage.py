@@ -54,11 +54,13 @@ def choose_concepts(table: pd.DataFrame, models: list[str], cfg: MacoConfig, min
         if unknown:
             raise ValueError(f"maco.concepts: {unknown} are not concepts of this run (ids 0..{len(table) - 1})")
         return [(int(c), "chosen") for c in cfg.concepts]
-    universal = table[table["firing_entropy"] >= cfg.min_entropy]
+    keep = (table["firing_entropy"] >= cfg.min_entropy).to_numpy()
     if min_cofires is not None:
         # An even firing entropy does not mean the models fire a concept on the same tokens; one they
-        # never fire together has no shared meaning to show, however well it detects a factor.
-        universal = universal[shared_concepts(universal, min_cofires, n_tokens)]
+        # never fire together has no shared meaning to show, however well it detects a factor. Tested on
+        # the whole table: the chance test counts every concept of the dictionary.
+        keep = keep & shared_concepts(table, min_cofires, n_tokens)
+    universal = table[keep]
     # On generated images a concept that detects a planted factor shows something a reader can
     # check, so those come first; one labelled `background` fires off every object and comes last.
     factor = universal["factor"] if "factor" in universal else pd.Series(None, index=universal.index, dtype=object)

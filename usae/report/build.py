@@ -51,10 +51,11 @@ def select_concepts(table: pd.DataFrame, models: list[str], n: int = N_CARDS, mi
     lowest firing entropy among the concepts firing ``min_fires`` times.
     """
     total = sum(table[f"fires_{m}"] for m in models)
-    alive = table[(total >= min_fires) & table["firing_entropy"].notna()]
-    shared = alive
-    if min_cofires is not None and "cofires" in alive.columns:
-        shared = alive[shared_concepts(alive, min_cofires, n_tokens)]
+    firing = ((total >= min_fires) & table["firing_entropy"].notna()).to_numpy()
+    alive, shared = table[firing], table[firing]
+    if min_cofires is not None and "cofires" in table.columns:
+        # The whole table: the chance test counts every concept of the dictionary.
+        shared = table[firing & shared_concepts(table, min_cofires, n_tokens)]
     by_energy = table.sort_values("energy_total", ascending=False)
     universal = shared.sort_values(["firing_entropy", "energy_total"], ascending=[False, False])
     specific = alive.sort_values(["firing_entropy", "energy_total"], ascending=[True, False])
