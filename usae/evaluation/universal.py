@@ -108,11 +108,12 @@ def universal_counts(table: pd.DataFrame, n_models: int, min_cofires: int | None
     if "cofires" in table.columns and min_cofires is not None:
         # Firing entropy weighs how evenly the models fire a concept, not whether they fire it on the same
         # tokens: a concept each model fires on tokens of its own is even, yet shared by none.
-        out["universal_cofiring"] = int((universal & shared_concepts(table, min_cofires)).sum())
+        cofiring = universal & shared_concepts(table, min_cofires)
+        out["universal_cofiring"] = int(cofiring.sum())
         if n_tokens is not None and len(fire_columns(table)) >= 2:
             # Concepts that fire often in every model co-fire often by chance alone: an untrained
             # dictionary's do, as often as a trained one's where firing is dense.
-            out["universal_beyond_chance"] = int((universal & shared_concepts(table, min_cofires, n_tokens)).sum())
+            out["universal_beyond_chance"] = int((cofiring & beyond_chance(table, n_tokens)).sum())
     if "energy_total" in table.columns:
         # Weak latents that fire now and then in every model count as universal too; weighing by
         # energy keeps the count to the concepts that carry the reconstruction.
