@@ -39,7 +39,8 @@ before issue 14's loader changes, exported with ``git archive``):
    default 1,048,576-token buffer (3 steps; time to first step only), ``sae.decode`` sparse;
    after, also ``decode: auto`` (start-up times both decodings).
 
-Prints ratios (min/median/max over repeats) and writes ``benchmarks/results/loader_cpu[_quick].json``.
+Prints ratios (min/median/max over repeats) and writes ``benchmarks/results/loader_cpu[_<parts>][_quick].json``
+(the parts named only when not all three ran).
 """
 
 from __future__ import annotations
@@ -61,9 +62,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 # A script's own folder is first on sys.path: the shared helpers of the step benchmark.
-from bench_train_step import git_state, load_average, spread
+from bench_train_step import describe_device, git_state, load_average, spread
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -338,6 +340,12 @@ def training(paths: dict[str, Path], folder: Path, repeats: int, steps: int) -> 
     return {"runs": runs, "summary": summary}
 
 
+def result_name(parts: list[str], quick: bool) -> str:
+    """``loader_cpu[_<parts>][_quick].json``: a run of some parts never overwrites the figures of a full run."""
+    chosen = [p for p in PARTS if p in parts]
+    return "loader_cpu" + ("" if chosen == list(PARTS) else "_" + "_".join(chosen)) + ("_quick" if quick else "") + ".json"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=768)
@@ -372,12 +380,12 @@ def main() -> None:
             for name, figures in train["summary"].items():
                 print(f"train {name:32s} " + ", ".join(f"{k} median {v['median']:.2f} [{v['min']:.2f}, "
                                                       f"{v['max']:.2f}]" for k, v in figures.items()))
-    result = {"date": dt.datetime.now().isoformat(timespec="seconds"), "machine": platform.processor() or
-              platform.machine(), "cores": os.cpu_count(), "images": images, "repeats": repeats, "batch_tokens": BATCH,
+    result = {"date": dt.datetime.now().isoformat(timespec="seconds"), "machine": platform.machine(),
+              "cpu": describe_device(torch.device("cpu")), "parts": args.parts, "cores": os.cpu_count(), "images": images, "repeats": repeats, "batch_tokens": BATCH,
               "widths": WIDTHS, "baseline": BASELINE, "git": git_state(),
               "load_average_1min": {"before": load, "after": load_average()}, "read_rates": rates,
               "first_batch_s": first, "training": train}
-    out = args.out or HERE / "results" / ("loader_cpu_quick.json" if args.quick else "loader_cpu.json")
+    out = args.out or HERE / "results" / result_name(args.parts, args.quick)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
 
