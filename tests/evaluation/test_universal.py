@@ -13,7 +13,7 @@ from usae.config import EvaluateConfig, SAEConfig
 from usae.evaluation.baselines import Moments, random_dictionary
 from usae.evaluation.evaluate import blocks, evaluate_sources
 from usae.evaluation.run import PlantedFactors
-from usae.evaluation.universal import CHANCE_ALPHA, beyond_chance, chance_cofires, universal_counts
+from usae.evaluation.universal import CHANCE_ALPHA, beyond_chance, chance_cofires, cofire_test, universal_counts
 from usae.sae.model import USAE
 
 CPU = torch.device("cpu")
@@ -52,9 +52,10 @@ def test_cofiring_beyond_chance_known_answers():
     # Bonferroni over the 4 concepts: P < 0.05 / 4 = 0.0125 passes, so concept 2 does, and not at alpha 0.02.
     assert beyond_chance(table, 1000).tolist() == [True, False, True, False]
     assert beyond_chance(table, 1000, alpha=0.02).tolist() == [True, False, False, False]
-    assert CHANCE_ALPHA == 0.05
+    assert CHANCE_ALPHA == EvaluateConfig().chance_alpha == 0.05
     counts = universal_counts(table, 2, min_cofires=1, n_tokens=1000)
     assert (counts["universal"], counts["universal_cofiring"], counts["universal_beyond_chance"]) == (4, 3, 2)
+    assert universal_counts(table, 2, min_cofires=1, n_tokens=1000, alpha=0.02)["universal_beyond_chance"] == 1
     # Floor and chance together: 10 co-fires asked leaves concept 2 (12) and 1 (360, but chance).
     assert universal_counts(table, 2, min_cofires=10, n_tokens=1000)["universal_beyond_chance"] == 1
     # Three models: chance multiplies the three shares.
@@ -62,6 +63,14 @@ def test_cofiring_beyond_chance_known_answers():
     assert chance_cofires(three, 1000) == pytest.approx([0.05, 360.0, 5.0, 1.6])
     with pytest.raises(ValueError, match="at least 2 models"):
         chance_cofires(table.drop(columns=["fires_b"]), 1000)
+
+
+def test_the_cofiring_test_an_evaluation_recorded():
+    metrics = {"min_cofires": 3, "n_tokens": 1000, "chance_alpha": 0.01, "tau": 0.1}
+    assert cofire_test(metrics) == {"min_cofires": 3, "n_tokens": 1000, "alpha": 0.01}
+    # Evaluated before evaluate.chance_alpha existed: the test they were counted with, the default.
+    assert cofire_test({"min_cofires": 3, "n_tokens": 1000}) == {"min_cofires": 3, "n_tokens": 1000, "alpha": 0.05}
+    assert cofire_test({}) == {"min_cofires": None, "n_tokens": None, "alpha": 0.05}
 
 
 KINDS = ((0, 5.0, 5.0), (1, 5.0, 5.0), (2, 0.5, 0.5), (3, 0.5, 0.5), (4, 1.0, 0.0), (5, 1.0, 0.0), (6, 1.0, 0.0),
@@ -121,6 +130,18 @@ def test_planted_dictionary_counts_and_its_random_floor(tmp_path):
     assert [rows["random_dictionary"][key] for key in counts] == [own[key] for key in counts]
     assert out["random_dictionary"]["universal_factor"] == own["universal_factor"]
     assert [own[key] for key in counts] != [5, 4, 4, 2, 2], own  # not the trained dictionary's
+
+
+def test_a_stricter_chance_alpha_is_recorded_and_counted(tmp_path):
+    # Latents 0-3 co-fire on 15 of 120 tokens where chance gives 1.875: P(X >= 15) = 1.7e-9, beyond chance at
+    # 0.05 / 8 latents, not at 1e-9 / 8.
+    sources, _ = planted_sources()
+    cfg = EvaluateConfig(top_n=2, batch_images=4, device="cpu", chance_alpha=1e-9)
+    evaluate_sources(planted_dictionary(), sources, cfg, tmp_path / "eval", device=CPU, baseline_sources=sources)
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["chance_alpha"] == 1e-9 and metrics["config"]["chance_alpha"] == 1e-9
+    rows = {row["method"]: row for row in json.loads((tmp_path / "eval" / "baselines.json").read_text())["table"]}
+    assert (rows["usae"]["universal_cofiring"], rows["usae"]["universal_beyond_chance"]) == (4, 0)
 
 
 def test_no_factor_floor_where_the_usae_has_no_factor_count(tmp_path):

@@ -181,6 +181,9 @@ def test_universal_picks_are_tested_against_chance_over_the_whole_dictionary():
     assert choose_concepts(chance_table(), ["a", "b"], cfg, min_cofires=2, n_tokens=1000) == [(1, "universal")]
     assert choose_concepts(chance_table()[:2], ["a", "b"], cfg, min_cofires=2, n_tokens=1000) == [
         (0, "universal"), (1, "universal")]  # a 2-concept dictionary: concept 0 passes
+    # evaluate.chance_alpha: at 0.2 / 10 = 0.02 concept 0 (P = 0.0055) passes over the 10 concepts too.
+    assert choose_concepts(chance_table(), ["a", "b"], cfg, min_cofires=2, n_tokens=1000, alpha=0.2) == [
+        (0, "universal"), (1, "universal")]
 
 def test_universal_concepts_need_to_cofire_past_the_evaluations_floor():
     # Concept 1 detects a planted factor, so it would come first, but the models fire it together only

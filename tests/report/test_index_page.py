@@ -85,6 +85,9 @@ def test_the_universal_gallery_keeps_to_concepts_the_models_fire_together(page: 
                         "fires_a": [100, 10] + [5] * 8, "fires_b": [50, 10] + [0] * 8})
     assert select_concepts(ten, ["a", "b"], n=2, min_cofires=2, n_tokens=1000)["universal"] == [1]
     assert select_concepts(ten[:2], ["a", "b"], n=2, min_cofires=2, n_tokens=1000)["universal"] == [0, 1]
+    # At evaluate.chance_alpha 0.2 the divisor's 10 leaves 0.02: concept 0 passes; at 1e-9 neither does (1: 7.7e-8).
+    assert select_concepts(ten, ["a", "b"], n=2, min_cofires=2, n_tokens=1000, alpha=0.2)["universal"] == [0, 1]
+    assert select_concepts(ten, ["a", "b"], n=2, min_cofires=2, n_tokens=1000, alpha=1e-9)["universal"] == []
     # One model (a solo run): no firing entropy, so no universal gallery, and no chance to test against.
     solo = busy.drop(columns=["fires_b"]).assign(firing_entropy=np.nan)
     assert select_concepts(solo, ["a"], n=2, min_cofires=0, n_tokens=1000) == {

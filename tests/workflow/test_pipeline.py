@@ -309,10 +309,11 @@ def test_maco_images_of_each_multi_model_run(built):
         # min_cofires times, beyond chance), up to n_universal, first.
         metrics = json.loads((built / f"results/runs/{run}/eval/metrics.json").read_text())
         table = pd.read_parquet(built / f"results/runs/{run}/eval/concepts.parquet")
-        assert (report["min_cofires"], report["n_tokens"]) == (metrics["min_cofires"], metrics["n_tokens"])
+        assert (report["min_cofires"], report["n_tokens"], report["chance_alpha"]) == (
+            metrics["min_cofires"], metrics["n_tokens"], metrics["chance_alpha"])
         universal = (table["firing_entropy"] >= report["settings"]["min_entropy"]).to_numpy()
         qualifying = set(table["concept"][universal & shared_concepts(table, metrics["min_cofires"],
-                                                                      metrics["n_tokens"])])
+                                                                      metrics["n_tokens"], metrics["chance_alpha"])])
         picked = [c["id"] for c in report["concepts"] if c["kind"] == "universal"]
         assert qualifying and set(picked) <= qualifying, (run, picked, qualifying)
         assert len(picked) == min(report["settings"]["n_universal"], len(qualifying)), (run, picked, qualifying)

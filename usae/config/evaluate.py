@@ -22,6 +22,12 @@ class EvaluateConfig(Section):
         None, "The second Pearson r (log co-fires vs log energy) is over concepts with at least this many "
         "co-fires; `null` = the paper's 1000 per 10 M evaluation tokens, scaled to the tokens evaluated "
         "(at least 1).", minimum=0)
+    chance_alpha: float = setting(
+        0.05, "Family-wise error of the test that a universal concept co-fires more often than chance: the models "
+        "fire it together on more tokens than Poisson(n prod_i fires_i / n) gives with P < this / the dictionary's "
+        "concepts (Bonferroni), the chance that even one concept of an independently firing dictionary passes. "
+        "Used by the `... more often than chance` counts, the report's most-universal gallery and MACO's universal "
+        "picks.", exclusive_minimum=0.0, maximum=1.0, quiet_default=True)
     batch_images: int = setting(32, "Validation images per block.", minimum=1)
     max_images: int | None = setting(None, "Evaluate on the first this-many validation images only; `null` = all.",
                                      minimum=1)

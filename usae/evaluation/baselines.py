@@ -27,7 +27,8 @@ from usae.activations.sources import TokenSource
 from usae.config import EvaluateConfig, SAEConfig
 from usae.evaluation.accumulate import Accumulator
 from usae.evaluation.evaluate import add_factor_columns, blocks, score_factors, summarise
-from usae.evaluation.universal import CHANCE_ALPHA, COUNTS, FACTOR_AUROC, UNIVERSAL_ENTROPY, universal_counts
+from usae.evaluation.universal import (CHANCE_ALPHA, COUNTS, FACTOR_AUROC, UNIVERSAL_ENTROPY, cofire_test,
+                                       universal_counts)
 from usae.metrics import r2_global_mean, r2_per_dim
 from usae.sae.model import USAE
 
@@ -47,9 +48,9 @@ DEFINITIONS = {
     "universal": f"concepts that fire (Z_k > tau) with firing entropy >= {UNIVERSAL_ENTROPY} (null for one model)",
     "universal_cofiring": "of those, the ones that fire in every model on the same token at least max(1, "
                           "min_cofires) times (metrics.json's min_cofires)",
-    "universal_beyond_chance": f"of the co-firing ones, those that co-fire more often than independent firing "
-                               f"explains: P(X >= cofires) < {CHANCE_ALPHA} / n_latents for X ~ Poisson(n_tokens * "
-                               f"prod over models of fires / n_tokens)",
+    "universal_beyond_chance": "of the co-firing ones, those that co-fire more often than independent firing "
+                               "explains: P(X >= cofires) < chance_alpha / n_latents for X ~ Poisson(n_tokens * "
+                               "prod over models of fires / n_tokens) (metrics.json's chance_alpha)",
     "universal_energetic": "of the universal ones, those with at least the mean concept's energy (energy_total)",
     "universal_energy_share": "the universal concepts' share of all concepts' energy",
     "universal_factor": f"of the universal ones, those whose best planted factor has patch-level AUROC >= "
@@ -116,14 +117,15 @@ def random_dictionary(dims: dict[str, int], cfg: SAEConfig, means: dict[str, Ten
 
 
 def entropy_summary(table: pd.DataFrame, n_models: int, min_cofires: int | None = None,
-                    n_tokens: int | None = None) -> dict[str, Any]:
+                    n_tokens: int | None = None, alpha: float = CHANCE_ALPHA) -> dict[str, Any]:
     """The concepts that fire (firing entropy not NaN), the histogram of their firing entropies and the
     universal-concept counts (:func:`usae.evaluation.universal.universal_counts`, co-firing ones at least
-    ``min_cofires`` times, and more often than chance over the ``n_tokens`` counted) of a concept table."""
+    ``min_cofires`` times, and more often than chance at family-wise error ``alpha`` over the ``n_tokens``
+    counted) of a concept table."""
     entropy = table["firing_entropy"].to_numpy(dtype=float)
     fired = entropy[np.isfinite(entropy)]
     counts, _ = np.histogram(fired, bins=ENTROPY_BINS, range=(0.0, 1.0))
-    return {"concepts_firing": int(fired.size), **universal_counts(table, n_models, min_cofires, n_tokens),
+    return {"concepts_firing": int(fired.size), **universal_counts(table, n_models, min_cofires, n_tokens, alpha),
             "firing_entropy_histogram": counts.tolist()}
 
 
@@ -173,8 +175,8 @@ def evaluate_baselines(model: USAE, train_sources: dict[str, TokenSource], val_s
               for key, score in (("r2_per_dim", r2_per_dim), ("r2_global_mean", r2_global_mean))}}
     random = {"seed": seed, **{key: rand_metrics[key] for key in (
         "r2_per_dim", "r2_global_mean", "dead_above_tau_fraction", "concepts_firing_in_all_models")},
-        **entropy_summary(rand_table, len(names), trained[0].get("min_cofires"), acc.n_tokens)}
-    usae = entropy_summary(trained[1], len(names), trained[0].get("min_cofires"), trained[0].get("n_tokens"))
+        **entropy_summary(rand_table, len(names), **{**cofire_test(trained[0]), "n_tokens": acc.n_tokens})}
+    usae = entropy_summary(trained[1], len(names), **cofire_test(trained[0]))
     undefined = dict.fromkeys(key for key in usae if key in COUNTS or key == "concepts_firing")
     table = [_row("usae", names, trained[0]["r2_per_dim"], trained[0], usae),
              _row("pca", names, np.diag(list(pca["r2_per_dim"].values())), None, undefined),

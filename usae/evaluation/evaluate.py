@@ -210,7 +210,8 @@ def summarise(model: USAE, acc: Accumulator, cfg: EvaluateConfig) -> tuple[dict[
     cfp_mean = {name: float(np.nanmean(cfp[i].numpy())) if fires[i].any() else float("nan")
                 for i, name in enumerate(names)}
     metrics = {
-        "models": names, "n_tokens": n, "n_images": acc.n_images, "tau": cfg.tau, "config": to_dict(cfg),
+        "models": names, "n_tokens": n, "n_images": acc.n_images, "tau": cfg.tau, "chance_alpha": cfg.chance_alpha,
+        "config": to_dict(cfg),
         "definitions": DEFINITIONS, "usae_version": __version__,
         "r2_global_mean": r2_g, "r2_per_dim": r2_d, "mse": mse,
         "l0": {name: float(acc.l0[i] / n) for i, name in enumerate(names)},

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from usae.config import MacoConfig
+from usae.config import EvaluateConfig, MacoConfig
 
 UNIVERSAL_ENTROPY = MacoConfig().min_entropy
 """Firing entropy from which a concept counts as universal: the pipeline's one definition (the paper's 0.9,
@@ -21,9 +21,10 @@ UNIVERSAL_ENTROPY = MacoConfig().min_entropy
 
 FACTOR_AUROC = 0.9
 """Planted-factor AUROC from which a universal concept counts as detecting its factor."""
-CHANCE_ALPHA = 0.05
-"""Family-wise error of the beyond-chance co-firing test: the chance that even one concept of a dictionary
-that the models fire independently passes it (Bonferroni over the dictionary's concepts)."""
+CHANCE_ALPHA = EvaluateConfig().chance_alpha
+"""Default family-wise error of the beyond-chance co-firing test (``evaluate.chance_alpha``): the chance that
+even one concept of a dictionary that the models fire independently passes it (Bonferroni over the
+dictionary's concepts). An evaluation records the one it used in ``metrics.json`` (:func:`cofire_test`)."""
 COUNTS = ("universal", "universal_cofiring", "universal_beyond_chance", "universal_energetic",
           "universal_energy_share", "universal_factor")
 """The keys :func:`universal_counts` can return, in the order they are shown."""
@@ -33,6 +34,14 @@ def cofire_floor(min_cofires: int) -> int:
     """Co-fires from which a concept counts as fired together by the models: the evaluation's resolved
     ``min_cofires``, but at least one (a concept never fired together is shared by none)."""
     return max(1, int(min_cofires))
+
+
+def cofire_test(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The co-firing test an evaluation used, from its ``metrics.json``: ``min_cofires`` (None before it was
+    recorded), ``n_tokens`` and ``alpha`` (:data:`CHANCE_ALPHA` where older metrics lack ``chance_alpha``);
+    the keyword arguments of :func:`universal_counts`."""
+    return {"min_cofires": metrics.get("min_cofires"), "n_tokens": metrics.get("n_tokens"),
+            "alpha": metrics.get("chance_alpha", CHANCE_ALPHA)}
 
 
 def chance_cofires(table: pd.DataFrame, n_tokens: int) -> np.ndarray:
@@ -69,18 +78,20 @@ def beyond_chance(table: pd.DataFrame, n_tokens: int, alpha: float = CHANCE_ALPH
     return (cofires >= 1) & (tail < alpha / max(1, len(table)))
 
 
-def shared_concepts(table: pd.DataFrame, min_cofires: int, n_tokens: int | None = None) -> np.ndarray:
+def shared_concepts(table: pd.DataFrame, min_cofires: int, n_tokens: int | None = None,
+                    alpha: float = CHANCE_ALPHA) -> np.ndarray:
     """Concepts the models fire together: at least :func:`cofire_floor` times and, given ``n_tokens`` (the
     tokens the table was counted on) and the ``fires_<model>`` columns of several models, more often than
-    chance (:func:`beyond_chance`, over the whole dictionary's table; one model has no chance to beat)."""
+    chance at family-wise error ``alpha`` (:func:`beyond_chance`, over the whole dictionary's table; one
+    model has no chance to beat)."""
     shared = table["cofires"].to_numpy() >= cofire_floor(min_cofires)
     if n_tokens is None or len(fire_columns(table)) < 2:
         return shared
-    return shared & beyond_chance(table, n_tokens)
+    return shared & beyond_chance(table, n_tokens, alpha)
 
 
 def universal_counts(table: pd.DataFrame, n_models: int, min_cofires: int | None = None,
-                     n_tokens: int | None = None) -> dict[str, Any]:
+                     n_tokens: int | None = None, alpha: float = CHANCE_ALPHA) -> dict[str, Any]:
     """The universal-concept counts of a concept table with ``firing_entropy`` (NaN: never fires).
 
     ``universal``: concepts with firing entropy >= :data:`UNIVERSAL_ENTROPY` (the paper's count);
@@ -88,7 +99,7 @@ def universal_counts(table: pd.DataFrame, n_models: int, min_cofires: int | None
     ``universal_cofiring`` (those that fire in every model on the same token at least
     :func:`cofire_floor` times) and, with ``n_tokens`` (the tokens the table was counted on) and
     ``fires_<model>`` columns, of those ``universal_beyond_chance`` (more often than independent
-    firing explains, :func:`beyond_chance`); with ``energy_total``, ``universal_energetic`` (those with at
+    firing explains at family-wise error ``alpha``, :func:`beyond_chance`); with ``energy_total``, ``universal_energetic`` (those with at
     least the mean concept's energy, dead ones included in the mean) and ``universal_energy_share``
     (their share of all concepts' energy; both None when no concept has energy); with
     ``factor_auroc`` (generated images only), ``universal_factor`` (those whose best planted factor
@@ -113,7 +124,7 @@ def universal_counts(table: pd.DataFrame, n_models: int, min_cofires: int | None
         if n_tokens is not None and len(fire_columns(table)) >= 2:
             # Concepts that fire often in every model co-fire often by chance alone: an untrained
             # dictionary's do, as often as a trained one's where firing is dense.
-            out["universal_beyond_chance"] = int((cofiring & beyond_chance(table, n_tokens)).sum())
+            out["universal_beyond_chance"] = int((cofiring & beyond_chance(table, n_tokens, alpha)).sum())
     if "energy_total" in table.columns:
         # Weak latents that fire now and then in every model count as universal too; weighing by
         # energy keeps the count to the concepts that carry the reconstruction.

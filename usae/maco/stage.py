@@ -1,8 +1,8 @@
 """The MACO stage of one run: choose concepts, optimise one image per model, compare, write.
 
 Outputs in ``out_dir`` (written atomically): ``images/c<concept>_<model>.png`` and
-``maco.json`` with the objective, the settings, the evaluation's ``min_cofires`` and ``n_tokens``
-the universal concepts were chosen with, and per concept and model the achieved code, the best
+``maco.json`` with the objective, the settings, the evaluation's ``min_cofires``, ``n_tokens`` and
+``chance_alpha`` the universal concepts were chosen with, and per concept and model the achieved code, the best
 dataset image's and the random-phase baseline's (all through the same objective), their ratios,
 and the cross-model table (the image optimised for model i, read through model j).
 """
@@ -28,7 +28,7 @@ from usae.config.maco import MacoConfig
 from usae.data.images import load_rgb
 from usae.data.manifest import read_manifest, usable
 from usae.device import resolve_device
-from usae.evaluation.universal import shared_concepts
+from usae.evaluation.universal import CHANCE_ALPHA, cofire_test, shared_concepts
 from usae.maco.objective import ConceptReader
 from usae.maco.optimize import maximise, random_phase_images, score_images
 from usae.maco.spectrum import ImageSpectrum, measure_spectrum
@@ -42,11 +42,11 @@ RATIO_FLOOR = 0.01
 
 
 def choose_concepts(table: pd.DataFrame, models: list[str], cfg: MacoConfig, min_cofires: int | None = None,
-                    n_tokens: int | None = None) -> list[tuple[int, str]]:
+                    n_tokens: int | None = None, alpha: float = CHANCE_ALPHA) -> list[tuple[int, str]]:
     """``(concept, kind)`` pairs: ``cfg.concepts`` if given (kind ``chosen``), else the most universal
     (firing entropy >= ``min_entropy`` and, given ``min_cofires`` (the evaluation's), fired together
-    by the models: at least that often and, given ``n_tokens``, more often than chance
-    (:func:`~usae.evaluation.universal.shared_concepts`); most co-fires first; on generated images
+    by the models: at least that often and, given ``n_tokens``, more often than chance at family-wise error
+    ``alpha`` (:func:`~usae.evaluation.universal.shared_concepts`); most co-fires first; on generated images
     those that detect a planted factor first and ``background`` last) and model-specific ones
     (firing entropy < 0.5, most fires in one model; one model after another)."""
     if cfg.concepts is not None:
@@ -59,7 +59,7 @@ def choose_concepts(table: pd.DataFrame, models: list[str], cfg: MacoConfig, min
         # An even firing entropy does not mean the models fire a concept on the same tokens; one they
         # never fire together has no shared meaning to show, however well it detects a factor. Tested on
         # the whole table: the chance test counts every concept of the dictionary.
-        keep = keep & shared_concepts(table, min_cofires, n_tokens)
+        keep = keep & shared_concepts(table, min_cofires, n_tokens, alpha)
     universal = table[keep]
     # On generated images a concept that detects a planted factor shows something a reader can
     # check, so those come first; one labelled `background` fires off every object and comes last.
@@ -103,8 +103,8 @@ def run_maco(model_dir: str | Path, eval_dir: str | Path, manifest_path: str | P
     usae = USAE.load(model_dir, device=device)
     table = pd.read_parquet(Path(eval_dir) / "concepts.parquet")
     metrics = json.loads((Path(eval_dir) / paths.EVAL_METRICS).read_text())
-    min_cofires, n_tokens = metrics.get("min_cofires"), metrics.get("n_tokens")
-    chosen = choose_concepts(table, usae.names, cfg, min_cofires, n_tokens)
+    test = cofire_test(metrics)
+    chosen = choose_concepts(table, usae.names, cfg, **test)
     ids = [c for c, _ in chosen]
     spectrum = ImageSpectrum.load(spectrum_path)
     objective = MACO_OBJECTIVES.get(cfg.objective, setting="maco.objective")
@@ -113,7 +113,8 @@ def run_maco(model_dir: str | Path, eval_dir: str | Path, manifest_path: str | P
     baseline = random_phase_images(cfg.baseline_samples, len(ids), spectrum, cfg.seed)
     report = {"objective": cfg.objective, "objective_text": OBJECTIVE_TEXT[cfg.objective],
               "settings": to_dict(cfg), "models": usae.names, "spectrum_images": spectrum.n_images,
-              "ratio_floor": RATIO_FLOOR, "min_cofires": min_cofires, "n_tokens": n_tokens, "concepts": [],
+              "ratio_floor": RATIO_FLOOR, "min_cofires": test["min_cofires"], "n_tokens": test["n_tokens"],
+              "chance_alpha": test["alpha"], "concepts": [],
               "seconds": None}
     cross = _cross_scores(readers, images, ids, objective, device)  # (concepts, from i, through j)
     base = {m: score_images(r, baseline.flatten(0, 1), np.repeat(ids, cfg.baseline_samples), objective,

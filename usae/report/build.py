@@ -21,7 +21,7 @@ from usae import __version__
 from usae.atomic import atomic_path
 from usae.data.images import reason_kind
 from usae.evaluation.consistency import consistency_with_solo_runs
-from usae.evaluation.universal import cofire_floor, shared_concepts
+from usae.evaluation.universal import CHANCE_ALPHA, cofire_floor, cofire_test, shared_concepts
 from usae.report.cards import card
 from usae.report.compare import floored_metrics, load_runs, metric_tables
 from usae.report.explorer import NO_IMAGES, ExplorerIndex, write_explorer
@@ -40,14 +40,16 @@ _COLUMNS = ("index", "image_id", "path", "status", "reason")  # manifest columns
 
 
 def select_concepts(table: pd.DataFrame, models: list[str], n: int = N_CARDS, min_fires: int = 10,
-                    min_cofires: int | None = None, n_tokens: int | None = None) -> dict[str, list[int]]:
+                    min_cofires: int | None = None, n_tokens: int | None = None,
+                    alpha: float = CHANCE_ALPHA) -> dict[str, list[int]]:
     """Concept ids for the three galleries: top energy, most universal, most model-specific.
 
     Universal: highest firing entropy (ties broken by energy) among concepts firing at least
     ``min_fires`` times in total that, given ``min_cofires`` (the evaluation's) and a ``cofires``
     column, the models fire together (:func:`~usae.evaluation.universal.shared_concepts`: at
-    least that often and, given ``n_tokens``, more often than chance): firing entropy weighs how
-    evenly the models fire a concept, not whether they fire it on the same tokens. Model-specific:
+    least that often and, given ``n_tokens``, more often than chance at family-wise error
+    ``alpha``): firing entropy weighs how evenly the models fire a concept, not whether they fire
+    it on the same tokens. Model-specific:
     lowest firing entropy among the concepts firing ``min_fires`` times.
     """
     total = sum(table[f"fires_{m}"] for m in models)
@@ -55,7 +57,7 @@ def select_concepts(table: pd.DataFrame, models: list[str], n: int = N_CARDS, mi
     alive, shared = table[firing], table[firing]
     if min_cofires is not None and "cofires" in table.columns:
         # The whole table: the chance test counts every concept of the dictionary.
-        shared = table[firing & shared_concepts(table, min_cofires, n_tokens)]
+        shared = table[firing & shared_concepts(table, min_cofires, n_tokens, alpha)]
     by_energy = table.sort_values("energy_total", ascending=False)
     universal = shared.sort_values(["firing_entropy", "energy_total"], ascending=[False, False])
     specific = alive.sort_values(["firing_entropy", "energy_total"], ascending=[True, False])
@@ -103,8 +105,7 @@ def build_report(run_dir: str | Path, manifest_path: str | Path | None, out_dir:
         maco = load_maco(maco_dir, tmp) if maco_dir is not None else None
         manifest = Path(manifest_path) if manifest_path is not None else None
         explorer = write_explorer(run_dir / "eval", manifest, tmp, models, maco=maco)
-        galleries = select_concepts(table, models, min_cofires=metrics.get("min_cofires"),
-                                    n_tokens=metrics.get("n_tokens"))
+        galleries = select_concepts(table, models, **cofire_test(metrics))
         rows = table.set_index("concept")
         cards = {name: [card(_row(rows, cid), models, index=explorer, maco=maco) for cid in ids]
                  for name, ids in galleries.items()}

@@ -23,7 +23,7 @@ import pandas as pd
 
 from usae import __version__, paths
 from usae.atomic import atomic_path
-from usae.evaluation.universal import COUNTS, universal_counts
+from usae.evaluation.universal import COUNTS, cofire_test, universal_counts
 from usae.report.compare_figures import PanelRun, comparison_figures
 from usae.report.compare_rows import backbone_rows
 from usae.report.compare_tables import floor_key, floor_metrics, metric_tables, setting_text, stability_settings
@@ -182,7 +182,7 @@ def run_metrics(run: RunRecord) -> dict[str, Any]:
 def _universality(run: RunRecord) -> dict[str, Any]:
     if run.concepts is None:
         return {}
-    return universal_counts(run.concepts, len(run.models), run.metrics.get("min_cofires"), run.metrics.get("n_tokens"))
+    return universal_counts(run.concepts, len(run.models), **cofire_test(run.metrics))
 
 
 def _training(run: RunRecord) -> dict[str, Any]:

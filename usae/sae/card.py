@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from usae.evaluation.universal import UNIVERSAL_ENTROPY, cofire_floor, universal_counts
+from usae.evaluation.universal import UNIVERSAL_ENTROPY, cofire_floor, cofire_test, universal_counts
 from usae.report.templating import fmt
 
 PAPER = "https://arxiv.org/abs/2502.03714"
@@ -113,8 +113,7 @@ def read_evaluation(eval_dir: str | Path) -> dict[str, Any] | None:
     if (eval_dir / "concepts.parquet").exists():
         # Counted as for several models: one model's firing entropies are NaN, so it has none.
         metrics = evaluation["metrics"]
-        counts = universal_counts(pd.read_parquet(eval_dir / "concepts.parquet"), 2, metrics.get("min_cofires"),
-                                  metrics.get("n_tokens"))
+        counts = universal_counts(pd.read_parquet(eval_dir / "concepts.parquet"), 2, **cofire_test(metrics))
         for key in ("universal", "universal_cofiring", "universal_beyond_chance"):
             if key in counts:
                 evaluation[f"n_{key}"] = counts[key]
