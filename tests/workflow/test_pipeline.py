@@ -105,6 +105,15 @@ def test_tau_change_reruns_only_evaluation_and_report(pipeline_copy):
                                            "all": 1}
 
 
+def test_chance_alpha_reruns_evaluation_only_off_its_default(pipeline_copy):
+    """evaluate.chance_alpha came after runs were evaluated: written at its default it reruns nothing."""
+    write_config(pipeline_copy, **{"evaluate.chance_alpha": 0.05})
+    assert planned_jobs(pipeline_copy) == {}
+    write_config(pipeline_copy, **{"evaluate.chance_alpha": 0.01})
+    assert planned_jobs(pipeline_copy) == {"evaluate_usae": 3, "maco": 2, "render_report": 3, "compare_runs": 1,
+                                           "all": 1}
+
+
 def test_evaluation_reports_metrics_and_planted_factors(built):
     import json
 

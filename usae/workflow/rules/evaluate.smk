@@ -9,7 +9,7 @@ rule evaluate_usae:
     output:
         directory(paths.run_eval(PIPE)),
     params:
-        cfg=to_dict(PIPE.evaluate),
+        cfg=result_settings(PIPE.evaluate),  # a key added since, at its default, reruns no evaluation
         models=lambda wc: list(PIPE.runs[wc.run].models),
         synthetic=paths.synthetic_images(PIPE),
         version=usae.STAGE_VERSIONS["evaluate"],
