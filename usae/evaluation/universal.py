@@ -99,8 +99,8 @@ def universal_counts(table: pd.DataFrame, n_models: int, min_cofires: int | None
     ``universal_cofiring`` (those that fire in every model on the same token at least
     :func:`cofire_floor` times) and, with ``n_tokens`` (the tokens the table was counted on) and
     ``fires_<model>`` columns, of those ``universal_beyond_chance`` (more often than independent
-    firing explains at family-wise error ``alpha``, :func:`beyond_chance`); with ``energy_total``, ``universal_energetic`` (those with at
-    least the mean concept's energy, dead ones included in the mean) and ``universal_energy_share``
+    firing explains at family-wise error ``alpha``, :func:`beyond_chance`); with ``energy_total``,
+    ``universal_energetic`` (those with at least the mean concept's energy, dead ones included in the mean) and ``universal_energy_share``
     (their share of all concepts' energy; both None when no concept has energy); with
     ``factor_auroc`` (generated images only), ``universal_factor`` (those whose best planted factor
     has AUROC >= :data:`FACTOR_AUROC`). A key whose column (or threshold) is lacking is absent; for

@@ -2,8 +2,8 @@
 
 Outputs in ``out_dir`` (written atomically): ``images/c<concept>_<model>.png`` and
 ``maco.json`` with the objective, the settings, the evaluation's ``min_cofires``, ``n_tokens`` and
-``chance_alpha`` the universal concepts were chosen with, and per concept and model the achieved code, the best
-dataset image's and the random-phase baseline's (all through the same objective), their ratios,
+``chance_alpha`` the universal concepts were chosen with, and per concept and model the achieved
+code, the best dataset image's and the random-phase baseline's (all through the same objective), their ratios,
 and the cross-model table (the image optimised for model i, read through model j).
 """
 
@@ -45,9 +45,9 @@ def choose_concepts(table: pd.DataFrame, models: list[str], cfg: MacoConfig, min
                     n_tokens: int | None = None, alpha: float = CHANCE_ALPHA) -> list[tuple[int, str]]:
     """``(concept, kind)`` pairs: ``cfg.concepts`` if given (kind ``chosen``), else the most universal
     (firing entropy >= ``min_entropy`` and, given ``min_cofires`` (the evaluation's), fired together
-    by the models: at least that often and, given ``n_tokens``, more often than chance at family-wise error
-    ``alpha`` (:func:`~usae.evaluation.universal.shared_concepts`); most co-fires first; on generated images
-    those that detect a planted factor first and ``background`` last) and model-specific ones
+    by the models: at least that often and, given ``n_tokens``, more often than chance at family-wise
+    error ``alpha`` (:func:`~usae.evaluation.universal.shared_concepts`); most co-fires first; on
+    generated images those that detect a planted factor first and ``background`` last) and model-specific ones
     (firing entropy < 0.5, most fires in one model; one model after another)."""
     if cfg.concepts is not None:
         unknown = sorted(set(cfg.concepts) - set(table["concept"]))

@@ -49,8 +49,8 @@ def select_concepts(table: pd.DataFrame, models: list[str], n: int = N_CARDS, mi
     column, the models fire together (:func:`~usae.evaluation.universal.shared_concepts`: at
     least that often and, given ``n_tokens``, more often than chance at family-wise error
     ``alpha``): firing entropy weighs how evenly the models fire a concept, not whether they fire
-    it on the same tokens. Model-specific:
-    lowest firing entropy among the concepts firing ``min_fires`` times.
+    it on the same tokens. Model-specific: lowest firing entropy among the concepts firing
+    ``min_fires`` times.
     """
     total = sum(table[f"fires_{m}"] for m in models)
     firing = ((total >= min_fires) & table["firing_entropy"].notna()).to_numpy()
