@@ -144,6 +144,31 @@ def test_a_stricter_chance_alpha_is_recorded_and_counted(tmp_path):
     assert (rows["usae"]["universal_cofiring"], rows["usae"]["universal_beyond_chance"]) == (4, 0)
 
 
+def test_a_concept_tied_to_a_token_position_is_chance_not_shared(tmp_path):
+    """Both models fire latent 0 at the first token of every image, whatever it shows, and latent 1 on the same
+    randomly drawn later tokens (a shared concept); elsewhere each fires a latent of its own."""
+    rng = np.random.default_rng(0)
+    shared = rng.random((40, 2)) < 0.25  # tokens 1 and 2 of each image
+    acts = {name: np.zeros((40, TOKENS_PER_IMAGE, 8), dtype=np.float32) for name in ("a", "b")}
+    for i, name in enumerate(acts):
+        acts[name][:, 0, 0] = 1.0
+        acts[name][:, 1:, 1] = shared
+        acts[name][:, 1:, 2 + i] = ~shared
+    sources = {n: TokenSource(n, x, chunk_rows=8) for n, x in acts.items()}
+    evaluate_sources(planted_dictionary(), sources, EvaluateConfig(top_n=2, batch_images=4, device="cpu"),
+                     tmp_path / "eval", device=CPU)
+    table = pd.read_parquet(tmp_path / "eval" / "concepts.parquet")
+    n_shared = shared.sum(axis=0)
+    assert table["cofires"][:2].tolist() == [40, n_shared.sum()]
+    # Position by position, chance is N * sum_t prod_i (F_i[t, k] / N): latent 0 fires at token 0 of all 40 images
+    # in both, so 40 co-fires are all chance; latent 1's chance is sum_t n_t^2 / 40 (about 5), far below.
+    assert table["cofires_chance"][:2].tolist() == pytest.approx([40.0, (n_shared ** 2).sum() / 40])
+    assert beyond_chance(table, 120)[:2].tolist() == [False, True]
+    # Pooled over the positions (120 tokens, 40 fires each: 13.3 expected) the positional one would pass as shared.
+    assert chance_cofires(table.drop(columns="cofires_chance"), 120)[0] == pytest.approx(40 ** 2 / 120)
+    assert beyond_chance(table.drop(columns="cofires_chance"), 120)[:2].tolist() == [True, True]
+
+
 def test_no_factor_floor_where_the_usae_has_no_factor_count(tmp_path):
     sources, _ = planted_sources()
     evaluate_sources(planted_dictionary(), sources, EvaluateConfig(top_n=2, batch_images=4, device="cpu"),

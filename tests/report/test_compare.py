@@ -274,7 +274,8 @@ def test_random_dictionary_floors_stand_beside_the_universal_counts(compared_run
     cofires[:3] = [3, 2, 0]  # at least 3 (metrics.json's min_cofires): concept 0 alone of the universal ones
     fires = concepts["fires_a"].to_numpy().copy()
     fires[0] = 3  # and each model fires it on those 3 tokens only: far beyond chance
-    concepts.assign(firing_entropy=entropy, energy_total=energy, factor_auroc=auroc, cofires=cofires, fires_a=fires,
+    # (chance recomputed from the fires set here: the evaluation's own per-position figure is of other fires)
+    concepts.drop(columns="cofires_chance").assign(firing_entropy=entropy, energy_total=energy, factor_auroc=auroc, cofires=cofires, fires_a=fires,
                     fires_b=fires).to_parquet(run / "eval" / "concepts.parquet")
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     (run / "eval" / "metrics.json").write_text(json.dumps({**metrics, "min_cofires": 3}))

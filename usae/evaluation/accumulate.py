@@ -3,8 +3,9 @@
 Per batch, each model encodes its own activations into sparse codes (k active latents per
 token); nothing of size (tokens x m) is ever built. What is kept: per (source, target)
 squared errors; per target the sums behind both R2 forms; per model firing counts,
-summed codes and L0; co-fire counts (per concept in every model, and per pair of models);
-the top-N images per concept and model.
+summed codes and L0; per model firing counts at each token position of an image (the
+chance co-fires' ingredients); co-fire counts (per concept in every model, and per pair of
+models); the top-N images per concept and model.
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ class Accumulator:
     cofires: Tensor = field(init=False)
     pair_cofires: Tensor = field(init=False)
     top: dict[str, TopImages] = field(init=False)
+    fires_at: Tensor | None = field(init=False, default=None)
+    """(models, tokens per image, m): images where each model fires each concept at each token position
+    (made at the first block, whose tokens per image it takes)."""
 
     def __post_init__(self) -> None:
         names, m, dev = self.model.names, self.model.cfg.n_latents, self.device
@@ -88,6 +92,7 @@ class Accumulator:
                 self.sse[i, j] += err.double().pow(2).sum()
             fired = c.values > self.tau
             self.fires[i] += torch.bincount(c.indices[fired], minlength=m)
+            self._update_fires_at(i, c.indices, fired, tokens_per_image)
             self.code_sums[i] += torch.zeros(m, dtype=torch.float64, device=self.device).scatter_add_(
                 0, c.indices.flatten(), c.values.double().flatten())
             self.l0[i] += (c.values > 0).sum()
@@ -99,6 +104,31 @@ class Accumulator:
         self.n_tokens += n_tok
         self.n_images += len(rows)
         return codes
+
+    def _update_fires_at(self, model: int, indices: Tensor, fired: Tensor, tokens_per_image: int) -> None:
+        m = self.model.cfg.n_latents
+        if self.fires_at is None:
+            self.fires_at = torch.zeros(len(self.model.names), tokens_per_image, m, dtype=torch.long,
+                                        device=self.device)
+        elif self.fires_at.shape[1] != tokens_per_image:
+            raise ValueError(f"blocks of {tokens_per_image} tokens per image after blocks of "
+                             f"{self.fires_at.shape[1]}: one evaluation needs one layout")
+        position = torch.arange(indices.shape[0], device=self.device).unsqueeze(1).expand_as(indices) % tokens_per_image
+        self.fires_at[model] += torch.bincount((position * m + indices)[fired], minlength=tokens_per_image * m
+                                               ).view(tokens_per_image, m)
+
+    def chance_cofires(self) -> Tensor:
+        """(m,) co-fires each concept would have if the models fired it independently of each other at each
+        token position: lambda_k = N * sum_t prod_i (F_i[t, k] / N), over the N images evaluated, with
+        F_i[t, k] the images where model i fires concept k at position t (:attr:`fires_at`).
+
+        Independence given the position: a concept every model fires at the same positions of every image
+        (a border, a corner) co-fires there whatever the image shows, and this counts those co-fires as
+        chance. With one token per image it is the position-free n * prod_i (fires_i / n)."""
+        if self.fires_at is None or self.n_images == 0:
+            return torch.zeros(self.model.cfg.n_latents, dtype=torch.float64)
+        rates = self.fires_at.double().cpu() / self.n_images
+        return self.n_images * rates.prod(dim=0).sum(dim=0)
 
     def _update_cofires(self, keys: list[Tensor], m: int) -> None:
         """Co-fire: the (token, concept) pair fires in every model (intersection of sparse keys)."""

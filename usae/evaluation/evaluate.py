@@ -29,7 +29,6 @@ from usae.atomic import atomic_path
 from usae.config import EvaluateConfig, to_dict
 from usae.evaluation.accumulate import Accumulator
 from usae.evaluation.cofiring import cofire_summary
-from usae.evaluation.universal import chance_cofires
 from usae.metrics import (
     cofire_proportion, concept_energy, firing_entropy, log_log_pearson, r2_global_mean, r2_per_dim,
 )
@@ -206,7 +205,7 @@ def summarise(model: USAE, acc: Accumulator, cfg: EvaluateConfig) -> tuple[dict[
         table[f"top_rows_{name}"] = list(torch.where(hit, top.rows.cpu(), -1).numpy())
         table[f"top_values_{name}"] = list(torch.where(hit, top.values.cpu(), 0.0).numpy())
     if len(names) > 1:
-        table.insert(3, "cofires_chance", chance_cofires(table, n))
+        table.insert(3, "cofires_chance", acc.chance_cofires().numpy())
     cfp_mean = {name: float(np.nanmean(cfp[i].numpy())) if fires[i].any() else float("nan")
                 for i, name in enumerate(names)}
     metrics = {

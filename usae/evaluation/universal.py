@@ -47,9 +47,13 @@ def cofire_test(metrics: dict[str, Any]) -> dict[str, Any]:
 def chance_cofires(table: pd.DataFrame, n_tokens: int) -> np.ndarray:
     """Co-fires each concept would have if the models fired it independently of each other.
 
-    lambda_k = n * prod_i (fires_i,k / n), over the table's ``fires_<model>`` columns (tokens where
+    The table's ``cofires_chance`` where it has one (an evaluation's: independence at each token
+    position, :meth:`usae.evaluation.accumulate.Accumulator.chance_cofires`); else, position-free,
+    lambda_k = n * prod_i (fires_i,k / n) over the table's ``fires_<model>`` columns (tokens where
     model i's code fires concept k) and the ``n`` tokens they were counted on.
     """
+    if "cofires_chance" in table.columns:
+        return table["cofires_chance"].to_numpy(dtype=float, copy=True)
     columns = fire_columns(table)
     if len(columns) < 2:
         raise ValueError(f"chance co-fires need the fires_<model> columns of at least 2 models, got {columns}")
@@ -64,9 +68,9 @@ def fire_columns(table: pd.DataFrame) -> list[str]:
 def beyond_chance(table: pd.DataFrame, n_tokens: int, alpha: float = CHANCE_ALPHA) -> np.ndarray:
     """Concepts the models fire together more often than independent firing explains.
 
-    With c_k co-fires and lambda_k = :func:`chance_cofires`: P(X >= c_k) < alpha / m for X ~
-    Poisson(lambda_k) (the binomial count of co-fires among n tokens, rare firing) and m the
-    table's concepts (Bonferroni): pass the whole dictionary's table, not a selection of it, or
+    With c_k co-fires and lambda_k = :func:`chance_cofires` (position by position where the table has
+    ``cofires_chance``): P(X >= c_k) < alpha / m for X ~ Poisson(lambda_k) (the binomial count of
+    co-fires among n tokens, rare firing) and m the table's concepts (Bonferroni): pass the whole dictionary's table, not a selection of it, or
     the test loosens with the selection. A concept that never co-fires is not beyond chance.
     P(X >= c) is the regularised lower incomplete gamma function P(c, lambda).
     """
