@@ -85,7 +85,7 @@ def test_read_evaluation_counts_universal_and_co_firing_concepts(tmp_path):
     assert (evaluation["n_universal_cofiring"], evaluation["n_universal_beyond_chance"]) == (2, 1)
     assert (f"Universal concepts (firing entropy >= {UNIVERSAL_ENTROPY}): 2, of which 2 co-fire (fire in every "
             "model on the same token) at least 2 times, 1 of them more often than chance (than if the models fired "
-            "them independently).") in card_context(config(), evaluation)["evaluation"]
+            "them independently at each token position).") in card_context(config(), evaluation)["evaluation"]
 
 
 def test_evaluation_with_the_metrics_an_older_run_has():

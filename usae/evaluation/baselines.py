@@ -48,9 +48,9 @@ DEFINITIONS = {
     "universal": f"concepts that fire (Z_k > tau) with firing entropy >= {UNIVERSAL_ENTROPY} (null for one model)",
     "universal_cofiring": "of those, the ones that fire in every model on the same token at least max(1, "
                           "min_cofires) times (metrics.json's min_cofires)",
-    "universal_beyond_chance": "of the co-firing ones, those that co-fire more often than independent firing "
-                               "explains: P(X >= cofires) < chance_alpha / n_latents for X ~ Poisson(n_tokens * "
-                               "prod over models of fires / n_tokens) (metrics.json's chance_alpha)",
+    "universal_beyond_chance": "of the co-firing ones, those that co-fire more often than independent firing at "
+                               "each token position explains: P(X >= cofires) < chance_alpha / n_latents for X ~ "
+                               "Poisson(cofires_chance) (metrics.json's chance_alpha, metrics.json's definitions)",
     "universal_energetic": "of the universal ones, those with at least the mean concept's energy (energy_total)",
     "universal_energy_share": "the universal concepts' share of all concepts' energy",
     "universal_factor": f"of the universal ones, those whose best planted factor has patch-level AUROC >= "

@@ -45,8 +45,9 @@ DEFINITIONS = {
     "firing_entropy": "FE_k = -(1/log M) sum_i p_i log p_i, p_i = fires_i / sum_j fires_j",
     "cofire": "the concept fires in every model on the same token",
     "cofire_proportion": "CFP_k^(i) = cofires_k / fires_k^(i)",
-    "cofires_chance": "co-fires expected if the models fired the concept independently: n prod_i (fires_k^(i) / n) "
-                      "over the n validation tokens",
+    "cofires_chance": "co-fires expected if the models fired the concept independently of each other at each token "
+                      "position: N sum_t prod_i (F_k^(i)(t) / N), F_k^(i)(t) the validation images (of N) where model "
+                      "i fires concept k at token t",
     "cofire_matrix": "share of model i's firings (token, concept pairs with Z_k^(i) > tau) on which model j fires "
                      "the same concept on the same token (row i, column j; 1 on the diagonal)",
     "energy": "||E[Z_k] D_k||^2 per model (E over validation tokens); energy_total sums the models",

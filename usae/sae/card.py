@@ -191,7 +191,7 @@ def _evaluation(evaluation: dict[str, Any], models: list[str]) -> str:
                         f"same token) at least {'once' if least == 1 else f'{fmt(least)} times'}")
             if "n_universal_beyond_chance" in evaluation:
                 cofiring += (f", {fmt(evaluation['n_universal_beyond_chance'])} of them more often than chance "
-                             f"(than if the models fired them independently)")
+                             f"(than if the models fired them independently at each token position)")
         counts.append(f"Universal concepts (firing entropy >= {UNIVERSAL_ENTROPY}): "
                       f"{fmt(evaluation['n_universal'])}{cofiring}.")
     if "concepts_firing_in_all_models" in m:
