@@ -156,3 +156,15 @@ def test_min_cofires_scales_with_the_tokens_and_says_why_r_is_empty(data, tmp_pa
     assert fixed["min_cofires"] == 1000 and fixed["min_cofires_rule"] == "evaluate.min_cofires = 1,000"
     assert fixed["pearson_log_cofires_log_energy_min_cofires"] is None and fixed["n_concepts_min_cofires"] == 0
     assert fixed["pearson_min_cofires_note"].startswith("only 0 concepts co-fire at least 1,000 times")
+
+
+def test_one_evaluation_keeps_one_image_layout(data):
+    """Chance co-fires are counted per token position: blocks of another number of tokens per image are refused."""
+    from usae.evaluation.accumulate import Accumulator
+
+    acc = Accumulator(identity_usae(data.reshape(-1, D).mean(0)), tau=0.1, top_n=2, device=CPU)
+    block = {n: torch.from_numpy(data[:2].reshape(-1, D)) for n in ("a", "b")}
+    acc.update(block, torch.arange(2), T)
+    assert acc.fires_at.shape == (2, T, 2 * D) and int(acc.fires_at.sum()) == int(acc.fires.sum())
+    with pytest.raises(ValueError, match=f"blocks of {2 * T} tokens per image after blocks of {T}"):
+        acc.update(block, torch.arange(1), 2 * T)
