@@ -275,8 +275,9 @@ def test_random_dictionary_floors_stand_beside_the_universal_counts(compared_run
     fires = concepts["fires_a"].to_numpy().copy()
     fires[0] = 3  # and each model fires it on those 3 tokens only: far beyond chance
     # (chance recomputed from the fires set here: the evaluation's own per-position figure is of other fires)
-    concepts.drop(columns="cofires_chance").assign(firing_entropy=entropy, energy_total=energy, factor_auroc=auroc, cofires=cofires, fires_a=fires,
-                    fires_b=fires).to_parquet(run / "eval" / "concepts.parquet")
+    concepts.drop(columns="cofires_chance").assign(firing_entropy=entropy, energy_total=energy, factor_auroc=auroc,
+                                                   cofires=cofires, fires_a=fires, fires_b=fires).to_parquet(
+        run / "eval" / "concepts.parquet")
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     (run / "eval" / "metrics.json").write_text(json.dumps({**metrics, "min_cofires": 3}))
     counts = {"universal": 7, "universal_cofiring": 4, "universal_beyond_chance": 2, "universal_energetic": 1,

@@ -24,9 +24,10 @@ class EvaluateConfig(Section):
         "(at least 1).", minimum=0)
     chance_alpha: float = setting(
         0.05, "Family-wise error of the test that a universal concept co-fires more often than chance: the models "
-        "fire it together on more tokens than Poisson(its chance co-fires, independent firing at each token position) "
-        "gives with P < this / the dictionary's concepts (Bonferroni), the chance that even one concept of an independently firing dictionary passes. "
-        "Used by the `... more often than chance` counts, the report's most-universal gallery and MACO's universal "
+        "fire it together on more tokens than Poisson(its chance co-fires, independent firing at each token "
+        "position) gives with P < this / the dictionary's concepts (Bonferroni), the chance that even one concept "
+        "of an independently firing dictionary passes. Used by the `... more often than chance` counts, the "
+        "report's most-universal gallery and MACO's universal "
         "picks.", exclusive_minimum=0.0, maximum=1.0, quiet_default=True)
     batch_images: int = setting(32, "Validation images per block.", minimum=1)
     max_images: int | None = setting(None, "Evaluate on the first this-many validation images only; `null` = all.",

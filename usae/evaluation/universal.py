@@ -70,8 +70,9 @@ def beyond_chance(table: pd.DataFrame, n_tokens: int, alpha: float = CHANCE_ALPH
 
     With c_k co-fires and lambda_k = :func:`chance_cofires` (position by position where the table has
     ``cofires_chance``): P(X >= c_k) < alpha / m for X ~ Poisson(lambda_k) (the binomial count of
-    co-fires among n tokens, rare firing) and m the table's concepts (Bonferroni): pass the whole dictionary's table, not a selection of it, or
-    the test loosens with the selection. A concept that never co-fires is not beyond chance.
+    co-fires among n tokens, rare firing) and m the table's concepts (Bonferroni): pass the whole
+    dictionary's table, not a selection of it, or the test loosens with the selection. A concept
+    that never co-fires is not beyond chance.
     P(X >= c) is the regularised lower incomplete gamma function P(c, lambda).
     """
     import torch  # here, not at the top: the comparison tables import this module and need no torch
@@ -104,8 +105,9 @@ def universal_counts(table: pd.DataFrame, n_models: int, min_cofires: int | None
     :func:`cofire_floor` times) and, with ``n_tokens`` (the tokens the table was counted on) and
     ``fires_<model>`` columns, of those ``universal_beyond_chance`` (more often than independent
     firing explains at family-wise error ``alpha``, :func:`beyond_chance`); with ``energy_total``,
-    ``universal_energetic`` (those with at least the mean concept's energy, dead ones included in the mean) and ``universal_energy_share``
-    (their share of all concepts' energy; both None when no concept has energy); with
+    ``universal_energetic`` (those with at least the mean concept's energy, dead ones included in
+    the mean) and ``universal_energy_share`` (their share of all concepts' energy; both None when
+    no concept has energy); with
     ``factor_auroc`` (generated images only), ``universal_factor`` (those whose best planted factor
     has AUROC >= :data:`FACTOR_AUROC`). A key whose column (or threshold) is lacking is absent; for
     one model firing entropy is undefined, so ``universal`` and ``universal_factor`` are None and

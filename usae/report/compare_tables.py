@@ -70,11 +70,10 @@ FAMILIES = (
            f"each model may fire a concept on tokens of its own), and of those the ones that co-fire more often than "
            f"independent firing at each token position explains (a Poisson test at family-wise error "
            f"evaluate.chance_alpha, {CHANCE_ALPHA:.0%} by default, over the concepts; concepts that fire often in "
-           f"every model, or at the same positions of every image, co-fire often by chance alone); the universal ones with at least "
-           f"the mean "
-           f"concept's energy (rare weak latents fire alike everywhere and swell the first count) and the universal "
-           f"concepts' "
-           f"share of all concepts' energy; the universal ones whose best planted factor has a patch-level AUROC >= "
+           f"every model, or at the same positions of every image, co-fire often by chance alone); the universal "
+           f"ones with at least the mean concept's energy (rare weak latents fire alike everywhere and swell the first "
+           f"count) and the universal concepts' share of all concepts' energy; the universal ones whose best planted "
+           f"factor has a patch-level AUROC >= "
            f"{FACTOR_AUROC} (runs on generated images); concepts that fire in every model. In brackets, the "
            f"same figure of the run's random dictionary (the USAE untrained, evaluated alike: its floor).",
            (("universal", f"firing entropy >= {UNIVERSAL_ENTROPY}"),
