@@ -310,6 +310,7 @@ def test_maco_images_of_each_multi_model_run(built):
 
     from usae.evaluation.universal import shared_concepts
 
+    qualified = {}
     for run in ("usae", "k2"):
         maco = built / f"results/runs/{run}/maco"
         report = json.loads((maco / "maco.json").read_text())
@@ -324,12 +325,16 @@ def test_maco_images_of_each_multi_model_run(built):
         qualifying = set(table["concept"][universal & shared_concepts(table, metrics["min_cofires"],
                                                                       metrics["n_tokens"], metrics["chance_alpha"])])
         picked = [c["id"] for c in report["concepts"] if c["kind"] == "universal"]
-        assert qualifying and set(picked) <= qualifying, (run, picked, qualifying)
+        qualified[run] = qualifying
+        assert set(picked) <= qualifying, (run, picked, qualifying)
         assert len(picked) == min(report["settings"]["n_universal"], len(qualifying)), (run, picked, qualifying)
         assert [c["kind"] for c in report["concepts"]][:len(picked)] == ["universal"] * len(picked)
         for concept in report["concepts"]:
             for model, numbers in concept["models"].items():
                 assert (maco / numbers["image"]).exists(), (run, concept["id"], model)
+    # On the tiny run's tokens k2 (k = 2) has no concept co-firing beyond chance at each token position (its one
+    # concept beyond the position-free chance co-fired once); usae has some, so the picks above are tested.
+    assert qualified["usae"], qualified
     assert not (built / "results/runs/solo_b16/maco").exists()
     assert (built / "results/tiny/maco_spectrum.npz").exists()
 
