@@ -343,7 +343,8 @@ def training(paths: dict[str, Path], folder: Path, repeats: int, steps: int) -> 
 def result_name(parts: list[str], quick: bool) -> str:
     """``loader_cpu[_<parts>][_quick].json``: a run of some parts never overwrites the figures of a full run."""
     chosen = [p for p in PARTS if p in parts]
-    return "loader_cpu" + ("" if chosen == list(PARTS) else "_" + "_".join(chosen)) + ("_quick" if quick else "") + ".json"
+    named = "" if chosen == list(PARTS) else "_" + "_".join(chosen)
+    return f"loader_cpu{named}{'_quick' if quick else ''}.json"
 
 
 def main() -> None:
@@ -381,7 +382,8 @@ def main() -> None:
                 print(f"train {name:32s} " + ", ".join(f"{k} median {v['median']:.2f} [{v['min']:.2f}, "
                                                       f"{v['max']:.2f}]" for k, v in figures.items()))
     result = {"date": dt.datetime.now().isoformat(timespec="seconds"), "machine": platform.machine(),
-              "cpu": describe_device(torch.device("cpu")), "parts": args.parts, "cores": os.cpu_count(), "images": images, "repeats": repeats, "batch_tokens": BATCH,
+              "cpu": describe_device(torch.device("cpu")), "parts": args.parts, "cores": os.cpu_count(),
+              "images": images, "repeats": repeats, "batch_tokens": BATCH,
               "widths": WIDTHS, "baseline": BASELINE, "git": git_state(),
               "load_average_1min": {"before": load, "after": load_average()}, "read_rates": rates,
               "first_batch_s": first, "training": train}

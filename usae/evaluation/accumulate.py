@@ -92,11 +92,11 @@ class Accumulator:
                 self.sse[i, j] += err.double().pow(2).sum()
             fired = c.values > self.tau
             self.fires[i] += torch.bincount(c.indices[fired], minlength=m)
-            self._update_fires_at(i, c.indices, fired, tokens_per_image)
+            token = torch.arange(n_tok, device=self.device).unsqueeze(1).expand_as(c.indices)
+            self._update_fires_at(i, token % tokens_per_image, c.indices, fired, tokens_per_image)
             self.code_sums[i] += torch.zeros(m, dtype=torch.float64, device=self.device).scatter_add_(
                 0, c.indices.flatten(), c.values.double().flatten())
             self.l0[i] += (c.values > 0).sum()
-            token = torch.arange(n_tok, device=self.device).unsqueeze(1).expand_as(c.indices)
             fired_keys.append((token * m + c.indices)[fired])
             self._update_top(source, c, rows, tokens_per_image)
         self._update_cofires(fired_keys, m)
@@ -105,7 +105,10 @@ class Accumulator:
         self.n_images += len(rows)
         return codes
 
-    def _update_fires_at(self, model: int, indices: Tensor, fired: Tensor, tokens_per_image: int) -> None:
+    def _update_fires_at(self, model: int, position: Tensor, indices: Tensor, fired: Tensor,
+                         tokens_per_image: int) -> None:
+        """Add a block's firings of ``model`` by token position within its image (``position``, shaped as
+        ``indices``)."""
         m = self.model.cfg.n_latents
         if self.fires_at is None:
             self.fires_at = torch.zeros(len(self.model.names), tokens_per_image, m, dtype=torch.long,
@@ -113,7 +116,6 @@ class Accumulator:
         elif self.fires_at.shape[1] != tokens_per_image:
             raise ValueError(f"blocks of {tokens_per_image} tokens per image after blocks of "
                              f"{self.fires_at.shape[1]}: one evaluation needs one layout")
-        position = torch.arange(indices.shape[0], device=self.device).unsqueeze(1).expand_as(indices) % tokens_per_image
         self.fires_at[model] += torch.bincount((position * m + indices)[fired], minlength=tokens_per_image * m
                                                ).view(tokens_per_image, m)
 

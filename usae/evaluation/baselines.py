@@ -50,7 +50,7 @@ DEFINITIONS = {
                           "min_cofires) times (metrics.json's min_cofires)",
     "universal_beyond_chance": "of the co-firing ones, those that co-fire more often than independent firing at "
                                "each token position explains: P(X >= cofires) < chance_alpha / n_latents for X ~ "
-                               "Poisson(cofires_chance) (metrics.json's chance_alpha, metrics.json's definitions)",
+                               "Poisson(cofires_chance) (concepts.parquet's column; metrics.json's chance_alpha)",
     "universal_energetic": "of the universal ones, those with at least the mean concept's energy (energy_total)",
     "universal_energy_share": "the universal concepts' share of all concepts' energy",
     "universal_factor": f"of the universal ones, those whose best planted factor has patch-level AUROC >= "

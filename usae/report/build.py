@@ -54,7 +54,7 @@ def select_concepts(table: pd.DataFrame, models: list[str], n: int = N_CARDS, mi
     """
     total = sum(table[f"fires_{m}"] for m in models)
     firing = ((total >= min_fires) & table["firing_entropy"].notna()).to_numpy()
-    alive, shared = table[firing], table[firing]
+    alive = shared = table[firing]
     if min_cofires is not None and "cofires" in table.columns:
         # The whole table: the chance test counts every concept of the dictionary.
         shared = table[firing & shared_concepts(table, min_cofires, n_tokens, alpha)]
