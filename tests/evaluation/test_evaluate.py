@@ -105,6 +105,26 @@ def test_counts_top_images_and_heatmaps_match_brute_force(data, tmp_path):
                 np.testing.assert_allclose(maps["maps"][concept, slot], z[row - 100, :, concept], rtol=1e-3, atol=1e-3)
 
 
+def test_firing_maps_count_the_images_firing_each_concept_at_each_position(data, tmp_path):
+    """heatmaps.zarr/<model>/firing_map[k, t] is the brute-force count of images with Z_k > tau at token t; its rows
+    sum to the concept's firings, and the attrs give the images it counts over."""
+    model = identity_usae(np.zeros(D))
+    valid = np.ones(N_IMG, bool)
+    valid[3] = False  # an invalid image is not counted
+    srcs = {n: TokenSource(n, data.copy(), chunk_rows=4, valid=valid) for n in ("a", "b")}
+    _, table = run(model, srcs, tmp_path, tau=0.5)
+    z = model.encode("a", torch.from_numpy(data[valid].reshape(-1, D)), standardized=True).detach().numpy()
+    expected = (z.reshape(valid.sum(), T, 2 * D) > 0.5).sum(axis=0).T  # (concepts, positions)
+    group = zarr.open_group(tmp_path / "eval" / "heatmaps.zarr", mode="r")
+    assert group.attrs["n_images"] == N_IMG - 1 and group.attrs["tokens_per_image"] == T
+    for name in ("a", "b"):  # both models read the same tokens
+        where = group[name]["firing_map"][:]
+        assert where.dtype == np.uint32 and where.shape == (2 * D, T)
+        np.testing.assert_array_equal(where, expected)
+        np.testing.assert_array_equal(where.sum(axis=1), table[f"fires_{name}"])
+    assert expected.max() > 1 and (expected == 0).any()  # the known answer is not trivial
+
+
 def test_invalid_images_are_skipped_and_missing_models_refused(data, tmp_path):
     valid = np.ones(N_IMG, bool)
     valid[[2, 7]] = False

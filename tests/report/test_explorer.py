@@ -17,6 +17,7 @@ from usae.report.heatmaps import colorize
 MODELS = ["alpha", "beta"]
 GRID = (3, 4)
 TOP_N = 3
+N_VAL = 7  # validation images the firing maps count over
 
 
 def _concepts() -> pd.DataFrame:
@@ -61,14 +62,17 @@ def run(tmp_path: Path) -> dict[str, Path]:
     table = _concepts()
     table.to_parquet(eval_dir / "concepts.parquet")
     group = zarr.open_group(eval_dir / "heatmaps.zarr", mode="w")
-    group.attrs.update({"tokens_per_image": GRID[0] * GRID[1], "grid": list(GRID)})
+    group.attrs.update({"tokens_per_image": GRID[0] * GRID[1], "grid": list(GRID), "n_images": N_VAL})
     rng = np.random.default_rng(0)
     for m in MODELS:
         sub = group.create_group(m)
         rows = np.stack(table[f"top_rows_{m}"].to_numpy()).astype(np.int64)
         maps = rng.random((len(table), TOP_N, GRID[0] * GRID[1])).astype(np.float16)
+        firing = rng.integers(0, N_VAL + 1, (len(table), GRID[0] * GRID[1])).astype(np.uint32)
+        firing[2] = 0  # concept 2 never fires
         sub.create_array("rows", shape=rows.shape, dtype="int64", chunks=(2, TOP_N))[:] = rows
         sub.create_array("maps", shape=maps.shape, dtype="float16", chunks=(2, TOP_N, maps.shape[2]))[:] = maps
+        sub.create_array("firing_map", shape=firing.shape, dtype="uint32", chunks=(2, firing.shape[1]))[:] = firing
     return {"eval": eval_dir, "manifest": manifest, "out": tmp_path / "explorer"}
 
 
@@ -108,6 +112,32 @@ def test_writes_layout_and_data(run):
         assert grid.shape == GRID
         assert t["thumb"] is None or (out / t["thumb"]).is_file()
     np.testing.assert_allclose(np.array(alpha[0]["heatmap"]).ravel(), np.round(maps[0], 3), atol=1e-9)
+
+
+def test_pages_show_where_each_model_fires_the_concept(run):
+    """Each model's firing map: per token position the share of validation images (counts / n_images) on the
+    heatmap grid, and its largest share; every concept reads the rows of its own chunk."""
+    write_explorer(run["eval"], run["manifest"], run["out"], MODELS, thumb_size=32)
+    group = zarr.open_group(run["eval"] / "heatmaps.zarr", mode="r")
+    for cid in (0, 1, 3, 4):
+        page = _load_js(run["out"] / "data" / f"c{cid}.js", "USAE_CONCEPT")
+        for m in MODELS:
+            where = page["models"][m]["where"]
+            share = group[m]["firing_map"][cid].reshape(GRID) / N_VAL
+            np.testing.assert_allclose(where["share"], np.round(share, 3), atol=1e-12)
+            assert where["max"] == pytest.approx(share.max()) and where["n_images"] == N_VAL
+
+
+def test_an_evaluation_without_firing_maps_gives_pages_without_them(run):
+    """Evaluations from before the firing maps (no ``firing_map``, no ``n_images``) still build, without maps."""
+    group = zarr.open_group(run["eval"] / "heatmaps.zarr", mode="r+")
+    del group.attrs["n_images"]
+    for m in MODELS:
+        del group[m]["firing_map"]
+    write_explorer(run["eval"], run["manifest"], run["out"], MODELS, thumb_size=32)
+    page = _load_js(run["out"] / "data" / "c1.js", "USAE_CONCEPT")
+    assert all("where" not in page["models"][m] for m in MODELS)
+    assert page["models"]["alpha"]["top"][0]["heatmap"] is not None
 
 
 def test_html_has_no_urls(run):

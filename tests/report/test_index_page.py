@@ -233,3 +233,39 @@ def test_pages_fit_a_phone_and_format_columns_in_chromium(tiny_run: dict[str, Pa
     assert page.locator(".model-col .scale .ramp").count() >= 1
     assert re.fullmatch(r"#\d+ · max \d+\.\d{3}", page.locator("figure.tile figcaption").first.inner_text())
     assert "largest activation Z_k" in page.locator("p.legend").inner_text()
+
+
+_PIXEL = "([sel, x, y]) => Array.from(document.querySelectorAll(sel)[0].getContext('2d').getImageData(x, y, 1, 1).data)"
+
+
+@pytest.mark.slow
+def test_concept_pages_draw_where_each_model_fires_in_chromium(tiny_run: dict[str, Path], open_page: object,
+                                                               tmp_path: Path) -> None:
+    """A concept page ends each model's row with its firing map: one opaque cell per token position, the
+    highest share in viridis' top colour and an empty position in its bottom one, captioned with that share."""
+    report = tmp_path / "report"
+    build_report(tiny_run["run"], tiny_run["manifest"], report)
+    data = report / "data"
+    pages = [json.loads(p.read_text().removeprefix("window.USAE_CONCEPT = ").strip().rstrip(";"))
+             for p in sorted(data.glob("c[0-9]*.js"))]
+    concept = next(c for c in pages if all(b.get("where", {}).get("max", 0) > 0 for b in c["models"].values())
+                   and any(0 in line for b in c["models"].values() for line in b["where"]["share"]))
+    page, errors, failed = open_page(report / "concept.html", f"?id={concept['id']}")
+    page.wait_for_selector("canvas.where")
+    assert errors == [] and failed == []
+    models = list(concept["models"])
+    assert page.locator("canvas.where").count() == len(models)
+    assert "Where (last per model)" in page.locator("p.legend").inner_text()
+    for i, name in enumerate(models):
+        where = concept["models"][name]["where"]
+        share = where["share"]
+        caption = page.locator("figure.where figcaption").nth(i).inner_text()
+        assert caption == f"where: up to {100 * where['max']:.1f}% of images"
+        size = page.locator("canvas.where").nth(i).evaluate("c => c.width")
+        cell = size / len(share)
+        for value, rgb in ((max(map(max, share)), (253, 231, 37)), (0, (68, 1, 84))):
+            row = next(r for r, line in enumerate(share) if value in line)
+            col = share[row].index(value)
+            pixel = page.evaluate(_PIXEL.replace("[0]", f"[{i}]"),
+                                  ["canvas.where", int((col + 0.5) * cell), int((row + 0.5) * cell)])
+            assert pixel[3] == 255 and all(abs(a - b) <= 2 for a, b in zip(pixel[:3], rgb)), (name, value, pixel)

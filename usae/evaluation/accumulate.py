@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -131,6 +132,15 @@ class Accumulator:
             return torch.zeros(self.model.cfg.n_latents, dtype=torch.float64)
         rates = self.fires_at.double().cpu() / self.n_images
         return self.n_images * rates.prod(dim=0).sum(dim=0)
+
+    def firing_maps(self) -> dict[str, np.ndarray]:
+        """Per model, :attr:`fires_at` as ``(m, tokens per image)`` uint32: row k is where on the image grid the
+        model fires concept k (images per position; all zeros before any block)."""
+        m = self.model.cfg.n_latents
+        if self.fires_at is None:
+            return {name: np.zeros((m, 1), np.uint32) for name in self.model.names}
+        counts = self.fires_at.cpu().numpy()
+        return {name: np.ascontiguousarray(counts[i].T, dtype=np.uint32) for i, name in enumerate(self.model.names)}
 
     def _update_cofires(self, keys: list[Tensor], m: int) -> None:
         """Co-fire: the (token, concept) pair fires in every model (intersection of sparse keys)."""

@@ -5,7 +5,9 @@ Outputs (``results/runs/<run>/eval/``):
                     Pearson r of log co-fires vs log energy, with each definition stated
   concepts.parquet  one row per concept: fires, energy and co-fire proportion per model,
                     firing entropy, co-fires, top images per model (and planted factors)
-  heatmaps.zarr     per model: the token activation maps of each concept's top images
+  heatmaps.zarr     per model: the token activation maps of each concept's top images (``maps``,
+                    ``rows``) and where on the image grid it fires (``firing_map``: per concept
+                    and token position, the validation images where the model fires it)
   baselines.json    (``evaluate.baselines``) PCA per model and a random dictionary, the same
                     figures for the trained USAE beside them (:mod:`usae.evaluation.baselines`)
 """
@@ -48,6 +50,8 @@ DEFINITIONS = {
     "cofires_chance": "co-fires expected if the models fired the concept independently of each other at each token "
                       "position: N sum_t prod_i (F_k^(i)(t) / N), F_k^(i)(t) the validation images (of N) where model "
                       "i fires concept k at token t",
+    "firing_map": "heatmaps.zarr/<model>/firing_map[k, t] = F_k^(i)(t): the validation images (of n_images) "
+                  "where model i fires concept k at token t",
     "cofire_matrix": "share of model i's firings (token, concept pairs with Z_k^(i) > tau) on which model j fires "
                      "the same concept on the same token (row i, column j; 1 on the diagonal)",
     "energy": "||E[Z_k] D_k||^2 per model (E over validation tokens); energy_total sums the models",
@@ -130,8 +134,9 @@ def evaluate_sources(model: USAE, sources: dict[str, TokenSource], cfg: Evaluate
                                        factors=factors.fresh() if factors is not None else None)
         baselines = _json_safe(baselines)
     maps = _heatmaps(model, sources, acc, cfg, device, rows_of)
-    _write_outputs(Path(out_dir), metrics, table, baselines, maps,
-                   {"tokens_per_image": first.tokens_per_row, "grid": first.attrs.get("grid")})
+    _write_outputs(Path(out_dir), metrics, table, baselines, maps, acc.firing_maps(),
+                   {"tokens_per_image": first.tokens_per_row, "grid": first.attrs.get("grid"),
+                    "n_images": acc.n_images})
     logger.info("evaluated %d tokens of %d images: R2 (per-dim) diagonal %s", acc.n_tokens, acc.n_images,
                 np.round(np.diag(metrics["r2_per_dim"]), 3).tolist())
     return metrics
@@ -152,8 +157,10 @@ def add_factor_columns(table: pd.DataFrame, factors: Any) -> None:
 
 
 def _write_outputs(out_dir: Path, metrics: dict[str, Any], table: pd.DataFrame, baselines: dict[str, Any] | None,
-                   maps: dict[str, tuple[np.ndarray, np.ndarray]], heatmap_attrs: dict[str, Any]) -> None:
-    """The evaluation folder, written whole or not at all (``atomic_path``)."""
+                   maps: dict[str, tuple[np.ndarray, np.ndarray]], firing: dict[str, np.ndarray],
+                   heatmap_attrs: dict[str, Any]) -> None:
+    """The evaluation folder, written whole or not at all (``atomic_path``); ``firing``: each model's
+    ``(m, tokens per image)`` firing map."""
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         (tmp / paths.EVAL_METRICS).write_text(json.dumps(metrics, indent=2, allow_nan=False))
@@ -166,6 +173,8 @@ def _write_outputs(out_dir: Path, metrics: dict[str, Any], table: pd.DataFrame, 
             sub = group.create_group(name)
             sub.create_array("rows", data=rows)
             sub.create_array("maps", data=values, chunks=(min(256, values.shape[0]),) + values.shape[1:])
+            where = firing[name]
+            sub.create_array("firing_map", data=where, chunks=(min(256, len(where)), where.shape[1]))
 
 
 def _json_safe(value: Any) -> Any:

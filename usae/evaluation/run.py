@@ -73,8 +73,8 @@ class PlantedFactors:
         if mean is not None:
             filled = np.where(np.isnan(mean), -np.inf, mean)
             best = filled.argmax(axis=1)
-            out["factor"] = [factor_label(self.names, b, filled[i, b], self.min_auroc) if np.isfinite(filled[i, b]) else None
-                             for i, b in enumerate(best)]
+            out["factor"] = [factor_label(self.names, b, filled[i, b], self.min_auroc)
+                             if np.isfinite(filled[i, b]) else None for i, b in enumerate(best)]
             out["factor_auroc"] = np.where(np.isfinite(filled.max(axis=1)), filled.max(axis=1), np.nan)
         return out
 

@@ -8,7 +8,8 @@ Output layout under ``out_dir``::
     data/meta.js           window.USAE_META = {models, grid, thumb_size, pages: [ids with a page], no_images,
                                                    formats: {column: number format of concepts.html's table}}
     data/concepts.js       window.USAE_CONCEPTS = [summary row per concept]  (NaN -> null)
-    data/c<id>.js          window.USAE_CONCEPT = {summary, per model top images + heatmaps, maco if optimised}
+    data/c<id>.js          window.USAE_CONCEPT = {summary, per model top images + heatmaps and where on the image
+                                                  grid it fires (``where``), maco if optimised}
     thumbs/<row>.jpg       square thumbnail of each manifest row in a top list
     overlays/c<id>_<model>_<slot>.png   heatmap overlays (RGBA) for the static cards only
     maco/images/c<id>_<model>.png       MACO images, copied in by :func:`usae.report.maco.load_maco`
@@ -162,6 +163,9 @@ def _write_concept_pages(data_dir: Path, by_id: pd.DataFrame, summaries: list[di
                 "prev": pages[i - 1] if i > 0 else None, "next": pages[i + 1] if i + 1 < len(pages) else None}
         for m in models:
             page["models"][m] = _model_tops(by_id.loc[cid], m, heatmaps.get(m, cid) if heatmaps else None, have)
+            where = heatmaps.firing(m, cid) if heatmaps else None
+            if where is not None:
+                page["models"][m]["where"] = _firing_map(where, heatmaps.n_images)
         optimised = concept_maco(maco, cid, models)
         if optimised is not None:
             page["maco"] = optimised
@@ -239,6 +243,13 @@ def _model_tops(row: pd.Series, model: str, heat: tuple[np.ndarray, np.ndarray] 
         tops.append({"slot": slot, "row": r, "value": json_value(round(float(values[slot]), 4)),
                      "thumb": f"thumbs/{r}.jpg" if r in have else None, "heatmap": grid})
     return {"top": tops, "max": top_max}
+
+
+def _firing_map(share: np.ndarray, n_images: int) -> dict[str, Any]:
+    """A concept page's "where it fires" map of one model: per token position the share of the ``n_images``
+    validation images in which the model fires the concept (3 decimals), and the largest share."""
+    return {"share": [[_num(v) for v in line] for line in np.round(share, 3).tolist()],
+            "max": float(share.max()), "n_images": int(n_images)}
 
 
 def _num(v: float) -> float | int:

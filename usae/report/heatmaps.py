@@ -23,7 +23,7 @@ VIRIDIS = np.array([[68, 1, 84], [71, 44, 122], [59, 81, 139], [44, 113, 142], [
 
 
 class Heatmaps:
-    """Read access to ``eval/heatmaps.zarr``, one chunk of concepts at a time per model."""
+    """Read access to ``eval/heatmaps.zarr``, one chunk of concepts at a time per model and array."""
 
     def __init__(self, eval_dir: Path, models: Iterable[str]) -> None:
         group = zarr.open_group(Path(eval_dir) / "heatmaps.zarr", mode="r")
@@ -33,27 +33,43 @@ class Heatmaps:
         self.grid: tuple[int, int] = (int(grid[0]), int(grid[1])) if grid else (side, tokens // max(side, 1))
         if self.grid[0] * self.grid[1] != tokens:
             raise ValueError(f"heatmap grid {self.grid} does not match {tokens} tokens per image")
+        self.n_images: int | None = group.attrs.get("n_images")
+        """Validation images the firing maps count over (None: an evaluation from before they were written)."""
         present = set(group.group_keys())
         self._rows = {m: np.asarray(group[m]["rows"][:]) for m in models if m in present}
-        self._maps = {m: group[m]["maps"] for m in models if m in present}
+        self._arrays = {(m, key): group[m][key] for m in models if m in present for key in ("maps", "firing_map")
+                        if key in group[m]}
         for m in models:
             if m not in present:
                 logger.warning("heatmaps.zarr has no group for model %s; its pages show images only", m)
-        self._block: dict[str, tuple[int, int, np.ndarray]] = {}
+        self._block: dict[tuple[str, str], tuple[int, int, np.ndarray]] = {}
 
     def get(self, model: str, concept: int) -> tuple[np.ndarray, np.ndarray] | None:
         """Rows ``(top_n,)`` and maps ``(top_n, h, w)`` float64 of one concept, or None."""
-        if model not in self._maps:
+        maps = self._read(model, "maps", concept)
+        return None if maps is None else (self._rows[model][concept], maps.reshape(-1, *self.grid))
+
+    def firing(self, model: str, concept: int) -> np.ndarray | None:
+        """Where ``model`` fires ``concept``: ``(h, w)``, the share of the validation images in which it fires
+        the concept at each token position; None for an evaluation without firing maps."""
+        counts = self._read(model, "firing_map", concept)
+        if counts is None or not self.n_images:
             return None
-        maps = self._maps[model]
-        start, stop, block = self._block.get(model, (0, 0, np.empty(0)))
+        return counts.reshape(self.grid) / self.n_images
+
+    def _read(self, model: str, key: str, concept: int) -> np.ndarray | None:
+        """Row ``concept`` of ``model``'s array ``key`` as float64 (its chunk read once), or None without it."""
+        array = self._arrays.get((model, key))
+        if array is None:
+            return None
+        start, stop, block = self._block.get((model, key), (0, 0, np.empty(0)))
         if not start <= concept < stop:
-            size = int(maps.chunks[0])
+            size = int(array.chunks[0])
             start = concept // size * size
-            stop = min(start + size, maps.shape[0])
-            block = np.asarray(maps[start:stop], dtype=np.float64)
-            self._block[model] = (start, stop, block)
-        return self._rows[model][concept], block[concept - start].reshape(-1, *self.grid)
+            stop = min(start + size, array.shape[0])
+            block = np.asarray(array[start:stop], dtype=np.float64)
+            self._block[(model, key)] = (start, stop, block)
+        return block[concept - start]
 
 
 def colorize(values: np.ndarray, size: int, *, vmax: float | None = None, alpha: float = 0.5) -> Image.Image:

@@ -135,7 +135,9 @@
       255 * alpha * Math.sqrt(Math.min(Math.max(v, 0), 1))];
   }
 
-  function drawHeatmap(canvas, heatmap, vmax, alpha) {
+  // A grid of values drawn on `canvas` in viridis from 0 to `vmax`: over an image, smoothed (bilinear) with the
+  // opacity growing with the value; alone (`cells`), each cell opaque and sharp (a firing map's token positions).
+  function drawHeatmap(canvas, heatmap, vmax, alpha, cells) {
     var h = heatmap.length, w = heatmap[0].length;
     var small = document.createElement("canvas");
     small.width = w;
@@ -146,21 +148,36 @@
       for (var j = 0; j < w; j += 1) {
         var rgba = colour(vmax > 0 ? heatmap[i][j] / vmax : 0, alpha);
         var k = 4 * (i * w + j);
-        img.data[k] = rgba[0]; img.data[k + 1] = rgba[1]; img.data[k + 2] = rgba[2]; img.data[k + 3] = rgba[3];
+        img.data[k] = rgba[0]; img.data[k + 1] = rgba[1]; img.data[k + 2] = rgba[2];
+        img.data[k + 3] = cells ? 255 : rgba[3];
       }
     }
     sctx.putImageData(img, 0, 0);
     var ctx = canvas.getContext("2d");
     ctx.clearRect(0, 0, canvas.width, canvas.height);
-    ctx.imageSmoothingEnabled = true;
+    ctx.imageSmoothingEnabled = !cells;
     ctx.imageSmoothingQuality = "high";
-    ctx.drawImage(small, 0, 0, canvas.width, canvas.height);  // smooth (bilinear) upsample
+    ctx.drawImage(small, 0, 0, canvas.width, canvas.height);
   }
+
+  // Where one model fires the concept on the image grid: the share of validation images per token position.
+  function whereTile(where, model, size) {
+    var canvas = el("canvas", { "class": "where", width: size, height: size,
+      title: "where " + model + " fires the concept: the share of the " + fmt(where.n_images) +
+        " validation images in which it fires at each patch, 0 to " + pct(where.max) });
+    drawHeatmap(canvas, where.share, where.max, 1, true);
+    return el("figure", { "class": "tile where" }, [el("span", { "class": "stack" }, [canvas]),
+      el("figcaption", { text: "where: up to " + pct(where.max) + " of images" })]);
+  }
+
+  function pct(v) { return fmtAs(v, { kind: "percent", digits: 1 }); }
 
   var LEGEND = "Under each image: #N, the image's row in the manifest; max, the concept's largest activation Z_k " +
     "on any of its patches (images are ranked by it). Heatmap: Z_k on each patch, coloured from 0 (clear) to the " +
     "largest value over that model's top images (the bar under the model's name). Energy share: the concept's " +
-    "energy in that model over its energy in all models.";
+    "energy in that model over its energy in all models. Where (last per model): the share of the validation " +
+    "images in which the model fires the concept (Z_k > tau) at each patch, from 0 (dark) to the largest share " +
+    "(under the map); a concept every model fires at the same patches of every image co-fires there by chance.";
 
   // The heatmaps' colour scale: viridis from 0 to `max` (same stops as static/style.css .scale .ramp).
   function scaleBar(max) {
@@ -240,6 +257,7 @@
             title: "image " + t.row + " of the manifest; the concept's largest activation Z_k on its patches" })]));
       });
       if (!block.top.length) { tiles.appendChild(el("p", { "class": "empty", text: "never fires" })); }
+      if (block.where && block.where.max > 0) { tiles.appendChild(whereTile(block.where, m, info.thumb_size)); }
       cols.appendChild(el("div", { "class": "model-col" }, [title, block.max > 0 ? scaleBar(block.max) : null, tiles]));
     });
     if (info.no_images) { article.appendChild(el("p", { "class": "empty", id: "no-images", text: info.no_images })); }
