@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from usae.metrics import auroc, best_cosine, firing_counts, firing_entropy, match_atoms
+from usae.metrics import auroc, best_cosine, firing_counts, firing_entropy, match_atoms, position_spread
 
 
 def test_firing_counts_use_a_strict_threshold():
@@ -25,6 +25,23 @@ def test_firing_entropy_known_answers():
     assert fe[1].item() == 0.0 and math.copysign(1.0, fe[1].item()) == 1.0  # fires in one model only: +0, not -0
     assert math.isnan(fe[2].item()) and math.isnan(fe[4].item())  # never fires
     assert abs(fe[3].item() - math.log(2) / math.log(3)) < 1e-12  # p = (1/2, 1/2, 0)
+
+
+def test_position_spread_known_answers():
+    """exp(entropy over positions) / T: one position 1/T, all alike 1, two alike 2/T, never NaN; counts' scale is
+    irrelevant."""
+    fires_at = torch.tensor([  # T = 4 positions (rows) x 5 concepts
+        [9, 3, 5, 0, 1],
+        [0, 3, 5, 0, 1],
+        [0, 3, 0, 0, 2],
+        [0, 3, 0, 0, 0],
+    ])
+    spread = position_spread(fires_at)
+    assert spread[0].item() == pytest.approx(0.25) and spread[1].item() == pytest.approx(1.0)
+    assert spread[2].item() == pytest.approx(0.5) and math.isnan(spread[3].item())
+    q = np.array([0.25, 0.25, 0.5])  # by hand: exp(-(2 * 0.25 log 0.25 + 0.5 log 0.5)) / 4 = 2^1.5 / 4
+    assert spread[4].item() == pytest.approx(math.exp(-(q * np.log(q)).sum()) / 4) == pytest.approx(2 ** 1.5 / 4)
+    torch.testing.assert_close(position_spread(7 * fires_at), spread, equal_nan=True)
 
 
 def test_firing_entropy_is_scale_free_and_bounded():

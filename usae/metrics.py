@@ -51,6 +51,29 @@ def firing_entropy(fires: Tensor) -> Tensor:
     return torch.where(total > 0, entropy, torch.full_like(total, float("nan")))
 
 
+def position_spread(fires_at: Tensor) -> Tensor:
+    """How evenly each concept's firings spread over the token positions of an image.
+
+    spread_k = exp(-sum_t q_t log q_t) / T,  q_t = F_k(t) / sum_s F_k(s), 0 log 0 = 0: the
+    effective number of positions it fires at (the perplexity of q) over the T positions.
+    1: the same count at every position; 1/T: one position only (a corner, a border token).
+    A concept every model fires at the same few positions of every image co-fires there by
+    chance; a low spread points at it. Concepts that never fire get NaN.
+
+    Args:
+        fires_at: (T, m) firing counts per token position and concept (summed over models, or one model's).
+
+    Returns:
+        (m,) float64 spreads in [1/T, 1] (NaN where the concept never fires).
+    """
+    counts = fires_at.double()
+    total = counts.sum(dim=0)
+    q = counts / total
+    terms = torch.where(counts > 0, q * torch.log(q), torch.zeros_like(q))
+    spread = torch.exp(-terms.sum(dim=0)) / fires_at.shape[0]
+    return torch.where(total > 0, spread, torch.full_like(total, float("nan")))
+
+
 def r2_global_mean(sse: Tensor, sum_x: Tensor, sum_x2: Tensor, n: int) -> Tensor:
     """R2 with one global mean, as the reference code (overcomplete ``r2_score``).
 

@@ -123,6 +123,11 @@ def test_firing_maps_count_the_images_firing_each_concept_at_each_position(data,
         np.testing.assert_array_equal(where, expected)
         np.testing.assert_array_equal(where.sum(axis=1), table[f"fires_{name}"])
     assert expected.max() > 1 and (expected == 0).any()  # the known answer is not trivial
+    q = expected / np.maximum(expected.sum(axis=1, keepdims=True), 1)  # both models alike: pooled = one model's
+    spread = np.exp(-np.where(q > 0, q * np.log(np.where(q > 0, q, 1)), 0).sum(axis=1)) / T
+    fired = expected.sum(axis=1) > 0
+    np.testing.assert_allclose(table.loc[fired, "position_spread"], spread[fired], rtol=1e-12)
+    assert table.loc[~fired, "position_spread"].isna().all() and (~fired).any() and fired.any()
 
 
 def test_invalid_images_are_skipped_and_missing_models_refused(data, tmp_path):

@@ -207,6 +207,23 @@ def test_meta_gives_each_table_column_one_format_and_shares(run):
     assert summary[2]["share_alpha"] is None  # no energy anywhere
 
 
+def test_position_spread_is_a_column_and_a_card_figure(run):
+    """concepts.parquet's position_spread is the explorer table's ``spread`` and a card's "position spread"; a table
+    evaluated before it existed gives None and a card without it."""
+    from usae.report.cards import card_html
+
+    table = pd.read_parquet(run["eval"] / "concepts.parquet")
+    table["position_spread"] = [0.25, 1.0, math.nan, 0.5, 0.75]
+    table.to_parquet(run["eval"] / "concepts.parquet")
+    write_explorer(run["eval"], run["manifest"], run["out"], MODELS, thumb_size=16)
+    summary = _load_js(run["out"] / "data" / "concepts.js", "USAE_CONCEPTS")
+    assert [r["spread"] for r in summary] == [0.25, 1.0, None, 0.5, 0.75]
+    row = table.set_index("concept").loc[3].to_dict() | {"concept": 3}
+    assert "<dt>position spread</dt><dd>0.5" in card_html(row, MODELS)
+    del row["position_spread"]
+    assert "position spread" not in card_html(row, MODELS)
+
+
 def test_column_formats_of_rows():
     from usae.report.explorer import column_formats
     from usae.report.numbers import NumberFormat

@@ -242,7 +242,8 @@ _PIXEL = "([sel, x, y]) => Array.from(document.querySelectorAll(sel)[0].getConte
 def test_concept_pages_draw_where_each_model_fires_in_chromium(tiny_run: dict[str, Path], open_page: object,
                                                                tmp_path: Path) -> None:
     """A concept page ends each model's row with its firing map: one opaque cell per token position, the
-    highest share in viridis' top colour and an empty position in its bottom one, captioned with that share."""
+    highest share in viridis' top colour and an empty position in its bottom one, captioned with that share;
+    its position spread stands among its numbers and as a column of the all-concepts table."""
     report = tmp_path / "report"
     build_report(tiny_run["run"], tiny_run["manifest"], report)
     data = report / "data"
@@ -256,6 +257,9 @@ def test_concept_pages_draw_where_each_model_fires_in_chromium(tiny_run: dict[st
     models = list(concept["models"])
     assert page.locator("canvas.where").count() == len(models)
     assert "Where (last per model)" in page.locator("p.legend").inner_text()
+    assert "position spread" in page.locator("dl.stats").inner_text()
+    table = open_page(report / "concepts.html")[0]
+    assert "position spread" in table.locator("#head th").all_inner_texts()
     for i, name in enumerate(models):
         where = concept["models"][name]["where"]
         share = where["share"]

@@ -32,7 +32,7 @@ from usae.config import EvaluateConfig, to_dict
 from usae.evaluation.accumulate import Accumulator
 from usae.evaluation.cofiring import cofire_summary
 from usae.metrics import (
-    cofire_proportion, concept_energy, firing_entropy, log_log_pearson, r2_global_mean, r2_per_dim,
+    cofire_proportion, concept_energy, firing_entropy, log_log_pearson, position_spread, r2_global_mean, r2_per_dim,
 )
 from usae.progress import progress_bar
 from usae.sae.model import USAE, Codes
@@ -50,6 +50,9 @@ DEFINITIONS = {
     "cofires_chance": "co-fires expected if the models fired the concept independently of each other at each token "
                       "position: N sum_t prod_i (F_k^(i)(t) / N), F_k^(i)(t) the validation images (of N) where model "
                       "i fires concept k at token t",
+    "position_spread": "exp(-sum_t q_t log q_t) / T, q_t = sum_i F_k^(i)(t) / sum_i fires_k^(i): the effective "
+                       "number of token positions (of T) the concept fires at, pooled over models; 1 = evenly "
+                       "everywhere, 1/T = one position",
     "firing_map": "heatmaps.zarr/<model>/firing_map[k, t] = F_k^(i)(t): the validation images (of n_images) "
                   "where model i fires concept k at token t",
     "cofire_matrix": "share of model i's firings (token, concept pairs with Z_k^(i) > tau) on which model j fires "
@@ -216,6 +219,8 @@ def summarise(model: USAE, acc: Accumulator, cfg: EvaluateConfig) -> tuple[dict[
         table[f"top_values_{name}"] = list(torch.where(hit, top.values.cpu(), 0.0).numpy())
     if len(names) > 1:
         table.insert(3, "cofires_chance", acc.chance_cofires().numpy())
+    if acc.fires_at is not None:
+        table.insert(2, "position_spread", position_spread(acc.fires_at.sum(dim=0).cpu()).numpy())
     cfp_mean = {name: float(np.nanmean(cfp[i].numpy())) if fires[i].any() else float("nan")
                 for i, name in enumerate(names)}
     metrics = {

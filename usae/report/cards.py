@@ -37,6 +37,7 @@ def card(concept_row: dict[str, Any], models: Iterable[str], *, index: ExplorerI
     Returns:
         ``id``, ``factor`` (or None), ``linked``, the numbers ``firing_entropy``, ``cofires``,
         ``cofires_chance`` (None for one model, or a table evaluated before it existed),
+        ``position_spread`` (None for a table evaluated before it existed),
         ``energy_total``, ``factor_auroc``, ``objective_text`` (the MACO objective; None when
         the concept was not optimised), and ``models``: per model ``name``, ``fires``, ``share``
         (the concept's energy share in that model, :func:`usae.report.sharing.energy_shares`; None
@@ -54,8 +55,8 @@ def card(concept_row: dict[str, Any], models: Iterable[str], *, index: ExplorerI
     return {
         "id": cid, "factor": str(factor) if json_value(factor) else None,
         "linked": index is None or cid in index.concept_ids,
-        **{key: concept_row.get(key) for key in ("firing_entropy", "cofires", "cofires_chance", "energy_total",
-                                                 "factor_auroc")},
+        **{key: concept_row.get(key) for key in ("firing_entropy", "cofires", "cofires_chance", "position_spread",
+                                                 "energy_total", "factor_auroc")},
         "objective_text": optimised["objective_text"],
         "models": [{"name": m, "fires": concept_row.get(f"fires_{m}"), "share": shares.get(m),
                     "scale_max": _scale_max(concept_row, m), "maco": optimised["models"].get(m),

@@ -208,6 +208,7 @@ def json_value(value: Any) -> Any:
 def _summary(row: dict[str, Any], models: Iterable[str]) -> dict[str, Any]:
     out = {"id": int(row["concept"]), "fe": json_value(row.get("firing_entropy")),
            "cofires": json_value(row.get("cofires")), "cofires_chance": json_value(row.get("cofires_chance")),
+           "spread": json_value(row.get("position_spread")),
            "energy_total": json_value(row.get("energy_total")),
            "factor": json_value(row.get("factor")), "factor_auroc": json_value(row.get("factor_auroc"))}
     for m in models:

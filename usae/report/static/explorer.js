@@ -45,7 +45,8 @@
   /* ---------- concepts.html ---------- */
   function columns(models) {
     var cols = [["id", "id"], ["factor", "factor"], ["factor_auroc", "AUROC"], ["fe", "firing entropy"],
-      ["cofires", "co-fires"], ["cofires_chance", "co-fires by chance"], ["energy_total", "energy"]];
+      ["cofires", "co-fires"], ["cofires_chance", "co-fires by chance"], ["spread", "position spread"],
+      ["energy_total", "energy"]];
     models.forEach(function (m) {
       cols.push(["fires_" + m, "fires " + m], ["energy_" + m, "energy " + m], ["share_" + m, "energy share " + m],
         ["cfp_" + m, "CFP " + m]);
@@ -220,7 +221,8 @@
     if (s.factor) { h.appendChild(el("span", { "class": "factor", text: s.factor })); }
     var dl = el("dl", { "class": "stats" });
     var chance = s.cofires_chance === null || s.cofires_chance === undefined ? [] : stat("by chance", s.cofires_chance);
-    [].concat(stat("firing entropy", s.fe), stat("co-fires", s.cofires), chance, stat("energy", s.energy_total),
+    var spread = s.spread === null || s.spread === undefined ? [] : stat("position spread", s.spread);
+    [].concat(stat("firing entropy", s.fe), stat("co-fires", s.cofires), chance, spread, stat("energy", s.energy_total),
       stat("factor AUROC", s.factor_auroc)).forEach(function (n) { dl.appendChild(n); });
     var article = el("article", { "class": "usae-card big" }, [h, dl]);
     var cols = el("div", { "class": "models" });
