@@ -41,14 +41,21 @@ def firing_entropy(fires: Tensor) -> Tensor:
     Returns:
         (m,) float64 entropies in [0, 1] (NaN where no model fires, and everywhere for M = 1).
     """
-    counts = fires.double()
-    total = counts.sum(dim=0)
+    entropy, total = _entropy(fires)
     if fires.shape[0] < 2:  # entropy across models needs at least two models
         return torch.full_like(total, float("nan"))
+    return torch.where(total > 0, entropy / math.log(fires.shape[0]), torch.full_like(total, float("nan")))
+
+
+def _entropy(counts: Tensor) -> tuple[Tensor, Tensor]:
+    """Entropy in nats of each column of ``counts`` normalised to a distribution over its rows,
+    -sum_r p_r log p_r with p_r = counts[r] / total and 0 log 0 = 0, and the column totals (float64).
+    A column with one non-zero row gives +0 (not -0); an all-zero column gives 0 (the callers mask it)."""
+    counts = counts.double()
+    total = counts.sum(dim=0)
     p = counts / total
     terms = torch.where(counts > 0, p * torch.log(p), torch.zeros_like(p))
-    entropy = 0.0 - terms.sum(dim=0) / math.log(fires.shape[0])  # 0.0 - x: a one-model concept is 0, not -0
-    return torch.where(total > 0, entropy, torch.full_like(total, float("nan")))
+    return 0.0 - terms.sum(dim=0), total
 
 
 def position_spread(fires_at: Tensor) -> Tensor:
@@ -66,12 +73,8 @@ def position_spread(fires_at: Tensor) -> Tensor:
     Returns:
         (m,) float64 spreads in [1/T, 1] (NaN where the concept never fires).
     """
-    counts = fires_at.double()
-    total = counts.sum(dim=0)
-    q = counts / total
-    terms = torch.where(counts > 0, q * torch.log(q), torch.zeros_like(q))
-    spread = torch.exp(-terms.sum(dim=0)) / fires_at.shape[0]
-    return torch.where(total > 0, spread, torch.full_like(total, float("nan")))
+    entropy, total = _entropy(fires_at)
+    return torch.where(total > 0, torch.exp(entropy) / fires_at.shape[0], torch.full_like(total, float("nan")))
 
 
 def r2_global_mean(sse: Tensor, sum_x: Tensor, sum_x2: Tensor, n: int) -> Tensor:

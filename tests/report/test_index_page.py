@@ -235,7 +235,8 @@ def test_pages_fit_a_phone_and_format_columns_in_chromium(tiny_run: dict[str, Pa
     assert "largest activation Z_k" in page.locator("p.legend").inner_text()
 
 
-_PIXEL = "([sel, x, y]) => Array.from(document.querySelectorAll(sel)[0].getContext('2d').getImageData(x, y, 1, 1).data)"
+_PIXEL = ("([sel, i, x, y]) => "
+          "Array.from(document.querySelectorAll(sel)[i].getContext('2d').getImageData(x, y, 1, 1).data)")
 
 
 @pytest.mark.slow
@@ -270,6 +271,5 @@ def test_concept_pages_draw_where_each_model_fires_in_chromium(tiny_run: dict[st
         for value, rgb in ((max(map(max, share)), (253, 231, 37)), (0, (68, 1, 84))):
             row = next(r for r, line in enumerate(share) if value in line)
             col = share[row].index(value)
-            pixel = page.evaluate(_PIXEL.replace("[0]", f"[{i}]"),
-                                  ["canvas.where", int((col + 0.5) * cell), int((row + 0.5) * cell)])
+            pixel = page.evaluate(_PIXEL, ["canvas.where", i, int((col + 0.5) * cell), int((row + 0.5) * cell)])
             assert pixel[3] == 255 and all(abs(a - b) <= 2 for a, b in zip(pixel[:3], rgb)), (name, value, pixel)

@@ -240,7 +240,7 @@ def _model_tops(row: pd.Series, model: str, heat: tuple[np.ndarray, np.ndarray] 
         if heat is not None and slot < len(heat[0]) and int(heat[0][slot]) == r:
             grid = np.round(heat[1][slot], 3)
             top_max = max(top_max, float(grid.max()))
-            grid = [[_num(v) for v in line] for line in grid.tolist()]
+            grid = _grid(grid)
         tops.append({"slot": slot, "row": r, "value": json_value(round(float(values[slot]), 4)),
                      "thumb": f"thumbs/{r}.jpg" if r in have else None, "heatmap": grid})
     return {"top": tops, "max": top_max}
@@ -249,12 +249,12 @@ def _model_tops(row: pd.Series, model: str, heat: tuple[np.ndarray, np.ndarray] 
 def _firing_map(share: np.ndarray, n_images: int) -> dict[str, Any]:
     """A concept page's "where it fires" map of one model: per token position the share of the ``n_images``
     validation images in which the model fires the concept (3 decimals), and the largest share."""
-    return {"share": [[_num(v) for v in line] for line in np.round(share, 3).tolist()],
-            "max": float(share.max()), "n_images": int(n_images)}
+    return {"share": _grid(np.round(share, 3)), "max": float(share.max()), "n_images": int(n_images)}
 
 
-def _num(v: float) -> float | int:
-    return int(v) if v == int(v) else v
+def _grid(values: np.ndarray) -> list[list[float | int]]:
+    """A 2-D array as nested lists for JSON, whole numbers written without a decimal point."""
+    return [[int(v) if v == int(v) else v for v in line] for line in values.tolist()]
 
 
 def _write_js(path: Path, name: str, value: Any) -> None:
